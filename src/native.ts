@@ -1,0 +1,101 @@
+// Typed loader for the native/ring addon. The addon wraps syscalls only: every decision
+// (framing, validation, policy) lives in TypeScript. All fds it creates are non-blocking
+// and close-on-exec. Errors are thrown as Error with `code` set to the errno name
+// (e.g. 'ENOENT') and `errno` to its number, except where a return value says "would block".
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
+
+export interface RecvResult {
+  /** Bytes received: > 0 data, 0 peer closed, -1 would block (EAGAIN). */
+  bytes: number;
+  /** File descriptors received with these bytes (SCM_RIGHTS), now owned by the caller. */
+  fds: number[];
+  /** MSG_CTRUNC: more fds were sent than `maxFds`; the kernel dropped the rest. */
+  truncated: boolean;
+}
+
+/** Watches one fd on the calling thread's libuv loop (uv_poll). Keeps the loop alive while started. */
+export interface FdWatcher {
+  /** (Re)start watching; the callback fires on each readiness edge the loop reports. */
+  start(readable: boolean, writable: boolean): void;
+  stop(): void;
+  /** Stops and frees the poll handle. Does not close the fd. Idempotent. */
+  close(): void;
+}
+
+export interface FdWatcherConstructor {
+  new (fd: number, onEvent: (status: number, readable: boolean, writable: boolean) => void): FdWatcher;
+}
+
+export interface Uring {
+  /** Base pointers for iovec entries: iovec.region indexes this list. Holds the buffers alive. */
+  setRegions(regions: SharedArrayBuffer[]): void;
+  /** Submit `count` request records from `sqes` (layout: see uring.ts), returns how many were queued. */
+  submit(sqes: Uint32Array, iovecs: Uint32Array, count: number): number;
+  /** Reap up to `max` completions into `cqes` as (user_data u32, res i32) pairs; never blocks. */
+  reap(cqes: Int32Array, max: number): number;
+  /** Wait for at least one completion (blocking the calling thread). */
+  wait(minComplete: number): void;
+  /** An eventfd registered with the ring: readable when completions are posted. */
+  eventfd(): number;
+  close(): void;
+}
+
+export interface UringConstructor {
+  new (entries: number, options?: { sqpoll?: boolean; sqpollIdleMs?: number; sqpollCpu?: number }): Uring;
+}
+
+export interface NativeRing {
+  // Unix sockets (AF_UNIX, SOCK_STREAM).
+  /** bind + chmod(mode) + listen. Fails with EADDRINUSE if the path exists. */
+  socketListen(path: string, mode: number, backlog: number): number;
+  /** Accepts one pending connection, or returns -1 if none (EAGAIN). */
+  socketAccept(listenFd: number): number;
+  /** Connects (blocking connect, then non-blocking). Throws ENOENT / ECONNREFUSED etc. */
+  socketConnect(path: string): number;
+  /** A connected pair, for tests and in-process transports. */
+  socketPair(): [number, number];
+  /** sendmsg with SCM_RIGHTS (MSG_NOSIGNAL). Returns bytes sent, or -1 if it would block. */
+  sendMsg(fd: number, data: Uint8Array, fds: number[]): number;
+  /** recvmsg (MSG_CMSG_CLOEXEC) into data[offset, offset+length). */
+  recvMsg(fd: number, data: Uint8Array, offset: number, length: number, maxFds: number): RecvResult;
+  /** close(2). Throws EBADF for an fd that is not open. */
+  close(fd: number): void;
+  FdWatcher: FdWatcherConstructor;
+
+  // Memory.
+  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size); sparse, size may exceed 4 GiB. */
+  memfdCreate(name: string, size: number): number;
+  /**
+   * mmap(MAP_SHARED) of fd[offset, offset+length) as a SharedArrayBuffer. The mapping lives
+   * until every isolate holding the buffer has dropped it (munmap in the backing-store deleter).
+   * The fd may be closed right after. Caller checks the fd size first (a short file would SIGBUS).
+   */
+  mmapShared(fd: number, length: number, offset: number, writable: boolean): SharedArrayBuffer;
+
+  // eventfd.
+  eventfdCreate(initval: number): number;
+  /** Adds value; false if it would block (counter overflow). */
+  eventfdWrite(fd: number, value: number): boolean;
+  /** Reads and resets the counter; 0 if it was zero (EAGAIN). */
+  eventfdRead(fd: number): number;
+
+  // epoll, for workers that sleep (interrupt and adaptive poll modes).
+  epollCreate(): number;
+  /** op: 1 add, 2 delete, 3 modify; events: EPOLLIN=1 ...; data: a u32 returned by epollWait. */
+  epollCtl(epfd: number, op: number, fd: number, events: number, data: number): void;
+  /** Blocks up to timeoutMs (-1 forever). Writes (events, data) pairs into out; returns the count. EINTR → 0. */
+  epollWait(epfd: number, out: Uint32Array, maxEvents: number, timeoutMs: number): number;
+
+  // Threads.
+  /** sched_setaffinity for the calling thread only. */
+  setAffinity(cpus: number[]): void;
+  getAffinity(): number[];
+  gettid(): number;
+
+  // io_uring (liburing), one ring per worker.
+  Uring: UringConstructor;
+}
+
+export const native: NativeRing = require('../build/Release/ring.node');
