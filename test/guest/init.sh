@@ -1,0 +1,327 @@
+#!/bin/sh
+# /init of the vhost-user-ts test guest (busybox initramfs, built by build-initramfs.sh).
+#
+# The job comes from the kernel command line (all optional except vut.test):
+#   vut.test=blk|boot      what to do (boot = load modules, report, power off)
+#   vut.dev=vda            block device under test
+#   vut.bytes=4194304      bytes of pattern written + verified (multiple of 4096)
+#   vut.offset=0           byte offset of the pattern region (multiple of 4096)
+#   vut.seed=1             pattern seed (1 .. 2147483646)
+#   vut.tail=1             also write + verify the last 4 KiB of the disk (0 = skip)
+#   vut.discard=1048576    bytes discarded right after the pattern region (0 = skip)
+#   vut.bs=65536           dd block size for the pattern write/read
+#   vut.flush=1            force "write back" caching if the device has VIRTIO_BLK_F_FLUSH, so that
+#                          fsync sends a real FLUSH (0 = leave the device's cache mode alone)
+#
+# Output protocol (serial console):
+#   VUT-STEP <step> <detail>          one line per step, so a failing run is diagnosable
+#   VUT-RESULT {"job":...,"ok":true|false,...}   exactly one line, then `poweroff -f`
+#
+# The pattern (see gen_pattern; test/guest/qemu.ts makePattern() reproduces it on the host):
+#   disk 4 KiB block n (absolute index): bytes 0..3 = n (u32 BE), 4..7 = x0 (u32 BE),
+#   bytes 8..4095 = base[(k + n*509 % 4096) % 4096]; base[i] = x_{i+1} % 256,
+#   x_{j+1} = x_j * 48271 % 2147483647, x0 = seed % 2147483646 + 1.
+
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || mount -t tmpfs tmpfs /dev
+mount -t tmpfs tmpfs /tmp
+
+JOB=unknown
+CUR_STEP=init
+
+json_escape() {
+  # stdin -> JSON string body (no quotes): escape \ and ", turn newlines/tabs into spaces
+  tr '\n\t\r' '   ' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g'
+}
+
+step() {
+  CUR_STEP=$1
+  shift
+  echo "VUT-STEP $CUR_STEP $*"
+}
+
+drain_console() {
+  # `poweroff -f` right after an echo can cut the line off: the UART is still sending it. stty
+  # applies its setting with tcsetattr(TCSADRAIN), which waits until the console output has
+  # left the UART; the short sleep covers the last FIFO bytes.
+  stty -F /dev/console -echo 2>/dev/null
+  usleep 200000
+}
+
+finish() {
+  # $1 = JSON members (without braces) to append after job/ok
+  sync 2>/dev/null
+  echo "VUT-RESULT {\"job\":\"$JOB\",\"ok\":true,\"uptime_s\":$(cut -d' ' -f1 /proc/uptime)${1:+,$1}}"
+  drain_console
+  poweroff -f
+  sleep 5
+  exit 0
+}
+
+fail() {
+  # $* = error text; the step is the current one
+  msg=$(printf '%s' "$*" | json_escape)
+  echo "VUT-STEP $CUR_STEP FAILED: $*"
+  echo "VUT-RESULT {\"job\":\"$JOB\",\"ok\":false,\"step\":\"$CUR_STEP\",\"error\":\"$msg\",\"uptime_s\":$(cut -d' ' -f1 /proc/uptime)}"
+  drain_console
+  poweroff -f
+  sleep 5
+  exit 1
+}
+
+# ---- kernel command line -------------------------------------------------------------------
+step cmdline "$(cat /proc/cmdline)"
+VUT_TEST=
+VUT_DEV=vda
+VUT_BYTES=4194304
+VUT_OFFSET=0
+VUT_SEED=1
+VUT_TAIL=1
+VUT_DISCARD=1048576
+VUT_BS=65536
+VUT_FLUSH=1
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    vut.*=*)
+      k=${arg%%=*}; k=${k#vut.}; v=${arg#*=}
+      case "$k" in
+        *[!a-z0-9_]*|'') fail "bad kernel argument $arg" ;;
+      esac
+      case "$v" in
+        *[!A-Za-z0-9_.,:/-]*) fail "bad value in kernel argument $arg" ;;
+      esac
+      k=$(echo "$k" | tr a-z A-Z)
+      eval "VUT_$k=\$v"
+      ;;
+  esac
+done
+JOB=${VUT_TEST:-unknown}
+[ -n "$VUT_TEST" ] || fail "no vut.test=JOB on the kernel command line"
+
+# ---- modules -------------------------------------------------------------------------------
+step modules "$(cat /modules/order | tr '\n' ' ')"
+for m in $(cat /modules/order); do
+  insmod "/modules/$m.ko" 2>/tmp/insmod.err || {
+    # already loaded (or built in) is fine
+    grep -q "^$m " /proc/modules || [ -d "/sys/module/$m" ] || fail "insmod $m: $(cat /tmp/insmod.err)"
+  }
+done
+
+is_uint() {
+  case "$1" in ''|*[!0-9]*) return 1 ;; esac
+  return 0
+}
+
+rdn() {
+  # numeric sysfs attribute -> number, or null when absent/unreadable/non-numeric
+  v=$(cat "$1" 2>/dev/null) && is_uint "$v" && { echo "$v"; return; }
+  echo null
+}
+
+rds() {
+  # sysfs attribute -> JSON string, or null when absent/unreadable (e.g. serial without GET_ID)
+  v=$(cat "$1" 2>/dev/null) && { echo "\"$(printf '%s' "$v" | json_escape)\""; return; }
+  echo null
+}
+
+stat_json() {
+  # /sys/block/DEV/stat deltas: $1 = before, $2 = after (17 fields, see Documentation/block/stat.rst)
+  echo "$1 $2" | awk '{
+    n = NF / 2
+    for (i = 1; i <= n; i++) d[i] = $(i + n) - $i
+    printf "{\"reads\":%d,\"read_sectors\":%d,\"writes\":%d,\"write_sectors\":%d", d[1], d[3], d[5], d[7]
+    printf ",\"discards\":%d,\"discard_sectors\":%d,\"flushes\":%d}", d[12], d[14], d[16]
+  }'
+}
+
+gen_pattern() {
+  # $1 = seed, $2 = first 4 KiB block, $3 = block count  -> binary pattern on stdout
+  awk -v seed="$1" -v first="$2" -v count="$3" '
+    BEGIN {
+      x = seed % 2147483646 + 1; x0 = x
+      h = ""
+      for (i = 0; i < 4096; i++) { x = (x * 48271) % 2147483647; h = h sprintf("%02x", x % 256) }
+      hh = h h
+      for (n = first; n < first + count; n++) {
+        r = (n * 509) % 4096
+        printf "%08x%08x%s\n", n, x0, substr(hh, 2 * (8 + r) + 1, 2 * 4088)
+      }
+    }' | xxd -r -p
+}
+
+first_diff() {
+  # $1 $2 = files -> "byte N" of the first difference (1-based as cmp prints it)
+  cmp "$1" "$2" 2>&1 | head -n 1
+}
+
+# write_verify NAME OFFSET BYTES BS: pattern region -> device (O_DIRECT, fsync), read back
+# (O_DIRECT), compare sha256. Sets WV_SHA. Fails the run on any mismatch.
+write_verify() {
+  name=$1; off=$2; len=$3; bs=$4
+  step "$name-gen" "offset=$off bytes=$len seed=$VUT_SEED"
+  gen_pattern "$VUT_SEED" $((off / 4096)) $((len / 4096)) > /tmp/pattern || fail "pattern generation failed"
+  got=$(stat -c %s /tmp/pattern)
+  [ "$got" = "$len" ] || fail "pattern is $got bytes, expected $len"
+  WV_SHA=$(sha256sum < /tmp/pattern | cut -d' ' -f1)
+  step "$name-write" "dd oflag=direct conv=fsync bs=$bs offset=$off bytes=$len sha256=$WV_SHA"
+  dd if=/tmp/pattern of="$DEV" bs="$bs" seek="$off" oflag=direct,seek_bytes conv=notrunc,fsync \
+    2>/tmp/dd.err || fail "write failed: $(cat /tmp/dd.err)"
+  step "$name-read" "dd iflag=direct bs=$bs offset=$off bytes=$len"
+  dd if="$DEV" of=/tmp/readback bs="$bs" skip="$off" count="$len" \
+    iflag=direct,skip_bytes,count_bytes 2>/tmp/dd.err || fail "read failed: $(cat /tmp/dd.err)"
+  rsha=$(sha256sum < /tmp/readback | cut -d' ' -f1)
+  if [ "$rsha" != "$WV_SHA" ]; then
+    fail "data mismatch: wrote sha256 $WV_SHA, read $rsha ($(stat -c %s /tmp/readback) bytes; first difference: $(first_diff /tmp/pattern /tmp/readback))"
+  fi
+  step "$name-verify" "ok sha256=$rsha"
+  rm -f /tmp/pattern /tmp/readback
+}
+
+job_boot() {
+  step boot "modules loaded"
+  finish "\"modules\":\"$(lsmod | awk 'NR>1 {print $1}' | tr '\n' ' ' | json_escape)\""
+}
+
+job_blk() {
+  DEV=/dev/$VUT_DEV
+  SYS=/sys/block/$VUT_DEV
+  step wait-device "$DEV"
+  i=0
+  while [ ! -b "$DEV" ] || [ ! -e "$SYS/size" ]; do
+    i=$((i + 1))
+    [ $i -gt 200 ] && fail "$DEV did not appear within 20 s ($(ls /sys/block | tr '\n' ' '))"
+    usleep 100000
+  done
+
+  for v in VUT_BYTES VUT_OFFSET VUT_SEED VUT_TAIL VUT_DISCARD VUT_BS VUT_FLUSH; do
+    eval "val=\$$v"
+    is_uint "$val" || fail "$v=$val is not an unsigned integer"
+  done
+  [ $((VUT_BYTES % 4096)) -eq 0 ] || fail "vut.bytes must be a multiple of 4096"
+  [ $((VUT_OFFSET % 4096)) -eq 0 ] || fail "vut.offset must be a multiple of 4096"
+
+  step sysfs "$SYS"
+  sectors=$(cat "$SYS/size")
+  lbs=$(cat "$SYS/queue/logical_block_size")
+  pbs=$(cat "$SYS/queue/physical_block_size")
+  queues=$(ls "$SYS/mq" 2>/dev/null | wc -l)
+  disk_bytes=$((sectors * 512))
+  features=$(cat "$SYS/device/features" 2>/dev/null)
+  ncpu=$(nproc)
+  info="\"dev\":\"$VUT_DEV\",\"cpus\":$ncpu,\"sectors\":$sectors,\"size_bytes\":$disk_bytes"
+  info="$info,\"logical_block_size\":$lbs,\"physical_block_size\":$pbs,\"queues\":$queues"
+  info="$info,\"ro\":$(rdn "$SYS/ro"),\"write_cache\":$(rds "$SYS/queue/write_cache")"
+  info="$info,\"discard_max_bytes\":$(rdn "$SYS/queue/discard_max_bytes")"
+  info="$info,\"discard_granularity\":$(rdn "$SYS/queue/discard_granularity")"
+  info="$info,\"write_zeroes_max_bytes\":$(rdn "$SYS/queue/write_zeroes_max_bytes")"
+  info="$info,\"max_hw_sectors_kb\":$(rdn "$SYS/queue/max_hw_sectors_kb")"
+  info="$info,\"max_segments\":$(rdn "$SYS/queue/max_segments")"
+  info="$info,\"nr_requests\":$(rdn "$SYS/queue/nr_requests")"
+  info="$info,\"serial\":$(rds "$SYS/serial"),\"features\":$(rds "$SYS/device/features")"
+  stat0=$(cat "$SYS/stat")
+  echo "VUT-STEP sysfs $info"
+
+  if [ "$(cat "$SYS/ro")" != "0" ]; then
+    finish "$info,\"data\":\"skipped (read-only)\""
+  fi
+
+  step check "offset=$VUT_OFFSET bytes=$VUT_BYTES within $disk_bytes"
+  end=$((VUT_OFFSET + VUT_BYTES))
+  [ $end -le $disk_bytes ] || fail "pattern region ends at $end, beyond the disk ($disk_bytes bytes)"
+
+  data="null"
+  if [ "$VUT_BYTES" -gt 0 ]; then
+    write_verify data "$VUT_OFFSET" "$VUT_BYTES" "$VUT_BS"
+    data="{\"offset\":$VUT_OFFSET,\"bytes\":$VUT_BYTES,\"seed\":$VUT_SEED,\"sha256\":\"$WV_SHA\",\"verified\":true}"
+  fi
+
+  tail="null"
+  tail_off=$(( (disk_bytes / 4096 - 1) * 4096 ))
+  if [ "$VUT_TAIL" != 0 ] && [ $disk_bytes -ge 8192 ] && [ $tail_off -ge $end ]; then
+    write_verify tail "$tail_off" 4096 4096
+    tail="{\"offset\":$tail_off,\"bytes\":4096,\"sha256\":\"$WV_SHA\",\"verified\":true}"
+  fi
+
+  # FLUSH: with write_cache "write through" (the device's config writeback byte is 0) the kernel
+  # drops flushes before they reach the device. So when VIRTIO_BLK_F_FLUSH (bit 9) is negotiated we
+  # switch to "write back" first: through /sys/block/DEV/cache_type (a virtio config write, i.e.
+  # VHOST_USER_SET_CONFIG, needs VIRTIO_BLK_F_CONFIG_WCE bit 11), else queue/write_cache. Then an
+  # fsync of the block device sends a FLUSH request.
+  wc=$(cat "$SYS/queue/write_cache")
+  has_flush=false
+  [ "$(echo "$features" | cut -c10)" = 1 ] && has_flush=true
+  forced=false
+  if [ "$VUT_FLUSH" != 0 ] && [ "$has_flush" = true ] && [ "$wc" != "write back" ]; then
+    if [ "$(echo "$features" | cut -c12)" = 1 ] && [ -w "$SYS/cache_type" ]; then
+      echo "write back" 2>/dev/null > "$SYS/cache_type" && forced='"cache_type"'
+    fi
+    if [ "$forced" = false ]; then
+      echo "write back" 2>/dev/null > "$SYS/queue/write_cache" && forced='"queue/write_cache"'
+    fi
+    [ "$forced" != false ] && [ "$(cat "$SYS/queue/write_cache")" = "write back" ] ||
+      fail "cannot switch $DEV to write back caching (cache_type: $(cat "$SYS/cache_type" 2>&1))"
+  fi
+  step flush "feature=$has_flush write_cache=$wc forced_write_back=$forced: sync + fsync + blockdev --flushbufs"
+  f0=$(awk '{print $16}' "$SYS/stat")
+  sync || fail "sync failed"
+  dd if=/dev/null of="$DEV" count=0 conv=notrunc,fsync 2>/tmp/flush.err || fail "fsync of $DEV: $(cat /tmp/flush.err)"
+  blockdev --flushbufs "$DEV" 2>/tmp/flush.err || fail "blockdev --flushbufs: $(cat /tmp/flush.err)"
+  f1=$(awk '{print $16}' "$SYS/stat")
+  [ "$has_flush" = true ] && [ "$(cat "$SYS/queue/write_cache")" = "write back" ] && [ $((f1 - f0)) -lt 1 ] &&
+    fail "fsync completed but no FLUSH request reached the device (stat flushes $f0 -> $f1)"
+  flush="{\"feature\":$has_flush,\"write_cache\":\"$wc\",\"forced_write_back\":$forced,\"requests\":$((f1 - f0))}"
+
+  discard="\"skipped\""
+  dmax=$(cat "$SYS/queue/discard_max_bytes" 2>/dev/null || echo 0)
+  dlen=$VUT_DISCARD
+  [ $((end + dlen)) -gt $disk_bytes ] && dlen=$((disk_bytes - end))
+  if [ "$VUT_DISCARD" = 0 ] || [ "$dlen" -le 0 ]; then
+    step discard "skipped"
+  elif ! command -v blkdiscard >/dev/null; then
+    step discard "unavailable (no blkdiscard)"
+    discard="\"unavailable\""
+  elif [ "$dmax" = 0 ]; then
+    step discard "unsupported by the device (discard_max_bytes=0)"
+    discard="\"unsupported\""
+  else
+    step discard "blkdiscard -o $end -l $dlen"
+    blkdiscard -o "$end" -l "$dlen" "$DEV" 2>/tmp/discard.err ||
+      fail "blkdiscard -o $end -l $dlen: $(cat /tmp/discard.err)"
+    discard="{\"offset\":$end,\"bytes\":$dlen}"
+  fi
+
+  # Spread reads over every CPU so that every request virtqueue carries requests (blk-mq maps CPU
+  # c to queue c when there are as many queues as CPUs), then count each virtqueue's completion
+  # interrupts (MSI-X vector "virtioN-req.Q" in /proc/interrupts, summed over CPUs).
+  step spread "O_DIRECT reads from each of $ncpu CPUs"
+  c=0
+  while [ $c -lt "$ncpu" ]; do
+    taskset -c $c dd if="$DEV" of=/dev/null bs=4096 count=64 skip=$((c * 64)) iflag=direct 2>/dev/null &
+    c=$((c + 1))
+  done
+  wait
+  vdev=$(basename "$(readlink "$SYS/device")")
+  vqi=$(awk -v d="$vdev-req." '
+    index($NF, d) == 1 { q = substr($NF, length(d) + 1); s = 0
+      for (i = 2; i <= NF; i++) { if ($i ~ /^[0-9]+$/) s += $i; else break }
+      n[q] = s; if (q + 1 > max) max = q + 1 }
+    END { out = ""; for (q = 0; q < max; q++) out = out (q ? "," : "") (q in n ? n[q] : "null"); print "[" out "]" }
+  ' /proc/interrupts)
+  step spread "$vdev request-queue interrupts: $vqi"
+
+  st="$(stat_json "$stat0" "$(cat "$SYS/stat")")"
+  step done "stat $st"
+  finish "$info,\"data\":$data,\"tail\":$tail,\"flush\":$flush,\"discard\":$discard,\"vq_interrupts\":$vqi,\"stat\":$st"
+}
+
+case "$JOB" in
+  blk) job_blk ;;
+  boot) job_boot ;;
+  *) fail "unknown job vut.test=$JOB" ;;
+esac
+fail "job $JOB returned without a result"
