@@ -1,2 +1,9 @@
 // Public surface of vhost-user-ts.
-export { createLogger, setLogLevel, setLogSink } from './log.js';
+export { createLogger, setLogLevel, setLogSink, type Logger, type LogLevel } from './log.js';
+export type { VhostUserDevice, DataPlane, VringConfig } from './control/backend.js';
+export { VhostUserDaemon, DaemonError, type DaemonOptions } from './control/daemon.js';
+export { VhostUserSession, SessionError } from './control/session.js';
+export * as protocol from './control/protocol.js';
+export * as codec from './control/codec.js';
+export * from './control/frontend/index.js';
+export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';

@@ -1,0 +1,71 @@
+// What a device author implements, and what the session asks of the data plane.
+// In the spirit of rust-vmm's VhostUserBackend: a device describes itself (features, queues,
+// config space) and reacts to a few events; it never sees a socket or a protocol message.
+import type { MappedRegion } from './memory-table.js';
+
+export interface VhostUserDevice {
+  /** Short name for logs, e.g. 'virtio-blk'. */
+  readonly name: string;
+  /** Number of virtqueues the device exposes (GET_QUEUE_NUM). */
+  readonly numQueues: number;
+  /** Largest queue size the device accepts (a power of two ≤ 32768). */
+  readonly maxQueueSize: number;
+  /**
+   * Virtio feature bits the device offers (VERSION_1, EVENT_IDX, device bits...). The library
+   * adds VHOST_USER_F_PROTOCOL_FEATURES (bit 30) itself.
+   */
+  readonly features: bigint;
+  /**
+   * Protocol features the device itself needs beyond the library's own (which are REPLY_ACK,
+   * MQ, CONFIG when getConfig exists, BACKEND_REQ, CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS).
+   */
+  readonly protocolFeatures?: bigint;
+  /** The front-end acked these features (already checked to be a subset of the offer). Throw to refuse. */
+  setFeatures?(features: bigint): void;
+  /** Config space bytes [offset, offset+size). Throw RangeError for a range the device has not. */
+  getConfig?(offset: number, size: number): Uint8Array;
+  /** Write to config space (virtio-blk: the writeback byte). Throw to refuse. */
+  setConfig?(offset: number, data: Uint8Array, flags: number): void;
+  /** Virtio device status written by the driver (SET_STATUS). */
+  setStatus?(status: number): void;
+  /** The front-end went away or reset the device: forget per-driver state. */
+  reset?(): void;
+}
+
+/** Everything the session knows about one ring when it hands it to the data plane. */
+export interface VringConfig {
+  index: number;
+  size: number;
+  /** Ring addresses as front-end virtual addresses (SET_VRING_ADDR), translated by the data plane. */
+  descUserAddr: number;
+  availUserAddr: number;
+  usedUserAddr: number;
+  /** last_avail_idx from SET_VRING_BASE. */
+  lastAvailIdx: number;
+  /** Kick eventfd, or -1 when the front-end asked for polling (bit 8 of SET_VRING_KICK). */
+  kickFd: number;
+  /** Call eventfd, or -1 for none (then the back-end never notifies). */
+  callFd: number;
+  /** Error eventfd, or -1. */
+  errFd: number;
+  /** Negotiated virtio features (EVENT_IDX, INDIRECT_DESC decide the ring's behaviour). */
+  features: bigint;
+}
+
+/**
+ * The session's handle on whoever processes rings. The session keeps ownership of every fd it
+ * passes; the data plane must stop using an fd before the promise of the call that replaced it
+ * resolves, because the session closes the old fd right after.
+ */
+export interface DataPlane {
+  /** Install a new memory table; resolves once no ring reads through the previous one. */
+  setMemory(regions: readonly MappedRegion[]): Promise<void>;
+  /** Start processing a ring (its kick fd arrived and it is enabled). */
+  startQueue(config: Readonly<VringConfig>): Promise<void>;
+  /** Stop a ring after draining in-flight requests; resolves to last_avail_idx. */
+  stopQueue(index: number): Promise<number>;
+  /** Replace the call or error fd of a running ring. */
+  setNotifyFds(index: number, callFd: number, errFd: number): Promise<void>;
+  /** Forget the connection: stop every ring, drop the memory table. */
+  reset(): Promise<void>;
+}

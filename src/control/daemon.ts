@@ -1,0 +1,202 @@
+// VhostUserDaemon: owns the socket, serves one front-end at a time, and after a disconnect
+// resets every piece of per-connection state before serving the next one.
+import { lstatSync, unlinkSync } from 'node:fs';
+import { native, type FdWatcher } from '../native.js';
+import { createLogger, type Logger } from '../log.js';
+import type { DataPlane, VhostUserDevice } from './backend.js';
+import { VhostUserSession } from './session.js';
+
+export interface DaemonOptions {
+  /** Unix socket path to listen on (or connect to, with `client`). */
+  socketPath: string;
+  /** Connect to a front-end that listens (QEMU `server=on`) instead of listening. */
+  client?: boolean;
+  /** Permissions of the listening socket; owner-only by default. */
+  socketMode?: number;
+  /** Client mode: delay between connection attempts. */
+  retryIntervalMs?: number;
+  /** Client mode: give up after this long without a front-end (0 = never). */
+  connectTimeoutMs?: number;
+  /** Processes the rings; owned by the daemon, reset between connections. */
+  dataPlane: DataPlane;
+  logger?: Logger;
+}
+
+export class DaemonError extends Error {}
+
+export class VhostUserDaemon {
+  private readonly log: Logger;
+  private listenFd = -1;
+  private listenWatcher: FdWatcher | undefined;
+  private session: VhostUserSession | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private started = false;
+  private connectionsServed = 0;
+  private readonly done: Promise<void>;
+  private resolveDone!: () => void;
+  private rejectDone!: (error: Error) => void;
+
+  constructor(
+    readonly device: VhostUserDevice,
+    private readonly options: DaemonOptions,
+  ) {
+    this.log = options.logger ?? createLogger('daemon');
+    this.done = new Promise((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    // wait() may never be called; an unobserved rejection must not crash the process.
+    this.done.catch(() => undefined);
+  }
+
+  /** Front-end connections handled so far (including the current one). */
+  get connections(): number {
+    return this.connectionsServed;
+  }
+
+  /** The session of the connected front-end, if any. */
+  get currentSession(): VhostUserSession | undefined {
+    return this.session;
+  }
+
+  /** Listen (or start connecting). Resolves once the socket is ready, not when a front-end arrives. */
+  async start(): Promise<void> {
+    if (this.started) throw new DaemonError('daemon already started');
+    this.started = true;
+    if (this.options.client) {
+      this.scheduleConnect(Date.now(), 0);
+      return;
+    }
+    removeStaleSocket(this.options.socketPath);
+    this.listenFd = native.socketListen(this.options.socketPath, this.options.socketMode ?? 0o600, 1);
+    this.listenWatcher = new native.FdWatcher(this.listenFd, (status) => {
+      if (status < 0) this.fail(new DaemonError(`listening socket failed (status ${status})`));
+      else this.acceptOne();
+    });
+    this.listenWatcher.start(true, false);
+    this.log.info('listening', { socket: this.options.socketPath, device: this.device.name });
+  }
+
+  /** Disconnect the front-end, close the socket, release the data plane. Idempotent. */
+  async stop(): Promise<void> {
+    await this.shutdown();
+  }
+
+  private async shutdown(failure?: Error): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.closeListener();
+    const session = this.session;
+    this.session = undefined;
+    if (session) await session.close();
+    await this.options.dataPlane.reset();
+    if (!this.options.client) {
+      try {
+        unlinkSync(this.options.socketPath);
+      } catch {
+        // Already removed by someone else.
+      }
+    }
+    this.log.info('stopped', { connections: this.connectionsServed });
+    if (failure) this.rejectDone(failure);
+    else this.resolveDone();
+  }
+
+  /** Resolves when the daemon stops; rejects if it cannot go on (e.g. client mode timed out). */
+  wait(): Promise<void> {
+    return this.done;
+  }
+
+  private acceptOne(): void {
+    if (this.session || this.stopped) return;
+    let fd: number;
+    try {
+      fd = native.socketAccept(this.listenFd);
+    } catch (error) {
+      this.log.warn('accept failed', { error });
+      return;
+    }
+    if (fd < 0) return;
+    // One front-end at a time: others wait in the backlog until this one leaves.
+    this.listenWatcher?.stop();
+    this.serve(fd);
+  }
+
+  private serve(fd: number): void {
+    this.connectionsServed++;
+    const connectionId = this.connectionsServed;
+    this.log.info('front-end connected', { connection: connectionId });
+    this.session = new VhostUserSession(fd, this.device, this.options.dataPlane, {
+      logger: this.log.child(`conn${connectionId}`),
+      onClosed: (error) => this.onSessionClosed(connectionId, error),
+    });
+  }
+
+  private onSessionClosed(connectionId: number, error?: Error): void {
+    if (error) this.log.warn('front-end disconnected', { connection: connectionId, error });
+    else this.log.info('front-end disconnected', { connection: connectionId });
+    this.session = undefined;
+    if (this.stopped) return;
+    if (this.options.client) {
+      this.scheduleConnect(Date.now(), this.options.retryIntervalMs ?? 100);
+    } else {
+      this.listenWatcher?.start(true, false);
+      // A front-end may already be waiting in the backlog; the poll fires for it.
+    }
+  }
+
+  private scheduleConnect(since: number, delayMs: number): void {
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (this.stopped || this.session) return;
+      try {
+        const fd = native.socketConnect(this.options.socketPath);
+        this.serve(fd);
+      } catch (error) {
+        const timeout = this.options.connectTimeoutMs ?? 0;
+        if (timeout > 0 && Date.now() - since > timeout) {
+          this.fail(new DaemonError(`no front-end listening on ${this.options.socketPath} after ${timeout} ms: ${(error as Error).message}`));
+          return;
+        }
+        this.log.debug('front-end not reachable yet', { socket: this.options.socketPath, error });
+        this.scheduleConnect(since, this.options.retryIntervalMs ?? 100);
+      }
+    }, delayMs);
+  }
+
+  private closeListener(): void {
+    this.listenWatcher?.close();
+    this.listenWatcher = undefined;
+    if (this.listenFd >= 0) {
+      native.close(this.listenFd);
+      this.listenFd = -1;
+    }
+  }
+
+  private fail(error: Error): void {
+    this.log.error('daemon failed', { error });
+    void this.shutdown(error);
+  }
+}
+
+/** A socket file left by a daemon that died is replaced; a live one or any other file is not. */
+function removeStaleSocket(path: string): void {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return; // Nothing there.
+  }
+  if (!isSocket) throw new DaemonError(`${path} exists and is not a socket; refusing to replace it`);
+  let fd = -1;
+  try {
+    fd = native.socketConnect(path);
+  } catch {
+    unlinkSync(path); // Nobody listens: stale.
+    return;
+  }
+  native.close(fd);
+  throw new DaemonError(`another process is already listening on ${path}`);
+}

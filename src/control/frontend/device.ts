@@ -1,0 +1,190 @@
+// A whole front-end in a few calls: connect, negotiate the way QEMU does, share guest memory,
+// set up split virtqueues with kick/call eventfds, and later stop them. Tests, the benchmark
+// tool and fuzzers drive back-ends through this without a VM.
+import { native } from '../../native.js';
+import type { Logger } from '../../log.js';
+import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../protocol.js';
+import { VhostUserClient, FrontendError } from './client.js';
+import { FrontendMemory, type RegionSpec } from './memory.js';
+import { VringDriver, indirectTablesBytes, splitRingLayout } from './vring-driver.js';
+
+export interface FrontendDeviceOptions {
+  socketPath: string;
+  /** Guest memory: a FrontendMemory to share, or region specs (default: one 64 MiB region). */
+  memory?: FrontendMemory | readonly RegionSpec[];
+  /** Virtio features the "driver" wants; the result is offer ∩ wanted (default: all offered). */
+  wantedFeatures?: bigint;
+  /** Protocol features wanted (default: all offered). */
+  wantedProtocolFeatures?: bigint;
+  /** Queues to set up (default 1; capped by GET_QUEUE_NUM). */
+  queues?: number;
+  queueSize?: number;
+  /** Indirect tables per head, 0 for none (default: 0). Needs INDIRECT_DESC. */
+  indirectEntries?: number;
+  /** Ask the back-end to poll instead of giving it a kick eventfd (bit 8 of SET_VRING_KICK). */
+  noKickFd?: boolean;
+  connectTimeoutMs?: number;
+  logger?: Logger;
+}
+
+export class FrontendQueue {
+  constructor(
+    readonly index: number,
+    readonly driver: VringDriver,
+    /** Our end of the kick eventfd (-1 when the back-end polls). */
+    readonly kickFd: number,
+    /** The call eventfd the back-end signals. */
+    readonly callFd: number,
+    readonly descAddr: number,
+    readonly availAddr: number,
+    readonly usedAddr: number,
+  ) {}
+
+  /** Publish posted chains and kick the back-end if the ring asks for it (EVENT_IDX aware). */
+  publishAndKick(): boolean {
+    this.driver.publish();
+    if (this.kickFd >= 0 && this.driver.needsKick()) {
+      native.eventfdWrite(this.kickFd, 1);
+      return true;
+    }
+    return false;
+  }
+
+  /** Consume call notifications; returns how many were pending. */
+  readCalls(): number {
+    return native.eventfdRead(this.callFd);
+  }
+}
+
+export class FrontendDevice {
+  private closed = false;
+
+  private constructor(
+    readonly client: VhostUserClient,
+    readonly memory: FrontendMemory,
+    private readonly ownsMemory: boolean,
+    readonly offeredFeatures: bigint,
+    readonly features: bigint,
+    readonly offeredProtocolFeatures: bigint,
+    readonly protocolFeatures: bigint,
+    readonly backendQueues: number,
+    readonly queues: FrontendQueue[],
+  ) {}
+
+  static async connect(options: FrontendDeviceOptions): Promise<FrontendDevice> {
+    const client = await VhostUserClient.connect(options.socketPath, { timeoutMs: options.connectTimeoutMs ?? 0, logger: options.logger });
+    let memory: FrontendMemory | undefined;
+    const ownsMemory = !(options.memory instanceof FrontendMemory);
+    const queues: FrontendQueue[] = [];
+    try {
+      memory = options.memory instanceof FrontendMemory ? options.memory : new FrontendMemory(options.memory ?? [{ guestPhysAddr: 0, size: 64 << 20 }]);
+
+      // Negotiation in QEMU's order (vhost_user_backend_init, vhost_dev_start).
+      const offered = await client.getFeatures();
+      let offeredProtocol = 0n;
+      let protocol = 0n;
+      if (offered & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
+        offeredProtocol = await client.getProtocolFeatures();
+        protocol = offeredProtocol & (options.wantedProtocolFeatures ?? offeredProtocol);
+        await client.setProtocolFeatures(protocol);
+      }
+      let backendQueues = 1;
+      if (protocol & bit(ProtocolFeature.MQ)) backendQueues = Number(await client.getU64('GET_QUEUE_NUM'));
+      const queueCount = Math.min(options.queues ?? 1, backendQueues);
+      await client.request({ type: 'SET_OWNER' });
+      const features = offered & (options.wantedFeatures ?? offered);
+      await client.setFeatures(features);
+      await sendMemoryTable(client, memory, protocol);
+
+      const size = options.queueSize ?? 256;
+      const layout = splitRingLayout(size);
+      const indirectEntries = features & bit(VIRTIO_F_INDIRECT_DESC) ? (options.indirectEntries ?? 0) : 0;
+      for (let index = 0; index < queueCount; index++) {
+        const ringAddr = memory.allocate(layout.totalBytes, 4096);
+        const indirect = indirectEntries > 0
+          ? { tableAddr: memory.allocate(indirectTablesBytes(size, indirectEntries), 16), maxEntries: indirectEntries }
+          : undefined;
+        const driver = new VringDriver({
+          memory: memory.guest,
+          size,
+          descAddr: ringAddr + layout.descOffset,
+          availAddr: ringAddr + layout.availOffset,
+          usedAddr: ringAddr + layout.usedOffset,
+          eventIdx: (features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
+          indirect,
+        });
+        const kickFd = options.noKickFd ? -1 : native.eventfdCreate(0);
+        const callFd = native.eventfdCreate(0);
+        queues.push(new FrontendQueue(index, driver, kickFd, callFd, ringAddr + layout.descOffset, ringAddr + layout.availOffset, ringAddr + layout.usedOffset));
+        await client.request({ type: 'SET_VRING_NUM', index, num: size });
+        await client.request({ type: 'SET_VRING_BASE', index, num: 0 });
+        await client.request({
+          type: 'SET_VRING_ADDR',
+          index,
+          flags: 0,
+          descUserAddr: BigInt(memory.userspaceAddress(ringAddr + layout.descOffset)),
+          usedUserAddr: BigInt(memory.userspaceAddress(ringAddr + layout.usedOffset)),
+          availUserAddr: BigInt(memory.userspaceAddress(ringAddr + layout.availOffset)),
+          logGuestAddr: 0n,
+        });
+        await client.request({ type: 'SET_VRING_CALL', index, noFd: false, fd: callFd });
+        await client.request({ type: 'SET_VRING_KICK', index, noFd: kickFd < 0, fd: kickFd });
+        if (features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
+          await client.request({ type: 'SET_VRING_ENABLE', index, num: 1 });
+        }
+      }
+      return new FrontendDevice(client, memory, ownsMemory, offered, features, offeredProtocol, protocol, backendQueues, queues);
+    } catch (error) {
+      for (const queue of queues) closeQueueFds(queue);
+      client.close();
+      if (ownsMemory) memory?.close();
+      throw error;
+    }
+  }
+
+  /** GET_VRING_BASE: stops the ring on the back-end (after it drained) and returns last_avail_idx. */
+  stopQueue(index: number): Promise<number> {
+    return this.client.getVringBase(index);
+  }
+
+  async getConfig(offset: number, size: number): Promise<Uint8Array> {
+    return this.client.getConfig(offset, size);
+  }
+
+  /** Disconnect; the back-end resets and serves its next front-end. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.client.close();
+    for (const queue of this.queues) closeQueueFds(queue);
+    if (this.ownsMemory) this.memory.close();
+  }
+}
+
+async function sendMemoryTable(client: VhostUserClient, memory: FrontendMemory, protocol: bigint): Promise<void> {
+  const regions = memory.describe();
+  if (regions.length <= MAX_MEMORY_REGIONS) {
+    await client.request({ type: 'SET_MEM_TABLE', regions });
+    return;
+  }
+  // More regions than one message can carry: add them one by one (CONFIGURE_MEM_SLOTS).
+  if (!(protocol & bit(ProtocolFeature.CONFIGURE_MEM_SLOTS))) {
+    throw new FrontendError(`${regions.length} memory regions need CONFIGURE_MEM_SLOTS, which the back-end did not offer`);
+  }
+  for (const region of regions) {
+    const { fd, ...description } = region;
+    await client.request({ type: 'ADD_MEM_REG', region: description, fd });
+  }
+}
+
+function closeQueueFds(queue: FrontendQueue): void {
+  for (const fd of [queue.kickFd, queue.callFd]) {
+    if (fd >= 0) {
+      try {
+        native.close(fd);
+      } catch {
+        // Already closed.
+      }
+    }
+  }
+}

@@ -1,0 +1,113 @@
+// The back-end's view of the front-end's memory table: each region's fd mapped once with
+// native mmap as a SharedArrayBuffer that workers wrap without copying. A table is immutable;
+// every change (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) builds a new one, so a worker that
+// still reads through the old table keeps its mappings alive until it lets go (the mapping is
+// unmapped when the last isolate drops the buffer).
+import { fstatSync } from 'node:fs';
+import { native } from '../native.js';
+
+/** Front-end limit of GET_MAX_MEM_SLOTS: QEMU's own maximum for vhost-user (docs/interop/vhost-user.rst). */
+export const MAX_MEM_SLOTS = 509;
+
+const PAGE_SIZE = 4096;
+/** Numbers above this lose precision as JS numbers; no real address space reaches it. */
+const MAX_SAFE_ADDRESS = 2 ** 52;
+
+export interface RegionDescription {
+  guestPhysAddr: bigint;
+  memorySize: bigint;
+  userspaceAddr: bigint;
+  mmapOffset: bigint;
+}
+
+export interface MappedRegion {
+  guestPhysAddr: number;
+  size: number;
+  userspaceAddr: number;
+  mmapOffset: number;
+  /** The mapping; region byte 0 is at buffer[bufferOffset]. */
+  buffer: SharedArrayBuffer;
+  bufferOffset: number;
+}
+
+export class MemoryTableError extends Error {}
+
+/**
+ * Maps one region from its fd. The fd is always closed (the mapping keeps the memory alive),
+ * so a failed map leaks nothing. The fd's size is checked first: touching a mapping past the end
+ * of a file raises SIGBUS, which would kill the whole daemon.
+ */
+export function mapRegion(description: RegionDescription, fd: number): MappedRegion {
+  try {
+    const guestPhysAddr = toSafeNumber(description.guestPhysAddr, 'guest physical address');
+    const size = toSafeNumber(description.memorySize, 'region size');
+    const userspaceAddr = toSafeNumber(description.userspaceAddr, 'userspace address');
+    const mmapOffset = toSafeNumber(description.mmapOffset, 'mmap offset');
+    if (size === 0) throw new MemoryTableError('memory region has size 0');
+    if (guestPhysAddr + size > MAX_SAFE_ADDRESS || userspaceAddr + size > MAX_SAFE_ADDRESS) {
+      throw new MemoryTableError('memory region ends beyond the supported address range');
+    }
+    let fileSize: number;
+    try {
+      fileSize = fstatSync(fd).size;
+    } catch (error) {
+      throw new MemoryTableError(`memory region fd ${fd} cannot be inspected: ${(error as Error).message}`);
+    }
+    if (mmapOffset + size > fileSize) {
+      throw new MemoryTableError(
+        `memory region [offset ${mmapOffset}, size ${size}] exceeds its file (${fileSize} bytes)`,
+      );
+    }
+    // mmap needs a page-aligned file offset; the region starts bufferOffset bytes into the mapping.
+    const alignedOffset = Math.floor(mmapOffset / PAGE_SIZE) * PAGE_SIZE;
+    const bufferOffset = mmapOffset - alignedOffset;
+    let buffer: SharedArrayBuffer;
+    try {
+      buffer = native.mmapShared(fd, bufferOffset + size, alignedOffset, true);
+    } catch (error) {
+      throw new MemoryTableError(`mmap of memory region failed: ${(error as Error).message}`);
+    }
+    return { guestPhysAddr, size, userspaceAddr, mmapOffset, buffer, bufferOffset };
+  } finally {
+    try {
+      native.close(fd);
+    } catch {
+      // The fd was already invalid; mapping it failed above.
+    }
+  }
+}
+
+/** Rejects tables whose guest-physical or userspace ranges overlap (hostile or corrupt). */
+export function checkNoOverlap(regions: readonly MappedRegion[]): void {
+  for (const key of ['guestPhysAddr', 'userspaceAddr'] as const) {
+    const sorted = [...regions].sort((a, b) => a[key] - b[key]);
+    for (let i = 1; i < sorted.length; i++) {
+      const previous = sorted[i - 1]!;
+      if (previous[key] + previous.size > sorted[i]![key]) {
+        throw new MemoryTableError(`memory regions overlap (${key === 'guestPhysAddr' ? 'guest physical' : 'userspace'} ranges)`);
+      }
+    }
+  }
+}
+
+/** Translates a front-end virtual address range (SET_VRING_ADDR) to a region and offset. */
+export function findUserspaceRange(
+  regions: readonly MappedRegion[],
+  userspaceAddr: number,
+  length: number,
+): { region: number; offset: number } | undefined {
+  for (let i = 0; i < regions.length; i++) {
+    const region = regions[i]!;
+    if (userspaceAddr >= region.userspaceAddr && userspaceAddr + length <= region.userspaceAddr + region.size) {
+      return { region: i, offset: userspaceAddr - region.userspaceAddr };
+    }
+  }
+  return undefined;
+}
+
+function toSafeNumber(value: bigint, what: string): number {
+  if (value < 0n || value > BigInt(MAX_SAFE_ADDRESS)) {
+    throw new MemoryTableError(`${what} 0x${value.toString(16)} is outside the supported range`);
+  }
+  return Number(value);
+}
