@@ -1,0 +1,70 @@
+// What the control thread asks of a worker, and what workers report back. Commands travel over
+// a MessagePort (they carry SharedArrayBuffers), but a busy-polling worker never returns to its
+// event loop, so the control thread also bumps a sequence number in a shared Int32Array and
+// writes the worker's mailbox eventfd: the worker checks the sequence every few loop passes (or
+// wakes from epoll on the eventfd) and takes the messages with receiveMessageOnPort.
+import type { MemoryRegion } from './memory.js';
+
+export type PollMode = 'busy' | 'interrupt' | 'adaptive';
+
+export interface QueueStart {
+  index: number;
+  size: number;
+  descUserAddr: number;
+  availUserAddr: number;
+  usedUserAddr: number;
+  lastAvailIdx: number;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  eventIdx: boolean;
+  indirectDesc: boolean;
+}
+
+export type WorkerCommand =
+  | { id: number; op: 'memory'; regions: MemoryRegion[] }
+  | { id: number; op: 'start'; queue: QueueStart }
+  /** Stop popping, wait for in-flight requests, reply with last_avail_idx. */
+  | { id: number; op: 'stop'; index: number }
+  | { id: number; op: 'notify-fds'; index: number; callFd: number; errFd: number }
+  | { id: number; op: 'mode'; mode: PollMode; idleBudgetUs: number }
+  /** Stop every queue (draining) and forget the memory table. */
+  | { id: number; op: 'reset' }
+  | { id: number; op: 'shutdown' };
+
+export type WorkerMessage =
+  | { kind: 'ready'; worker: number; tid: number; cpus: number[] }
+  | { kind: 'reply'; id: number; ok: true; value?: number }
+  | { kind: 'reply'; id: number; ok: false; error: string }
+  | { kind: 'broken'; index: number; reason: number; description: string }
+  | { kind: 'log'; level: 'error' | 'warn' | 'info' | 'debug'; msg: string; fields?: Record<string, unknown> };
+
+/** Int32 slots of the mailbox SharedArrayBuffer. */
+export const Mailbox = {
+  /** Bumped by the control thread after posting commands. */
+  SEQ: 0,
+  /** The poll mode currently in force (0 busy, 1 interrupt, 2 adaptive), for observers. */
+  MODE: 1,
+  SLOTS: 4,
+} as const;
+
+export const POLL_MODE_CODE: Record<PollMode, number> = { busy: 0, interrupt: 1, adaptive: 2 };
+
+/** Worker start-up data (workerData). */
+export interface WorkerInit {
+  worker: number;
+  /** CPU to pin to, or -1 to leave the thread unpinned. */
+  cpu: number;
+  mailbox: SharedArrayBuffer;
+  mailboxFd: number;
+  stats: SharedArrayBuffer;
+  mode: PollMode;
+  idleBudgetUs: number;
+  /** Module URL exporting createQueueHandler (see device-api.ts). */
+  handlerModule: string;
+  handlerOptions: unknown;
+  /** Queues the device has in all (stats slots). */
+  queueCount: number;
+  /** Largest chain a request may hold (segments). */
+  maxSegments: number;
+}
