@@ -1,7 +1,8 @@
 // Typed loader for the native/ring addon. The addon wraps syscalls only: every decision
 // (framing, validation, policy) lives in TypeScript. All fds it creates are non-blocking
 // and close-on-exec. Errors are thrown as Error with `code` set to the errno name
-// (e.g. 'ENOENT') and `errno` to its number, except where a return value says "would block".
+// (e.g. 'ENOENT') and `errno` to its positive number (ENOENT = 2, unlike Node's fs errors),
+// except where a return value says "would block".
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
@@ -17,7 +18,10 @@ export interface RecvResult {
 
 /** Watches one fd on the calling thread's libuv loop (uv_poll). Keeps the loop alive while started. */
 export interface FdWatcher {
-  /** (Re)start watching; the callback fires on each readiness edge the loop reports. */
+  /**
+   * (Re)start watching. Level-triggered (uv_poll): the callback fires on every loop pass while
+   * the fd is ready. One watcher per fd: a second one on the same fd fails with EEXIST.
+   */
   start(readable: boolean, writable: boolean): void;
   stop(): void;
   /** Stops and frees the poll handle. Does not close the fd. Idempotent. */
@@ -35,7 +39,7 @@ export interface Uring {
   submit(sqes: Uint32Array, iovecs: Uint32Array, count: number): number;
   /** Reap up to `max` completions into `cqes` as (user_data u32, res i32) pairs; never blocks. */
   reap(cqes: Int32Array, max: number): number;
-  /** Wait for at least one completion (blocking the calling thread). */
+  /** Wait for at least `minComplete` completions (blocking); returns at once if fewer are in flight. */
   wait(minComplete: number): void;
   /** An eventfd registered with the ring: readable when completions are posted. */
   eventfd(): number;
@@ -71,6 +75,7 @@ export interface NativeRing {
    * mmap(MAP_SHARED) of fd[offset, offset+length) as a SharedArrayBuffer. The mapping lives
    * until every isolate holding the buffer has dropped it (munmap in the backing-store deleter).
    * The fd may be closed right after. Caller checks the fd size first (a short file would SIGBUS).
+   * With writable = false the pages are read-only: a JS write through the buffer is a SIGSEGV.
    */
   mmapShared(fd: number, length: number, offset: number, writable: boolean): SharedArrayBuffer;
 
