@@ -178,6 +178,66 @@ describe('SplitVirtqueue: popping chains', () => {
     expect(mismatches).toBe(0);
   });
 
+  it('runs rings and buffers straddling 4 GiB in a 5 GiB region (default 4 GiB windows)', () => {
+    const GiB = 2 ** 30;
+    const size = 5 * GiB;
+    const base = 2 ** 32; // guest-physical start of the region
+    const buffer = new SharedArrayBuffer(size); // lazily committed
+    const memory = new GuestMemory([{ guestPhysAddr: base, size, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 }]);
+    expect(memory.windowBytesView.length).toBe(2);
+    // A 512-entry ring whose descriptor table (8 KiB) straddles the 4 GiB offset of the mapping.
+    const layout = splitRingLayout(512);
+    const ringAt = base + 2 ** 32 - 0x1000;
+    const rings = { descAddr: ringAt, availAddr: ringAt + layout.availOffset, usedAddr: ringAt + layout.usedOffset };
+    const driver = new VringDriver({ memory, size: 512, ...rings });
+    const queue = new SplitVirtqueue({ memory, size: 512, ...rings });
+    expect(queue.broken).toBe(false);
+    const whole = new DataView(buffer);
+    const straddling = base + 2 ** 32 - 100; // 4 KiB across the 4 GiB offset
+    whole.setUint8(2 ** 32 - 100, 0xa1);
+    whole.setUint8(2 ** 32 + 3995, 0xa2);
+    const huge = base + 1.5 * GiB; // 3 GiB: longer than a 2 GiB stride, handed out in two pieces
+    whole.setUint8(1.5 * GiB, 0xb1);
+    whole.setUint8(4 * GiB - 1, 0xb2);
+    whole.setUint8(4 * GiB, 0xb3);
+    whole.setUint8(4.5 * GiB - 1, 0xb4);
+    for (let i = 0; i < 600; i++) {
+      // Enough requests to use every descriptor slot, including those beyond the 4 GiB offset.
+      driver.beginChain();
+      driver.addSegment(straddling, 4096, false);
+      driver.addSegment(i === 0 ? huge : straddling, i === 0 ? 3 * GiB : 64, true);
+      expect(driver.endChain(i)).toBeGreaterThanOrEqual(0);
+      driver.publish();
+      const req = new VirtqRequest(8);
+      expect(queue.pop(req), queue.describeBroken()).toBe(true);
+      expect(req.readableByte(0)).toBe(0xa1);
+      expect(req.readableByte(4095)).toBe(0xa2);
+      if (i === 0) {
+        expect(req.segmentCount).toBe(3);
+        expect(req.writableBytes).toBe(3 * GiB);
+        expect(req.segLength[1] + req.segLength[2]).toBe(3 * GiB);
+        expect(req.segmentBufferOffset(2)).toBe(req.segmentBufferOffset(1) + req.segLength[1]);
+        const marks: Array<[number, number]> = [
+          [0, 0xb1],
+          [2.5 * GiB - 1, 0xb2],
+          [2.5 * GiB, 0xb3],
+          [3 * GiB - 1, 0xb4],
+        ];
+        for (const [position, value] of marks) {
+          let s = req.readableCount;
+          let skip = position;
+          while (skip >= req.segLength[s]) skip -= req.segLength[s++];
+          expect(memory.windowBytesView[req.segWindow[s]][req.segWindowOffset[s] + skip]).toBe(value);
+        }
+        expect(req.writeWritableByte(3 * GiB - 1, 0xcc)).toBe(true);
+        expect(whole.getUint8(4.5 * GiB - 1)).toBe(0xcc);
+      }
+      queue.pushUsed(req.head, 0);
+      queue.flushUsed();
+      expect(driver.reapUsed(new Float64Array(1), new Uint32Array(1))).toBe(1);
+    }
+  });
+
   it('starts at the SET_VRING_BASE index and wraps at 2^16', () => {
     const { driver, queue, size } = fixture({ config: { lastAvailIdx: 0xfffe } });
     driver.setRawAvailIdx(0xfffe);
