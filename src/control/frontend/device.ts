@@ -38,6 +38,8 @@ export class FrontendQueue {
     readonly descAddr: number,
     readonly availAddr: number,
     readonly usedAddr: number,
+    /** Indirect tables of this queue's driver, if any. */
+    readonly indirect?: { tableAddr: number; maxEntries: number },
   ) {}
 
   /** Publish posted chains and kick the back-end if the ring asks for it (EVENT_IDX aware). */
@@ -115,7 +117,9 @@ export class FrontendDevice {
         });
         const kickFd = options.noKickFd ? -1 : native.eventfdCreate(0);
         const callFd = native.eventfdCreate(0);
-        queues.push(new FrontendQueue(index, driver, kickFd, callFd, ringAddr + layout.descOffset, ringAddr + layout.availOffset, ringAddr + layout.usedOffset));
+        queues.push(
+          new FrontendQueue(index, driver, kickFd, callFd, ringAddr + layout.descOffset, ringAddr + layout.availOffset, ringAddr + layout.usedOffset, indirect),
+        );
         await client.request({ type: 'SET_VRING_NUM', index, num: size });
         await client.request({ type: 'SET_VRING_BASE', index, num: 0 });
         await client.request({

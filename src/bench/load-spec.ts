@@ -1,0 +1,89 @@
+// Plain-data description of a front-end load, handed to a load worker thread. The control
+// connection stays on the thread that negotiated (FrontendDevice); the load worker only needs
+// guest memory (SharedArrayBuffers), ring addresses and eventfd numbers, which are process-wide.
+import type { MemoryRegion } from '../dataplane/memory.js';
+
+export interface LoadQueue {
+  index: number;
+  size: number;
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+  kickFd: number;
+  callFd: number;
+  eventIdx: boolean;
+  indirect?: { tableAddr: number; maxEntries: number };
+  /** Guest memory reserved for this queue's request buffers: [bufferAddr, bufferAddr + bufferBytes). */
+  bufferAddr: number;
+  bufferBytes: number;
+}
+
+/** Each request carries `bytes` to the echo device in `segments` descriptors and gets them back. */
+export interface EchoWorkload {
+  kind: 'echo';
+  bytes: number;
+  segments: number;
+  /** Put the chain in an indirect table (needs INDIRECT_DESC). */
+  indirect: boolean;
+  /** Check every reply against what was sent. */
+  verify: boolean;
+}
+
+export type BlkPattern = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
+
+/** virtio-blk requests: header, data, status. */
+export interface BlkWorkload {
+  kind: 'blk';
+  pattern: BlkPattern;
+  /** Bytes per request (a multiple of 512). */
+  blockSize: number;
+  /** Disk size in bytes (GET_CONFIG capacity × 512); offsets stay below it. */
+  capacityBytes: number;
+  /** randrw: share of reads (0..1). */
+  readShare: number;
+  /** Seed for the offset generator (runs are repeatable). */
+  seed: number;
+}
+
+export type Workload = EchoWorkload | BlkWorkload;
+
+export interface LoadSpec {
+  regions: MemoryRegion[];
+  queues: LoadQueue[];
+  workload: Workload;
+  /** Requests in flight per queue (closed loop), or the cap on them (open loop). */
+  queueDepth: number;
+  /** Stop after this many requests per queue (0 = use seconds). */
+  requestsPerQueue: number;
+  /** Measured duration (after warm-up) when requestsPerQueue is 0. */
+  seconds: number;
+  warmupSeconds: number;
+  /** Open loop: issue at this many requests per second in all (0 = closed loop). */
+  rate: number;
+  /** How to wait for completions: spin on the used rings, or sleep on the call eventfds. */
+  wait: 'spin' | 'event';
+  /** CPU to pin the load thread to (-1: leave it). */
+  cpu: number;
+  /**
+   * Shared progress area (Float64Array): [0] requests completed so far (all queues), [1] set to 1
+   * by the owner to stop early, [2] set by the worker when the measured phase starts.
+   */
+  progress: SharedArrayBuffer;
+}
+
+export const Progress = { COMPLETED: 0, STOP: 1, MEASURING: 2, SLOTS: 4 } as const;
+
+export interface LoadResult {
+  requests: number;
+  bytes: number;
+  seconds: number;
+  /** Latency histogram (ns) as plain data: see Histogram. */
+  histogram: { counts: Float64Array; count: number; min: number; max: number; sum: number };
+  /** CPU time of the load thread itself, from /proc. */
+  cpuSeconds: number;
+  kicks: number;
+  /** Echo verification failures, or blk requests that completed with a non-OK status. */
+  errors: number;
+  /** The first error, described. */
+  firstError: string;
+}

@@ -1,0 +1,159 @@
+// Runs a load against a connected FrontendDevice from a separate thread, so the thread that
+// owns the control connection (and, in tests, the back-end's control plane) stays responsive.
+import { Worker } from 'node:worker_threads';
+import type { FrontendDevice } from '../control/frontend/device.js';
+import { Histogram } from './histogram.js';
+import { Progress, type LoadResult, type LoadSpec, type Workload } from './load-spec.js';
+
+export interface LoadOptions {
+  workload: Workload;
+  queueDepth: number;
+  /** Which of the device's queues to drive (default: all). */
+  queues?: number[];
+  requestsPerQueue?: number;
+  seconds?: number;
+  warmupSeconds?: number;
+  rate?: number;
+  wait?: 'spin' | 'event';
+  cpu?: number;
+}
+
+export interface LoadReport {
+  requests: number;
+  bytes: number;
+  seconds: number;
+  iops: number;
+  mbPerSecond: number;
+  latencyNs: { mean: number; min: number; p50: number; p90: number; p99: number; p999: number; max: number };
+  histogram: Histogram;
+  cpuSeconds: number;
+  kicks: number;
+  errors: number;
+  firstError: string;
+}
+
+export interface RunningLoad {
+  /** Requests completed so far (all queues). */
+  completed(): number;
+  /** Whether warm-up is over. */
+  measuring(): boolean;
+  /** Ask the load to stop early (it drains, then resolves). */
+  stop(): void;
+  result: Promise<LoadReport>;
+}
+
+/**
+ * Reserves request buffers in the device's guest memory (once per device: the areas are kept
+ * for later runs) and starts the load thread.
+ */
+export function startLoad(device: FrontendDevice, options: LoadOptions): RunningLoad {
+  const indexes = options.queues ?? device.queues.map((q) => q.index);
+  const depth = options.queueDepth;
+  if (!Number.isInteger(depth) || depth < 1) throw new RangeError(`queue depth must be a positive integer, got ${depth}`);
+  const perSlot = slotBytes(options.workload);
+  const queues = indexes.map((index) => {
+    const queue = device.queues[index];
+    if (!queue) throw new RangeError(`queue ${index} is not set up (device has ${device.queues.length})`);
+    const bufferBytes = perSlot * Math.min(depth, queue.driver.size) + 4096;
+    const bufferAddr = reserve(device, index, bufferBytes);
+    return {
+      index,
+      size: queue.driver.size,
+      descAddr: queue.descAddr,
+      availAddr: queue.availAddr,
+      usedAddr: queue.usedAddr,
+      kickFd: queue.kickFd,
+      callFd: queue.callFd,
+      eventIdx: queue.driver.eventIdx,
+      indirect: queue.indirect,
+      bufferAddr,
+      bufferBytes,
+    };
+  });
+  const progress = new SharedArrayBuffer(Progress.SLOTS * 8);
+  const progressView = new Float64Array(progress);
+  const spec: LoadSpec = {
+    regions: device.memory.regions.map(({ guestPhysAddr, size, userspaceAddr, buffer, bufferOffset }) => ({
+      guestPhysAddr,
+      size,
+      userspaceAddr,
+      buffer,
+      bufferOffset,
+    })),
+    queues,
+    workload: options.workload,
+    queueDepth: depth,
+    requestsPerQueue: options.requestsPerQueue ?? 0,
+    seconds: options.seconds ?? 0,
+    warmupSeconds: options.warmupSeconds ?? 0,
+    rate: options.rate ?? 0,
+    wait: options.wait ?? 'spin',
+    cpu: options.cpu ?? -1,
+    progress,
+  };
+  if (spec.requestsPerQueue <= 0 && spec.seconds <= 0) throw new RangeError('give a request count or a duration');
+  const worker = new Worker(new URL('./load-worker.js', import.meta.url), { workerData: spec });
+  const result = new Promise<LoadReport>((resolve, reject) => {
+    worker.once('message', (raw: LoadResult) => resolve(report(raw)));
+    worker.once('error', reject);
+    worker.once('exit', (code) => {
+      if (code !== 0) reject(new Error(`load thread exited with code ${code}`));
+    });
+  });
+  return {
+    completed: () => progressView[Progress.COMPLETED]!,
+    measuring: () => progressView[Progress.MEASURING] === 1,
+    stop: () => {
+      progressView[Progress.STOP] = 1;
+    },
+    result,
+  };
+}
+
+export function runLoad(device: FrontendDevice, options: LoadOptions): Promise<LoadReport> {
+  return startLoad(device, options).result;
+}
+
+function report(raw: LoadResult): LoadReport {
+  const histogram = new Histogram();
+  histogram.merge(raw.histogram);
+  const seconds = raw.seconds > 0 ? raw.seconds : Number.EPSILON;
+  return {
+    requests: raw.requests,
+    bytes: raw.bytes,
+    seconds: raw.seconds,
+    iops: raw.requests / seconds,
+    mbPerSecond: raw.bytes / seconds / 1e6,
+    latencyNs: {
+      mean: histogram.mean,
+      min: histogram.count ? histogram.min : 0,
+      p50: histogram.percentile(0.5),
+      p90: histogram.percentile(0.9),
+      p99: histogram.percentile(0.99),
+      p999: histogram.percentile(0.999),
+      max: histogram.max,
+    },
+    histogram,
+    cpuSeconds: raw.cpuSeconds,
+    kicks: raw.kicks,
+    errors: raw.errors,
+    firstError: raw.firstError,
+  };
+}
+
+function slotBytes(workload: Workload): number {
+  if (workload.kind === 'echo') return 2 * (Math.ceil(workload.bytes / 64) * 64);
+  return 16 + Math.ceil(workload.blockSize / 4096) * 4096 + 4096 + 64;
+}
+
+const reserved = new WeakMap<FrontendDevice, Map<number, { addr: number; bytes: number }>>();
+
+function reserve(device: FrontendDevice, queue: number, bytes: number): number {
+  let areas = reserved.get(device);
+  if (!areas) reserved.set(device, (areas = new Map()));
+  const existing = areas.get(queue);
+  if (existing && existing.bytes >= bytes) return existing.addr;
+  const addr = device.memory.allocate(bytes, 4096);
+  areas.set(queue, { addr, bytes });
+  return addr;
+}
