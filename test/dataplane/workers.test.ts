@@ -1,0 +1,235 @@
+// The data plane end to end: the real daemon with pinned workers, driven by the front-end
+// library from a separate load thread, in every poll mode.
+import { afterEach, describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VhostUserDaemon } from '../../dist/control/daemon.js';
+import { FrontendDevice } from '../../dist/control/frontend/device.js';
+import { FrontendMemory } from '../../dist/control/frontend/memory.js';
+import { EchoDevice } from '../../dist/devices/echo/device.js';
+import { WorkerDataPlane } from '../../dist/dataplane/pool.js';
+import { BrokenReason } from '../../dist/dataplane/chain.js';
+import { native } from '../../dist/native.js';
+import { runLoad, startLoad } from '../../dist/bench/load.js';
+import type { PollMode } from '../../dist/dataplane/commands.js';
+
+interface Rig {
+  daemon: VhostUserDaemon;
+  plane: WorkerDataPlane;
+  device: FrontendDevice;
+  socketPath: string;
+  dir: string;
+}
+
+const rigs: Rig[] = [];
+
+async function startRig(options: { mode: PollMode; queues: number; reorder?: number; cpus?: number[]; indirect?: number }): Promise<Rig> {
+  const dir = mkdtempSync(join(tmpdir(), 'vut-dp-'));
+  const socketPath = join(dir, 'echo.sock');
+  const plane = await WorkerDataPlane.start({
+    cpus: options.cpus ?? [1],
+    queueCount: options.queues,
+    handler: EchoDevice.handler({ reorder: options.reorder ?? 1 }),
+    mode: options.mode,
+  });
+  const daemon = new VhostUserDaemon(new EchoDevice(options.queues, 256), { socketPath, dataPlane: plane });
+  await daemon.start();
+  const device = await FrontendDevice.connect({ socketPath, queues: options.queues, queueSize: 256, indirectEntries: options.indirect ?? 8 });
+  const rig = { daemon, plane, device, socketPath, dir };
+  rigs.push(rig);
+  return rig;
+}
+
+afterEach(async () => {
+  for (const rig of rigs.splice(0)) {
+    rig.device.close();
+    await rig.daemon.stop();
+    await rig.plane.close();
+    rmSync(rig.dir, { recursive: true, force: true });
+  }
+});
+
+const totalRequests = (plane: WorkerDataPlane) => plane.allQueueStats().reduce((sum, s) => sum + s.requests, 0);
+
+describe.each(['busy', 'interrupt', 'adaptive'] as const)('%s mode', (mode) => {
+  it('moves 60 000 chained requests through 1 queue in order, every reply verified', async () => {
+    const rig = await startRig({ mode, queues: 1 });
+    const result = await runLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 192, segments: 3, indirect: false, verify: true },
+      queueDepth: 32,
+      requestsPerQueue: 60_000,
+      cpu: 0,
+    });
+    expect(result.errors, result.firstError).toBe(0);
+    expect(result.requests).toBe(60_000);
+    expect(totalRequests(rig.plane)).toBe(60_000);
+    // GET_VRING_BASE reports where the ring stopped: after the last request.
+    expect(await rig.device.stopQueue(0)).toBe(60_000 & 0xffff);
+  });
+
+  it('moves 60 000 indirect requests through 4 queues completed out of order', async () => {
+    const rig = await startRig({ mode, queues: 4, reorder: 8 });
+    const result = await runLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 128, segments: 2, indirect: true, verify: true },
+      queueDepth: 16,
+      requestsPerQueue: 15_000,
+      cpu: 0,
+    });
+    expect(result.errors, result.firstError).toBe(0);
+    expect(result.requests).toBe(60_000);
+    const stats = rig.plane.allQueueStats();
+    for (const queue of stats) expect(queue.requests).toBe(15_000);
+  });
+});
+
+describe('notifications (EVENT_IDX)', () => {
+  it('busy mode at saturation signals far less than once per request and is never kicked', async () => {
+    const rig = await startRig({ mode: 'busy', queues: 1 });
+    // The driver waits on the call eventfd, so it keeps asking to be notified (used_event).
+    const result = await runLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 64,
+      requestsPerQueue: 50_000,
+      wait: 'event',
+      cpu: 0,
+    });
+    expect(result.errors).toBe(0);
+    const stats = rig.plane.queueStats(0);
+    expect(stats.requests).toBe(50_000);
+    expect(stats.calls / stats.requests).toBeLessThan(0.2);
+    // A busy worker never arms kicks: avail_event stays stale, the driver (almost) never kicks.
+    expect(result.kicks).toBeLessThan(10);
+  });
+
+  it('interrupt mode is woken by kicks and signals calls', async () => {
+    const rig = await startRig({ mode: 'interrupt', queues: 1 });
+    const result = await runLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 1,
+      requestsPerQueue: 2_000,
+      wait: 'event',
+      cpu: 0,
+    });
+    expect(result.errors).toBe(0);
+    const stats = rig.plane.queueStats(0);
+    expect(stats.kicks).toBeGreaterThan(0);
+    expect(stats.calls).toBeGreaterThan(0);
+    expect(stats.sleepMs).toBeGreaterThan(0);
+    expect(result.kicks).toBeGreaterThan(0);
+  });
+});
+
+describe('workers', () => {
+  it('are pinned to the configured CPU', async () => {
+    const rig = await startRig({ mode: 'busy', queues: 1, cpus: [1] });
+    const [tid] = rig.plane.workerThreadIds;
+    const status = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+    expect(status).toMatch(/Cpus_allowed_list:\s*1\n/);
+  });
+
+  it('lose nothing when the poll mode switches under load', async () => {
+    const rig = await startRig({ mode: 'busy', queues: 2 });
+    const load = startLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 32,
+      requestsPerQueue: 60_000,
+      wait: 'event',
+      cpu: 0,
+    });
+    const modes: PollMode[] = ['interrupt', 'adaptive', 'busy', 'interrupt', 'busy', 'adaptive'];
+    let switches = 0;
+    let settled = false;
+    void load.result.finally(() => (settled = true));
+    while (!settled && switches < 60) {
+      await rig.plane.setMode(modes[switches % modes.length]!, 20);
+      switches++;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const result = await load.result;
+    expect(switches).toBeGreaterThan(2);
+    expect(result.errors, result.firstError).toBe(0);
+    expect(result.requests).toBe(120_000);
+    expect(totalRequests(rig.plane)).toBe(120_000);
+  });
+
+  it('GET_VRING_BASE waits for requests still held by the device', async () => {
+    // reorder 1000 holds every completion until the worker has nothing new to pop.
+    const rig = await startRig({ mode: 'interrupt', queues: 1, reorder: 1000 });
+    const queue = rig.device.queues[0]!;
+    const memory = rig.device.memory;
+    const buffer = memory.allocate(4096 * 8, 4096);
+    for (let i = 0; i < 8; i++) {
+      queue.driver.beginChain();
+      queue.driver.addSegment(buffer + i * 4096, 64, false);
+      queue.driver.addSegment(buffer + i * 4096 + 2048, 64, true);
+      expect(queue.driver.endChain(i)).toBeGreaterThanOrEqual(0);
+    }
+    queue.publishAndKick();
+    const base = await rig.device.stopQueue(0);
+    expect(base).toBe(8);
+    // Everything popped was completed before the ring stopped.
+    expect(rig.plane.queueStats(0).requests).toBe(8);
+    const tokens = new Float64Array(8);
+    expect(queue.driver.reapUsed(tokens, new Uint32Array(8))).toBe(8);
+  });
+
+  it('keep serving a memory table change (ADD_MEM_REG) under load', async () => {
+    const rig = await startRig({ mode: 'busy', queues: 1 });
+    const load = startLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 16,
+      requestsPerQueue: 40_000,
+      cpu: 0,
+    });
+    while (load.completed() < 5_000) await new Promise((resolve) => setTimeout(resolve, 2));
+    const extra = new FrontendMemory([{ guestPhysAddr: 1 << 30, size: 1 << 20 }]);
+    const [region] = extra.describe();
+    const { fd, ...description } = region!;
+    await rig.device.client.request({ type: 'ADD_MEM_REG', region: description, fd });
+    const result = await load.result;
+    extra.close();
+    expect(result.errors, result.firstError).toBe(0);
+    expect(result.requests).toBe(40_000);
+  });
+});
+
+describe('a hostile ring', () => {
+  it('breaks only its own queue: the error fd fires, other queues keep serving, the ring still stops', async () => {
+    const rig = await startRig({ mode: 'interrupt', queues: 2 });
+    const errFd = native.eventfdCreate(0);
+    await rig.device.client.request({ type: 'SET_VRING_ERR', index: 0, noFd: false, fd: errFd });
+    // Queue 0: a head index beyond the ring.
+    const queue0 = rig.device.queues[0]!;
+    queue0.driver.postRawHead(9999);
+    queue0.publishAndKick();
+    const deadline = Date.now() + 5000;
+    while (rig.plane.queueStats(0).broken === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(rig.plane.queueStats(0).broken).toBe(BrokenReason.HEAD_OUT_OF_RANGE);
+    expect(native.eventfdRead(errFd)).toBeGreaterThan(0);
+    // Queue 1 is unaffected.
+    const result = await runLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queues: [1],
+      queueDepth: 8,
+      requestsPerQueue: 5_000,
+      cpu: 0,
+    });
+    expect(result.errors).toBe(0);
+    expect(result.requests).toBe(5_000);
+    // The broken ring still stops on request (no hang), and the daemon serves a new front-end.
+    expect(typeof (await rig.device.stopQueue(0))).toBe('number');
+    rig.device.close();
+    native.close(errFd);
+    const again = await FrontendDevice.connect({ socketPath: rig.socketPath, queues: 2, queueSize: 256 });
+    const second = await runLoad(again, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 8,
+      requestsPerQueue: 1_000,
+      cpu: 0,
+    });
+    again.close();
+    expect(second.errors).toBe(0);
+    expect(second.requests).toBe(2_000);
+  });
+});
