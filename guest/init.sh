@@ -17,7 +17,7 @@
 #   VUT-STEP <step> <detail>          one line per step, so a failing run is diagnosable
 #   VUT-RESULT {"job":...,"ok":true|false,...}   exactly one line, then `poweroff -f`
 #
-# The pattern (see gen_pattern; test/guest/qemu.ts makePattern() reproduces it on the host):
+# The pattern (see gen_pattern; src/guest/qemu.ts makePattern() reproduces it on the host):
 #   disk 4 KiB block n (absolute index): bytes 0..3 = n (u32 BE), 4..7 = x0 (u32 BE),
 #   bytes 8..4095 = base[(k + n*509 % 4096) % 4096]; base[i] = x_{i+1} % 256,
 #   x_{j+1} = x_j * 48271 % 2147483647, x0 = seed % 2147483646 + 1.

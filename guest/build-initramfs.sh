@@ -1,8 +1,8 @@
 #!/bin/bash
 # Build the test guest's initramfs: busybox (static) + virtio modules of the installed Debian kernel
-# + test/guest/init.sh as /init.
+# + guest/init.sh as /init.
 #
-#   test/guest/build-initramfs.sh [OUTDIR]        (default OUTDIR: <repo>/.cache/guest)
+#   guest/build-initramfs.sh [OUTDIR]        (default OUTDIR: <repo>/.cache/guest)
 #
 # The image lands in OUTDIR/<kernel version>-<hash>/ where the hash covers init.sh, this script,
 # the module list and busybox, so changing any input rebuilds and otherwise the image is reused.
@@ -21,7 +21,7 @@ MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          failover net_failover virtio_net)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
+REPO=$(cd "$HERE/.." && pwd)
 OUTDIR=${1:-$REPO/.cache/guest}
 INIT=$HERE/init.sh
 
