@@ -2,6 +2,7 @@
 // In the spirit of rust-vmm's VhostUserBackend: a device describes itself (features, queues,
 // config space) and reacts to a few events; it never sees a socket or a protocol message.
 import type { MappedRegion } from './memory-table.js';
+import type { QueueStats } from '../dataplane/stats.js';
 
 export interface VhostUserDevice {
   /** Short name for logs, e.g. 'virtio-blk'. */
@@ -68,4 +69,6 @@ export interface DataPlane {
   setNotifyFds(index: number, callFd: number, errFd: number): Promise<void>;
   /** Forget the connection: stop every ring, drop the memory table. */
   reset(): Promise<void>;
+  /** Per-queue counters, readable at any time without stopping the rings (if the data plane keeps them). */
+  allQueueStats?(): QueueStats[];
 }

@@ -4,6 +4,7 @@ import { lstatSync, unlinkSync } from 'node:fs';
 import { native, type FdWatcher } from '../native.js';
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VhostUserDevice } from './backend.js';
+import type { QueueStats } from '../dataplane/stats.js';
 import { VhostUserSession } from './session.js';
 
 export interface DaemonOptions {
@@ -53,6 +54,11 @@ export class VhostUserDaemon {
   /** Front-end connections handled so far (including the current one). */
   get connections(): number {
     return this.connectionsServed;
+  }
+
+  /** Per-queue statistics of the data plane (requests, bytes, kicks, calls, poll passes, sleep). */
+  queueStats(): QueueStats[] {
+    return this.options.dataPlane.allQueueStats?.() ?? [];
   }
 
   /** The session of the connected front-end, if any. */
