@@ -16,6 +16,10 @@ export interface StorageDaemonOptions {
   cacheDirect?: boolean;
   /** 'unmap' passes guest discards to the file (punches holes), 'ignore' drops them (default unmap). */
   discard?: 'unmap' | 'ignore';
+  /** Full --blockdev value instead of the file node built from the options above (node-name must be file0). */
+  blockdev?: string;
+  /** Pin the daemon to these CPUs (taskset -c LIST). */
+  cpus?: string;
   /** Binary (default qemu-storage-daemon, or $VUT_QSD). */
   binary?: string;
   /** How long to wait for the socket to appear (default 10 000 ms). */
@@ -50,7 +54,8 @@ export async function startStorageDaemon(o: StorageDaemonOptions): Promise<Stora
     `num-queues=${o.numQueues ?? 1}`,
   ];
   if (o.logicalBlockSize) exp.push(`logical-block-size=${o.logicalBlockSize}`);
-  const { child, kill, argv } = spawnTracked(bin, ['--blockdev', blockdev.join(','), '--export', exp.join(',')]);
+  const args = ['--blockdev', o.blockdev ?? blockdev.join(','), '--export', exp.join(',')];
+  const { child, kill, argv } = o.cpus ? spawnTracked('taskset', ['-c', o.cpus, bin, ...args]) : spawnTracked(bin, args);
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (out += d));

@@ -1,0 +1,241 @@
+// npm run bench:blk [-- --quick] — vhost-user-blk back-ends side by side, in one run, on one
+// image: ours (null and io_uring engines, each poll mode), qemu-storage-daemon (null-co and
+// file with aio=io_uring, O_DIRECT like ours) and raw fio on the same file. 4 KiB random reads
+// at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints the
+// absolute figures and the ratios ours/QSD and ours/fio, and writes JSON to results/.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
+import { startStorageDaemon } from '../dist/guest/qsd.js';
+
+const REPO = new URL('..', import.meta.url).pathname;
+const BACKEND_CPU = '1';
+const LOAD_CPU = 0;
+
+interface Point {
+  backend: string;
+  engine: string;
+  mode: string;
+  qd: number;
+  iops: number;
+  lat_us: { p50: number; p90: number; p99: number; 'p99.9': number; max: number; mean: number };
+  backend_cpu_s: number | null;
+  loadgen_cpu_s: number | null;
+  seconds: number;
+}
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    seconds: { type: 'string' },
+    image: { type: 'string' },
+    'size-mb': { type: 'string' },
+    only: { type: 'string' },
+  },
+});
+const quick = values.quick!;
+const seconds = Number(values.seconds ?? (quick ? 3 : 10));
+const warmup = quick ? 1 : 2;
+const sizeMb = Number(values['size-mb'] ?? (quick ? 256 : 1024));
+const only = values.only ? new RegExp(values.only) : undefined;
+const work = join(tmpdir(), `vut-compare-${process.pid}`);
+mkdirSync(work, { recursive: true });
+const image = values.image ?? join(REPO, '.cache', 'bench', `blk-${sizeMb}M.img`);
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) => (error ? reject(new Error(`${cmd} failed: ${stderr || error.message}`)) : resolve(stdout))),
+  );
+}
+
+async function prepareImage(): Promise<void> {
+  if (existsSync(image)) return;
+  mkdirSync(join(REPO, '.cache', 'bench'), { recursive: true });
+  // Real data, not a sparse file: reading holes would flatter every back-end.
+  process.stderr.write(`writing a ${sizeMb} MiB image at ${image}...\n`);
+  await run('fio', ['--name=fill', `--filename=${image}`, '--rw=write', '--bs=1M', `--size=${sizeMb}M`, '--ioengine=io_uring', '--direct=1', '--output-format=terse']);
+}
+
+async function waitForSocket(path: string, child: ChildProcess, log: () => string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!existsSync(path)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`back-end did not listen on ${path}:\n${log()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function ours(engine: 'null' | 'io_uring', mode: string): Promise<{ socket: string; pid: number; stop: () => Promise<void> }> {
+  const socket = join(work, `ours-${engine}-${mode}.sock`);
+  const args = [join(REPO, 'bin', 'vhost-user-blk'), '--socket', socket, '--engine', engine, '--cpus', BACKEND_CPU, '--poll', mode];
+  if (engine === 'io_uring') args.push('--disk', image, '--direct');
+  else args.push('--size', `${sizeMb}M`);
+  const child = spawn('taskset', ['-c', BACKEND_CPU, process.execPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  await waitForSocket(socket, child, () => log);
+  return {
+    socket,
+    pid: child.pid!,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((resolve) => child.once('exit', resolve));
+      }
+    },
+  };
+}
+
+async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: number; stop: () => Promise<void> }> {
+  const socket = join(work, `qsd-${engine}.sock`);
+  const blockdev =
+    engine === 'null-co'
+      ? `driver=null-co,node-name=file0,size=${sizeMb * 2 ** 20},read-zeroes=on`
+      : `driver=file,node-name=file0,filename=${image},aio=io_uring,cache.direct=on`;
+  const daemon = await startStorageDaemon({ image, socketPath: socket, blockdev, cpus: BACKEND_CPU });
+  return { socket, pid: daemon.pid, stop: () => daemon.stop() };
+}
+
+async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
+  const r: BenchResult = await runBench({
+    socketPath: socket,
+    pattern: 'randread',
+    readShare: 1,
+    blockSize: 4096,
+    queueDepth: qd,
+    queues: 1,
+    queueSize: 256,
+    seconds,
+    warmup,
+    rate: 0,
+    wait: 'spin',
+    cpu: LOAD_CPU,
+    backendPid: pid,
+    memoryBytes: 256 << 20,
+    json: true,
+    verbose: false,
+  });
+  if (r.errors > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd}: ${r.errors} request errors`);
+  return { backend, engine, mode, qd, iops: r.iops, lat_us: r.lat_us, backend_cpu_s: r.backend_cpu_s, loadgen_cpu_s: r.loadgen_cpu_s, seconds: r.seconds };
+}
+
+async function fio(qd: number): Promise<Point> {
+  const out = await run('taskset', [
+    '-c',
+    BACKEND_CPU,
+    'fio',
+    '--name=randread',
+    `--filename=${image}`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--rw=randread',
+    '--bs=4k',
+    `--iodepth=${qd}`,
+    '--time_based',
+    `--runtime=${seconds}`,
+    `--ramp_time=${warmup}`,
+    '--output-format=json',
+  ]);
+  const job = JSON.parse(out).jobs[0];
+  const pct = job.read.clat_ns.percentile as Record<string, number>;
+  const us = (ns: number) => Math.round(ns / 10) / 100;
+  return {
+    backend: 'fio',
+    engine: 'io_uring',
+    mode: '-',
+    qd,
+    iops: Math.round(job.read.iops),
+    lat_us: {
+      mean: us(job.read.clat_ns.mean),
+      p50: us(pct['50.000000']!),
+      p90: us(pct['90.000000']!),
+      p99: us(pct['99.000000']!),
+      'p99.9': us(pct['99.900000']!),
+      max: us(job.read.clat_ns.max),
+    },
+    backend_cpu_s: ((job.usr_cpu + job.sys_cpu) / 100) * seconds,
+    loadgen_cpu_s: null,
+    seconds,
+  };
+}
+
+async function main(): Promise<void> {
+  await prepareImage();
+  const points: Point[] = [];
+  const configs: { name: string; start: () => Promise<{ socket: string; pid: number; stop: () => Promise<void> }>; backend: string; engine: string; mode: string }[] = [];
+  for (const mode of ['busy', 'interrupt', 'adaptive']) {
+    configs.push({ name: `ours null ${mode}`, start: () => ours('null', mode), backend: 'ours', engine: 'null', mode });
+  }
+  for (const mode of ['busy', 'interrupt', 'adaptive']) {
+    configs.push({ name: `ours io_uring ${mode}`, start: () => ours('io_uring', mode), backend: 'ours', engine: 'io_uring', mode });
+  }
+  configs.push({ name: 'qsd null-co', start: () => qsd('null-co'), backend: 'qsd', engine: 'null', mode: 'event loop' });
+  configs.push({ name: 'qsd file', start: () => qsd('file'), backend: 'qsd', engine: 'io_uring', mode: 'event loop' });
+  for (const config of configs) {
+    if (only && !only.test(config.name)) continue;
+    const server = await config.start();
+    try {
+      for (const qd of [1, 32]) {
+        process.stderr.write(`${config.name} QD${qd}...\n`);
+        points.push(await measure(config.backend, config.engine, config.mode, server.socket, server.pid, qd));
+      }
+    } finally {
+      await server.stop();
+    }
+  }
+  if (!only || only.test('fio')) {
+    for (const qd of [1, 32]) {
+      process.stderr.write(`fio QD${qd}...\n`);
+      points.push(await fio(qd));
+    }
+  }
+  const find = (backend: string, engine: string, qd: number, mode?: string) =>
+    points.find((p) => p.backend === backend && p.engine === engine && p.qd === qd && (mode === undefined || p.mode === mode));
+  const rows = points.map((p) => {
+    const peer = p.backend === 'ours' ? find('qsd', p.engine, p.qd) : undefined;
+    const raw = p.backend === 'ours' && p.engine === 'io_uring' ? find('fio', 'io_uring', p.qd) : undefined;
+    return {
+      ...p,
+      vs_qsd: peer ? Math.round((p.iops / peer.iops) * 100) / 100 : null,
+      vs_fio: raw ? Math.round((p.iops / raw.iops) * 100) / 100 : null,
+    };
+  });
+  const header = 'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  ours/QSD  ours/fio';
+  const lines = [header];
+  for (const r of rows) {
+    const cpu = r.backend_cpu_s === null ? '-' : `${Math.round((r.backend_cpu_s / r.seconds) * 100)}`;
+    lines.push(
+      [
+        r.backend.padEnd(8),
+        r.engine.padEnd(9),
+        r.mode.padEnd(10),
+        String(r.qd).padStart(3),
+        String(r.iops).padStart(8),
+        r.lat_us.p50.toFixed(1).padStart(7),
+        r.lat_us.p99.toFixed(1).padStart(7),
+        r.lat_us['p99.9'].toFixed(1).padStart(8),
+        cpu.padStart(8),
+        (r.vs_qsd === null ? '-' : r.vs_qsd.toFixed(2)).padStart(9),
+        (r.vs_fio === null ? '-' : r.vs_fio.toFixed(2)).padStart(9),
+      ].join(' '),
+    );
+  }
+  const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
+  const command = `npm run bench:blk${quick ? ' -- --quick' : ''}`;
+  const table = lines.join('\n');
+  process.stdout.write(`\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n`);
+  mkdirSync(join(REPO, 'results'), { recursive: true });
+  const record = { date: new Date().toISOString(), machine, command, seconds, warmup, imageBytes: sizeMb << 20, rows, table };
+  const stamp = record.date.replace(/[:.]/g, '-');
+  writeFileSync(join(REPO, 'results', `blk-compare-${stamp}.json`), JSON.stringify(record, null, 2));
+  writeFileSync(join(REPO, 'results', 'blk-compare-latest.json'), JSON.stringify(record, null, 2));
+  rmSync(work, { recursive: true, force: true });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench:blk failed: ${error instanceof Error ? error.message : String(error)}\n`);
+  rmSync(work, { recursive: true, force: true });
+  process.exitCode = 1;
+});
