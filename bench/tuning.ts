@@ -1,0 +1,165 @@
+// npm run bench:tuning [-- --quick] — the poll-versus-interrupt study behind tuning.md.
+// Our vhost-user-blk (io_uring engine, buffered image so the device is not the bottleneck) in
+// busy, interrupt and adaptive mode (two idle budgets): latency percentiles and back-end CPU at
+// offered loads of ~1 K, 10 K, 100 K IOPS (open loop) and at saturation (closed loop, QD32);
+// back-end CPU with rings running and no I/O; QD1 latency next to raw fio (io_uring, same file,
+// same core). Back-end on CPU 1, load generator on CPU 0. Writes results/tuning-*.json.
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { FrontendDevice } from '../dist/control/frontend/device.js';
+import { processCpuSeconds, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
+
+const REPO = new URL('..', import.meta.url).pathname;
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const quick = values.quick!;
+const seconds = quick ? 2 : 5;
+const warmup = 1;
+const sizeMb = 256;
+const image = join(REPO, '.cache', 'bench', `tuning-${sizeMb}M.img`);
+const work = join(tmpdir(), `vut-tuning-${process.pid}`);
+mkdirSync(work, { recursive: true });
+
+const modes = [
+  { name: 'busy', poll: 'busy', budgetUs: 0 },
+  { name: 'interrupt', poll: 'interrupt', budgetUs: 0 },
+  { name: 'adaptive-50us', poll: 'adaptive', budgetUs: 50 },
+  { name: 'adaptive-1ms', poll: 'adaptive', budgetUs: 1000 },
+];
+const loads = [
+  { name: '1K', rate: 1_000, qd: 64 },
+  { name: '10K', rate: 10_000, qd: 64 },
+  { name: '100K', rate: 100_000, qd: 64 },
+  { name: 'saturation', rate: 0, qd: 32 },
+];
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) => (error ? reject(new Error(`${cmd}: ${stderr || error.message}`)) : resolve(stdout))),
+  );
+}
+
+async function startOurs(poll: string, budgetUs: number) {
+  const socket = join(work, `ours-${poll}-${budgetUs}.sock`);
+  const args = [join(REPO, 'bin', 'vhost-user-blk'), '--socket', socket, '--disk', image, '--cpus', '1', '--poll', poll];
+  if (poll === 'adaptive') args.push('--idle-budget-us', String(budgetUs));
+  const child = spawn('taskset', ['-c', '1', process.execPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
+  const deadline = Date.now() + 15_000;
+  while (!existsSync(socket)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`vhost-user-blk did not start:\n${log}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    socket,
+    pid: child.pid!,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    },
+  };
+}
+
+function bench(socket: string, pid: number, qd: number, rate: number): Promise<BenchResult> {
+  return runBench({
+    socketPath: socket,
+    pattern: 'randread',
+    readShare: 1,
+    blockSize: 4096,
+    queueDepth: qd,
+    queues: 1,
+    queueSize: 256,
+    seconds,
+    warmup,
+    rate,
+    wait: 'event',
+    cpu: 0,
+    backendPid: pid,
+    memoryBytes: 256 << 20,
+    json: true,
+    verbose: false,
+  });
+}
+
+/** Back-end CPU while a front-end is connected, rings started, and nothing is sent. */
+async function idleCpu(socket: string, pid: number): Promise<number> {
+  const device = await FrontendDevice.connect({ socketPath: socket, queues: 1, queueSize: 256, connectTimeoutMs: 2000 });
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const before = processCpuSeconds(pid);
+    const started = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    return (processCpuSeconds(pid) - before) / ((Date.now() - started) / 1000);
+  } finally {
+    device.close();
+  }
+}
+
+async function fioQd1(): Promise<{ p50: number; p99: number; mean: number; iops: number }> {
+  const out = await run('taskset', [
+    '-c', '1', 'fio', '--name=qd1', `--filename=${image}`, '--ioengine=io_uring', '--rw=randread', '--bs=4k', '--iodepth=1',
+    '--time_based', `--runtime=${seconds}`, `--ramp_time=${warmup}`, '--output-format=json',
+  ]);
+  const read = JSON.parse(out).jobs[0].read;
+  const us = (ns: number) => Math.round(ns / 10) / 100;
+  return { p50: us(read.clat_ns.percentile['50.000000']), p99: us(read.clat_ns.percentile['99.000000']), mean: us(read.clat_ns.mean), iops: Math.round(read.iops) };
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(image)) {
+    mkdirSync(join(REPO, '.cache', 'bench'), { recursive: true });
+    await run('fio', ['--name=fill', `--filename=${image}`, '--rw=write', '--bs=1M', `--size=${sizeMb}M`, '--ioengine=io_uring', '--direct=1', '--output-format=terse']);
+  }
+  // Warm the page cache so every mode reads the same cached data.
+  await run('dd', [`if=${image}`, 'of=/dev/null', 'bs=1M']);
+  const points = [];
+  const idle = [];
+  const qd1 = [];
+  for (const mode of modes) {
+    const server = await startOurs(mode.poll, mode.budgetUs);
+    try {
+      idle.push({ mode: mode.name, backend_cpu_pct: Math.round((await idleCpu(server.socket, server.pid)) * 1000) / 10 });
+      for (const load of loads) {
+        process.stderr.write(`${mode.name} ${load.name}...\n`);
+        const r = await bench(server.socket, server.pid, load.qd, load.rate);
+        if (r.errors) throw new Error(`${mode.name} ${load.name}: ${r.errors} errors`);
+        points.push({
+          mode: mode.name,
+          load: load.name,
+          offered_iops: load.rate || null,
+          iops: r.iops,
+          lat_us: r.lat_us,
+          backend_cpu_pct: Math.round(((r.backend_cpu_s ?? 0) / r.seconds) * 1000) / 10,
+        });
+      }
+      const r = await bench(server.socket, server.pid, 1, 0);
+      qd1.push({ mode: mode.name, iops: r.iops, p50: r.lat_us.p50, p99: r.lat_us.p99, mean: r.lat_us.mean });
+    } finally {
+      await server.stop();
+    }
+  }
+  const fio = await fioQd1();
+  const record = {
+    date: new Date().toISOString(),
+    machine: `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`,
+    command: `npm run bench:tuning${quick ? ' -- --quick' : ''}`,
+    setup: `vhost-user-blk io_uring engine on a ${sizeMb} MiB buffered image (page cache warm), 4 KiB random reads, 1 queue; back-end on CPU 1, vhost-user-bench on CPU 0 (waits on the call eventfd); ${seconds} s per point after ${warmup} s warm-up`,
+    points,
+    idle,
+    qd1: { ours: qd1, fio },
+  };
+  mkdirSync(join(REPO, 'results'), { recursive: true });
+  writeFileSync(join(REPO, 'results', 'tuning-latest.json'), JSON.stringify(record, null, 2));
+  writeFileSync(join(REPO, 'results', `tuning-${record.date.replace(/[:.]/g, '-')}.json`), JSON.stringify(record, null, 2));
+  process.stdout.write(JSON.stringify(record, null, 2) + '\n');
+  rmSync(work, { recursive: true, force: true });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench:tuning failed: ${error instanceof Error ? error.message : String(error)}\n`);
+  rmSync(work, { recursive: true, force: true });
+  process.exitCode = 1;
+});
