@@ -173,6 +173,9 @@ export class VhostUserConnection {
       return;
     }
     if (outcome instanceof Promise) {
+      // The handler may already have closed the connection (before its first await); then
+      // there is nothing left to pause, and the watcher is gone.
+      if (this.closed) return;
       // Requests are handled strictly in order: stop reading until this one is answered.
       this.busy = true;
       this.watcher.start(false, this.wantWrite);

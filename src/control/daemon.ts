@@ -28,6 +28,8 @@ export class DaemonError extends Error {}
 export class VhostUserDaemon {
   private readonly log: Logger;
   private listenFd = -1;
+  /** The socket file at socketPath is ours (we bound it): only then may stop() unlink it. */
+  private ownsSocketFile = false;
   private listenWatcher: FdWatcher | undefined;
   private session: VhostUserSession | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -76,6 +78,7 @@ export class VhostUserDaemon {
     }
     removeStaleSocket(this.options.socketPath);
     this.listenFd = native.socketListen(this.options.socketPath, this.options.socketMode ?? 0o600, 1);
+    this.ownsSocketFile = true;
     this.listenWatcher = new native.FdWatcher(this.listenFd, (status) => {
       if (status < 0) this.fail(new DaemonError(`listening socket failed (status ${status})`));
       else this.acceptOne();
@@ -98,7 +101,10 @@ export class VhostUserDaemon {
     this.session = undefined;
     if (session) await session.close();
     await this.options.dataPlane.reset();
-    if (!this.options.client) {
+    // Never unlink a path we did not bind: after a refused start it is another daemon's live
+    // socket, or a file that is not a socket at all.
+    if (this.ownsSocketFile) {
+      this.ownsSocketFile = false;
       try {
         unlinkSync(this.options.socketPath);
       } catch {
@@ -199,7 +205,12 @@ function removeStaleSocket(path: string): void {
   let fd = -1;
   try {
     fd = native.socketConnect(path);
-  } catch {
+  } catch (error) {
+    // Only "connection refused" proves nobody listens; anything else (no permission, ...) may
+    // hide a live daemon, whose socket must not be pulled from under it.
+    if ((error as { code?: string }).code !== 'ECONNREFUSED') {
+      throw new DaemonError(`cannot tell whether ${path} is in use (${(error as Error).message}); remove it if it is stale`);
+    }
     unlinkSync(path); // Nobody listens: stale.
     return;
   }

@@ -28,7 +28,7 @@ import {
   mapRegion,
   type MappedRegion,
 } from './memory-table.js';
-import { HeaderFlag, MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
+import { HeaderFlag, MAX_QUEUE_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
 
 /** A request the back-end refuses: answered with a failure ack when the front-end can hear it. */
 export class SessionError extends Error {}
@@ -101,6 +101,8 @@ export class VhostUserSession {
   private backendChannel: VhostUserConnection | undefined;
   private logFd = -1;
   private closing: Promise<void> | undefined;
+  /** The request being handled (the connection hands over one at a time), if any. */
+  private inFlight: Promise<void> | undefined;
 
   constructor(
     fd: number,
@@ -111,7 +113,11 @@ export class VhostUserSession {
     this.log = options.logger ?? createLogger('session');
     this.vrings = Array.from({ length: device.numQueues }, () => newVring());
     this.connection = new VhostUserConnection(fd, {
-      onMessage: (header, payload, fds) => this.onMessage(header, payload, fds),
+      onMessage: (header, payload, fds) => {
+        const handling = this.onMessage(header, payload, fds);
+        this.inFlight = handling;
+        return handling;
+      },
       onClose: (error) => void this.shutdown(error),
     });
   }
@@ -141,6 +147,8 @@ export class VhostUserSession {
 
   /** Tell the front-end the config space changed (BACKEND_REQ channel, CONFIG_CHANGE_MSG). */
   notifyConfigChange(): boolean {
+    // The spec ties CONFIG_CHANGE_MSG to the CONFIG protocol feature (back-end message types).
+    if (!this.hasProtocolFeature(ProtocolFeature.CONFIG)) return false;
     if (!this.backendChannel || this.backendChannel.isClosed) return false;
     const message = encodeBackendRequest({ type: 'CONFIG_CHANGE_MSG' }, false);
     return this.backendChannel.send(message.bytes, message.fds);
@@ -270,7 +278,7 @@ export class VhostUserSession {
   }
 
   /** Ring addresses must lie inside mapped memory before a worker may touch them. */
-  checkRingAddresses(index: number, vring: VringState): void {
+  checkRingAddresses(index: number, vring: Pick<VringState, 'size' | 'descUserAddr' | 'availUserAddr' | 'usedUserAddr'>): void {
     if (this.regions.length === 0) throw new SessionError(`queue ${index}: no memory table to place the ring in`);
     const parts: [string, number, number][] = [
       ['descriptor table', vring.descUserAddr, 16 * vring.size],
@@ -308,6 +316,10 @@ export class VhostUserSession {
   private shutdown(error?: Error): Promise<void> {
     if (!this.closing) {
       this.closing = (async () => {
+        // A request still in the data plane (a ring starting or draining) finishes first:
+        // resetting under it would let it start a ring after the reset, or store an fd
+        // after the fds were closed. onMessage never rejects.
+        await this.inFlight;
         try {
           await this.dataPlane.reset();
         } catch (resetError) {
@@ -332,9 +344,14 @@ export class VhostUserSession {
     this.owned = true;
   }
 
+  /**
+   * Deprecated in the spec: "It is recommended that back-ends either ignore this message, or use
+   * it to disable all rings"; discarding connection state "would lead to bugs". So the rings
+   * and the device are reset (as RESET_DEVICE does) but negotiated protocol features stay: no
+   * front-end sends SET_PROTOCOL_FEATURES again afterwards.
+   */
   resetOwner(): Promise<void> {
     this.owned = false;
-    this.ackedProtocolFeatures &= bit(ProtocolFeature.REPLY_ACK);
     return this.resetDeviceState();
   }
 
@@ -343,7 +360,12 @@ export class VhostUserSession {
     if (unknown !== 0n) {
       throw new SessionError(`SET_FEATURES acks features that were never offered: 0x${unknown.toString(16)}`);
     }
-    this.device.setFeatures?.(features);
+    try {
+      this.device.setFeatures?.(features);
+    } catch (error) {
+      // The device interface says "throw to refuse": a refusal, not a broken back-end.
+      throw new SessionError(`SET_FEATURES: the device refused 0x${features.toString(16)}: ${(error as Error).message}`);
+    }
     this.ackedFeatures = features;
     // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start (spec: "Ring states").
     if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
@@ -449,13 +471,20 @@ const handlers: Partial<Record<FrontendRequest['type'], HandlerSpec>> = {
     handle: (s, r) => {
       const vring = s.vring(r.index);
       if (vring.running) throw new SessionError(`SET_VRING_ADDR: queue ${r.index} is running`);
-      vring.descUserAddr = toAddress(r.descUserAddr);
-      vring.usedUserAddr = toAddress(r.usedUserAddr);
-      vring.availUserAddr = toAddress(r.availUserAddr);
+      const addresses = {
+        size: vring.size,
+        descUserAddr: toAddress(r.descUserAddr),
+        usedUserAddr: toAddress(r.usedUserAddr),
+        availUserAddr: toAddress(r.availUserAddr),
+      };
+      // Checked now when possible, so a bad address is refused at the request that carried it
+      // (and a refused request changes nothing); checked again at start in case the memory
+      // table changes in between.
+      if (vring.size > 0 && s.memoryRegions.length > 0) s.checkRingAddresses(r.index, addresses);
+      vring.descUserAddr = addresses.descUserAddr;
+      vring.usedUserAddr = addresses.usedUserAddr;
+      vring.availUserAddr = addresses.availUserAddr;
       vring.addressesSet = true;
-      // Checked now when possible, so a bad address is refused at the request that carried it;
-      // checked again at start in case the memory table changes in between.
-      if (vring.size > 0 && s.memoryRegions.length > 0) s.checkRingAddresses(r.index, vring);
     },
   },
   SET_VRING_BASE: {
@@ -565,14 +594,30 @@ const handlers: Partial<Record<FrontendRequest['type'], HandlerSpec>> = {
 };
 
 /**
+ * Requests whose u64 reply is a status (0 success, non-zero failure), per their spec entries:
+ * IOTLB_MSG ("zero ... for success, non-zero otherwise"), POSTCOPY_END and CHECK_DEVICE_STATE
+ * ("0 is success"), and SET_LOG_BASE (an acknowledgement). The other u64 replies are values
+ * (GET_FEATURES, GET_QUEUE_NUM, GET_STATUS, ...): REPLY_ACK's "non-zero on failure" does not
+ * apply to them ("unless the message already has an explicit reply body"), and a 1 would read
+ * as a feature set, a queue count or a device status.
+ */
+const U64_STATUS_REPLIES: ReadonlySet<number> = new Set([
+  Request.SET_LOG_BASE,
+  Request.IOTLB_MSG,
+  Request.POSTCOPY_END,
+  Request.CHECK_DEVICE_STATE,
+]);
+
+/**
  * The failure form of a request that always replies, where the protocol defines one: a non-zero
  * u64 status, GET_CONFIG's empty payload ("uses zero length of payload to indicate an error"),
- * or a device-state refusal. Other replies (fds, mappings) have no failure form.
+ * a device-state refusal, or a shared object without an fd. Values (features, counts, status),
+ * fds and mappings have no failure form.
  */
 function failureReply(spec: RequestSpec): BackendReply | undefined {
   switch (spec.reply) {
     case 'u64':
-      return { type: 'u64', value: 1n };
+      return U64_STATUS_REPLIES.has(spec.id) ? { type: 'u64', value: 1n } : undefined;
     case 'config':
       return { type: 'config-error' };
     case 'device-state':

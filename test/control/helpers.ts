@@ -1,12 +1,13 @@
 // Shared fixtures for control-plane tests: a data plane that records what the session asks of
 // it (the session is under test, not the workers), a small device, and a daemon on a temp socket.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DataPlane, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
 import type { MappedRegion } from '../../dist/control/memory-table.js';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { BlkDevice } from '../../dist/devices/blk/device.js';
+import { setLogSink } from '../../dist/log.js';
 
 export class RecordingDataPlane implements DataPlane {
   readonly events: string[] = [];
@@ -87,4 +88,63 @@ export async function until(predicate: () => boolean, timeoutMs = 5000, what = '
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
+}
+
+// ---- fd hygiene, logs and raw messages ----------------------------------------------------------
+
+/** Open fds of this process (the daemon under test runs here too). */
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** The numbers of this process's open fds. */
+export function fdSet(): Set<number> {
+  return new Set(readdirSync('/proc/self/fd').map(Number));
+}
+
+/** Waits until the process holds exactly `baseline` fds again (leaks fail the wait). */
+export async function fdsBackTo(baseline: number, what = 'fds to return to their baseline'): Promise<void> {
+  try {
+    await until(() => openFds() === baseline, 2000, what);
+  } catch {
+    throw new Error(`${what}: ${openFds()} open, expected ${baseline} (${[...fdSet()].map(describeFd).join(', ')})`);
+  }
+}
+
+function describeFd(fd: number): string {
+  try {
+    return `${fd}=${readlinkSync(`/proc/self/fd/${fd}`)}`;
+  } catch {
+    return `${fd}=?`;
+  }
+}
+
+/** Captures the library's log lines (quiet tests, and assertions on why something was refused). */
+export function captureLogs(): { lines: string[]; restore(): void } {
+  const lines: string[] = [];
+  const previous = setLogSink((line) => lines.push(line));
+  return { lines, restore: () => void setLogSink(previous) };
+}
+
+/** Reads the u64 at `offset` of a little-endian payload. */
+export function u64At(payload: Uint8Array, offset = 0): bigint {
+  return new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getBigUint64(offset, true);
+}
+
+/** A payload of little-endian u32 and u64 fields (numbers are u32, bigints u64). */
+export function payloadOf(...fields: (number | bigint)[]): Uint8Array {
+  const size = fields.reduce<number>((sum, field) => sum + (typeof field === 'bigint' ? 8 : 4), 0);
+  const bytes = new Uint8Array(size);
+  const view = new DataView(bytes.buffer);
+  let offset = 0;
+  for (const field of fields) {
+    if (typeof field === 'bigint') {
+      view.setBigUint64(offset, field, true);
+      offset += 8;
+    } else {
+      view.setUint32(offset, field, true);
+      offset += 4;
+    }
+  }
+  return bytes;
 }

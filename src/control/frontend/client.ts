@@ -23,11 +23,20 @@ export class FrontendError extends Error {
   }
 }
 
-export interface ConnectOptions {
+export interface ClientOptions {
+  logger?: Logger;
+  /**
+   * Give up on a reply after this long (default: wait forever, as QEMU does). The protocol has no
+   * request ids, so a late reply could not be told apart from the next one: on timeout the
+   * connection is closed and the request rejects.
+   */
+  replyTimeoutMs?: number;
+}
+
+export interface ConnectOptions extends ClientOptions {
   /** Keep retrying a missing or refusing socket for this long (default 0: one attempt). */
   timeoutMs?: number;
   retryIntervalMs?: number;
-  logger?: Logger;
 }
 
 interface PendingReply {
@@ -44,12 +53,14 @@ export class VhostUserClient {
   private closedError: Error | undefined;
   private replyAck = false;
   private readonly log: Logger;
+  private readonly replyTimeoutMs: number | undefined;
   private readonly closedPromise: Promise<Error | undefined>;
   private resolveClosed!: (error: Error | undefined) => void;
 
   /** Wraps an already connected socket fd (owned from now on). */
-  constructor(fd: number, logger?: Logger) {
-    this.log = logger ?? createLogger('frontend');
+  constructor(fd: number, options: ClientOptions = {}) {
+    this.log = options.logger ?? createLogger('frontend');
+    this.replyTimeoutMs = options.replyTimeoutMs;
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
     this.connection = new VhostUserConnection(fd, {
       onMessage: (header, payload, fds) => this.onReply(header, payload, fds),
@@ -61,7 +72,7 @@ export class VhostUserClient {
     const deadline = Date.now() + (options.timeoutMs ?? 0);
     for (;;) {
       try {
-        return new VhostUserClient(native.socketConnect(socketPath), options.logger);
+        return new VhostUserClient(native.socketConnect(socketPath), options);
       } catch (error) {
         if (Date.now() >= deadline) {
           throw new FrontendError(`cannot connect to vhost-user back-end at ${socketPath}: ${(error as Error).message}`);
@@ -122,7 +133,7 @@ export class VhostUserClient {
     const alwaysReplies = spec.replies === 'always';
     const encoded = encodeRequest(request, needReply && !alwaysReplies);
     const waitForReply = alwaysReplies || needReply;
-    const reply = waitForReply ? this.expect(spec.id, spec.name) : undefined;
+    const reply = waitForReply ? this.expect(spec.id, spec.name, this.replyTimeoutMs, true) : undefined;
     this.connection.send(encoded.bytes, encoded.fds);
     if (!reply) return undefined;
     const { header, payload, fds } = await reply;
@@ -142,7 +153,11 @@ export class VhostUserClient {
     return decoded;
   }
 
-  private expect(request: number, name: string, timeoutMs?: number) {
+  /**
+   * Wait for the next message. On timeout the entry is dropped; with `closeOnTimeout` the
+   * connection is closed too, because a reply arriving later would be taken for the next one.
+   */
+  private expect(request: number, name: string, timeoutMs?: number, closeOnTimeout = false) {
     return new Promise<{ header: MessageHeader; payload: Uint8Array; fds: number[] }>((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const entry: PendingReply = {
@@ -161,7 +176,9 @@ export class VhostUserClient {
         timer = setTimeout(() => {
           const at = this.pending.indexOf(entry);
           if (at >= 0) this.pending.splice(at, 1);
-          reject(new FrontendError(`no message from the back-end within ${timeoutMs} ms`, name));
+          const error = new FrontendError(`${name}: no message from the back-end within ${timeoutMs} ms`, name);
+          reject(error);
+          if (closeOnTimeout) this.connection.close(error);
         }, timeoutMs);
       }
       this.pending.push(entry);

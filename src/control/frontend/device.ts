@@ -24,6 +24,8 @@ export interface FrontendDeviceOptions {
   /** Ask the back-end to poll instead of giving it a kick eventfd (bit 8 of SET_VRING_KICK). */
   noKickFd?: boolean;
   connectTimeoutMs?: number;
+  /** Give up on any reply after this long (closes the connection); default: wait forever. */
+  replyTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -74,7 +76,11 @@ export class FrontendDevice {
   ) {}
 
   static async connect(options: FrontendDeviceOptions): Promise<FrontendDevice> {
-    const client = await VhostUserClient.connect(options.socketPath, { timeoutMs: options.connectTimeoutMs ?? 0, logger: options.logger });
+    const client = await VhostUserClient.connect(options.socketPath, {
+      timeoutMs: options.connectTimeoutMs ?? 0,
+      replyTimeoutMs: options.replyTimeoutMs,
+      logger: options.logger,
+    });
     let memory: FrontendMemory | undefined;
     const ownsMemory = !(options.memory instanceof FrontendMemory);
     const queues: FrontendQueue[] = [];
