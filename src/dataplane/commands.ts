@@ -3,23 +3,13 @@
 // event loop, so the control thread also bumps a sequence number in a shared Int32Array and
 // writes the worker's mailbox eventfd: the worker checks the sequence every few loop passes (or
 // wakes from epoll on the eventfd) and takes the messages with receiveMessageOnPort.
+import type { VringConfig } from '../control/backend.js';
 import type { MemoryRegion } from './memory.js';
 
 export type PollMode = 'busy' | 'interrupt' | 'adaptive';
 
-export interface QueueStart {
-  index: number;
-  size: number;
-  descUserAddr: number;
-  availUserAddr: number;
-  usedUserAddr: number;
-  lastAvailIdx: number;
-  kickFd: number;
-  callFd: number;
-  errFd: number;
-  eventIdx: boolean;
-  indirectDesc: boolean;
-}
+/** A ring as the worker starts it: the session's VringConfig with the features it needs decoded. */
+export type QueueStart = Omit<VringConfig, 'features'> & { eventIdx: boolean; indirectDesc: boolean };
 
 export type WorkerCommand =
   | { id: number; op: 'memory'; regions: MemoryRegion[] }

@@ -116,15 +116,7 @@ export class WorkerDataPlane implements DataPlane {
     await this.command(this.workerFor(config.index), {
       op: 'start',
       queue: {
-        index: config.index,
-        size: config.size,
-        descUserAddr: config.descUserAddr,
-        availUserAddr: config.availUserAddr,
-        usedUserAddr: config.usedUserAddr,
-        lastAvailIdx: config.lastAvailIdx,
-        kickFd: config.kickFd,
-        callFd: config.callFd,
-        errFd: config.errFd,
+        ...config,
         eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
         indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
       },
