@@ -1,8 +1,14 @@
 // The control-plane face of vhost-user-blk: features, config space and queue limits. The data
-// path (request parsing and engines) runs in the worker threads.
+// path (request parsing and engines) runs in the worker threads; handlerSpec() describes it.
+//
+// Write cache. The writeback byte the guest writes (CONFIG_WCE), or FLUSH not being negotiated
+// (then the guest can never make writes durable itself: §5.2.6.2 write-through), is mirrored
+// into a shared Int32Array that every worker reads per write.
 import type { VhostUserDevice } from '../../control/backend.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../control/protocol.js';
-import { BLK_CONFIG_SIZE, BlkConfigOffset, BlkFeature, SECTOR_SIZE, encodeBlkConfig } from './virtio-blk.js';
+import type { HandlerSpec } from '../../dataplane/device-api.js';
+import { MAX_RANGE_SECTORS, type BlkEngineName, type BlkHandlerOptions } from './options.js';
+import { BLK_CONFIG_SIZE, BlkConfigOffset, BlkFeature, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, encodeBlkConfig } from './virtio-blk.js';
 
 export interface BlkDeviceOptions {
   /** Disk size in bytes (a multiple of 512; the image or RAM disk size). */
@@ -16,12 +22,37 @@ export interface BlkDeviceOptions {
   supportsDiscard: boolean;
   /** The engine has a volatile cache that FLUSH makes durable. */
   supportsFlush: boolean;
+  /** GET_ID answer, at most 20 bytes of UTF-8 (default: empty, all NUL). */
+  serial?: string;
+}
+
+/** Engine-specific handler settings (the device fills in size, block size, limits, serial). */
+export interface BlkEngineOptions {
+  engine: BlkEngineName;
+  /** io_uring: image file or block device. */
+  path?: string;
+  /** io_uring: O_DIRECT. */
+  direct?: boolean;
+  /** io_uring + direct: required alignment of guest buffers (default 512). */
+  directAlignment?: number;
+  /** io_uring: SQPOLL kernel thread. */
+  sqpoll?: boolean;
+  sqpollIdleMs?: number;
+  /** io_uring: submission queue entries per worker (default 256). */
+  ringEntries?: number;
 }
 
 /** Largest single segment we accept; Linux sizes its bio segments from this. */
 const SIZE_MAX = 1 << 20;
 /** DISCARD / WRITE_ZEROES ranges per request: one, sized in sectors (fits a u32). */
-const MAX_DISCARD_SECTORS = (1 << 30) / SECTOR_SIZE;
+const MAX_DISCARD_SECTORS = MAX_RANGE_SECTORS;
+/**
+ * Data descriptors per request (seg_max). QEMU uses queue size - 2; we also cap it so that a
+ * request's iovecs stay far below IOV_MAX (1024) and the per-queue request pool stays small.
+ */
+const MAX_DATA_SEGMENTS = 254;
+/** Header and status descriptors, plus room for a header or status split in two. */
+const FIXED_SEGMENTS = 4;
 
 const bit = (n: number) => 1n << BigInt(n);
 
@@ -30,8 +61,14 @@ export class BlkDevice implements VhostUserDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
+  /** Int32Array[0]: 1 write-back, 0 write-through; shared with every worker (handlerSpec). */
+  readonly writeCacheState = new SharedArrayBuffer(4);
+  /** The memory engine's RAM disk, created by the first handlerSpec({ engine: 'memory' }). */
+  ramDisk: SharedArrayBuffer | undefined;
+  private readonly writeCacheFlag = new Int32Array(this.writeCacheState);
   private config: Uint8Array;
   private writeback = true;
+  private flushNegotiated = true;
 
   constructor(readonly options: BlkDeviceOptions) {
     if (options.capacityBytes % SECTOR_SIZE !== 0) throw new RangeError('disk size must be a multiple of 512 bytes');
@@ -39,6 +76,13 @@ export class BlkDevice implements VhostUserDevice {
     if (blockSize !== 512 && blockSize !== 4096) throw new RangeError('logical block size must be 512 or 4096');
     if (!Number.isInteger(options.numQueues) || options.numQueues < 1 || options.numQueues > 64) {
       throw new RangeError('queue count must be between 1 and 64');
+    }
+    if (!Number.isInteger(options.maxQueueSize) || options.maxQueueSize < 4 || options.maxQueueSize > 32768 ||
+      (options.maxQueueSize & (options.maxQueueSize - 1)) !== 0) {
+      throw new RangeError(`queue size must be a power of two between 4 and 32768, got ${options.maxQueueSize}`);
+    }
+    if (options.serial !== undefined && Buffer.byteLength(options.serial, 'utf8') > VIRTIO_BLK_ID_BYTES) {
+      throw new RangeError(`the serial "${options.serial}" is longer than ${VIRTIO_BLK_ID_BYTES} bytes`);
     }
     this.numQueues = options.numQueues;
     this.maxQueueSize = options.maxQueueSize;
@@ -56,11 +100,57 @@ export class BlkDevice implements VhostUserDevice {
     if (options.supportsDiscard && !options.readOnly) features |= bit(BlkFeature.DISCARD) | bit(BlkFeature.WRITE_ZEROES);
     this.features = features;
     this.config = this.buildConfig();
+    this.publishWriteCache();
   }
 
-  /** Whether the guest asked for a write-back cache (CONFIG_WCE); write-through means flush each write. */
+  /** The worker-side handler for these options, as is (see BlkHandlerOptions). */
+  static handler(options: BlkHandlerOptions): HandlerSpec {
+    return { module: new URL('./handler.js', import.meta.url).href, options };
+  }
+
+  /**
+   * The handler for this device with the given engine: disk size, block size, read-only,
+   * discard limits, serial and the shared write-cache flag come from the device. The memory
+   * engine's RAM disk is created on the first call and shared by later ones (and every worker).
+   */
+  handlerSpec(engine: BlkEngineOptions): HandlerSpec {
+    if (engine.engine === 'io_uring' && !engine.path) throw new TypeError('the io_uring engine needs the path of an image file or block device');
+    if (engine.engine === 'memory') this.ramDisk ??= new SharedArrayBuffer(this.options.capacityBytes);
+    const discard = (this.features & bit(BlkFeature.DISCARD)) !== 0n;
+    const options: BlkHandlerOptions = {
+      ...engine,
+      capacityBytes: this.options.capacityBytes,
+      readOnly: this.options.readOnly,
+      logicalBlockSize: this.options.logicalBlockSize ?? SECTOR_SIZE,
+      discard,
+      maxDiscardSectors: discard ? MAX_DISCARD_SECTORS : 0,
+      maxWriteZeroesSectors: discard ? MAX_DISCARD_SECTORS : 0,
+      serial: this.options.serial ?? '',
+      writeCache: this.writeCacheState,
+      ramDisk: engine.engine === 'memory' ? this.ramDisk : undefined,
+    };
+    return BlkDevice.handler(options);
+  }
+
+  /** seg_max: data descriptors a request may have. */
+  get segMax(): number {
+    return Math.min(this.maxQueueSize - 2, MAX_DATA_SEGMENTS);
+  }
+
+  /** Segments a request may span in all: WorkerDataPlaneOptions.maxSegments. */
+  get maxSegments(): number {
+    return this.segMax + FIXED_SEGMENTS;
+  }
+
+  /** Whether writes may sit in a volatile cache until FLUSH (false: each write is durable when acked). */
   get writebackEnabled(): boolean {
-    return this.writeback;
+    return this.writeback && this.flushNegotiated;
+  }
+
+  setFeatures(features: bigint): void {
+    this.flushNegotiated = (features & bit(BlkFeature.FLUSH)) !== 0n;
+    this.config = this.buildConfig();
+    this.publishWriteCache();
   }
 
   getConfig(offset: number, size: number): Uint8Array {
@@ -78,11 +168,18 @@ export class BlkDevice implements VhostUserDevice {
     if (data[0]! > 1) throw new RangeError(`writeback mode ${data[0]} is neither 0 nor 1`);
     this.writeback = data[0] === 1;
     this.config = this.buildConfig();
+    this.publishWriteCache();
   }
 
   reset(): void {
     this.writeback = true;
+    this.flushNegotiated = true;
     this.config = this.buildConfig();
+    this.publishWriteCache();
+  }
+
+  private publishWriteCache(): void {
+    Atomics.store(this.writeCacheFlag, 0, this.writebackEnabled ? 1 : 0);
   }
 
   private buildConfig(): Uint8Array {
@@ -91,9 +188,9 @@ export class BlkDevice implements VhostUserDevice {
       capacityBytes: this.options.capacityBytes,
       logicalBlockSize: this.options.logicalBlockSize ?? SECTOR_SIZE,
       sizeMax: SIZE_MAX,
-      segMax: this.maxQueueSize - 2,
+      segMax: this.segMax,
       numQueues: this.numQueues,
-      writeback: this.writeback,
+      writeback: this.writebackEnabled,
       maxDiscardSectors: discard ? MAX_DISCARD_SECTORS : 0,
       maxWriteZeroesSectors: discard ? MAX_DISCARD_SECTORS : 0,
     });
