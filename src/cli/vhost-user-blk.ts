@@ -1,0 +1,176 @@
+// vhost-user-blk: serve a disk image (io_uring), a RAM disk or a null device to a vhost-user
+// front-end such as QEMU's vhost-user-blk-pci.
+import { parseArgs } from 'node:util';
+import { createLogger, setLogLevel } from '../log.js';
+import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize } from './common.js';
+import { startBlkBackend, type BlkBackendOptions, type BlkEngineName } from '../devices/blk/backend.js';
+import type { PollMode } from '../dataplane/commands.js';
+
+const HELP = `Usage: vhost-user-blk --socket PATH [options]
+
+Serve a virtio-blk device over the vhost-user protocol.
+
+Storage:
+  --disk FILE            disk image or block device (created sparse with --size if missing)
+  --size SIZE            disk size: bytes or K/M/G/T suffix (default: the file's size; 64M
+                         for the memory and null engines)
+  --engine NAME          io_uring (default with --disk) | memory (default without) | null
+  --direct               open the image with O_DIRECT (bypass the host page cache)
+  --read-only            refuse writes; advertise VIRTIO_BLK_F_RO
+
+Device:
+  --queues N             virtqueues (default 1)
+  --queue-size N         largest queue size accepted (default 256)
+
+Data plane:
+  --cpus LIST            CPUs for the worker threads, one worker each (default 1; e.g. 0-1)
+  --poll MODE            busy | interrupt | adaptive (default adaptive)
+  --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
+
+Connection:
+  --socket PATH          Unix socket to listen on (or connect to, with --client)
+  --client               connect to a listening front-end (QEMU server=on), reconnecting
+
+Other:
+  --stats-interval SEC   log per-queue statistics every SEC seconds
+  --verbose              log protocol and lifecycle details (JSON lines on stderr)
+  --help                 show this help
+  --version              show the version
+
+Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad usage.
+
+QEMU example (guest RAM must be shared):
+  qemu-system-x86_64 -m 512M \\
+    -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\
+    -chardev socket,id=vu0,path=/tmp/vhost-blk.sock \\
+    -device vhost-user-blk-pci,chardev=vu0,num-queues=1 ...
+`;
+
+export interface ParsedBlkArgs {
+  help: boolean;
+  version: boolean;
+  verbose: boolean;
+  statsIntervalSec: number;
+  backend: BlkBackendOptions;
+}
+
+export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        socket: { type: 'string' },
+        disk: { type: 'string' },
+        size: { type: 'string' },
+        engine: { type: 'string' },
+        direct: { type: 'boolean', default: false },
+        'read-only': { type: 'boolean', default: false },
+        queues: { type: 'string' },
+        'queue-size': { type: 'string' },
+        cpus: { type: 'string' },
+        poll: { type: 'string' },
+        'idle-budget-us': { type: 'string' },
+        client: { type: 'boolean', default: false },
+        'stats-interval': { type: 'string' },
+        verbose: { type: 'boolean', default: false },
+        help: { type: 'boolean', default: false },
+        version: { type: 'boolean', default: false },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const v = parsed.values;
+  const base = { help: v.help!, version: v.version!, verbose: v.verbose!, statsIntervalSec: 0 };
+  if (v.help || v.version) return { ...base, backend: undefined as unknown as BlkBackendOptions };
+  if (!v.socket) throw new UsageError('--socket PATH is required');
+  const engine = (v.engine ?? (v.disk ? 'io_uring' : 'memory')) as BlkEngineName;
+  if (!['io_uring', 'memory', 'null'].includes(engine)) throw new UsageError(`--engine must be io_uring, memory or null, not "${v.engine}"`);
+  if (engine === 'io_uring' && !v.disk) throw new UsageError('--engine io_uring needs --disk FILE');
+  if (engine !== 'io_uring' && v.disk) throw new UsageError(`--disk is only used by the io_uring engine, not ${engine}`);
+  if (v.direct && engine !== 'io_uring') throw new UsageError('--direct only applies to the io_uring engine');
+  const poll = (v.poll ?? 'adaptive') as PollMode;
+  if (!['busy', 'interrupt', 'adaptive'].includes(poll)) throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
+  const queueSize = v['queue-size'] === undefined ? 256 : parseInteger(v['queue-size'], '--queue-size', 2, 32768);
+  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
+  const size = v.size === undefined ? undefined : parseSize(v.size, '--size');
+  if (size !== undefined && (size === 0 || size % 512 !== 0)) throw new UsageError(`--size must be a positive multiple of 512 bytes, got ${size}`);
+  return {
+    ...base,
+    statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
+    backend: {
+      socketPath: v.socket,
+      client: v.client!,
+      engine,
+      diskPath: v.disk,
+      sizeBytes: size,
+      direct: v.direct!,
+      readOnly: v['read-only']!,
+      queues: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, 64),
+      queueSize,
+      cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
+      poll,
+      idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+    },
+  };
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let args: ParsedBlkArgs;
+  try {
+    args = parseBlkArgs(argv);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`vhost-user-blk: ${error.message}\nTry 'vhost-user-blk --help'.\n`);
+      return ExitCode.USAGE;
+    }
+    throw error;
+  }
+  if (args.help) {
+    process.stdout.write(HELP);
+    return ExitCode.OK;
+  }
+  if (args.version) {
+    process.stdout.write(`vhost-user-blk (vhost-user-ts) ${packageVersion()}\n`);
+    return ExitCode.OK;
+  }
+  if (args.verbose) setLogLevel('debug');
+  else setLogLevel('info');
+  const log = createLogger('vhost-user-blk');
+  let backend;
+  try {
+    backend = await startBlkBackend(args.backend, log);
+  } catch (error) {
+    log.error('cannot start', { error });
+    process.stderr.write(`vhost-user-blk: ${(error as Error).message}\n`);
+    return ExitCode.FAILURE;
+  }
+  const statsTimer =
+    args.statsIntervalSec > 0
+      ? setInterval(() => {
+          for (const stats of backend.queueStats()) log.info('queue stats', { ...stats });
+        }, args.statsIntervalSec * 1000)
+      : undefined;
+  const stopped = new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info('stopping', { signal });
+      resolve(ExitCode.OK);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    backend.daemon.wait().then(
+      () => resolve(ExitCode.OK),
+      (error: Error) => {
+        log.error('daemon failed', { error });
+        resolve(ExitCode.FAILURE);
+      },
+    );
+  });
+  const code = await stopped;
+  if (statsTimer) clearInterval(statsTimer);
+  await backend.stop();
+  return code;
+}

@@ -1,0 +1,138 @@
+// Assembles a vhost-user-blk back-end: the disk (opened, created sparse, or a RAM disk), the
+// device's control-plane face, the worker data plane with the blk request handler, and the
+// daemon. Used by the CLI, the demo and tests.
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, statSync, ftruncateSync } from 'node:fs';
+import { createLogger, type Logger } from '../../log.js';
+import { VhostUserDaemon } from '../../control/daemon.js';
+import { WorkerDataPlane } from '../../dataplane/pool.js';
+import type { PollMode } from '../../dataplane/commands.js';
+import type { QueueStats } from '../../dataplane/stats.js';
+import { BlkDevice } from './device.js';
+
+export type BlkEngineName = 'io_uring' | 'memory' | 'null';
+
+export interface BlkBackendOptions {
+  socketPath: string;
+  client: boolean;
+  engine: BlkEngineName;
+  diskPath?: string;
+  /** Disk size; required to create a missing image, and for memory/null (default 64 MiB). */
+  sizeBytes?: number;
+  direct: boolean;
+  readOnly: boolean;
+  queues: number;
+  queueSize: number;
+  cpus: number[];
+  poll: PollMode;
+  idleBudgetUs: number;
+}
+
+export interface BlkBackend {
+  daemon: VhostUserDaemon;
+  plane: WorkerDataPlane;
+  device: BlkDevice;
+  capacityBytes: number;
+  queueStats(): QueueStats[];
+  stop(): Promise<void>;
+}
+
+const DEFAULT_RAM_DISK = 64 << 20;
+
+export async function startBlkBackend(options: BlkBackendOptions, logger?: Logger): Promise<BlkBackend> {
+  const log = logger ?? createLogger('vhost-user-blk');
+  const capacityBytes = options.engine === 'io_uring' ? prepareImage(options, log) : (options.sizeBytes ?? DEFAULT_RAM_DISK);
+  if (capacityBytes % 512 !== 0 || capacityBytes === 0) {
+    throw new Error(`disk size ${capacityBytes} is not a positive multiple of 512 bytes`);
+  }
+  const device = new BlkDevice({
+    capacityBytes,
+    numQueues: options.queues,
+    maxQueueSize: options.queueSize,
+    readOnly: options.readOnly,
+    supportsDiscard: options.engine !== 'null',
+    supportsFlush: true,
+  });
+  const plane = await WorkerDataPlane.start({
+    cpus: options.cpus,
+    queueCount: options.queues,
+    handler: device.handlerSpec({
+      engine: options.engine,
+      path: options.diskPath,
+      direct: options.direct,
+    }),
+    mode: options.poll,
+    idleBudgetUs: options.idleBudgetUs,
+    maxSegments: device.maxSegments,
+    logger: log.child('dataplane'),
+  });
+  const daemon = new VhostUserDaemon(device, {
+    socketPath: options.socketPath,
+    client: options.client,
+    dataPlane: plane,
+    logger: log.child('daemon'),
+  });
+  try {
+    await daemon.start();
+  } catch (error) {
+    await plane.close();
+    throw error;
+  }
+  log.info('serving', {
+    socket: options.socketPath,
+    engine: options.engine,
+    disk: options.diskPath,
+    bytes: capacityBytes,
+    queues: options.queues,
+    cpus: options.cpus,
+    poll: options.poll,
+  });
+  return {
+    daemon,
+    plane,
+    device,
+    capacityBytes,
+    queueStats: () => plane.allQueueStats(),
+    async stop() {
+      await daemon.stop();
+      await plane.close();
+    },
+  };
+}
+
+/** Opens (or creates sparse) the image and returns its size in bytes. */
+function prepareImage(options: BlkBackendOptions, log: Logger): number {
+  const path = options.diskPath!;
+  if (!existsSync(path)) {
+    if (options.sizeBytes === undefined) throw new Error(`${path} does not exist; give --size to create it`);
+    if (options.readOnly) throw new Error(`${path} does not exist and --read-only cannot create it`);
+    const fd = openSync(path, 'wx', 0o600);
+    try {
+      ftruncateSync(fd, options.sizeBytes);
+    } finally {
+      closeSync(fd);
+    }
+    log.info('created sparse image', { path, bytes: options.sizeBytes });
+    return options.sizeBytes;
+  }
+  const stat = statSync(path);
+  let size: number;
+  if (stat.isBlockDevice()) {
+    // fstat reports 0 for block devices; sysfs has the size in 512-byte sectors.
+    const major = Math.floor(stat.rdev / 256) & 0xfff;
+    const minor = (stat.rdev & 0xff) | ((Math.floor(stat.rdev / 0x100000) & 0xfff) << 8);
+    size = Number(readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
+  } else if (stat.isFile()) {
+    const fd = openSync(path, 'r');
+    try {
+      size = fstatSync(fd).size;
+    } finally {
+      closeSync(fd);
+    }
+  } else {
+    throw new Error(`${path} is neither a regular file nor a block device`);
+  }
+  if (options.sizeBytes !== undefined && options.sizeBytes !== size) {
+    throw new Error(`${path} is ${size} bytes, but --size says ${options.sizeBytes}; resize the image or drop --size`);
+  }
+  return size - (size % 512);
+}
