@@ -37,8 +37,8 @@ const { values } = parseArgs({
   },
 });
 const quick = values.quick!;
-const seconds = Number(values.seconds ?? (quick ? 3 : 10));
-const warmup = quick ? 1 : 2;
+const seconds = Number(values.seconds ?? (quick ? 2 : 10));
+const warmup = quick ? 0.5 : 2;
 const sizeMb = Number(values['size-mb'] ?? (quick ? 256 : 1024));
 const only = values.only ? new RegExp(values.only) : undefined;
 const work = join(tmpdir(), `vut-compare-${process.pid}`);
@@ -135,7 +135,7 @@ async function fio(qd: number): Promise<Point> {
     `--iodepth=${qd}`,
     '--time_based',
     `--runtime=${seconds}`,
-    `--ramp_time=${warmup}`,
+    `--ramp_time=${Math.round(warmup * 1000)}ms`,
     '--output-format=json',
   ]);
   const job = JSON.parse(out).jobs[0];
