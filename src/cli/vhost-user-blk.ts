@@ -17,6 +17,8 @@ Storage:
   --engine NAME          io_uring (default with --disk) | memory (default without) | null
   --direct               open the image with O_DIRECT (bypass the host page cache)
   --read-only            refuse writes; advertise VIRTIO_BLK_F_RO
+  --logical-block-size N 512 (default) or 4096
+  --serial TEXT          GET_ID answer, at most 20 bytes (default: none)
 
 Device:
   --queues N             virtqueues (default 1)
@@ -68,6 +70,8 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
         engine: { type: 'string' },
         direct: { type: 'boolean', default: false },
         'read-only': { type: 'boolean', default: false },
+        'logical-block-size': { type: 'string' },
+        serial: { type: 'string' },
         queues: { type: 'string' },
         'queue-size': { type: 'string' },
         cpus: { type: 'string' },
@@ -98,6 +102,9 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
   if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
   const size = v.size === undefined ? undefined : parseSize(v.size, '--size');
   if (size !== undefined && (size === 0 || size % 512 !== 0)) throw new UsageError(`--size must be a positive multiple of 512 bytes, got ${size}`);
+  const logicalBlockSize = v['logical-block-size'] === undefined ? 512 : Number(v['logical-block-size']);
+  if (logicalBlockSize !== 512 && logicalBlockSize !== 4096) throw new UsageError('--logical-block-size must be 512 or 4096');
+  if (v.serial !== undefined && Buffer.byteLength(v.serial) > 20) throw new UsageError('--serial must be at most 20 bytes');
   return {
     ...base,
     statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
@@ -109,6 +116,8 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
       sizeBytes: size,
       direct: v.direct!,
       readOnly: v['read-only']!,
+      logicalBlockSize,
+      serial: v.serial,
       queues: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, 64),
       queueSize,
       cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),

@@ -20,6 +20,10 @@ export interface BlkBackendOptions {
   sizeBytes?: number;
   direct: boolean;
   readOnly: boolean;
+  /** 512 (default) or 4096. */
+  logicalBlockSize?: number;
+  /** GET_ID answer (≤ 20 bytes). */
+  serial?: string;
   queues: number;
   queueSize: number;
   cpus: number[];
@@ -49,6 +53,8 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     numQueues: options.queues,
     maxQueueSize: options.queueSize,
     readOnly: options.readOnly,
+    logicalBlockSize: options.logicalBlockSize,
+    serial: options.serial,
     supportsDiscard: options.engine !== 'null',
     supportsFlush: true,
   });
