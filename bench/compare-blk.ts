@@ -3,13 +3,14 @@
 // file with aio=io_uring, O_DIRECT like ours) and raw fio on the same file. 4 KiB random reads
 // at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints the
 // absolute figures and the ratios ours/QSD and ours/fio, and writes JSON to results/.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
 import { startStorageDaemon } from '../dist/guest/qsd.js';
+import { spawnBlkBackend } from '../dist/cli/spawn.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const BACKEND_CPU = '1';
@@ -59,36 +60,14 @@ async function prepareImage(): Promise<void> {
   await run('fio', ['--name=fill', `--filename=${image}`, '--rw=write', '--bs=1M', `--size=${sizeMb}M`, '--ioengine=io_uring', '--direct=1', '--output-format=terse']);
 }
 
-async function waitForSocket(path: string, child: ChildProcess, log: () => string): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  while (!existsSync(path)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`back-end did not listen on ${path}:\n${log()}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
-
-async function ours(engine: 'null' | 'io_uring', mode: string): Promise<{ socket: string; pid: number; stop: () => Promise<void> }> {
-  const socket = join(work, `ours-${engine}-${mode}.sock`);
-  const args = [join(REPO, 'bin', 'vhost-user-blk'), '--socket', socket, '--engine', engine, '--cpus', BACKEND_CPU, '--poll', mode];
+async function ours(engine: 'null' | 'io_uring', mode: string): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const args = ['--engine', engine, '--cpus', BACKEND_CPU, '--poll', mode];
   if (engine === 'io_uring') args.push('--disk', image, '--direct');
   else args.push('--size', `${sizeMb}M`);
-  const child = spawn('taskset', ['-c', BACKEND_CPU, process.execPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  await waitForSocket(socket, child, () => log);
-  return {
-    socket,
-    pid: child.pid!,
-    stop: async () => {
-      if (child.exitCode === null) {
-        child.kill('SIGTERM');
-        await new Promise((resolve) => child.once('exit', resolve));
-      }
-    },
-  };
+  return spawnBlkBackend(join(work, `ours-${engine}-${mode}.sock`), args, { taskset: BACKEND_CPU });
 }
 
-async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: number; stop: () => Promise<void> }> {
+async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
   const socket = join(work, `qsd-${engine}.sock`);
   const blockdev =
     engine === 'null-co'
@@ -164,7 +143,7 @@ async function fio(qd: number): Promise<Point> {
 async function main(): Promise<void> {
   await prepareImage();
   const points: Point[] = [];
-  const configs: { name: string; start: () => Promise<{ socket: string; pid: number; stop: () => Promise<void> }>; backend: string; engine: string; mode: string }[] = [];
+  const configs: { name: string; start: () => Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }>; backend: string; engine: string; mode: string }[] = [];
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
     configs.push({ name: `ours null ${mode}`, start: () => ours('null', mode), backend: 'ours', engine: 'null', mode });
   }

@@ -5,13 +5,14 @@
 // back-end CPU with rings running and no I/O; QD1 latency next to raw fio (io_uring, same file,
 // same core; --invalidate=0 keeps the warm page cache). Back-end on CPU 1, load generator on
 // CPU 0. Writes results/tuning-*.json.
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FrontendDevice } from '../dist/control/frontend/device.js';
 import { processCpuSeconds, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
+import { spawnBlkBackend } from '../dist/cli/spawn.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
@@ -42,26 +43,10 @@ function run(cmd: string, args: string[]): Promise<string> {
   );
 }
 
-async function startOurs(poll: string, budgetUs: number) {
-  const socket = join(work, `ours-${poll}-${budgetUs}.sock`);
-  const args = [join(REPO, 'bin', 'vhost-user-blk'), '--socket', socket, '--disk', image, '--cpus', '1', '--poll', poll];
+function startOurs(poll: string, budgetUs: number) {
+  const args = ['--disk', image, '--cpus', '1', '--poll', poll];
   if (poll === 'adaptive') args.push('--idle-budget-us', String(budgetUs));
-  const child = spawn('taskset', ['-c', '1', process.execPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  const deadline = Date.now() + 15_000;
-  while (!existsSync(socket)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`vhost-user-blk did not start:\n${log}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return {
-    socket,
-    pid: child.pid!,
-    stop: async () => {
-      child.kill('SIGTERM');
-      await new Promise((resolve) => child.once('exit', resolve));
-    },
-  };
+  return spawnBlkBackend(join(work, `ours-${poll}-${budgetUs}.sock`), args, { taskset: '1' });
 }
 
 function bench(socket: string, pid: number, qd: number, rate: number, wait: 'spin' | 'event' = 'event'): Promise<BenchResult> {

@@ -2,17 +2,16 @@
 // vhost-user-blk CLI (io_uring engine, its own process), writes a pattern with O_DIRECT, reads
 // it back, flushes, discards, and reports what it saw of the device. The host then checks the
 // pattern is on the backing file. Every poll mode, with 1 and 2 queues.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnBlkBackend } from '../../dist/cli/spawn.js';
 import { assertGuestOk, ensureGuestImage, guestRigUnavailable, makePattern, runGuest, type BlkResult, type GuestImage } from '../../dist/guest/qemu.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
 const DATA_BYTES = 4 * MiB;
-const BIN = new URL('../../bin/vhost-user-blk', import.meta.url).pathname;
 
 let dir: string;
 let image: GuestImage;
@@ -25,28 +24,6 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-async function startBackend(name: string, args: string[]): Promise<{ child: ChildProcess; socket: string; disk: string; log: () => string }> {
-  const socket = join(dir, `${name}.sock`);
-  const disk = join(dir, `${name}.img`);
-  const child = spawn(process.execPath, [BIN, '--socket', socket, '--disk', disk, '--size', String(DISK_BYTES), '--cpus', '1', ...args], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => (log += d));
-  const deadline = Date.now() + 15_000;
-  while (!existsSync(socket)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`vhost-user-blk did not start:\n${log}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return { child, socket, disk, log: () => log };
-}
-
-async function stopBackend(child: ChildProcess): Promise<number | null> {
-  if (child.exitCode !== null) return child.exitCode;
-  child.kill('SIGTERM');
-  return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-}
 
 function readFileRange(path: string, offset: number, bytes: number): Buffer {
   const buffer = Buffer.alloc(bytes);
@@ -69,7 +46,10 @@ describe.each([
 ] as const)('a QEMU guest on vhost-user-blk, %s polling, %i queue(s)', (mode, queues) => {
   it('sees the configured disk, verifies its data with O_DIRECT, flushes and discards', { timeout: 240_000 }, async () => {
     const name = `${mode}-${queues}`;
-    const backend = await startBackend(name, ['--poll', mode, '--queues', String(queues)]);
+    const disk = join(dir, `${name}.img`);
+    const backend = await spawnBlkBackend(join(dir, `${name}.sock`), [
+      '--disk', disk, '--size', String(DISK_BYTES), '--cpus', '1', '--poll', mode, '--queues', String(queues),
+    ]);
     let run;
     try {
       run = await runGuest<BlkResult>({
@@ -81,7 +61,7 @@ describe.each([
         timeoutMs: 180_000,
       });
     } finally {
-      const code = await stopBackend(backend.child);
+      const code = await backend.stop();
       expect(code, backend.log()).toBe(0);
     }
     const r = assertGuestOk(run);
@@ -92,7 +72,7 @@ describe.each([
     // Data written by the guest came back, and it is on the backing file (not only in a cache).
     expect(r.data?.verified).toBe(true);
     expect(r.tail?.verified).toBe(true);
-    const written = readFileRange(backend.disk, r.data!.offset, DATA_BYTES);
+    const written = readFileRange(disk, r.data!.offset, DATA_BYTES);
     expect(written.equals(makePattern(r.data!.seed, r.data!.offset, DATA_BYTES))).toBe(true);
     // FLUSH reached the back-end; DISCARD was offered and used.
     expect(r.flush.feature).toBe(true);
