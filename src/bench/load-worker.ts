@@ -301,7 +301,8 @@ function run(): LoadResult {
   const end = performance.now();
   const cpuSeconds = threadCpuSeconds() - cpuStart;
   // Drain what is still in flight so the back-end can stop the rings cleanly.
-  const drainDeadline = performance.now() + 10_000;
+  // A stopped run may have abandoned requests on a broken ring: do not wait long for them.
+  const drainDeadline = performance.now() + (progress[Progress.STOP] !== 0 ? 1000 : 10_000);
   for (let q = 0; q < loads.length; q++) {
     const load = loads[q]!;
     while (load.freeCount < load.depth && performance.now() < drainDeadline) load.reap(performance.now(), false);

@@ -64,6 +64,8 @@ export const BrokenReason = {
   LENGTH_OVERFLOW: 17,
   /** More segments than the request's capacity. */
   TOO_MANY_SEGMENTS: 18,
+  /** The device's request handler threw (a device bug): the queue stops, the worker goes on. */
+  DEVICE_ERROR: 19,
 } as const;
 export type BrokenReasonCode = (typeof BrokenReason)[keyof typeof BrokenReason];
 

@@ -16,7 +16,7 @@ import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from '
 import { performance } from 'node:perf_hooks';
 import { native } from '../native.js';
 import { GuestMemory } from './memory.js';
-import { SplitVirtqueue } from './virtqueue.js';
+import { BrokenReason, SplitVirtqueue } from './virtqueue.js';
 import { VirtqRequest } from './request.js';
 import { QUEUE_STAT_SLOTS, QueueStat } from './stats.js';
 import { Mailbox, POLL_MODE_CODE, type PollMode, type QueueStart, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
@@ -89,13 +89,21 @@ class QueueRunner implements WorkerQueue {
       this.free--;
       this.inFlight++;
       popped++;
-      handler.handle(this, request);
+      try {
+        handler.handle(this, request);
+      } catch (error) {
+        // A device bug must not take the worker (and every other queue) down: this queue stops.
+        this.failRequest(request, error);
+        break;
+      }
     }
-    if (popped === 0 && this.vq.broken && !this.brokenReported) this.reportBroken();
+    if (this.vq.broken && !this.brokenReported) this.reportBroken();
     return popped;
   }
 
   complete(request: VirtqRequest, writtenLen: number): void {
+    // Written off when the handler failed (handlerFailed): the slot is already free.
+    if (this.inFlight === 0) return;
     this.vq.pushUsed(request.head, writtenLen);
     this.pool[this.free++] = request;
     this.inFlight--;
@@ -116,6 +124,17 @@ class QueueRunner implements WorkerQueue {
     } else {
       this.stats[QueueStat.callsSuppressed]++;
     }
+  }
+
+  /** The handler threw for `request`: give the slot back and break the queue. */
+  failRequest(request: VirtqRequest, error: unknown): void {
+    this.pool[this.free++] = request;
+    this.inFlight--;
+    this.vq.markBroken(BrokenReason.DEVICE_ERROR, request.head);
+    log('error', 'device handler failed; queue stopped', {
+      queue: this.index,
+      error: error instanceof Error ? error.message : String(error),
+    });
   }
 
   reportBroken(): void {
@@ -291,14 +310,31 @@ function pass(): number {
     else queue.stats[QueueStat.idlePasses]++;
     work += popped;
   }
-  handler.flush();
-  work += handler.poll();
+  try {
+    handler.flush();
+    work += handler.poll();
+  } catch (error) {
+    // The handler's own state is suspect now: stop every queue of this worker, keep serving commands.
+    handlerFailed(error);
+  }
   for (let i = 0; i < queues.length; i++) {
     const queue = queues[i]!;
     queue.publish();
     queue.stats[QueueStat.inFlight] = queue.inFlight;
   }
   return work;
+}
+
+function handlerFailed(error: unknown): void {
+  log('error', 'device handler failed while completing requests; stopping this worker\'s queues', {
+    error: error instanceof Error ? error.message : String(error),
+  });
+  for (let i = 0; i < queues.length; i++) {
+    const queue = queues[i]!;
+    queue.vq.markBroken(BrokenReason.DEVICE_ERROR);
+    // Its in-flight requests will never complete: let stop/reset drain at once.
+    queue.inFlight = 0;
+  }
 }
 
 /** True when every running queue has a kick fd, so sleeping cannot miss work. */

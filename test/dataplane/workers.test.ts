@@ -24,13 +24,13 @@ interface Rig {
 
 const rigs: Rig[] = [];
 
-async function startRig(options: { mode: PollMode; queues: number; reorder?: number; cpus?: number[]; indirect?: number }): Promise<Rig> {
+async function startRig(options: { mode: PollMode; queues: number; reorder?: number; cpus?: number[]; indirect?: number; throwOnRequest?: number }): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'vut-dp-'));
   const socketPath = join(dir, 'echo.sock');
   const plane = await WorkerDataPlane.start({
     cpus: options.cpus ?? [1],
     queueCount: options.queues,
-    handler: EchoDevice.handler({ reorder: options.reorder ?? 1 }),
+    handler: EchoDevice.handler({ reorder: options.reorder ?? 1, throwOnRequest: options.throwOnRequest }),
     mode: options.mode,
   });
   const daemon = new VhostUserDaemon(new EchoDevice(options.queues, 256), { socketPath, dataPlane: plane });
@@ -231,5 +231,35 @@ describe('a hostile ring', () => {
     again.close();
     expect(second.errors).toBe(0);
     expect(second.requests).toBe(2_000);
+  });
+});
+
+describe('a device handler that throws', () => {
+  it('stops only that queue; the worker lives on and serves the next front-end', async () => {
+    const rig = await startRig({ mode: 'busy', queues: 1, throwOnRequest: 500 });
+    const load = startLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 8,
+      requestsPerQueue: 2_000,
+      cpu: 0,
+    });
+    const deadline = Date.now() + 5000;
+    while (rig.plane.queueStats(0).broken === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(rig.plane.queueStats(0).broken).toBe(BrokenReason.DEVICE_ERROR);
+    load.stop();
+    await load.result.catch(() => undefined);
+    // The ring still stops on request, and a new front-end is served by the same worker.
+    expect(typeof (await rig.device.stopQueue(0))).toBe('number');
+    rig.device.close();
+    const again = await FrontendDevice.connect({ socketPath: rig.socketPath, queues: 1, queueSize: 256 });
+    const result = await runLoad(again, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 8,
+      requestsPerQueue: 1_000,
+      cpu: 0,
+    });
+    again.close();
+    expect(result.errors).toBe(0);
+    expect(result.requests).toBe(1_000);
   });
 });

@@ -9,6 +9,8 @@ import type { VirtqRequest } from '../../dataplane/request.js';
 export interface EchoHandlerOptions {
   /** Complete in batches of this many, newest first (1 = in order, immediately). */
   reorder?: number;
+  /** Fault injection for tests: throw once, from handle(), on this request (1-based). */
+  throwOnRequest?: number;
 }
 
 const SCRATCH_BYTES = 64 * 1024;
@@ -22,8 +24,11 @@ class EchoHandler implements QueueHandler {
   private readonly heldLengths: Uint32Array;
   private held = 0;
   private handledSincePoll = 0;
+  private handled = 0;
+  private readonly throwOnRequest: number;
 
   constructor(options: EchoHandlerOptions) {
+    this.throwOnRequest = options.throwOnRequest ?? 0;
     this.reorder = Math.max(1, Math.min(1024, Math.floor(options.reorder ?? 1)));
     this.heldQueues = new Array<WorkerQueue | null>(this.reorder).fill(null);
     this.heldRequests = new Array<VirtqRequest | null>(this.reorder).fill(null);
@@ -35,6 +40,7 @@ class EchoHandler implements QueueHandler {
   }
 
   handle(queue: WorkerQueue, request: VirtqRequest): void {
+    if (++this.handled === this.throwOnRequest) throw new Error(`injected fault on request ${this.handled}`);
     const total = request.readableBytes < request.writableBytes ? request.readableBytes : request.writableBytes;
     let copied = 0;
     while (copied < total) {
