@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
+import { randRead4k, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
 import { startStorageDaemon } from '../dist/guest/qsd.js';
 import { spawnBlkBackend } from '../dist/cli/spawn.js';
 
@@ -78,24 +78,7 @@ async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: n
 }
 
 async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
-  const r: BenchResult = await runBench({
-    socketPath: socket,
-    pattern: 'randread',
-    readShare: 1,
-    blockSize: 4096,
-    queueDepth: qd,
-    queues: 1,
-    queueSize: 256,
-    seconds,
-    warmup,
-    rate: 0,
-    wait: 'spin',
-    cpu: LOAD_CPU,
-    backendPid: pid,
-    memoryBytes: 256 << 20,
-    json: true,
-    verbose: false,
-  });
+  const r: BenchResult = await runBench(randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid }));
   if (r.errors > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd}: ${r.errors} request errors`);
   return { backend, engine, mode, qd, iops: r.iops, lat_us: r.lat_us, backend_cpu_s: r.backend_cpu_s, loadgen_cpu_s: r.loadgen_cpu_s, seconds: r.seconds };
 }

@@ -11,7 +11,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FrontendDevice } from '../dist/control/frontend/device.js';
-import { processCpuSeconds, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
+import { processCpuSeconds, randRead4k, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
 import { spawnBlkBackend } from '../dist/cli/spawn.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
@@ -50,24 +50,7 @@ function startOurs(poll: string, budgetUs: number) {
 }
 
 function bench(socket: string, pid: number, qd: number, rate: number, wait: 'spin' | 'event' = 'event'): Promise<BenchResult> {
-  return runBench({
-    socketPath: socket,
-    pattern: 'randread',
-    readShare: 1,
-    blockSize: 4096,
-    queueDepth: qd,
-    queues: 1,
-    queueSize: 256,
-    seconds,
-    warmup,
-    rate,
-    wait,
-    cpu: 0,
-    backendPid: pid,
-    memoryBytes: 256 << 20,
-    json: true,
-    verbose: false,
-  });
+  return runBench(randRead4k(socket, { queueDepth: qd, rate, wait, seconds, warmup, cpu: 0, backendPid: pid }));
 }
 
 /** Back-end CPU while a front-end is connected, rings started, and nothing is sent. */

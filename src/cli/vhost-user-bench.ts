@@ -36,7 +36,7 @@ from this process, as a guest driver would, and measure it.
 Exit codes: 0 measured, 1 failure (connection, I/O errors), 2 bad usage.
 `;
 
-interface BenchArgs {
+export interface BenchArgs {
   socketPath: string;
   pattern: BlkPattern;
   readShare: number;
@@ -115,6 +115,29 @@ export function parseBenchArgs(argv: string[]): BenchArgs | 'help' | 'version' {
     memoryBytes: parseSize(values.memory ?? '256M', '--memory'),
     json: values.json!,
     verbose: values.verbose!,
+  };
+}
+
+/** The comparison point the benchmarks share: 4 KiB random reads on one 256-entry queue, closed loop. */
+export function randRead4k(socketPath: string, overrides: Partial<BenchArgs>): BenchArgs {
+  return {
+    socketPath,
+    pattern: 'randread',
+    readShare: 1,
+    blockSize: 4096,
+    queueDepth: 1,
+    queues: 1,
+    queueSize: 256,
+    seconds: 10,
+    warmup: 1,
+    rate: 0,
+    wait: 'spin',
+    cpu: -1,
+    backendPid: 0,
+    memoryBytes: 256 << 20,
+    json: true,
+    verbose: false,
+    ...overrides,
   };
 }
 

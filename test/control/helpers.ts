@@ -7,7 +7,19 @@ import type { DataPlane, VhostUserDevice, VringConfig } from '../../dist/control
 import type { MappedRegion } from '../../dist/control/memory-table.js';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { BlkDevice } from '../../dist/devices/blk/device.js';
+import { ProtocolFeature, bit } from '../../dist/control/protocol.js';
 import { setLogSink } from '../../dist/log.js';
+
+/** What the library offers a virtio-blk device: its own set, plus CONFIG for the config space. */
+export const LIBRARY_PROTOCOL_FEATURES = [
+  ProtocolFeature.MQ,
+  ProtocolFeature.REPLY_ACK,
+  ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.CONFIG,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  ProtocolFeature.STATUS,
+].reduce((all, feature) => all | bit(feature), 0n);
 
 export class RecordingDataPlane implements DataPlane {
   readonly events: string[] = [];

@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { closeAll } from '../../dist/control/connection.js';
 import { decodeReply, encodeMessage, encodeRequest, type BackendReply, type FrontendRequest } from '../../dist/control/codec.js';
-import { HeaderFlag, MAX_PAYLOAD_SIZE, ProtocolFeature, Request, bit } from '../../dist/control/protocol.js';
+import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, bit } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/control/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import {
@@ -20,6 +20,7 @@ import {
   u64At,
   until,
   type TestDaemon,
+  LIBRARY_PROTOCOL_FEATURES,
 } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -27,15 +28,6 @@ const QUEUES = 2;
 const TIMEOUT_MS = 2000;
 const VERSION = HeaderFlag.VERSION;
 const NEED_REPLY = HeaderFlag.VERSION | HeaderFlag.NEED_REPLY;
-const ALL_PROTOCOL_FEATURES = [
-  ProtocolFeature.MQ,
-  ProtocolFeature.REPLY_ACK,
-  ProtocolFeature.BACKEND_REQ,
-  ProtocolFeature.CONFIG,
-  ProtocolFeature.RESET_DEVICE,
-  ProtocolFeature.CONFIGURE_MEM_SLOTS,
-  ProtocolFeature.STATUS,
-].reduce((all, feature) => all | bit(feature), 0n);
 
 let rig: TestDaemon;
 let baseline: number;
@@ -66,7 +58,7 @@ afterEach(async () => {
   const clean = await FrontendDevice.connect({ socketPath: rig.socketPath, queues: QUEUES, replyTimeoutMs: TIMEOUT_MS });
   try {
     expect(clean.features & bit(30)).toBe(bit(30));
-    expect(clean.protocolFeatures).toBe(ALL_PROTOCOL_FEATURES);
+    expect(clean.protocolFeatures).toBe(LIBRARY_PROTOCOL_FEATURES);
     expect(u64At(await clean.getConfig(BlkConfigOffset.capacity, 8))).toBe(BigInt((64 * MiB) / 512));
   } finally {
     clean.close();
@@ -99,7 +91,7 @@ async function hostile(): Promise<VhostUserClient> {
   const client = await VhostUserClient.connect(rig.socketPath, { replyTimeoutMs: TIMEOUT_MS });
   clients.push(client);
   const features = await client.getFeatures();
-  await client.setProtocolFeatures(ALL_PROTOCOL_FEATURES);
+  await client.setProtocolFeatures(LIBRARY_PROTOCOL_FEATURES);
   await client.request({ type: 'SET_OWNER' });
   await client.setFeatures(features);
   return client;

@@ -40,6 +40,7 @@ import {
   u64At,
   until,
   type TestDaemon,
+  LIBRARY_PROTOCOL_FEATURES,
 } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -50,16 +51,6 @@ const VERSION = HeaderFlag.VERSION;
 const NEED_REPLY = HeaderFlag.VERSION | HeaderFlag.NEED_REPLY;
 const REPLY = HeaderFlag.VERSION | HeaderFlag.REPLY;
 
-/** What the library offers every device, plus CONFIG because virtio-blk has a config space. */
-const LIBRARY_PROTOCOL_FEATURES = [
-  ProtocolFeature.MQ,
-  ProtocolFeature.REPLY_ACK,
-  ProtocolFeature.BACKEND_REQ,
-  ProtocolFeature.CONFIG,
-  ProtocolFeature.RESET_DEVICE,
-  ProtocolFeature.CONFIGURE_MEM_SLOTS,
-  ProtocolFeature.STATUS,
-].reduce((all, feature) => all | bit(feature), 0n);
 
 let rig: TestDaemon;
 let baseline: number;
