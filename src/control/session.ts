@@ -8,8 +8,8 @@
 // closed when the request is done, including on errors.
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VhostUserDevice, VringConfig } from './backend.js';
+import { SessionError, VhostUserError } from './errors.js';
 import {
-  ProtocolError,
   decodeRequest,
   type RequestSpec,
   encodeBackendRequest,
@@ -18,11 +18,10 @@ import {
   type BackendReply,
   type FrontendRequest,
   type MessageHeader,
-} from './codec.js';
+} from './codec/index.js';
 import { VhostUserConnection, closeAll } from './connection.js';
 import {
   MAX_MEM_SLOTS,
-  MemoryTableError,
   checkNoOverlap,
   findUserspaceRange,
   mapRegion,
@@ -30,8 +29,7 @@ import {
 } from './memory-table.js';
 import { HeaderFlag, MAX_QUEUE_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
 
-/** A request the back-end refuses: answered with a failure ack when the front-end can hear it. */
-export class SessionError extends Error {}
+export { SessionError };
 
 /** Protocol features the library implements for every device. */
 const LIBRARY_PROTOCOL_FEATURES =
@@ -170,13 +168,8 @@ export class VhostUserSession {
     const name = spec?.name ?? `request ${header.request}`;
     const needReply = (header.flags & HeaderFlag.NEED_REPLY) !== 0;
     try {
-      let request: FrontendRequest;
-      try {
-        request = decodeRequest(header, payload, rawFds);
-      } catch (error) {
-        if (!(error instanceof ProtocolError)) throw error;
-        throw new SessionError(error.message);
-      }
+      // A malformed request throws a ProtocolError, a refusal: answered like any other.
+      const request = decodeRequest(header, payload, rawFds);
       const handling = handlers[request.type];
       if (!handling) throw new SessionError(`${name} is not supported by this back-end`);
       const feature = handling.needsProtocolFeature ?? spec?.protocolFeature;
@@ -206,7 +199,7 @@ export class VhostUserSession {
    * connection is dropped, because a front-end waiting for a reply would otherwise hang.
    */
   private answerFailure(header: MessageHeader, name: string, needReply: boolean, spec: RequestSpec | undefined, error: unknown): void {
-    if (!(error instanceof SessionError) && !(error instanceof MemoryTableError)) {
+    if (!(error instanceof VhostUserError && error.refusal)) {
       this.log.error('request handler failed', { request: name, error });
       this.connection.close(error instanceof Error ? error : new Error(String(error)));
       return;

@@ -17,7 +17,7 @@ import {
   type BackendReply,
   type FrontendRequest,
   type MessageHeader,
-} from '../../dist/control/codec.js';
+} from '../../dist/control/codec/index.js';
 import {
   HeaderFlag,
   ProtocolFeature,
