@@ -1,6 +1,6 @@
 // Public surface of vhost-user-ts.
 export { createLogger, setLogLevel, setLogSink, type Logger, type LogLevel } from './log.js';
-export type { VhostUserDevice, DataPlane, VringConfig } from './control/backend.js';
+export type { VhostUserDevice, DeviceRequest, DataPlane, VringConfig } from './control/backend.js';
 export { VhostUserDaemon, type DaemonOptions } from './control/daemon.js';
 export { VhostUserSession } from './control/session.js';
 export {
