@@ -118,6 +118,9 @@ export class VhostUserSession {
     const spec = requestSpecs.get(header.request);
     const name = spec?.name ?? `request ${header.request}`;
     const needReply = (header.flags & HeaderFlag.NEED_REPLY) !== 0;
+    // REPLY_ACK as it was before this request: a SET_PROTOCOL_FEATURES that clears it is still
+    // acked, or a front-end waiting for that ack would hang (QEMU's storage daemon acks it too).
+    const replyAckBefore = this.state.hasProtocolFeature(ProtocolFeature.REPLY_ACK);
     try {
       // A malformed request throws a ProtocolError, a refusal: answered like any other.
       const request = decodeRequest(header, payload, rawFds);
@@ -139,14 +142,19 @@ export class VhostUserSession {
         if (reply === undefined) throw new Error(`handler for ${name} produced no reply`);
         const encoded = encodeReply(header.request, reply);
         this.connection.send(encoded.bytes, encoded.fds);
-      } else if (needReply && this.state.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
+      } else if (this.ackExpected(needReply, replyAckBefore)) {
         this.sendAck(header.request, 0n);
       }
     } catch (error) {
-      this.answerFailure(header, name, needReply && this.state.hasProtocolFeature(ProtocolFeature.REPLY_ACK), spec, error);
+      this.answerFailure(header, name, this.ackExpected(needReply, replyAckBefore), spec, error);
     } finally {
       fds.closeRest();
     }
+  }
+
+  /** NEED_REPLY is answered when REPLY_ACK was acked before the request or is acked after it. */
+  private ackExpected(needReply: boolean, replyAckBefore: boolean): boolean {
+    return needReply && (replyAckBefore || this.state.hasProtocolFeature(ProtocolFeature.REPLY_ACK));
   }
 
   /**

@@ -705,6 +705,18 @@ describe('VHOST_USER_SET_PROTOCOL_FEATURES (16)', () => {
     expect(await client.getFeatures()).toBe(offeredFeatures());
     await expectNoMoreMessages(client);
   });
+  it('a NEED_REPLY SET_PROTOCOL_FEATURES that clears REPLY_ACK is still acked (issue 10, bug 4); later requests are not', async () => {
+    const client = await negotiated();
+    sendNeedReply(client, { type: 'SET_PROTOCOL_FEATURES', features: bit(ProtocolFeature.CONFIG) });
+    expect(await nextReply(client, Request.SET_PROTOCOL_FEATURES)).toEqual({
+      header: { request: Request.SET_PROTOCOL_FEATURES, flags: REPLY, size: 8 },
+      reply: { type: 'u64', value: 0n },
+    });
+    expect(session().protocolFeatures).toBe(bit(ProtocolFeature.CONFIG));
+    sendNeedReply(client, { type: 'SET_VRING_NUM', index: 0, num: 64 });
+    expect(await client.getFeatures()).toBe(offeredFeatures()); // the next message is this reply
+    await expectNoMoreMessages(client);
+  });
 });
 
 describe('REPLY_ACK negotiated without GET_PROTOCOL_FEATURES (a front-end restored from migration)', () => {
