@@ -5,8 +5,11 @@ import { ConfigFlag, MAX_CONFIG_SIZE, MAX_MEMORY_REGIONS, RING_ALIGN, UUID_SIZE,
 import type { FrontendRequest, IotlbEntry, MemoryRegion, MemoryRegionWithFd } from '../messages.js';
 import { type Checker, type Reader, type Writer, U64_LIMIT, hex } from './wire.js';
 
+/** A memory region description: guest address, size, userspace address, mmap offset (u64 each). */
 export const REGION_SIZE = 32;
+/** SET_MEM_TABLE: u32 nregions and u32 padding before the regions. */
 export const MEMORY_TABLE_HEADER = 8;
+/** GET_CONFIG / SET_CONFIG: u32 offset, u32 size, u32 flags before the config bytes. */
 export const CONFIG_HEADER = 12;
 
 export function decodeMemoryTable(check: Checker, r: Reader, size: number, fds: readonly number[]): MemoryRegionWithFd[] {
