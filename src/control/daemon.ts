@@ -24,7 +24,7 @@ export interface DaemonOptions {
   logger?: Logger;
 }
 
-export { DaemonError } from './errors.js';
+export { DaemonError };
 
 export class VhostUserDaemon {
   private readonly log: Logger;

@@ -31,7 +31,7 @@ export interface MappedRegion {
   bufferOffset: number;
 }
 
-export { MemoryTableError } from './errors.js';
+export { MemoryTableError };
 
 /**
  * Maps one region from its fd. The fd is always closed (the mapping keeps the memory alive),

@@ -12,9 +12,9 @@ import {
   type MessageHeader,
 } from '../codec/index.js';
 import { VhostUserConnection, closeAll } from '../connection.js';
+import { FrontendError } from '../errors.js';
 import { ProtocolFeature, Request } from '../protocol.js';
 
-import { FrontendError } from '../errors.js';
 export { FrontendError };
 
 export interface ClientOptions {
