@@ -4,7 +4,7 @@
 //
 //   npm run bench:micro   (builds, then runs this and micro-chain)
 import Benchmark from 'benchmark';
-import { decodeHeader, decodeRequest, encodeReply, encodeRequest, HEADER_SIZE, type FrontendRequest } from '../dist/control/codec.js';
+import { decodeHeader, decodeRequest, encodeReply, encodeRequest, HEADER_SIZE, type FrontendRequest } from '../dist/control/codec/index.js';
 
 const samples: [string, FrontendRequest][] = [
   ['SET_VRING_ADDR', { type: 'SET_VRING_ADDR', index: 0, flags: 0, descUserAddr: 0x7f0000000000n, usedUserAddr: 0x7f0000002000n, availUserAddr: 0x7f0000001000n, logGuestAddr: 0n }],

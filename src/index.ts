@@ -1,10 +1,22 @@
 // Public surface of vhost-user-ts.
 export { createLogger, setLogLevel, setLogSink, type Logger, type LogLevel } from './log.js';
-export type { VhostUserDevice, DataPlane, VringConfig } from './control/backend.js';
-export { VhostUserDaemon, DaemonError, type DaemonOptions } from './control/daemon.js';
-export { VhostUserSession, SessionError } from './control/session.js';
+export type { VhostUserDevice, DeviceRequest, DataPlane, VringConfig } from './control/backend.js';
+export { VhostUserDaemon, type DaemonOptions } from './control/daemon.js';
+export { VhostUserSession } from './control/session.js';
+export {
+  VhostUserError,
+  ProtocolError,
+  UnknownRequestError,
+  MemoryTableError,
+  SessionError,
+  DaemonError,
+  FrontendError,
+  UsageError,
+  type VhostUserErrorCode,
+  type VhostUserErrorOptions,
+} from './control/errors.js';
 export * as protocol from './control/protocol.js';
-export * as codec from './control/codec.js';
+export * as codec from './control/codec/index.js';
 export * from './control/frontend/index.js';
 export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
 export { WorkerDataPlane, type WorkerDataPlaneOptions } from './dataplane/pool.js';

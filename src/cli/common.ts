@@ -1,10 +1,11 @@
 // Shared pieces of the command-line tools: size parsing, exit codes, version, fatal errors.
 import { readFileSync } from 'node:fs';
+import { UsageError } from '../control/errors.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage (sysexits-like, kept small). */
 export const ExitCode = { OK: 0, FAILURE: 1, USAGE: 2 } as const;
 
-export class UsageError extends Error {}
+export { UsageError };
 
 const SIZE_SUFFIXES: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 

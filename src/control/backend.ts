@@ -31,7 +31,23 @@ export interface VhostUserDevice {
   setStatus?(status: number): void;
   /** The front-end went away or reset the device: forget per-driver state. */
   reset?(): void;
+  /**
+   * Serve a device-specific request, the way libvhost-user's process_msg and DPDK's
+   * pre_msg_handle let a device take a message the library does not interpret. Resolve true when
+   * handled (acked with 0); false, or no hook at all, answers "not supported" (a failure ack).
+   * Throw to refuse (a failure ack with the error logged). Each request needs its protocol
+   * feature (SEND_RARP: RARP = 2, NET_SET_MTU: MTU = 4) in `protocolFeatures`; the session only
+   * calls the hook once the front-end acked it.
+   */
+  handleRequest?(request: DeviceRequest): boolean | Promise<boolean>;
 }
+
+/** Front-end requests a device serves itself through VhostUserDevice.handleRequest. */
+export type DeviceRequest =
+  /** VHOST_USER_NET_SET_MTU: the MTU the guest driver uses (virtio-net's u16 mtu; larger is refused first). */
+  | { type: 'NET_SET_MTU'; mtu: number }
+  /** VHOST_USER_SEND_RARP: broadcast a RARP for this MAC (6 bytes), e.g. after live migration. */
+  | { type: 'SEND_RARP'; mac: Uint8Array };
 
 /** Everything the session knows about one ring when it hands it to the data plane. */
 export interface VringConfig {

@@ -7,7 +7,7 @@
 // arrive with a message are handed to onMessage and become the receiver's; fds of a message
 // that never completes (peer closed mid-message, framing error) are closed here.
 import { native, type FdWatcher } from '../native.js';
-import { HEADER_SIZE, MAX_FDS, decodeHeader, type MessageHeader } from './codec.js';
+import { HEADER_SIZE, MAX_FDS, decodeHeader, type MessageHeader } from './codec/index.js';
 
 export type MessageHandler = (header: MessageHeader, payload: Uint8Array, fds: number[]) => void | Promise<void>;
 

@@ -6,6 +6,7 @@ import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VhostUserDevice } from './backend.js';
 import type { QueueStats } from '../dataplane/stats.js';
 import { VhostUserSession } from './session.js';
+import { DaemonError } from './errors.js';
 
 export interface DaemonOptions {
   /** Unix socket path to listen on (or connect to, with `client`). */
@@ -23,7 +24,7 @@ export interface DaemonOptions {
   logger?: Logger;
 }
 
-export class DaemonError extends Error {}
+export { DaemonError };
 
 export class VhostUserDaemon {
   private readonly log: Logger;

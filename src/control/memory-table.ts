@@ -5,6 +5,7 @@
 // unmapped when the last isolate drops the buffer).
 import { fstatSync } from 'node:fs';
 import { native } from '../native.js';
+import { MemoryTableError } from './errors.js';
 
 /** Front-end limit of GET_MAX_MEM_SLOTS: QEMU's own maximum for vhost-user (docs/interop/vhost-user.rst). */
 export const MAX_MEM_SLOTS = 509;
@@ -30,7 +31,7 @@ export interface MappedRegion {
   bufferOffset: number;
 }
 
-export class MemoryTableError extends Error {}
+export { MemoryTableError };
 
 /**
  * Maps one region from its fd. The fd is always closed (the mapping keeps the memory alive),

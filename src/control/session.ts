@@ -1,37 +1,31 @@
 // One front-end connection: the vhost-user state machine of the back-end side.
 //
 // Every request goes through the same path, readable top to bottom:
-//   codec (bytes + fds → typed request, validated) → handler table (one function per request,
-//   with per-request properties checked first) → reply policy (always-reply requests answer
-//   once; others answer NEED_REPLY with an ack when REPLY_ACK was acked).
-// Fds that arrive with a request belong to the session; whatever a handler does not keep is
-// closed when the request is done, including on errors.
+//   codec (bytes + fds → typed request, validated) → handler table (handlers.ts: one function
+//   per request, with per-request properties checked first) → reply policy (always-reply
+//   requests answer once; others answer NEED_REPLY with an ack when REPLY_ACK was acked).
+// The session holds the state (SessionState, which handlers see as a SessionContext) and runs
+// that path; the table holds the behaviour. Fds that arrive with a request belong to the
+// session; whatever a handler does not keep is closed when the request is done, including on
+// errors.
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VhostUserDevice, VringConfig } from './backend.js';
 import {
-  ProtocolError,
   decodeRequest,
   type RequestSpec,
   encodeBackendRequest,
   encodeReply,
   requestSpecs,
   type BackendReply,
-  type FrontendRequest,
   type MessageHeader,
-} from './codec.js';
+} from './codec/index.js';
 import { VhostUserConnection, closeAll } from './connection.js';
-import {
-  MAX_MEM_SLOTS,
-  MemoryTableError,
-  checkNoOverlap,
-  findUserspaceRange,
-  mapRegion,
-  type MappedRegion,
-} from './memory-table.js';
-import { HeaderFlag, MAX_QUEUE_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
+import { SessionError, VhostUserError } from './errors.js';
+import { requestHandler, type RequestFds, type RingAddresses, type SessionContext, type VringState } from './handlers.js';
+import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
+import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
 
-/** A request the back-end refuses: answered with a failure ack when the front-end can hear it. */
-export class SessionError extends Error {}
+export { SessionError };
 
 /** Protocol features the library implements for every device. */
 const LIBRARY_PROTOCOL_FEATURES =
@@ -42,25 +36,8 @@ const LIBRARY_PROTOCOL_FEATURES =
   bit(ProtocolFeature.RESET_DEVICE) |
   bit(ProtocolFeature.STATUS);
 
-interface VringState {
-  size: number;
-  descUserAddr: number;
-  availUserAddr: number;
-  usedUserAddr: number;
-  addressesSet: boolean;
-  lastAvailIdx: number;
-  kickFd: number;
-  callFd: number;
-  errFd: number;
-  /** SET_VRING_KICK arrived (with an fd or "poll"): the ring is started, per the spec. */
-  kicked: boolean;
-  enabled: boolean;
-  /** The data plane is processing it. */
-  running: boolean;
-}
-
 /** The fds of one request; a handler takes the ones it keeps, the rest are closed afterwards. */
-class RequestFds {
+class RequestFdList implements RequestFds {
   constructor(private readonly fds: number[]) {}
   take(index = 0): number {
     const fd = this.fds[index];
@@ -73,17 +50,6 @@ class RequestFds {
   }
 }
 
-type Handler = (session: VhostUserSession, request: any, fds: RequestFds) => BackendReply | void | Promise<BackendReply | void>;
-
-interface HandlerSpec {
-  handle: Handler;
-  /**
-   * The request is only legal once this protocol feature was acked. Defaults to the feature the
-   * spec ties the request to (the codec's request table).
-   */
-  needsProtocolFeature?: number;
-}
-
 export interface SessionOptions {
   logger?: Logger;
   onClosed?: (error?: Error) => void;
@@ -92,26 +58,19 @@ export interface SessionOptions {
 export class VhostUserSession {
   private readonly log: Logger;
   private readonly connection: VhostUserConnection;
-  private owned = false;
-  private ackedFeatures = 0n;
-  private ackedProtocolFeatures = 0n;
-  private status = 0;
-  private regions: MappedRegion[] = [];
-  private readonly vrings: VringState[];
-  private backendChannel: VhostUserConnection | undefined;
-  private logFd = -1;
+  private readonly state: SessionState;
   private closing: Promise<void> | undefined;
   /** The request being handled (the connection hands over one at a time), if any. */
   private inFlight: Promise<void> | undefined;
 
   constructor(
     fd: number,
-    private readonly device: VhostUserDevice,
-    private readonly dataPlane: DataPlane,
+    device: VhostUserDevice,
+    dataPlane: DataPlane,
     private readonly options: SessionOptions = {},
   ) {
     this.log = options.logger ?? createLogger('session');
-    this.vrings = Array.from({ length: device.numQueues }, () => newVring());
+    this.state = new SessionState(device, dataPlane, this.log);
     this.connection = new VhostUserConnection(fd, {
       onMessage: (header, payload, fds) => {
         const handling = this.onMessage(header, payload, fds);
@@ -123,6 +82,150 @@ export class VhostUserSession {
   }
 
   /** Virtio features this back-end offers: the device's plus the vhost-user bit. */
+  get offeredFeatures(): bigint {
+    return this.state.offeredFeatures;
+  }
+
+  get offeredProtocolFeatures(): bigint {
+    return this.state.offeredProtocolFeatures;
+  }
+
+  get features(): bigint {
+    return this.state.features;
+  }
+
+  get protocolFeatures(): bigint {
+    return this.state.protocolFeatures;
+  }
+
+  get memoryRegions(): readonly MappedRegion[] {
+    return this.state.memoryRegions;
+  }
+
+  /** Tell the front-end the config space changed (BACKEND_REQ channel, CONFIG_CHANGE_MSG). */
+  notifyConfigChange(): boolean {
+    return this.state.notifyConfigChange();
+  }
+
+  /** Disconnect and release everything. Resolves when the data plane has let go. */
+  close(): Promise<void> {
+    this.connection.close();
+    return this.shutdown();
+  }
+
+  private async onMessage(header: MessageHeader, payload: Uint8Array, rawFds: number[]): Promise<void> {
+    const fds = new RequestFdList(rawFds);
+    const spec = requestSpecs.get(header.request);
+    const name = spec?.name ?? `request ${header.request}`;
+    const needReply = (header.flags & HeaderFlag.NEED_REPLY) !== 0;
+    // REPLY_ACK as it was before this request: a SET_PROTOCOL_FEATURES that clears it is still
+    // acked, or a front-end waiting for that ack would hang (QEMU's storage daemon acks it too).
+    const replyAckBefore = this.state.hasProtocolFeature(ProtocolFeature.REPLY_ACK);
+    try {
+      // A malformed request throws a ProtocolError, a refusal: answered like any other.
+      const request = decodeRequest(header, payload, rawFds);
+      const row = requestHandler(request.type);
+      if (!row) throw new SessionError(`${name} is not supported by this back-end`);
+      const feature = row.needsProtocolFeature ?? spec?.protocolFeature;
+      if (feature !== undefined && !this.state.hasProtocolFeature(feature)) {
+        const offered = (this.state.offeredProtocolFeatures & bit(feature)) !== 0n;
+        throw new SessionError(
+          offered
+            ? `${name} needs protocol feature ${feature}, which was not negotiated`
+            : `${name} is not supported by this back-end (it needs protocol feature ${feature}, which is not offered)`,
+        );
+      }
+      this.log.debug('request', { request: name, flags: header.flags, fds: rawFds.length });
+      const reply = await row.handle(this.state, request, fds);
+      if (this.connection.isClosed) return;
+      if (spec?.replies === 'always') {
+        if (reply === undefined) throw new Error(`handler for ${name} produced no reply`);
+        const encoded = encodeReply(header.request, reply);
+        this.connection.send(encoded.bytes, encoded.fds);
+      } else if (this.ackExpected(needReply, replyAckBefore)) {
+        this.sendAck(header.request, 0n);
+      }
+    } catch (error) {
+      this.answerFailure(header, name, this.ackExpected(needReply, replyAckBefore), spec, error);
+    } finally {
+      fds.closeRest();
+    }
+  }
+
+  /** NEED_REPLY is answered when REPLY_ACK was acked before the request or is acked after it. */
+  private ackExpected(needReply: boolean, replyAckBefore: boolean): boolean {
+    return needReply && (replyAckBefore || this.state.hasProtocolFeature(ProtocolFeature.REPLY_ACK));
+  }
+
+  /**
+   * A refused request: logged, then answered the way the front-end expects. Requests that always
+   * reply get their failure form (e.g. an empty GET_CONFIG payload); if there is none the
+   * connection is dropped, because a front-end waiting for a reply would otherwise hang.
+   * Anything that is not a refusal is a broken back-end: the connection is dropped.
+   */
+  private answerFailure(header: MessageHeader, name: string, ackExpected: boolean, spec: RequestSpec | undefined, error: unknown): void {
+    if (!(error instanceof VhostUserError && error.refusal)) {
+      this.log.error('request handler failed', { request: name, error });
+      this.connection.close(error instanceof Error ? error : new Error(String(error)));
+      return;
+    }
+    this.log.warn('request refused', { request: name, error: error.message });
+    if (this.connection.isClosed) return;
+    if (spec?.replies === 'always') {
+      const failure = failureReply(spec);
+      if (failure) {
+        const encoded = encodeReply(header.request, failure);
+        this.connection.send(encoded.bytes, encoded.fds);
+      } else {
+        this.connection.close(new Error(`${name} failed and has no failure reply: ${error.message}`));
+      }
+    } else if (ackExpected) {
+      this.sendAck(header.request, 1n);
+    }
+  }
+
+  private sendAck(request: number, value: bigint): void {
+    const encoded = encodeReply(request, { type: 'u64', value });
+    this.connection.send(encoded.bytes, encoded.fds);
+  }
+
+  private shutdown(error?: Error): Promise<void> {
+    if (!this.closing) {
+      this.closing = (async () => {
+        // A request still in the data plane (a ring starting or draining) finishes first:
+        // resetting under it would let it start a ring after the reset, or store an fd
+        // after the fds were closed. onMessage never rejects.
+        await this.inFlight;
+        await this.state.release();
+        this.options.onClosed?.(error);
+      })();
+    }
+    return this.closing;
+  }
+}
+
+/**
+ * The state of one connection, and what the handler table may do with it (SessionContext).
+ * Not exported: the session's public surface is VhostUserSession.
+ */
+class SessionState implements SessionContext {
+  private owned = false;
+  private ackedFeatures = 0n;
+  private ackedProtocolFeatures = 0n;
+  private statusByte = 0;
+  private regions: MappedRegion[] = [];
+  private readonly vrings: VringState[];
+  private backendChannel: VhostUserConnection | undefined;
+  private logFd = -1;
+
+  constructor(
+    readonly device: VhostUserDevice,
+    private readonly dataPlane: DataPlane,
+    private readonly log: Logger,
+  ) {
+    this.vrings = Array.from({ length: device.numQueues }, () => newVring());
+  }
+
   get offeredFeatures(): bigint {
     return this.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES);
   }
@@ -145,7 +248,14 @@ export class VhostUserSession {
     return this.regions;
   }
 
-  /** Tell the front-end the config space changed (BACKEND_REQ channel, CONFIG_CHANGE_MSG). */
+  get status(): number {
+    return this.statusByte;
+  }
+
+  hasProtocolFeature(feature: number): boolean {
+    return (this.ackedProtocolFeatures & bit(feature)) !== 0n;
+  }
+
   notifyConfigChange(): boolean {
     // The spec ties CONFIG_CHANGE_MSG to the CONFIG protocol feature (back-end message types).
     if (!this.hasProtocolFeature(ProtocolFeature.CONFIG)) return false;
@@ -154,84 +264,7 @@ export class VhostUserSession {
     return this.backendChannel.send(message.bytes, message.fds);
   }
 
-  /** Disconnect and release everything. Resolves when the data plane has let go. */
-  close(): Promise<void> {
-    this.connection.close();
-    return this.shutdown();
-  }
-
-  private hasProtocolFeature(feature: number): boolean {
-    return (this.ackedProtocolFeatures & bit(feature)) !== 0n;
-  }
-
-  private async onMessage(header: MessageHeader, payload: Uint8Array, rawFds: number[]): Promise<void> {
-    const fds = new RequestFds(rawFds);
-    const spec = requestSpecs.get(header.request);
-    const name = spec?.name ?? `request ${header.request}`;
-    const needReply = (header.flags & HeaderFlag.NEED_REPLY) !== 0;
-    try {
-      let request: FrontendRequest;
-      try {
-        request = decodeRequest(header, payload, rawFds);
-      } catch (error) {
-        if (!(error instanceof ProtocolError)) throw error;
-        throw new SessionError(error.message);
-      }
-      const handling = handlers[request.type];
-      if (!handling) throw new SessionError(`${name} is not supported by this back-end`);
-      const feature = handling.needsProtocolFeature ?? spec?.protocolFeature;
-      if (feature !== undefined && !this.hasProtocolFeature(feature)) {
-        throw new SessionError(`${name} needs protocol feature ${feature}, which was not negotiated`);
-      }
-      this.log.debug('request', { request: name, flags: header.flags, fds: rawFds.length });
-      const reply = await handling.handle(this, request, fds);
-      if (this.connection.isClosed) return;
-      if (spec?.replies === 'always') {
-        if (reply === undefined) throw new Error(`handler for ${name} produced no reply`);
-        const encoded = encodeReply(header.request, reply);
-        this.connection.send(encoded.bytes, encoded.fds);
-      } else if (needReply && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
-        this.sendAck(header.request, 0n);
-      }
-    } catch (error) {
-      this.answerFailure(header, name, needReply, spec, error);
-    } finally {
-      fds.closeRest();
-    }
-  }
-
-  /**
-   * A refused request: logged, then answered the way the front-end expects. Requests that always
-   * reply get their failure form (e.g. an empty GET_CONFIG payload); if there is none the
-   * connection is dropped, because a front-end waiting for a reply would otherwise hang.
-   */
-  private answerFailure(header: MessageHeader, name: string, needReply: boolean, spec: RequestSpec | undefined, error: unknown): void {
-    if (!(error instanceof SessionError) && !(error instanceof MemoryTableError)) {
-      this.log.error('request handler failed', { request: name, error });
-      this.connection.close(error instanceof Error ? error : new Error(String(error)));
-      return;
-    }
-    this.log.warn('request refused', { request: name, error: error.message });
-    if (this.connection.isClosed) return;
-    if (spec?.replies === 'always') {
-      const failure = failureReply(spec);
-      if (failure) {
-        const encoded = encodeReply(header.request, failure);
-        this.connection.send(encoded.bytes, encoded.fds);
-      } else {
-        this.connection.close(new Error(`${name} failed and has no failure reply: ${error.message}`));
-      }
-    } else if (needReply && this.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
-      this.sendAck(header.request, 1n);
-    }
-  }
-
-  private sendAck(request: number, value: bigint): void {
-    const encoded = encodeReply(request, { type: 'u64', value });
-    this.connection.send(encoded.bytes, encoded.fds);
-  }
-
-  // ---- state changes used by the handlers ------------------------------------------------
+  // ---- rings ----------------------------------------------------------------------------------
 
   vring(index: number): VringState {
     const vring = this.vrings[index];
@@ -241,8 +274,7 @@ export class VhostUserSession {
     return vring;
   }
 
-  /** Starts the ring on the data plane once it is kicked and enabled (spec: "Starting and stopping rings"). */
-  async maybeStart(index: number): Promise<void> {
+  async startRingIfReady(index: number): Promise<void> {
     const vring = this.vring(index);
     if (vring.running || !vring.kicked || !vring.enabled) return;
     if (vring.size === 0) throw new SessionError(`queue ${index} started before SET_VRING_NUM`);
@@ -265,7 +297,6 @@ export class VhostUserSession {
     this.log.info('queue started', { queue: index, size: vring.size, kick: vring.kickFd >= 0 ? 'eventfd' : 'poll' });
   }
 
-  /** Stops the ring (draining in-flight requests) and records where it stopped. */
   async stopRing(index: number): Promise<number> {
     const vring = this.vring(index);
     if (vring.running) {
@@ -277,13 +308,12 @@ export class VhostUserSession {
     return vring.lastAvailIdx;
   }
 
-  /** Ring addresses must lie inside mapped memory before a worker may touch them. */
-  checkRingAddresses(index: number, vring: Pick<VringState, 'size' | 'descUserAddr' | 'availUserAddr' | 'usedUserAddr'>): void {
+  checkRingAddresses(index: number, ring: RingAddresses): void {
     if (this.regions.length === 0) throw new SessionError(`queue ${index}: no memory table to place the ring in`);
     const parts: [string, number, number][] = [
-      ['descriptor table', vring.descUserAddr, 16 * vring.size],
-      ['available ring', vring.availUserAddr, 6 + 2 * vring.size],
-      ['used ring', vring.usedUserAddr, 6 + 8 * vring.size],
+      ['descriptor table', ring.descUserAddr, 16 * ring.size],
+      ['available ring', ring.availUserAddr, 6 + 2 * ring.size],
+      ['used ring', ring.usedUserAddr, 6 + 8 * ring.size],
     ];
     for (const [what, address, length] of parts) {
       if (!findUserspaceRange(this.regions, address, length)) {
@@ -291,6 +321,13 @@ export class VhostUserSession {
       }
     }
   }
+
+  async updateNotifyFds(index: number): Promise<void> {
+    const vring = this.vring(index);
+    if (vring.running) await this.dataPlane.setNotifyFds(index, vring.callFd, vring.errFd);
+  }
+
+  // ---- memory ---------------------------------------------------------------------------------
 
   async installMemory(next: MappedRegion[]): Promise<void> {
     checkNoOverlap(next);
@@ -302,42 +339,7 @@ export class VhostUserSession {
     });
   }
 
-  async resetDeviceState(): Promise<void> {
-    for (let index = 0; index < this.vrings.length; index++) {
-      await this.stopRing(index);
-      closeVringFds(this.vrings[index]!);
-      this.vrings[index] = newVring();
-    }
-    this.ackedFeatures = 0n;
-    this.status = 0;
-    this.device.reset?.();
-  }
-
-  private shutdown(error?: Error): Promise<void> {
-    if (!this.closing) {
-      this.closing = (async () => {
-        // A request still in the data plane (a ring starting or draining) finishes first:
-        // resetting under it would let it start a ring after the reset, or store an fd
-        // after the fds were closed. onMessage never rejects.
-        await this.inFlight;
-        try {
-          await this.dataPlane.reset();
-        } catch (resetError) {
-          this.log.error('data plane reset failed', { error: resetError });
-        }
-        for (const vring of this.vrings) closeVringFds(vring);
-        this.regions = [];
-        this.backendChannel?.close();
-        if (this.logFd >= 0) closeAll([this.logFd]);
-        this.logFd = -1;
-        this.device.reset?.();
-        this.options.onClosed?.(error);
-      })();
-    }
-    return this.closing;
-  }
-
-  // ---- requests that change session state (called from the handler table) -----------------
+  // ---- ownership, features, status ------------------------------------------------------------
 
   setOwner(): void {
     if (this.owned) throw new SessionError('SET_OWNER: the session already has an owner');
@@ -352,14 +354,21 @@ export class VhostUserSession {
    */
   resetOwner(): Promise<void> {
     this.owned = false;
-    return this.resetDeviceState();
+    return this.resetDevice();
   }
 
-  setFeatures(features: bigint): void {
-    const unknown = features & ~this.offeredFeatures;
-    if (unknown !== 0n) {
-      throw new SessionError(`SET_FEATURES acks features that were never offered: 0x${unknown.toString(16)}`);
+  async resetDevice(): Promise<void> {
+    for (let index = 0; index < this.vrings.length; index++) {
+      await this.stopRing(index);
+      closeVringFds(this.vrings[index]!);
+      this.vrings[index] = newVring();
     }
+    this.ackedFeatures = 0n;
+    this.statusByte = 0;
+    this.device.reset?.();
+  }
+
+  acceptFeatures(features: bigint): void {
     try {
       this.device.setFeatures?.(features);
     } catch (error) {
@@ -373,24 +382,16 @@ export class VhostUserSession {
     }
   }
 
-  setProtocolFeatures(features: bigint): void {
-    const unknown = features & ~this.offeredProtocolFeatures;
-    if (unknown !== 0n) {
-      throw new SessionError(`SET_PROTOCOL_FEATURES acks features that were never offered: 0x${unknown.toString(16)}`);
-    }
-    // Honoured from now on, whether or not GET_PROTOCOL_FEATURES was ever sent: a front-end
-    // restored from migration skips it.
+  acceptProtocolFeatures(features: bigint): void {
     this.ackedProtocolFeatures = features;
   }
 
-  getStatus(): number {
-    return this.status;
+  setStatus(status: number): void {
+    this.statusByte = status & 0xff;
+    this.device.setStatus?.(this.statusByte);
   }
 
-  setStatus(status: number): void {
-    this.status = status & 0xff;
-    this.device.setStatus?.(this.status);
-  }
+  // ---- side channels --------------------------------------------------------------------------
 
   setBackendChannel(fd: number): void {
     this.backendChannel?.close();
@@ -410,188 +411,22 @@ export class VhostUserSession {
     if (this.logFd >= 0) closeAll([this.logFd]);
     this.logFd = fd;
   }
+
+  /** The connection is gone: stop the data plane and let go of every fd and mapping. */
+  async release(): Promise<void> {
+    try {
+      await this.dataPlane.reset();
+    } catch (resetError) {
+      this.log.error('data plane reset failed', { error: resetError });
+    }
+    for (const vring of this.vrings) closeVringFds(vring);
+    this.regions = [];
+    this.backendChannel?.close();
+    if (this.logFd >= 0) closeAll([this.logFd]);
+    this.logFd = -1;
+    this.device.reset?.();
+  }
 }
-
-// -------------------------------------------------------------------------------------------
-// Handlers. Each does one request; the table row says what must hold before it runs.
-
-const handlers: Partial<Record<FrontendRequest['type'], HandlerSpec>> = {
-  GET_FEATURES: { handle: (s) => ({ type: 'u64', value: s.offeredFeatures }) },
-  SET_FEATURES: { handle: (s, r) => s.setFeatures(r.features) },
-  SET_OWNER: { handle: (s) => s.setOwner() },
-  RESET_OWNER: { handle: (s) => s.resetOwner() },
-  GET_PROTOCOL_FEATURES: { handle: (s) => ({ type: 'u64', value: s.offeredProtocolFeatures }) },
-  SET_PROTOCOL_FEATURES: { handle: (s, r) => s.setProtocolFeatures(r.features) },
-  GET_QUEUE_NUM: {
-    handle: (s) => ({ type: 'u64', value: BigInt(s['device'].numQueues) }),
-  },
-  SET_MEM_TABLE: {
-    handle: async (s, r, fds) => {
-      const next: MappedRegion[] = [];
-      for (let i = 0; i < r.regions.length; i++) next.push(mapRegion(r.regions[i], fds.take(i)));
-      await s.installMemory(next);
-    },
-  },
-  GET_MAX_MEM_SLOTS: {
-    handle: () => ({ type: 'u64', value: BigInt(MAX_MEM_SLOTS) }),
-  },
-  ADD_MEM_REG: {
-    handle: async (s, r, fds) => {
-      if (s.memoryRegions.length >= MAX_MEM_SLOTS) throw new SessionError(`ADD_MEM_REG: all ${MAX_MEM_SLOTS} memory slots are in use`);
-      const region = mapRegion(r.region, fds.take(0));
-      await s.installMemory([...s.memoryRegions, region]);
-    },
-  },
-  REM_MEM_REG: {
-    handle: async (s, r) => {
-      // The spec matches a region by its guest address, size and userspace address; an fd
-      // that comes along is ignored (closed by the generic path).
-      const gpa = Number(r.region.guestPhysAddr);
-      const size = Number(r.region.memorySize);
-      const uaddr = Number(r.region.userspaceAddr);
-      const remaining = s.memoryRegions.filter((m) => !(m.guestPhysAddr === gpa && m.size === size && m.userspaceAddr === uaddr));
-      if (remaining.length === s.memoryRegions.length) {
-        throw new SessionError(`REM_MEM_REG: no region at guest address 0x${gpa.toString(16)} of size ${size}`);
-      }
-      await s.installMemory(remaining);
-    },
-  },
-  SET_VRING_NUM: {
-    handle: (s, r) => {
-      const vring = s.vring(r.index);
-      if (vring.running) throw new SessionError(`SET_VRING_NUM: queue ${r.index} is running`);
-      const max = Math.min(s['device'].maxQueueSize, MAX_QUEUE_SIZE);
-      if (r.num === 0 || r.num > max || (r.num & (r.num - 1)) !== 0) {
-        throw new SessionError(`SET_VRING_NUM: queue size ${r.num} must be a power of two between 1 and ${max}`);
-      }
-      vring.size = r.num;
-    },
-  },
-  SET_VRING_ADDR: {
-    handle: (s, r) => {
-      const vring = s.vring(r.index);
-      if (vring.running) throw new SessionError(`SET_VRING_ADDR: queue ${r.index} is running`);
-      const addresses = {
-        size: vring.size,
-        descUserAddr: toAddress(r.descUserAddr),
-        usedUserAddr: toAddress(r.usedUserAddr),
-        availUserAddr: toAddress(r.availUserAddr),
-      };
-      // Checked now when possible, so a bad address is refused at the request that carried it
-      // (and a refused request changes nothing); checked again at start in case the memory
-      // table changes in between.
-      if (vring.size > 0 && s.memoryRegions.length > 0) s.checkRingAddresses(r.index, addresses);
-      vring.descUserAddr = addresses.descUserAddr;
-      vring.usedUserAddr = addresses.usedUserAddr;
-      vring.availUserAddr = addresses.availUserAddr;
-      vring.addressesSet = true;
-    },
-  },
-  SET_VRING_BASE: {
-    handle: (s, r) => {
-      const vring = s.vring(r.index);
-      if (vring.running) throw new SessionError(`SET_VRING_BASE: queue ${r.index} is running`);
-      if (r.num > 0xffff) throw new SessionError(`SET_VRING_BASE: index ${r.num} does not fit a split ring's u16`);
-      vring.lastAvailIdx = r.num;
-    },
-  },
-  GET_VRING_BASE: {
-    handle: async (s, r) => {
-      const lastAvailIdx = await s.stopRing(r.index);
-      // The ring is stopped: its kick fd is done with (spec), and a restart sends new fds.
-      const vring = s.vring(r.index);
-      if (vring.kickFd >= 0) closeAll([vring.kickFd]);
-      vring.kickFd = -1;
-      return { type: 'vring-state', index: r.index, num: lastAvailIdx };
-    },
-  },
-  SET_VRING_KICK: {
-    handle: async (s, r, fds) => {
-      const vring = s.vring(r.index);
-      const fd = r.noFd ? -1 : fds.take(0);
-      if (vring.running) {
-        // A new kick fd for a running ring: restart it with the new fd.
-        await s.stopRing(r.index);
-      }
-      if (vring.kickFd >= 0) closeAll([vring.kickFd]);
-      vring.kickFd = fd;
-      vring.kicked = true;
-      if ((s.features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) vring.enabled = true;
-      await s.maybeStart(r.index);
-    },
-  },
-  SET_VRING_CALL: {
-    handle: async (s, r, fds) => {
-      const vring = s.vring(r.index);
-      const previous = vring.callFd;
-      vring.callFd = r.noFd ? -1 : fds.take(0);
-      if (vring.running) await s['dataPlane'].setNotifyFds(r.index, vring.callFd, vring.errFd);
-      if (previous >= 0) closeAll([previous]);
-    },
-  },
-  SET_VRING_ERR: {
-    handle: async (s, r, fds) => {
-      const vring = s.vring(r.index);
-      const previous = vring.errFd;
-      vring.errFd = r.noFd ? -1 : fds.take(0);
-      if (vring.running) await s['dataPlane'].setNotifyFds(r.index, vring.callFd, vring.errFd);
-      if (previous >= 0) closeAll([previous]);
-    },
-  },
-  SET_VRING_ENABLE: {
-    handle: async (s, r) => {
-      const vring = s.vring(r.index);
-      if (r.num > 1) throw new SessionError(`SET_VRING_ENABLE: ${r.num} is neither 0 nor 1`);
-      vring.enabled = r.num === 1;
-      if (vring.enabled) await s.maybeStart(r.index);
-      else if (vring.running) {
-        // Disabled but still started: stop processing, keep the ring's fds and position.
-        await s.stopRing(r.index);
-        vring.kicked = true;
-      }
-    },
-  },
-  GET_CONFIG: {
-    handle: (s, r) => {
-      const device = s['device'];
-      if (!device.getConfig) throw new SessionError('GET_CONFIG: the device has no config space');
-      let bytes: Uint8Array;
-      try {
-        bytes = device.getConfig(r.offset, r.size);
-      } catch (error) {
-        throw new SessionError(`GET_CONFIG: ${(error as Error).message}`);
-      }
-      if (bytes.length !== r.size) throw new SessionError(`GET_CONFIG: device returned ${bytes.length} bytes, not ${r.size}`);
-      return { type: 'config', offset: r.offset, size: r.size, flags: r.flags, payload: bytes };
-    },
-  },
-  SET_CONFIG: {
-    handle: (s, r) => {
-      const device = s['device'];
-      if (!device.setConfig) throw new SessionError('SET_CONFIG: the device config space is read-only');
-      try {
-        device.setConfig(r.offset, r.payload, r.flags);
-      } catch (error) {
-        throw new SessionError(`SET_CONFIG: ${(error as Error).message}`);
-      }
-    },
-  },
-  SET_STATUS: { handle: (s, r) => s.setStatus(Number(r.status & 0xffn)) },
-  GET_STATUS: { handle: (s) => ({ type: 'u64', value: BigInt(s.getStatus()) }) },
-  SET_BACKEND_REQ_FD: {
-    handle: (s, _r, fds) => s.setBackendChannel(fds.take(0)),
-  },
-  RESET_DEVICE: { handle: (s) => s.resetDeviceState() },
-  SET_LOG_BASE: {
-    handle: () => {
-      throw new SessionError('SET_LOG_BASE: dirty-page logging is not implemented by this back-end');
-    },
-  },
-  SET_LOG_FD: {
-    handle: (s, _r, fds) => s.setLogFd(fds.take(0)),
-    needsProtocolFeature: ProtocolFeature.LOG_SHMFD,
-  },
-};
 
 /**
  * Requests whose u64 reply is a status (0 success, non-zero failure), per their spec entries:
@@ -650,9 +485,3 @@ function closeVringFds(vring: VringState): void {
   closeAll([vring.kickFd, vring.callFd, vring.errFd].filter((fd) => fd >= 0));
   vring.kickFd = vring.callFd = vring.errFd = -1;
 }
-
-function toAddress(value: bigint): number {
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new SessionError(`ring address 0x${value.toString(16)} is out of range`);
-  return Number(value);
-}
-

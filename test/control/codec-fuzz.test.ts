@@ -24,7 +24,7 @@ import {
   type FrontendReply,
   type FrontendRequest,
   type MessageHeader,
-} from '../../dist/control/codec.js';
+} from '../../dist/control/codec/index.js';
 import { BackendRequestId, Request } from '../../dist/control/protocol.js';
 
 const CASES = 20_000;

@@ -27,7 +27,7 @@ import {
   type FrontendRequest,
   type MemoryRegion,
   type MessageHeader,
-} from '../../dist/control/codec.js';
+} from '../../dist/control/codec/index.js';
 import { BackendRequestId, HeaderFlag, Request } from '../../dist/control/protocol.js';
 
 // The codec never touches fds: it counts them and passes them on, so tests use made-up numbers.

@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { VhostUserConnection, closeAll } from '../../dist/control/connection.js';
-import { encodeMessage, type MessageHeader } from '../../dist/control/codec.js';
+import { encodeMessage, type MessageHeader } from '../../dist/control/codec/index.js';
 import { HeaderFlag, MAX_PAYLOAD_SIZE, Request } from '../../dist/control/protocol.js';
 import { fdSet, fdsBackTo, openFds, until } from './helpers.js';
 

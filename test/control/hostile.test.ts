@@ -6,7 +6,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { closeAll } from '../../dist/control/connection.js';
-import { decodeReply, encodeMessage, encodeRequest, type BackendReply, type FrontendRequest } from '../../dist/control/codec.js';
+import { decodeReply, encodeMessage, encodeRequest, type BackendReply, type FrontendRequest } from '../../dist/control/codec/index.js';
 import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, bit } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/control/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';

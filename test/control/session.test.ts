@@ -17,7 +17,7 @@ import {
   type BackendReply,
   type FrontendRequest,
   type MessageHeader,
-} from '../../dist/control/codec.js';
+} from '../../dist/control/codec/index.js';
 import {
   HeaderFlag,
   ProtocolFeature,
@@ -27,7 +27,7 @@ import {
   bit,
 } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient, splitRingLayout } from '../../dist/control/frontend/index.js';
-import type { DataPlane, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
+import type { DataPlane, DeviceRequest, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { BLK_CONFIG_SIZE, BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import {
@@ -705,6 +705,18 @@ describe('VHOST_USER_SET_PROTOCOL_FEATURES (16)', () => {
     expect(await client.getFeatures()).toBe(offeredFeatures());
     await expectNoMoreMessages(client);
   });
+  it('a NEED_REPLY SET_PROTOCOL_FEATURES that clears REPLY_ACK is still acked (issue 10, bug 4); later requests are not', async () => {
+    const client = await negotiated();
+    sendNeedReply(client, { type: 'SET_PROTOCOL_FEATURES', features: bit(ProtocolFeature.CONFIG) });
+    expect(await nextReply(client, Request.SET_PROTOCOL_FEATURES)).toEqual({
+      header: { request: Request.SET_PROTOCOL_FEATURES, flags: REPLY, size: 8 },
+      reply: { type: 'u64', value: 0n },
+    });
+    expect(session().protocolFeatures).toBe(bit(ProtocolFeature.CONFIG));
+    sendNeedReply(client, { type: 'SET_VRING_NUM', index: 0, num: 64 });
+    expect(await client.getFeatures()).toBe(offeredFeatures()); // the next message is this reply
+    await expectNoMoreMessages(client);
+  });
 });
 
 describe('REPLY_ACK negotiated without GET_PROTOCOL_FEATURES (a front-end restored from migration)', () => {
@@ -844,6 +856,135 @@ describe('requests for features this back-end does not offer: refused with a fai
       await fdsBackTo(before, 'the refused fd to be closed');
     });
   }
+});
+
+describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hook', () => {
+  const RARP_AND_MTU = bit(ProtocolFeature.RARP) | bit(ProtocolFeature.MTU);
+  const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
+
+  /** A net-like device: declares RARP and NET_MTU, records what its hook gets (when it has one). */
+  function hookedDevice(hook?: (request: DeviceRequest) => boolean | Promise<boolean>) {
+    const requests: DeviceRequest[] = [];
+    const device: VhostUserDevice = {
+      name: 'hooked',
+      numQueues: 2,
+      maxQueueSize: 256,
+      features: bit(32),
+      protocolFeatures: RARP_AND_MTU,
+    };
+    if (hook) {
+      device.handleRequest = (request) => {
+        requests.push(request);
+        return hook(request);
+      };
+    }
+    return { device, requests };
+  }
+
+  /** A daemon of its own serving `device`, and a front-end that acked `protocol`. */
+  async function withDevice(
+    device: VhostUserDevice,
+    protocol: bigint,
+    body: (client: VhostUserClient) => Promise<void>,
+  ): Promise<void> {
+    const own = await startTestDaemon(device);
+    const client = await VhostUserClient.connect(own.socketPath, { replyTimeoutMs: REPLY_TIMEOUT_MS });
+    try {
+      expect(await client.getProtocolFeatures()).toBe(bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
+        bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.RESET_DEVICE) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+        bit(ProtocolFeature.STATUS) | RARP_AND_MTU);
+      await client.setProtocolFeatures(protocol);
+      await body(client);
+    } finally {
+      client.close();
+      await own.stop();
+    }
+  }
+
+  const ackAll = bit(ProtocolFeature.REPLY_ACK) | RARP_AND_MTU;
+
+  it('the hook gets each request with its decoded payload, and its true is acked with 0', async () => {
+    const { device, requests } = hookedDevice(() => true);
+    await withDevice(device, ackAll, async (client) => {
+      sendNeedReply(client, { type: 'NET_SET_MTU', mtu: 9000n });
+      expect(await nextReply(client, Request.NET_SET_MTU)).toEqual({ header: { request: Request.NET_SET_MTU, flags: REPLY, size: 8 }, reply: { type: 'u64', value: 0n } });
+      sendNeedReply(client, { type: 'SEND_RARP', mac: MAC });
+      expect((await nextReply(client, Request.SEND_RARP)).reply).toEqual({ type: 'u64', value: 0n });
+      await expectNoMoreMessages(client);
+    });
+    expect(requests).toEqual([
+      { type: 'NET_SET_MTU', mtu: 9000 },
+      { type: 'SEND_RARP', mac: MAC },
+    ]);
+  });
+
+  it('an asynchronous hook is awaited before the ack', async () => {
+    let finished = false;
+    const { device } = hookedDevice(async () => {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      finished = true;
+      return true;
+    });
+    await withDevice(device, ackAll, async (client) => {
+      await client.request({ type: 'NET_SET_MTU', mtu: 1500n }, { needReply: true });
+      expect(finished).toBe(true);
+    });
+  });
+
+  it('a device without the hook refuses them as not supported (failure ack), and the connection goes on', async () => {
+    const { device } = hookedDevice();
+    await withDevice(device, ackAll, async (client) => {
+      for (const request of [{ type: 'NET_SET_MTU', mtu: 1500n }, { type: 'SEND_RARP', mac: MAC }] as FrontendRequest[]) {
+        await expectFailureAck(client, request, new RegExp(`${request.type} is not supported by this back-end`));
+      }
+      expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    });
+  });
+
+  it('a hook that returns false is "not supported"; one that throws refuses with its reason; both get a failure ack', async () => {
+    const { device, requests } = hookedDevice((request) => {
+      if (request.type === 'SEND_RARP') return false;
+      if (request.mtu < 68) throw new RangeError(`MTU ${request.mtu} is below the minimum of 68`);
+      return true;
+    });
+    await withDevice(device, ackAll, async (client) => {
+      await expectFailureAck(client, { type: 'SEND_RARP', mac: MAC }, /SEND_RARP is not supported by this back-end/);
+      await expectFailureAck(client, { type: 'NET_SET_MTU', mtu: 10n }, /NET_SET_MTU: the device refused it: MTU 10 is below the minimum of 68/);
+      await client.request({ type: 'NET_SET_MTU', mtu: 1500n }, { needReply: true });
+    });
+    expect(requests.map((request) => request.type)).toEqual(['SEND_RARP', 'NET_SET_MTU', 'NET_SET_MTU']);
+  });
+
+  it("an MTU beyond virtio-net's u16 is refused before the device sees it", async () => {
+    const { device, requests } = hookedDevice(() => true);
+    await withDevice(device, ackAll, async (client) => {
+      await expectFailureAck(client, { type: 'NET_SET_MTU', mtu: 0x10000n }, /does not fit virtio-net's 16-bit mtu/);
+    });
+    expect(requests).toEqual([]);
+  });
+
+  it('without REPLY_ACK the hook still runs and nothing is answered', async () => {
+    const { device, requests } = hookedDevice((request) => request.type === 'NET_SET_MTU');
+    await withDevice(device, RARP_AND_MTU, async (client) => {
+      sendNeedReply(client, { type: 'NET_SET_MTU', mtu: 1500n });
+      sendNeedReply(client, { type: 'SEND_RARP', mac: MAC }); // declined: still silent
+      expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES)); // the next message is this reply
+      await expectNoMoreMessages(client);
+    });
+    expect(requests.map((request) => request.type)).toEqual(['NET_SET_MTU', 'SEND_RARP']);
+  });
+
+  it('each needs its protocol feature acked (RARP = 2, NET_MTU = 4); until then the hook is not called', async () => {
+    const { device, requests } = hookedDevice(() => true);
+    await withDevice(device, bit(ProtocolFeature.REPLY_ACK), async (client) => {
+      await expectFailureAck(client, { type: 'SEND_RARP', mac: MAC }, /SEND_RARP needs protocol feature 2, which was not negotiated/);
+      await expectFailureAck(client, { type: 'NET_SET_MTU', mtu: 1500n }, /NET_SET_MTU needs protocol feature 4, which was not negotiated/);
+      await client.setProtocolFeatures(bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.MTU));
+      await client.request({ type: 'NET_SET_MTU', mtu: 1500n }, { needReply: true });
+      await expectFailureAck(client, { type: 'SEND_RARP', mac: MAC }, /protocol feature 2/);
+    });
+    expect(requests).toEqual([{ type: 'NET_SET_MTU', mtu: 1500 }]);
+  });
 });
 
 describe('VHOST_USER_SET_BACKEND_REQ_FD (21)', () => {

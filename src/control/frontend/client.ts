@@ -10,18 +10,12 @@ import {
   type BackendReply,
   type FrontendRequest,
   type MessageHeader,
-} from '../codec.js';
+} from '../codec/index.js';
 import { VhostUserConnection, closeAll } from '../connection.js';
+import { FrontendError } from '../errors.js';
 import { ProtocolFeature, Request } from '../protocol.js';
 
-export class FrontendError extends Error {
-  constructor(
-    message: string,
-    readonly request?: string,
-  ) {
-    super(message);
-  }
-}
+export { FrontendError };
 
 export interface ClientOptions {
   logger?: Logger;

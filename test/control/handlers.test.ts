@@ -1,0 +1,212 @@
+// The handler table on its own: rows run against a fake SessionContext, without a socket or a
+// daemon, which is what the narrow context is for. The protocol-level behaviour (acks, failure
+// replies, fds) is covered request by request in session.test.ts.
+import { fstatSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { native } from '../../dist/native.js';
+import { closeAll } from '../../dist/control/connection.js';
+import { SessionError } from '../../dist/control/errors.js';
+import { requestHandler, type DeviceView, type RequestFds, type RingAddresses, type SessionContext, type VringState } from '../../dist/control/handlers.js';
+import type { MappedRegion } from '../../dist/control/memory-table.js';
+import type { DeviceRequest } from '../../dist/control/backend.js';
+import type { FrontendRequest } from '../../dist/control/codec/index.js';
+
+/** Records what a row asks of the session. */
+class FakeSession implements SessionContext {
+  readonly calls: string[] = [];
+  readonly rings: VringState[] = [newRing(), newRing()];
+  readonly offeredFeatures = 0b1011n;
+  readonly offeredProtocolFeatures = 0n;
+  features = 0n;
+  memoryRegions: readonly MappedRegion[] = [];
+  status = 0;
+
+  constructor(readonly device: DeviceView) {}
+
+  vring(index: number): VringState {
+    const ring = this.rings[index];
+    if (!ring) throw new SessionError(`queue index ${index} out of range`);
+    return ring;
+  }
+  async startRingIfReady(index: number): Promise<void> {
+    this.calls.push(`start:${index}`);
+  }
+  async stopRing(index: number): Promise<number> {
+    this.calls.push(`stop:${index}`);
+    this.vring(index).running = false;
+    return this.vring(index).lastAvailIdx;
+  }
+  checkRingAddresses(index: number, _ring: RingAddresses): void {
+    this.calls.push(`check:${index}`);
+  }
+  async updateNotifyFds(index: number): Promise<void> {
+    this.calls.push(`notify:${index}:${this.vring(index).callFd}`);
+  }
+  async installMemory(regions: MappedRegion[]): Promise<void> {
+    this.calls.push(`memory:${regions.length}`);
+  }
+  setOwner(): void {
+    this.calls.push('owner');
+  }
+  async resetOwner(): Promise<void> {
+    this.calls.push('reset-owner');
+  }
+  async resetDevice(): Promise<void> {
+    this.calls.push('reset-device');
+  }
+  acceptFeatures(features: bigint): void {
+    this.calls.push(`features:${features}`);
+  }
+  acceptProtocolFeatures(features: bigint): void {
+    this.calls.push(`protocol:${features}`);
+  }
+  setStatus(status: number): void {
+    this.calls.push(`status:${status}`);
+  }
+  setBackendChannel(fd: number): void {
+    this.calls.push(`backend:${fd}`);
+  }
+  setLogFd(fd: number): void {
+    this.calls.push(`log:${fd}`);
+  }
+}
+
+function newRing(): VringState {
+  return {
+    size: 0,
+    descUserAddr: 0,
+    availUserAddr: 0,
+    usedUserAddr: 0,
+    addressesSet: false,
+    lastAvailIdx: 0,
+    kickFd: -1,
+    callFd: -1,
+    errFd: -1,
+    kicked: false,
+    enabled: false,
+    running: false,
+  };
+}
+
+const device: DeviceView = { numQueues: 2, maxQueueSize: 256 };
+const noFds: RequestFds = {
+  take: () => {
+    throw new SessionError('expected file descriptor is missing');
+  },
+};
+/** Fds the test still owns after the row ran. */
+const openedFds: number[] = [];
+
+afterEach(() => closeAll(openedFds.splice(0)));
+
+/** fstat opens nothing, so unlike listing /proc/self/fd it cannot reuse the number it asks about. */
+function isOpen(fd: number): boolean {
+  try {
+    fstatSync(fd);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Runs the row for `request` the way the session does. */
+function run(session: SessionContext, request: FrontendRequest, fds: RequestFds = noFds) {
+  const row = requestHandler(request.type);
+  if (!row) throw new Error(`no row for ${request.type}`);
+  return row.handle(session, request, fds);
+}
+
+async function refusal(action: () => unknown): Promise<SessionError> {
+  try {
+    await action();
+  } catch (error) {
+    expect(error).toBeInstanceOf(SessionError);
+    return error as SessionError;
+  }
+  throw new Error('the row did not refuse');
+}
+
+describe('request handler rows against a fake session', () => {
+  it('SET_FEATURES refuses bits that were never offered and records nothing; an offered subset is accepted', async () => {
+    const session = new FakeSession(device);
+    expect((await refusal(() => run(session, { type: 'SET_FEATURES', features: 0b0100n }))).message).toMatch(/never offered: 0x4/);
+    expect(session.calls).toEqual([]);
+    await run(session, { type: 'SET_FEATURES', features: 0b0011n });
+    expect(session.calls).toEqual(['features:3']);
+  });
+
+  it("SET_VRING_NUM takes powers of two up to the device's maximum, and never on a running ring", async () => {
+    const session = new FakeSession(device);
+    for (const num of [0, 3, 512]) {
+      expect((await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 1, num }))).message).toMatch(/power of two between 1 and 256/);
+    }
+    await run(session, { type: 'SET_VRING_NUM', index: 1, num: 256 });
+    expect(session.rings[1]!.size).toBe(256);
+    session.rings[1]!.running = true;
+    await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 1, num: 64 }));
+    expect(session.rings[1]!.size).toBe(256);
+    await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 2, num: 64 }));
+  });
+
+  it('SET_VRING_CALL keeps the new fd, hands it to the data plane, then closes the old one', async () => {
+    const session = new FakeSession(device);
+    const [previous, next] = [native.eventfdCreate(0), native.eventfdCreate(0)];
+    openedFds.push(next);
+    session.rings[0]!.callFd = previous;
+    await run(session, { type: 'SET_VRING_CALL', index: 0, noFd: false, fd: next }, { take: () => next });
+    expect(session.rings[0]!.callFd).toBe(next);
+    expect(session.calls).toEqual([`notify:0:${next}`]);
+    expect(isOpen(previous)).toBe(false);
+    expect(isOpen(next)).toBe(true);
+  });
+
+  it('SET_VRING_KICK on a running ring stops it, swaps the fd and starts it again', async () => {
+    const session = new FakeSession(device);
+    const kick = native.eventfdCreate(0);
+    openedFds.push(kick);
+    session.rings[0]!.running = true;
+    await run(session, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: kick }, { take: () => kick });
+    expect(session.calls).toEqual(['stop:0', 'start:0']);
+    expect(session.rings[0]).toMatchObject({ kickFd: kick, kicked: true, enabled: true });
+  });
+
+  it("NET_SET_MTU and SEND_RARP call the device's hook with the payload, the device as `this`", async () => {
+    const seen: DeviceRequest[] = [];
+    const hooked = {
+      ...device,
+      handleRequest(this: unknown, request: DeviceRequest) {
+        expect(this).toBe(hooked);
+        seen.push(request);
+        return true;
+      },
+    };
+    const session = new FakeSession(hooked);
+    await run(session, { type: 'NET_SET_MTU', mtu: 1500n });
+    await run(session, { type: 'SEND_RARP', mac: Uint8Array.of(2, 0, 0, 0, 0, 9) });
+    expect(seen).toEqual([
+      { type: 'NET_SET_MTU', mtu: 1500 },
+      { type: 'SEND_RARP', mac: Uint8Array.of(2, 0, 0, 0, 0, 9) },
+    ]);
+  });
+
+  it('a device hook that throws is a refusal that keeps the device error as its cause', async () => {
+    const cause = new Error('no such MTU');
+    const session = new FakeSession({
+      ...device,
+      handleRequest: () => {
+        throw cause;
+      },
+    });
+    const error = await refusal(() => run(session, { type: 'NET_SET_MTU', mtu: 20n }));
+    expect(error.message).toBe('NET_SET_MTU: the device refused it: no such MTU');
+    expect(error.refusal).toBe(true);
+    expect(error.cause).toBe(cause);
+  });
+
+  it('requests the back-end does not implement have no row', () => {
+    for (const type of ['SET_VRING_ENDIAN', 'VRING_KICK', 'IOTLB_MSG', 'GET_INFLIGHT_FD', 'POSTCOPY_ADVISE'] as const) {
+      expect(requestHandler(type), type).toBeUndefined();
+    }
+    expect(requestHandler('GET_VRING_BASE')).toBeDefined();
+  });
+});
