@@ -7,6 +7,7 @@
 // Fds that arrive with a request belong to the session; whatever a handler does not keep is
 // closed when the request is done, including on errors.
 import { createLogger, type Logger } from '../log.js';
+import { native } from '../native.js';
 import type { DataPlane, VhostUserDevice, VringConfig } from './backend.js';
 import {
   ProtocolError,
@@ -527,6 +528,10 @@ const handlers: Partial<Record<FrontendRequest['type'], HandlerSpec>> = {
       vring.callFd = r.noFd ? -1 : fds.take(0);
       if (vring.running) await s['dataPlane'].setNotifyFds(r.index, vring.callFd, vring.errFd);
       if (previous >= 0) closeAll([previous]);
+      // As libvhost-user does: one signal on the new fd of a live ring, so an interrupt lost
+      // while the front-end swapped fds (or reconnected) cannot leave the guest waiting forever.
+      // A spurious interrupt only costs the driver a look at the used ring.
+      if (vring.running && vring.callFd >= 0) signalCall(s, r.index, vring.callFd);
     },
   },
   SET_VRING_ERR: {
@@ -626,6 +631,15 @@ function failureReply(spec: RequestSpec): BackendReply | undefined {
       return { type: 'shared-object', fd: -1 };
     default:
       return undefined;
+  }
+}
+
+/** Writes the call eventfd; a failure (not an eventfd, counter full) is the front-end's problem, not ours. */
+function signalCall(session: VhostUserSession, index: number, callFd: number): void {
+  try {
+    native.eventfdWrite(callFd, 1);
+  } catch (error) {
+    session['log'].warn('cannot signal the new call fd', { queue: index, error });
   }
 }
 

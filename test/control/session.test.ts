@@ -625,10 +625,25 @@ describe('VHOST_USER_SET_VRING_CALL (13)', () => {
     await client.request({ type: 'SET_VRING_CALL', index: 0, noFd: false, fd: replacement });
     expect(rig.dataPlane.events.at(-1)).toBe('notify:0');
     expect(rig.dataPlane.events).not.toContain('stop:0');
+    expect(native.eventfdRead(replacement)).toBe(1); // the one signal on a new call fd (next test)
     native.eventfdWrite(vringConfig().callFd, 1);
     expect(native.eventfdRead(replacement)).toBe(1);
     closeTestFd(callFd);
     await fdsBackTo(before - 1, "the back-end's old call fd to be closed");
+  });
+
+  it('a running ring is signalled once on its new call fd (as libvhost-user: no interrupt lost across a swap); a stopped one is not', async () => {
+    const { client, callFd } = await runningRing();
+    // runningRing sent SET_VRING_CALL before the ring ran: nothing was signalled then.
+    expect(native.eventfdRead(callFd)).toBe(0);
+    const live = eventfd();
+    await client.request({ type: 'SET_VRING_CALL', index: 0, noFd: false, fd: live });
+    expect(native.eventfdRead(live)).toBe(1);
+    expect(native.eventfdRead(live)).toBe(0);
+    await client.request({ type: 'GET_VRING_BASE', index: 0 });
+    const stopped = eventfd();
+    await client.request({ type: 'SET_VRING_CALL', index: 0, noFd: false, fd: stopped });
+    expect(native.eventfdRead(stopped)).toBe(0);
   });
 
   it('bit 8 (no fd) leaves the ring without notifications: callFd -1', async () => {
