@@ -528,10 +528,13 @@ const handlers: Partial<Record<FrontendRequest['type'], HandlerSpec>> = {
       vring.callFd = r.noFd ? -1 : fds.take(0);
       if (vring.running) await s['dataPlane'].setNotifyFds(r.index, vring.callFd, vring.errFd);
       if (previous >= 0) closeAll([previous]);
-      // As libvhost-user does: one signal on the new fd of a live ring, so an interrupt lost
-      // while the front-end swapped fds (or reconnected) cannot leave the guest waiting forever.
-      // A spurious interrupt only costs the driver a look at the used ring.
-      if (vring.running && vring.callFd >= 0) signalCall(s, r.index, vring.callFd);
+      // As libvhost-user does ("in case of I/O hang after reconnecting"): one signal on every new
+      // call fd, so an interrupt lost while the front-end swapped fds or reconnected cannot leave
+      // the guest waiting. Not only for a running ring: QEMU installs the call fd the guest
+      // waits on before it starts the ring (set_guest_notifiers precedes vhost_dev_start), and
+      // QEMU's idx qtest waits for exactly that interrupt. A spurious one costs a driver one look
+      // at the used ring. Control path only: once per SET_VRING_CALL.
+      if (vring.callFd >= 0) signalCall(s, r.index, vring.callFd);
     },
   },
   SET_VRING_ERR: {
