@@ -2,7 +2,7 @@
 // vhost-user-blk devices (--blockdev + --export, in key=value or JSON form) and serves every
 // export from this one process. Whatever has no faithful mapping is refused with a usage error
 // (exit 2) rather than silently dropped: a manager must not believe it got what it asked for.
-import { unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createLogger, setLogLevel } from '../log.js';
 import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize } from './common.js';
 import type { BlkBackendOptions } from '../devices/blk/backend.js';
@@ -374,6 +374,12 @@ export async function qsdCompatMain(argv: string[], stop: Promise<NodeJS.Signals
   if (args.version) {
     process.stdout.write(`vhost-user-blk (vhost-user-ts) ${packageVersion()} --qsd-compat\n`);
     return ExitCode.OK;
+  }
+  // qemu-storage-daemon opens images, it never creates them: neither do we here.
+  const missing = args.backends.find((backend) => backend.diskPath !== undefined && !existsSync(backend.diskPath));
+  if (missing) {
+    process.stderr.write(`vhost-user-blk --qsd-compat: ${missing.diskPath} does not exist (images are not created here)\n`);
+    return ExitCode.FAILURE;
   }
   setLogLevel(args.verbose ? 'debug' : 'info');
   const log = createLogger('vhost-user-blk');

@@ -42,7 +42,7 @@ Connection:
 
 Compatibility:
   --qsd-compat ARGS...   take qemu-storage-daemon's --blockdev/--export arguments instead
-                         (must come first; see the README for what maps)
+                         (must come first; --qsd-compat --help lists what maps)
 
 Other:
   --stats-interval SEC   log per-queue statistics every SEC seconds

@@ -136,7 +136,19 @@ describe('one process serving every --export', () => {
     expect(child.stderr()).toMatch(/--nbd-server is not supported.*\n.*--qsd-compat --help/);
   });
 
-  it('an export that cannot start (missing image) stops the ones already started: exit 1, no socket left', async () => {
+  it('a missing image is a runtime error before anything starts (exit 1); images are never created', async () => {
+    const child = run([
+      '--qsd-compat', '--cpus', '0',
+      '--blockdev', `driver=file,node-name=b,filename=${join(dir, 'missing.img')}`,
+      '--export', `type=vhost-user-blk,id=b,addr.type=unix,addr.path=${join(dir, 'b.sock')},node-name=b`,
+    ]);
+    children.push(child);
+    expect(await child.exited).toEqual({ code: 1, signal: null });
+    expect(child.stderr()).toMatch(/missing\.img does not exist \(images are not created here\)/);
+    expect(existsSync(join(dir, 'missing.img'))).toBe(false);
+  });
+
+  it('an export that cannot start (its socket cannot be bound) stops the ones already started: exit 1, no socket left', async () => {
     const image = join(dir, 'a.img');
     writeFileSync(image, '');
     truncateSync(image, 1 << 20);
@@ -145,12 +157,13 @@ describe('one process serving every --export', () => {
       '--qsd-compat', '--cpus', '0',
       '--blockdev', `driver=file,node-name=a,filename=${image}`,
       '--export', `type=vhost-user-blk,id=a,addr.type=unix,addr.path=${bound},node-name=a`,
-      '--blockdev', `driver=file,node-name=b,filename=${join(dir, 'missing.img')}`,
-      '--export', `type=vhost-user-blk,id=b,addr.type=unix,addr.path=${join(dir, 'b.sock')},node-name=b`,
+      '--blockdev', `driver=null-co,node-name=b`,
+      '--export', `type=vhost-user-blk,id=b,addr.type=unix,addr.path=${join(dir, 'no-such-dir', 'b.sock')},node-name=b`,
     ]);
     children.push(child);
     expect(await child.exited).toEqual({ code: 1, signal: null });
-    expect(child.stderr()).toMatch(/missing\.img does not exist/);
+    expect(child.stderr()).toMatch(/ENOENT.*no-such-dir/);
+    expect(child.stderr()).toMatch(/"msg":"serving".*a\.sock/); // the first export did start
     expect(existsSync(bound)).toBe(false);
   });
 });
