@@ -134,6 +134,7 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
   const idleBudgetUs = ours.has('idle-budget-us') ? parseInteger(ours.get('idle-budget-us')!, '--idle-budget-us', 0, 10_000_000) : 50;
   const exported = new Set<string>();
   const ids = new Set<string>();
+  const addresses = new Set<string>();
   for (const exp of exports) {
     const what = `--export ${exp.get('id') ?? ''}`.trimEnd();
     checkKeys(exp, what, ['type', 'id', 'node-name', 'addr.type', 'addr.path', 'addr.str', 'writable', 'num-queues', 'logical-block-size', 'iothread', 'fixed-iothread', 'writethrough']);
@@ -164,6 +165,9 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
     } else {
       throw new UsageError(`${what}: addr.type=${addrType} is not supported (unix or fd)`);
     }
+    const address = socketPath ?? `fd ${listenFd}`;
+    if (addresses.has(address)) throw new UsageError(`${what}: ${address} is already used by another export`);
+    addresses.add(address);
     const logicalBlockSize = exp.has('logical-block-size') ? parseSize(exp.get('logical-block-size')!, `${what} logical-block-size`) : 512;
     if (logicalBlockSize !== 512 && logicalBlockSize !== 4096) throw new UsageError(`${what}: logical-block-size must be 512 or 4096`);
     result.backends.push({

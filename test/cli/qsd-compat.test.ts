@@ -70,6 +70,7 @@ describe('argument mapping', () => {
     [['--blockdev', `${file},read-only=on`, '--export', `${exportFd},writable=on`], /node d is read-only/],
     [['--blockdev', file, '--export', exportFd, '--export', exportFd.replace('id=e', 'id=e2')], /already exported/],
     [['--blockdev', file, '--export', `${exportFd},writethrough=on`], /writethrough=on is not supported/],
+    [['--blockdev', file, '--blockdev', file.replace(/d,/, 'd2,'), '--export', exportFd, '--export', exportFd.replace('id=e', 'id=e2').replace('node-name=d', 'node-name=d2')], /fd 3 is already used by another export/],
     [['--blockdev', file, '--export', exportFd, '--poll', 'spin'], /--poll must be/],
     [['--blockdev', file, '--export', '{"type": '], /not valid JSON/],
     [['--object', 'memory-backend-memfd,id=m,size=1G'], /only iothread objects/],
