@@ -54,6 +54,12 @@ export interface NativeRing {
   // Unix sockets (AF_UNIX, SOCK_STREAM).
   /** bind + chmod(mode) + listen. Fails with EADDRINUSE if the path exists. */
   socketListen(path: string, mode: number, backlog: number): number;
+  /**
+   * Takes over an inherited fd that must be a listening AF_UNIX stream socket (else throws
+   * ENOTSOCK, EAFNOSUPPORT, EPROTOTYPE or EINVAL); sets O_NONBLOCK and FD_CLOEXEC. Returns the
+   * path it is bound to, or "" for an unnamed or abstract socket.
+   */
+  socketAdopt(fd: number): string;
   /** Accepts one pending connection, or returns -1 if none (EAGAIN). */
   socketAccept(listenFd: number): number;
   /** Connects (blocking connect, then non-blocking). Throws ENOENT / ECONNREFUSED etc. */

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include <cerrno>
+#include <cstddef>
 
 namespace ring {
 namespace {
@@ -72,6 +73,43 @@ Napi::Value SocketListen(const Napi::CallbackInfo& info) {
     return ThrowErrno(env, err, failed, path.c_str());
   }
   return Napi::Number::New(env, fd);
+}
+
+// Takes over an inherited listening socket (systemd socket activation, a manager's
+// addr.type=fd): checks it is an AF_UNIX stream socket in the listening state, makes it
+// non-blocking (a front-end that leaves the backlog between poll and accept must not block
+// the control thread) and close-on-exec (children do not inherit it). Returns the bound path
+// ("" when unnamed or abstract).
+Napi::Value SocketAdopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  struct stat st;
+  if (fstat(fd, &st) != 0) return ThrowErrno(env, errno, "fstat");
+  if (!S_ISSOCK(st.st_mode)) return ThrowErrno(env, ENOTSOCK, "fstat");
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) return ThrowErrno(env, errno, "getsockopt");
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return ThrowErrno(env, errno, "getsockopt");
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
+    return ThrowErrno(env, errno, "getsockopt");
+  }
+  if (domain != AF_UNIX) return ThrowErrno(env, EAFNOSUPPORT, "getsockopt(SO_DOMAIN)");
+  if (type != SOCK_STREAM) return ThrowErrno(env, EPROTOTYPE, "getsockopt(SO_TYPE)");
+  if (listening == 0) return ThrowErrno(env, EINVAL, "getsockopt(SO_ACCEPTCONN)");
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return ThrowErrno(env, errno, "fcntl");
+  int fdFlags = fcntl(fd, F_GETFD);
+  if (fdFlags < 0 || fcntl(fd, F_SETFD, fdFlags | FD_CLOEXEC) != 0) return ThrowErrno(env, errno, "fcntl");
+  sockaddr_un addr{};
+  socklen_t addrLen = sizeof(addr);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addrLen) != 0) return ThrowErrno(env, errno, "getsockname");
+  size_t pathOffset = offsetof(sockaddr_un, sun_path);
+  // Unnamed (no path bytes) or abstract (leading NUL): no file to report.
+  if (addrLen <= pathOffset || addr.sun_path[0] == '\0') return Napi::String::New(env, "");
+  return Napi::String::New(env, addr.sun_path, strnlen(addr.sun_path, addrLen - pathOffset));
 }
 
 Napi::Value SocketAccept(const Napi::CallbackInfo& info) {
@@ -388,6 +426,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
 void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("socketListen", Napi::Function::New<SocketListen>(env, "socketListen"));
+  exports.Set("socketAdopt", Napi::Function::New<SocketAdopt>(env, "socketAdopt"));
   exports.Set("socketAccept", Napi::Function::New<SocketAccept>(env, "socketAccept"));
   exports.Set("socketConnect", Napi::Function::New<SocketConnect>(env, "socketConnect"));
   exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));

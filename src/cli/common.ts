@@ -43,3 +43,44 @@ export function packageVersion(): string {
   const url = new URL('../../package.json', import.meta.url);
   return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version;
 }
+
+/** The first fd systemd passes (SD_LISTEN_FDS_START). */
+export const SD_LISTEN_FDS_START = 3;
+
+/**
+ * systemd socket activation (sd_listen_fds(3)): LISTEN_PID names this process and LISTEN_FDS
+ * counts the sockets passed from fd 3 on. Returns fd 3, or undefined when the variables are
+ * absent or meant for another process (a parent that did not clear them). The variables are
+ * removed either way, as sd_listen_fds(unset_environment=1) does, so children do not adopt them.
+ */
+export function systemdListenFd(env: NodeJS.ProcessEnv = process.env, pid = process.pid): number | undefined {
+  const fds = env.LISTEN_FDS;
+  const listenPid = env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDNAMES;
+  if (fds === undefined || listenPid === undefined) return undefined;
+  if (!/^\d+$/.test(listenPid) || Number(listenPid) !== pid) return undefined;
+  if (!/^\d+$/.test(fds) || Number(fds) === 0) return undefined;
+  if (Number(fds) !== 1) throw new UsageError(`systemd passed ${fds} sockets (LISTEN_FDS); vhost-user-blk serves one: give its .socket unit one ListenStream=`);
+  return SD_LISTEN_FDS_START;
+}
+
+/**
+ * SIGTERM and SIGINT stop the process cleanly, exit 0. Installed before anything slow starts
+ * (a manager may signal during start-up) and never removed: every signal after the first is
+ * absorbed while shutdown runs, where the default action would kill the process with 143
+ * and leave the socket file behind. Node's signal handles do not keep the process alive.
+ */
+export function stopSignal(onRepeat: (signal: NodeJS.Signals, count: number) => void): Promise<NodeJS.Signals> {
+  let count = 0;
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      count++;
+      if (count === 1) resolve(signal);
+      else onRepeat(signal, count);
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}

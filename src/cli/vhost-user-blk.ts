@@ -2,11 +2,14 @@
 // front-end such as QEMU's vhost-user-blk-pci.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
-import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize } from './common.js';
-import { startBlkBackend, type BlkBackendOptions, type BlkEngineName } from '../devices/blk/backend.js';
+import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize, stopSignal, systemdListenFd } from './common.js';
+import type { BlkBackendOptions, BlkEngineName } from '../devices/blk/backend.js';
 import type { PollMode } from '../dataplane/commands.js';
+import { serveBlkBackends } from './blk-service.js';
+import { qsdCompatMain } from './qsd-compat.js';
 
-const HELP = `Usage: vhost-user-blk --socket PATH [options]
+const HELP = `Usage: vhost-user-blk (--socket PATH | --socket-fd N) [options]
+       vhost-user-blk --qsd-compat [--poll MODE] [--cpus LIST] <qemu-storage-daemon arguments>
 
 Serve a virtio-blk device over the vhost-user protocol.
 
@@ -31,7 +34,15 @@ Data plane:
 
 Connection:
   --socket PATH          Unix socket to listen on (or connect to, with --client)
+  --socket-fd N          serve an inherited, already listening Unix socket (fd N); its file
+                         is left in place on exit (whoever bound it removes it)
   --client               connect to a listening front-end (QEMU server=on), reconnecting
+  Under systemd socket activation (LISTEN_FDS=1, LISTEN_PID = this process) neither option
+  is needed: fd 3 is served.
+
+Compatibility:
+  --qsd-compat ARGS...   take qemu-storage-daemon's --blockdev/--export arguments instead
+                         (must come first; --qsd-compat --help lists what maps)
 
 Other:
   --stats-interval SEC   log per-queue statistics every SEC seconds
@@ -39,7 +50,8 @@ Other:
   --help                 show this help
   --version              show the version
 
-Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad usage.
+Exit codes: 0 stopped by SIGTERM/SIGINT (repeated signals are absorbed), 1 runtime failure,
+2 bad usage.
 
 QEMU example (guest RAM must be shared):
   qemu-system-x86_64 -m 512M \\
@@ -56,7 +68,8 @@ export interface ParsedBlkArgs {
   backend: BlkBackendOptions;
 }
 
-export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
+/** `inheritedFd`: the socket systemd activation passed (systemdListenFd), used without --socket/--socket-fd. */
+export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArgs {
   let parsed;
   try {
     parsed = parseArgs({
@@ -65,6 +78,7 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
       allowPositionals: false,
       options: {
         socket: { type: 'string' },
+        'socket-fd': { type: 'string' },
         disk: { type: 'string' },
         size: { type: 'string' },
         engine: { type: 'string' },
@@ -90,7 +104,12 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
   const v = parsed.values;
   const base = { help: v.help!, version: v.version!, verbose: v.verbose!, statsIntervalSec: 0 };
   if (v.help || v.version) return { ...base, backend: undefined as unknown as BlkBackendOptions };
-  if (!v.socket) throw new UsageError('--socket PATH is required');
+  if (v.socket !== undefined && v['socket-fd'] !== undefined) throw new UsageError('give --socket PATH or --socket-fd N, not both');
+  if (v.client && v.socket === undefined) throw new UsageError('--client needs --socket PATH (the front-end\'s listening socket)');
+  const listenFd = v['socket-fd'] !== undefined ? parseInteger(v['socket-fd'], '--socket-fd', 0, 2 ** 31 - 1) : v.socket === undefined ? inheritedFd : undefined;
+  if (v.socket === undefined && listenFd === undefined) {
+    throw new UsageError('--socket PATH or --socket-fd N is required (or start under systemd socket activation)');
+  }
   const engine = (v.engine ?? (v.disk ? 'io_uring' : 'memory')) as BlkEngineName;
   if (!['io_uring', 'memory', 'null'].includes(engine)) throw new UsageError(`--engine must be io_uring, memory or null, not "${v.engine}"`);
   if (engine === 'io_uring' && !v.disk) throw new UsageError('--engine io_uring needs --disk FILE');
@@ -110,6 +129,7 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
     statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
     backend: {
       socketPath: v.socket,
+      listenFd,
       client: v.client!,
       engine,
       diskPath: v.disk,
@@ -128,9 +148,13 @@ export function parseBlkArgs(argv: string[]): ParsedBlkArgs {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // First of all: a manager may signal while we start (see stopSignal).
+  const log = createLogger('vhost-user-blk');
+  const stop = stopSignal((signal, count) => log.info('already stopping; signal absorbed', { signal, count }));
+  if (argv[0] === '--qsd-compat') return qsdCompatMain(argv.slice(1), stop);
   let args: ParsedBlkArgs;
   try {
-    args = parseBlkArgs(argv);
+    args = parseBlkArgs(argv, systemdListenFd());
   } catch (error) {
     if (error instanceof UsageError) {
       process.stderr.write(`vhost-user-blk: ${error.message}\nTry 'vhost-user-blk --help'.\n`);
@@ -146,40 +170,6 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`vhost-user-blk (vhost-user-ts) ${packageVersion()}\n`);
     return ExitCode.OK;
   }
-  if (args.verbose) setLogLevel('debug');
-  else setLogLevel('info');
-  const log = createLogger('vhost-user-blk');
-  let backend;
-  try {
-    backend = await startBlkBackend(args.backend, log);
-  } catch (error) {
-    log.error('cannot start', { error });
-    process.stderr.write(`vhost-user-blk: ${(error as Error).message}\n`);
-    return ExitCode.FAILURE;
-  }
-  const statsTimer =
-    args.statsIntervalSec > 0
-      ? setInterval(() => {
-          for (const stats of backend.queueStats()) log.info('queue stats', { ...stats });
-        }, args.statsIntervalSec * 1000)
-      : undefined;
-  const stopped = new Promise<number>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      log.info('stopping', { signal });
-      resolve(ExitCode.OK);
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    backend.daemon.wait().then(
-      () => resolve(ExitCode.OK),
-      (error: Error) => {
-        log.error('daemon failed', { error });
-        resolve(ExitCode.FAILURE);
-      },
-    );
-  });
-  const code = await stopped;
-  if (statsTimer) clearInterval(statsTimer);
-  await backend.stop();
-  return code;
+  setLogLevel(args.verbose ? 'debug' : 'info');
+  return serveBlkBackends({ backends: [args.backend], stop, log, statsIntervalSec: args.statsIntervalSec });
 }

@@ -9,8 +9,15 @@ import { VhostUserSession } from './session.js';
 import { DaemonError } from './errors.js';
 
 export interface DaemonOptions {
-  /** Unix socket path to listen on (or connect to, with `client`). */
-  socketPath: string;
+  /** Unix socket path to listen on (or connect to, with `client`). Not with `listenFd`. */
+  socketPath?: string;
+  /**
+   * An inherited, already listening Unix socket to serve instead of binding `socketPath`
+   * (systemd socket activation, a manager's `addr.type=fd`). The daemon closes its fd on stop
+   * but never removes the socket file: whoever bound it owns it (systemd removes it with the
+   * .socket unit; a manager that bound it cleans up after itself).
+   */
+  listenFd?: number;
   /** Connect to a front-end that listens (QEMU `server=on`) instead of listening. */
   client?: boolean;
   /** Permissions of the listening socket; owner-only by default. */
@@ -73,19 +80,35 @@ export class VhostUserDaemon {
   async start(): Promise<void> {
     if (this.started) throw new DaemonError('daemon already started');
     this.started = true;
-    if (this.options.client) {
+    const { socketPath, listenFd, client } = this.options;
+    if ((socketPath === undefined) === (listenFd === undefined)) {
+      throw new DaemonError('give either a socket path or an inherited listening fd, not both or neither');
+    }
+    if (client) {
+      if (socketPath === undefined) throw new DaemonError('client mode connects to a socket path, it cannot use an inherited fd');
       this.scheduleConnect(Date.now(), 0);
       return;
     }
-    removeStaleSocket(this.options.socketPath);
-    this.listenFd = native.socketListen(this.options.socketPath, this.options.socketMode ?? 0o600, 1);
-    this.ownsSocketFile = true;
+    let where: string;
+    if (listenFd !== undefined) {
+      try {
+        where = native.socketAdopt(listenFd) || `fd ${listenFd}`;
+      } catch (error) {
+        throw new DaemonError(`fd ${listenFd} is not a listening Unix stream socket: ${(error as Error).message}`);
+      }
+      this.listenFd = listenFd;
+    } else {
+      removeStaleSocket(socketPath!);
+      this.listenFd = native.socketListen(socketPath!, this.options.socketMode ?? 0o600, 1);
+      this.ownsSocketFile = true;
+      where = socketPath!;
+    }
     this.listenWatcher = new native.FdWatcher(this.listenFd, (status) => {
       if (status < 0) this.fail(new DaemonError(`listening socket failed (status ${status})`));
       else this.acceptOne();
     });
     this.listenWatcher.start(true, false);
-    this.log.info('listening', { socket: this.options.socketPath, device: this.device.name });
+    this.log.info('listening', { socket: where, inherited: listenFd !== undefined, device: this.device.name });
   }
 
   /** Disconnect the front-end, close the socket, release the data plane. Idempotent. */
@@ -107,7 +130,7 @@ export class VhostUserDaemon {
     if (this.ownsSocketFile) {
       this.ownsSocketFile = false;
       try {
-        unlinkSync(this.options.socketPath);
+        unlinkSync(this.options.socketPath!);
       } catch {
         // Already removed by someone else.
       }
@@ -165,7 +188,7 @@ export class VhostUserDaemon {
       this.retryTimer = undefined;
       if (this.stopped || this.session) return;
       try {
-        const fd = native.socketConnect(this.options.socketPath);
+        const fd = native.socketConnect(this.options.socketPath!);
         this.serve(fd);
       } catch (error) {
         const timeout = this.options.connectTimeoutMs ?? 0;

@@ -61,6 +61,8 @@ export interface SessionContext {
   checkRingAddresses(index: number, ring: RingAddresses): void;
   /** Hands a running ring's current call and error fds to the data plane. */
   updateNotifyFds(index: number): Promise<void>;
+  /** Writes the ring's call eventfd once (a failure is logged, not thrown). */
+  signalCall(index: number): void;
   /** Replaces the memory table once the data plane no longer reads through the old one. */
   installMemory(regions: MappedRegion[]): Promise<void>;
 
@@ -229,6 +231,13 @@ const requestHandlers: RequestHandlerTable = {
       vring.callFd = r.noFd ? -1 : fds.take(0);
       await s.updateNotifyFds(r.index);
       if (previous >= 0) closeAll([previous]);
+      // As libvhost-user does ("in case of I/O hang after reconnecting"): one signal on every new
+      // call fd, so an interrupt lost while the front-end swapped fds or reconnected cannot leave
+      // the guest waiting. Not only for a running ring: QEMU installs the call fd the guest
+      // waits on before it starts the ring (set_guest_notifiers precedes vhost_dev_start), and
+      // QEMU's idx qtest waits for exactly that interrupt. A spurious one costs a driver one look
+      // at the used ring. Control path only: once per SET_VRING_CALL.
+      s.signalCall(r.index);
     },
   },
   SET_VRING_ERR: {

@@ -9,6 +9,7 @@
 // session; whatever a handler does not keep is closed when the request is done, including on
 // errors.
 import { createLogger, type Logger } from '../log.js';
+import { native } from '../native.js';
 import type { DataPlane, VhostUserDevice, VringConfig } from './backend.js';
 import {
   decodeRequest,
@@ -325,6 +326,17 @@ class SessionState implements SessionContext {
   async updateNotifyFds(index: number): Promise<void> {
     const vring = this.vring(index);
     if (vring.running) await this.dataPlane.setNotifyFds(index, vring.callFd, vring.errFd);
+  }
+
+  signalCall(index: number): void {
+    const callFd = this.vring(index).callFd;
+    if (callFd < 0) return;
+    try {
+      native.eventfdWrite(callFd, 1);
+    } catch (error) {
+      // Not an eventfd, or its counter is full: the front-end's problem, not a reason to fail.
+      this.log.warn('cannot signal the new call fd', { queue: index, error });
+    }
   }
 
   // ---- memory ---------------------------------------------------------------------------------

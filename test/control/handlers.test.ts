@@ -42,6 +42,9 @@ class FakeSession implements SessionContext {
   async updateNotifyFds(index: number): Promise<void> {
     this.calls.push(`notify:${index}:${this.vring(index).callFd}`);
   }
+  signalCall(index: number): void {
+    this.calls.push(`signal:${index}`);
+  }
   async installMemory(regions: MappedRegion[]): Promise<void> {
     this.calls.push(`memory:${regions.length}`);
   }
@@ -148,14 +151,14 @@ describe('request handler rows against a fake session', () => {
     await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 2, num: 64 }));
   });
 
-  it('SET_VRING_CALL keeps the new fd, hands it to the data plane, then closes the old one', async () => {
+  it('SET_VRING_CALL keeps the new fd, hands it to the data plane, closes the old one, then signals the new one once', async () => {
     const session = new FakeSession(device);
     const [previous, next] = [native.eventfdCreate(0), native.eventfdCreate(0)];
     openedFds.push(next);
     session.rings[0]!.callFd = previous;
     await run(session, { type: 'SET_VRING_CALL', index: 0, noFd: false, fd: next }, { take: () => next });
     expect(session.rings[0]!.callFd).toBe(next);
-    expect(session.calls).toEqual([`notify:0:${next}`]);
+    expect(session.calls).toEqual([`notify:0:${next}`, 'signal:0']);
     expect(isOpen(previous)).toBe(false);
     expect(isOpen(next)).toBe(true);
   });

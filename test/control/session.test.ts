@@ -614,6 +614,7 @@ describe('VHOST_USER_SET_VRING_CALL (13)', () => {
 
   it("the data plane gets the back-end's copy of the call eventfd", async () => {
     const { callFd } = await runningRing();
+    expect(native.eventfdRead(callFd)).toBe(1); // the one signal on a new call fd (below)
     native.eventfdWrite(vringConfig().callFd, 1);
     expect(native.eventfdRead(callFd)).toBe(1);
   });
@@ -625,10 +626,28 @@ describe('VHOST_USER_SET_VRING_CALL (13)', () => {
     await client.request({ type: 'SET_VRING_CALL', index: 0, noFd: false, fd: replacement });
     expect(rig.dataPlane.events.at(-1)).toBe('notify:0');
     expect(rig.dataPlane.events).not.toContain('stop:0');
+    expect(native.eventfdRead(replacement)).toBe(1); // the one signal on a new call fd (next test)
     native.eventfdWrite(vringConfig().callFd, 1);
     expect(native.eventfdRead(replacement)).toBe(1);
     closeTestFd(callFd);
     await fdsBackTo(before - 1, "the back-end's old call fd to be closed");
+  });
+
+  it('every new call fd is signalled once, as libvhost-user does, whether the ring runs or not (QEMU sets it before starting the ring)', async () => {
+    const { client: running } = await runningRing();
+    const early = eventfd(); // ring 1 is not even described
+    await running.request({ type: 'SET_VRING_CALL', index: 1, noFd: false, fd: early });
+    expect(native.eventfdRead(early)).toBe(1);
+    expect(native.eventfdRead(early)).toBe(0);
+    const live = eventfd();
+    await running.request({ type: 'SET_VRING_CALL', index: 0, noFd: false, fd: live });
+    expect(native.eventfdRead(live)).toBe(1);
+    expect(native.eventfdRead(live)).toBe(0);
+    // Only on SET_VRING_CALL: a kick fd, an err fd or a re-enable signals nothing.
+    await running.request({ type: 'SET_VRING_ENABLE', index: 0, num: 0 });
+    await running.request({ type: 'SET_VRING_ENABLE', index: 0, num: 1 });
+    await running.request({ type: 'SET_VRING_ERR', index: 0, noFd: false, fd: eventfd() });
+    expect(native.eventfdRead(live)).toBe(0);
   });
 
   it('bit 8 (no fd) leaves the ring without notifications: callFd -1', async () => {

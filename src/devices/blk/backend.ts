@@ -12,7 +12,10 @@ import { BlkDevice } from './device.js';
 export type BlkEngineName = 'io_uring' | 'memory' | 'null';
 
 export interface BlkBackendOptions {
-  socketPath: string;
+  /** Socket path to bind (or connect to, with client); or listenFd. */
+  socketPath?: string;
+  /** An inherited listening socket to serve instead of binding socketPath (see DaemonOptions). */
+  listenFd?: number;
   client: boolean;
   engine: BlkEngineName;
   diskPath?: string;
@@ -73,6 +76,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
   });
   const daemon = new VhostUserDaemon(device, {
     socketPath: options.socketPath,
+    listenFd: options.listenFd,
     client: options.client,
     dataPlane: plane,
     logger: log.child('daemon'),
@@ -84,7 +88,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     throw error;
   }
   log.info('serving', {
-    socket: options.socketPath,
+    socket: options.socketPath ?? `fd ${options.listenFd}`,
     engine: options.engine,
     disk: options.diskPath,
     bytes: capacityBytes,
