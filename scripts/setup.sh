@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential python3 liburing-dev qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio)
+# clang-format: npm run format:native:check (lint of native/ring).
+packages=(build-essential python3 liburing-dev clang-format qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
@@ -16,11 +17,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# npm ci builds the native addon (node-gyp) and compiles the TypeScript (prepare).
+# npm ci builds the native addon and compiles the TypeScript (prepare). --build-from-source:
+# the install script (node-gyp-build) would otherwise settle for an addon that already loads,
+# such as a prebuilds/ left by an earlier `npm pack`; here the tests run the sources' own build.
 stamp=node_modules/.vhost-user-ts-lock
+addon=build/Release/ring.node
 if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
-  npm ci --no-audit --no-fund
+  npm ci --no-audit --no-fund --build-from-source
   cp package-lock.json "$stamp"
 else
+  # Rebuild the addon when a native source or binding.gyp changed since it was built.
+  if [ ! -f "$addon" ] || [ -n "$(find native/ring binding.gyp -newer "$addon" -print -quit)" ]; then
+    npm run --silent build:native
+  fi
   npm run --silent build
 fi

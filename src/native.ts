@@ -4,6 +4,7 @@
 // (e.g. 'ENOENT') and `errno` to its positive number (ENOENT = 2, unlike Node's fs errors),
 // except where a return value says "would block".
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 const require = createRequire(import.meta.url);
 
@@ -109,4 +110,30 @@ export interface NativeRing {
   Uring: UringConstructor;
 }
 
-export const native: NativeRing = require('../build/Release/ring.node');
+/** The package root (this file is compiled to dist/native.js). */
+const PACKAGE_ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/**
+ * node-gyp-build picks build/Release first (a source build: the repository's own, or an
+ * install-time fallback), then the prebuilt prebuilds/<platform>-<arch>/ that ships in the
+ * package. Both link liburing, whose absence is the usual cause of a failure here, so the
+ * error says what to install and keeps the loader's own message.
+ */
+function loadAddon(): NativeRing {
+  const load = require('node-gyp-build') as (dir: string) => NativeRing;
+  try {
+    return load(PACKAGE_ROOT);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message.trim() : String(error);
+    throw new Error(
+      'vhost-user-ts: cannot load its native addon (native/ring), neither the prebuilt one nor a source build.\n' +
+        '  It links liburing: at run time install liburing2 (Debian: apt-get install liburing2).\n' +
+        '  To build it from source (Linux): apt-get install build-essential python3 liburing-dev,\n' +
+        `  then run \`npm rebuild vhost-user-ts\` (or \`npm run build:native\` in a checkout).\n` +
+        `  Loader error: ${reason}`,
+      { cause: error },
+    );
+  }
+}
+
+export const native: NativeRing = loadAddon();

@@ -101,8 +101,9 @@ Napi::Value EpollWait(const Napi::CallbackInfo& info) {
     return ThrowRangeError(env, "out must hold 2 * maxEvents entries");
   }
   epoll_event events[kMaxEpollEvents];
-  int count = epoll_wait(epfd, events, static_cast<int>(std::min<int64_t>(maxEvents, kMaxEpollEvents)),
-                         static_cast<int>(timeoutMs));
+  int count =
+      epoll_wait(epfd, events, static_cast<int>(std::min<int64_t>(maxEvents, kMaxEpollEvents)),
+                 static_cast<int>(timeoutMs));
   if (count < 0) {
     if (errno == EINTR) return Napi::Number::New(env, 0);
     return ThrowErrno(env, errno, "epoll_wait");

@@ -50,8 +50,8 @@ Napi::Value MmapShared(const Napi::CallbackInfo& info) {
   int protection = PROT_READ | (writable ? PROT_WRITE : 0);
   void* base = mmap(nullptr, static_cast<size_t>(length), protection, MAP_SHARED, fd, offset);
   if (base == MAP_FAILED) return ThrowErrno(env, errno, "mmap");
-  std::shared_ptr<v8::BackingStore> store = v8::SharedArrayBuffer::NewBackingStore(
-      base, static_cast<size_t>(length), Unmap, nullptr);
+  std::shared_ptr<v8::BackingStore> store =
+      v8::SharedArrayBuffer::NewBackingStore(base, static_cast<size_t>(length), Unmap, nullptr);
   v8::Local<v8::SharedArrayBuffer> buffer =
       v8::SharedArrayBuffer::New(v8::Isolate::GetCurrent(), std::move(store));
   return Napi::Value(env, FromV8(buffer));

@@ -63,9 +63,9 @@ Napi::Value SocketListen(const Napi::CallbackInfo& info) {
   }
   // chmod between bind and listen: until listen() every connect is refused, so the moment
   // the socket file carries umask permissions admits nobody.
-  const char* failed = chmod(path.c_str(), static_cast<mode_t>(mode)) != 0        ? "chmod"
-                       : listen(fd, static_cast<int>(backlog)) != 0 ? "listen"
-                                                                    : nullptr;
+  const char* failed = chmod(path.c_str(), static_cast<mode_t>(mode)) != 0 ? "chmod"
+                       : listen(fd, static_cast<int>(backlog)) != 0        ? "listen"
+                                                                           : nullptr;
   if (failed != nullptr) {
     int err = errno;
     unlink(path.c_str());
@@ -89,9 +89,11 @@ Napi::Value SocketAdopt(const Napi::CallbackInfo& info) {
   if (!S_ISSOCK(st.st_mode)) return ThrowErrno(env, ENOTSOCK, "fstat");
   int domain = 0, type = 0, listening = 0;
   socklen_t len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) return ThrowErrno(env, errno, "getsockopt");
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0)
+    return ThrowErrno(env, errno, "getsockopt");
   len = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return ThrowErrno(env, errno, "getsockopt");
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+    return ThrowErrno(env, errno, "getsockopt");
   len = sizeof(int);
   if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) {
     return ThrowErrno(env, errno, "getsockopt");
@@ -100,12 +102,15 @@ Napi::Value SocketAdopt(const Napi::CallbackInfo& info) {
   if (type != SOCK_STREAM) return ThrowErrno(env, EPROTOTYPE, "getsockopt(SO_TYPE)");
   if (listening == 0) return ThrowErrno(env, EINVAL, "getsockopt(SO_ACCEPTCONN)");
   int flags = fcntl(fd, F_GETFL);
-  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) return ThrowErrno(env, errno, "fcntl");
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
+    return ThrowErrno(env, errno, "fcntl");
   int fdFlags = fcntl(fd, F_GETFD);
-  if (fdFlags < 0 || fcntl(fd, F_SETFD, fdFlags | FD_CLOEXEC) != 0) return ThrowErrno(env, errno, "fcntl");
+  if (fdFlags < 0 || fcntl(fd, F_SETFD, fdFlags | FD_CLOEXEC) != 0)
+    return ThrowErrno(env, errno, "fcntl");
   sockaddr_un addr{};
   socklen_t addrLen = sizeof(addr);
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addrLen) != 0) return ThrowErrno(env, errno, "getsockname");
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &addrLen) != 0)
+    return ThrowErrno(env, errno, "getsockname");
   size_t pathOffset = offsetof(sockaddr_un, sun_path);
   // Unnamed (no path bytes) or abstract (leading NUL): no file to report.
   if (addrLen <= pathOffset || addr.sun_path[0] == '\0') return Napi::String::New(env, "");
@@ -136,10 +141,10 @@ Napi::Value SocketConnect(const Napi::CallbackInfo& info) {
   // Blocking connect: a Unix socket connects at once, or waits only while the backlog is full.
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return ThrowErrno(env, errno, "socket");
-  const char* failed =
-      connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ? "connect"
-      : fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0          ? "fcntl"
-                                                                          : nullptr;
+  const char* failed = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0
+                           ? "connect"
+                       : fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0 ? "fcntl"
+                                                                                  : nullptr;
   if (failed != nullptr) {
     int err = errno;
     close(fd);
@@ -286,10 +291,10 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "FdWatcher",
-                       {InstanceMethod<&FdWatcher::Start>("start"),
-                        InstanceMethod<&FdWatcher::Stop>("stop"),
-                        InstanceMethod<&FdWatcher::Close>("close")});
+    return DefineClass(
+        env, "FdWatcher",
+        {InstanceMethod<&FdWatcher::Start>("start"), InstanceMethod<&FdWatcher::Stop>("stop"),
+         InstanceMethod<&FdWatcher::Close>("close")});
   }
 
   explicit FdWatcher(const Napi::CallbackInfo& info)
@@ -319,8 +324,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     // (traced by the GC, so a callback that captures the watcher is no uncollectable cycle)
     // and a weak reference finds it.
     Napi::Function onEvent = info[1].As<Napi::Function>();
-    info.This().As<Napi::Object>().DefineProperty(Napi::PropertyDescriptor::Value(
-        Napi::Symbol::New(env, "onEvent"), onEvent, napi_default));
+    info.This().As<Napi::Object>().DefineProperty(
+        Napi::PropertyDescriptor::Value(Napi::Symbol::New(env, "onEvent"), onEvent, napi_default));
     onEvent_ = Napi::Weak(onEvent);
     // A worker thread closes its loop when it exits: release the handle before that, whether or
     // not JS called close().
@@ -377,11 +382,11 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     Napi::HandleScope scope(env);
     Napi::Function onEvent = self->onEvent_.Value();
     if (onEvent.IsEmpty()) return;
-    onEvent.MakeCallback(self->Value(),
-                         {Napi::Number::New(env, status),
-                          Napi::Boolean::New(env, (events & UV_READABLE) != 0),
-                          Napi::Boolean::New(env, (events & UV_WRITABLE) != 0)},
-                         self->asyncContext_);
+    onEvent.MakeCallback(
+        self->Value(),
+        {Napi::Number::New(env, status), Napi::Boolean::New(env, (events & UV_READABLE) != 0),
+         Napi::Boolean::New(env, (events & UV_WRITABLE) != 0)},
+        self->asyncContext_);
     // Nothing above us catches: report a throwing callback as an uncaught exception, as Node
     // does for its own handles.
     if (env.IsExceptionPending()) {

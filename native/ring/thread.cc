@@ -23,14 +23,16 @@ Napi::Value SetAffinity(const Napi::CallbackInfo& info) {
     CPU_SET(static_cast<int>(cpu), &set);
   }
   // pid 0 = the calling thread only, not the whole process.
-  if (sched_setaffinity(0, sizeof(set), &set) != 0) return ThrowErrno(env, errno, "sched_setaffinity");
+  if (sched_setaffinity(0, sizeof(set), &set) != 0)
+    return ThrowErrno(env, errno, "sched_setaffinity");
   return env.Undefined();
 }
 
 Napi::Value GetAffinity(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) != 0) return ThrowErrno(env, errno, "sched_getaffinity");
+  if (sched_getaffinity(0, sizeof(set), &set) != 0)
+    return ThrowErrno(env, errno, "sched_getaffinity");
   Napi::Array cpus = Napi::Array::New(env);
   uint32_t count = 0;
   for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {

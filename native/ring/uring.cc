@@ -46,7 +46,16 @@ namespace {
 
 constexpr size_t kSqeWords = 8;
 constexpr size_t kIovecWords = 4;
-enum SqeWord { kOpcode, kFd, kOffsetLow, kOffsetHigh, kUserData, kIovecCount, kFirstIovec, kLength };
+enum SqeWord {
+  kOpcode,
+  kFd,
+  kOffsetLow,
+  kOffsetHigh,
+  kUserData,
+  kIovecCount,
+  kFirstIovec,
+  kLength
+};
 enum IovecWord { kRegion, kRegionOffsetLow, kRegionOffsetHigh, kIovecLength };
 enum Opcode : uint32_t { kNop, kReadv, kWritev, kFsync, kFdatasync, kPunchHole, kZeroRange };
 
@@ -65,9 +74,9 @@ using RegionList = std::vector<Region>;
 // slot index, so a completion finds its iovecs and regions without a lookup.
 struct Slot {
   uint32_t userData = 0;
-  int32_t res = 0;                             // set when completed without the kernel
-  std::shared_ptr<const RegionList> regions;   // READV/WRITEV: what the iovecs point into
-  std::vector<iovec> iovecs;                   // must outlive the request (SQPOLL reads it late)
+  int32_t res = 0;                            // set when completed without the kernel
+  std::shared_ptr<const RegionList> regions;  // READV/WRITEV: what the iovecs point into
+  std::vector<iovec> iovecs;                  // must outlive the request (SQPOLL reads it late)
 };
 
 uint64_t Join(uint32_t low, uint32_t high) { return uint64_t{high} << 32 | low; }
@@ -75,13 +84,11 @@ uint64_t Join(uint32_t low, uint32_t high) { return uint64_t{high} << 32 | low; 
 class Uring : public Napi::ObjectWrap<Uring> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "Uring",
-                       {InstanceMethod<&Uring::SetRegions>("setRegions"),
-                        InstanceMethod<&Uring::Submit>("submit"),
-                        InstanceMethod<&Uring::Reap>("reap"),
-                        InstanceMethod<&Uring::Wait>("wait"),
-                        InstanceMethod<&Uring::Eventfd>("eventfd"),
-                        InstanceMethod<&Uring::Close>("close")});
+    return DefineClass(
+        env, "Uring",
+        {InstanceMethod<&Uring::SetRegions>("setRegions"), InstanceMethod<&Uring::Submit>("submit"),
+         InstanceMethod<&Uring::Reap>("reap"), InstanceMethod<&Uring::Wait>("wait"),
+         InstanceMethod<&Uring::Eventfd>("eventfd"), InstanceMethod<&Uring::Close>("close")});
   }
 
   explicit Uring(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Uring>(info) {
@@ -161,9 +168,11 @@ class Uring : public Napi::ObjectWrap<Uring> {
       if (buffer.IsEmpty()) return env.Undefined();  // a throwing getter
       v8::Local<v8::Value> local = ToV8(buffer);
       if (!local->IsSharedArrayBuffer()) {
-        return ThrowTypeError(env, "regions[" + std::to_string(i) + "] must be a SharedArrayBuffer");
+        return ThrowTypeError(env,
+                              "regions[" + std::to_string(i) + "] must be a SharedArrayBuffer");
       }
-      std::shared_ptr<v8::BackingStore> store = local.As<v8::SharedArrayBuffer>()->GetBackingStore();
+      std::shared_ptr<v8::BackingStore> store =
+          local.As<v8::SharedArrayBuffer>()->GetBackingStore();
       regions->push_back({static_cast<uint8_t*>(store->Data()), store->ByteLength(), store});
     }
     // Requests in flight keep the list they were checked against.
@@ -175,8 +184,7 @@ class Uring : public Napi::ObjectWrap<Uring> {
     Napi::Env env = info.Env();
     Napi::Uint32Array sqes, iovecs;
     int64_t count;
-    if (!CheckOpen(env, "submit") ||
-        !ArgTypedArray(info, 0, "sqes", napi_uint32_array, &sqes) ||
+    if (!CheckOpen(env, "submit") || !ArgTypedArray(info, 0, "sqes", napi_uint32_array, &sqes) ||
         !ArgTypedArray(info, 1, "iovecs", napi_uint32_array, &iovecs) ||
         !ArgInteger(info, 2, "count", 0, static_cast<int64_t>(sqes.ElementLength() / kSqeWords),
                     &count)) {
@@ -258,7 +266,8 @@ class Uring : public Napi::ObjectWrap<Uring> {
     }
     size_t ready = immediate_.size();
     size_t wanted = static_cast<size_t>(minComplete);
-    unsigned waitNr = wanted > ready ? static_cast<unsigned>(std::min(wanted - ready, InKernel())) : 0;
+    unsigned waitNr =
+        wanted > ready ? static_cast<unsigned>(std::min(wanted - ready, InKernel())) : 0;
     int err = io_uring_submit_and_wait(&ring_, waitNr);
     if (err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY) {
       return ThrowErrno(env, -err, "io_uring_enter");
@@ -290,9 +299,14 @@ class Uring : public Napi::ObjectWrap<Uring> {
   // Checks one record and, for READV/WRITEV, builds its iovecs in the slot: 0 or -errno.
   int Check(const uint32_t* record, const uint32_t* iovecWords, size_t iovecRecords, Slot* slot) {
     switch (record[kOpcode]) {
-      case kNop: case kFsync: case kFdatasync: case kPunchHole: case kZeroRange:
+      case kNop:
+      case kFsync:
+      case kFdatasync:
+      case kPunchHole:
+      case kZeroRange:
         return 0;
-      case kReadv: case kWritev:
+      case kReadv:
+      case kWritev:
         break;
       default:
         return -EINVAL;
@@ -398,8 +412,6 @@ class Uring : public Napi::ObjectWrap<Uring> {
 
 }  // namespace
 
-void InitUring(Napi::Env env, Napi::Object exports) {
-  exports.Set("Uring", Uring::Define(env));
-}
+void InitUring(Napi::Env env, Napi::Object exports) { exports.Set("Uring", Uring::Define(env)); }
 
 }  // namespace ring
