@@ -2,31 +2,14 @@
 import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
+import { O_CLOEXEC, O_NONBLOCK, fdFlags, thrown, track } from './preamble.js';
 
 const EPOLLIN = 1;
 const EPOLLOUT = 4;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
 const EPOLL_CTL_MOD = 3;
-const O_NONBLOCK = 0o4000;
-const O_CLOEXEC = 0o2000000;
-const fdFlags = (fd: number) =>
-  parseInt(/flags:\s+([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8);
-const thrown = (fn: () => unknown): any => {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-};
 
-let opened: number[] = [];
-const track = (fd: number) => (opened.push(fd), fd);
-afterEach(() => {
-  opened.forEach((fd) => native.close(fd));
-  opened = [];
-});
 
 describe('eventfd', () => {
   it('is non-blocking and close-on-exec', () => {

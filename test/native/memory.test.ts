@@ -5,16 +5,9 @@ import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
+import { thrown } from './preamble.js';
 
 const GiB = 2 ** 30;
-const thrown = (fn: () => unknown): any => {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-};
 const mapped = (name: string) => readFileSync('/proc/self/maps', 'utf8').includes(`memfd:${name}`);
 
 describe('memfdCreate and mmapShared', () => {

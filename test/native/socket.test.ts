@@ -7,38 +7,10 @@ import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
+import { O_CLOEXEC, O_NONBLOCK, fdFlags, openFdCount, sleep, thrown, track } from './preamble.js';
 
-const O_NONBLOCK = 0o4000;
-const O_CLOEXEC = 0o2000000;
-const fdFlags = (fd: number) =>
-  parseInt(/flags:\s+([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8);
-const openFdCount = () => readdirSync('/proc/self/fd').length;
-const thrown = (fn: () => unknown): any => {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-};
-const sleep = (ms: number) => new Promise((done) => setTimeout(done, ms));
 const bytes = (...values: number[]) => Uint8Array.from(values);
 
-let opened: number[] = [];
-const track = <T extends number | number[]>(fds: T): T => {
-  opened.push(...([] as number[]).concat(fds));
-  return fds;
-};
-afterEach(() => {
-  for (const fd of opened) {
-    try {
-      native.close(fd);
-    } catch {
-      // closed by the test itself
-    }
-  }
-  opened = [];
-});
 
 describe('socketPair, sendMsg and recvMsg', () => {
   it('creates non-blocking, close-on-exec sockets', () => {

@@ -3,15 +3,8 @@ import { resolve } from 'node:path';
 import { isMainThread, Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
+import { thrown } from './preamble.js';
 
-const thrown = (fn: () => unknown): any => {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-};
 
 const runWorker = (source: string) =>
   new Promise<any>((done, fail) => {

@@ -7,6 +7,7 @@ import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { native, type Uring } from '../../dist/native.js';
+import { thrown } from './preamble.js';
 
 const Op = { NOP: 0, READV: 1, WRITEV: 2, FSYNC: 3, FDATASYNC: 4, PUNCH_HOLE: 5, ZERO_RANGE: 6 };
 const EFAULT = 14;
@@ -14,14 +15,6 @@ const EINVAL = 22;
 const SQE_WORDS = 8;
 const IOVEC_WORDS = 4;
 const GiB = 2 ** 30;
-const thrown = (fn: () => unknown): any => {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-};
 
 interface Request {
   op: number;
