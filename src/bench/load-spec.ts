@@ -86,4 +86,6 @@ export interface LoadResult {
   errors: number;
   /** The first error, described. */
   firstError: string;
+  /** Requests still in flight after the end-of-run drain: the back-end stalled or lost them. */
+  inFlightAtEnd: number;
 }

@@ -19,6 +19,8 @@ const EPOLLIN = 1;
 const BLK_T_IN = 0;
 const BLK_T_OUT = 1;
 const BLK_HEADER = 16;
+/** How long the end-of-run drain waits for requests still in flight (a 4 KiB I/O takes well under this). */
+const DRAIN_MS = 2000;
 
 let errors = 0;
 let firstError = '';
@@ -264,13 +266,20 @@ function run(): LoadResult {
     now = performance.now();
     let reaped = 0;
     let done = true;
+    let broken = false;
     for (let q = 0; q < loads.length; q++) {
       const load = loads[q]!;
       reaped += load.reap(now, recording);
       if (!byCount || load.completed < spec.requestsPerQueue) done = false;
+      if (load.driver.broken) broken = true;
     }
     if (reaped > 0) progress[Progress.COMPLETED] += reaped;
     if (byCount && done) break;
+    if (broken) {
+      // The back-end corrupted a used ring: nothing more can be measured on it.
+      for (const load of loads) if (load.driver.broken) noteError(`queue ${load.queue.index}: ${load.driver.brokenReason}`);
+      break;
+    }
     if (!recording && now - phaseStart >= spec.warmupSeconds * 1000) {
       recording = true;
       for (const load of loads) {
@@ -300,12 +309,15 @@ function run(): LoadResult {
   }
   const end = performance.now();
   const cpuSeconds = threadCpuSeconds() - cpuStart;
-  // Drain what is still in flight so the back-end can stop the rings cleanly.
-  // A stopped run may have abandoned requests on a broken ring: do not wait long for them.
-  const drainDeadline = performance.now() + (progress[Progress.STOP] !== 0 ? 1000 : 10_000);
+  // Drain what is still in flight so the back-end can stop the rings cleanly. A request a
+  // working back-end has not completed within the drain time is reported as lost (a stall); a
+  // stopped run or a broken ring gets a shorter wait.
+  const drainDeadline = performance.now() + (progress[Progress.STOP] !== 0 || errors > 0 ? 1000 : DRAIN_MS);
+  let inFlightAtEnd = 0;
   for (let q = 0; q < loads.length; q++) {
     const load = loads[q]!;
-    while (load.freeCount < load.depth && performance.now() < drainDeadline) load.reap(performance.now(), false);
+    while (load.freeCount < load.depth && !load.driver.broken && performance.now() < drainDeadline) load.reap(performance.now(), false);
+    inFlightAtEnd += load.depth - load.freeCount;
   }
   if (epollFd >= 0) native.close(epollFd);
   let requests = 0;
@@ -325,6 +337,7 @@ function run(): LoadResult {
     kicks,
     errors,
     firstError,
+    inFlightAtEnd,
   };
 }
 

@@ -30,6 +30,8 @@ export interface LoadReport {
   kicks: number;
   errors: number;
   firstError: string;
+  /** Requests the back-end never completed (still in flight after the end-of-run drain). */
+  inFlightAtEnd: number;
 }
 
 export interface RunningLoad {
@@ -138,6 +140,7 @@ function report(raw: LoadResult): LoadReport {
     kicks: raw.kicks,
     errors: raw.errors,
     firstError: raw.firstError,
+    inFlightAtEnd: raw.inFlightAtEnd,
   };
 }
 
