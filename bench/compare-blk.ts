@@ -4,7 +4,8 @@
 // the same file — SPDK's aio bdev opens it O_DIRECT) and raw fio on the same file. 4 KiB random
 // reads at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints
 // the absolute figures, IOPS per back-end CPU-second, the ratios ours/QSD, ours/SPDK and
-// ours/fio, and writes JSON to results/.
+// ours/fio, and writes JSON to results/. A "loadgen loopback" row gives the load generator's own
+// ceiling (it completes its own requests in its thread), so a reader can tell which side limits.
 //
 // SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
 // --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
@@ -16,6 +17,7 @@ import { parseArgs } from 'node:util';
 import { randRead4k, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
 import { startStorageDaemon } from '../dist/guest/qsd.js';
 import { spawnBlkBackend } from '../dist/cli/spawn.js';
+import { runLoopbackLoad } from '../dist/bench/load.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const BACKEND_CPU = '1';
@@ -200,6 +202,28 @@ async function main(): Promise<void> {
       await server.stop();
     }
   }
+  if (!only || only.test('loadgen loopback')) {
+    // The generator's own ceiling: its load thread completing its own requests, no back-end.
+    // Its CPU is the generator's, so IOPS/CPU-s here is what one generator core can issue.
+    for (const qd of [1, 32]) {
+      process.stderr.write(`loadgen loopback QD${qd}...\n`);
+      const r = await runLoopbackLoad({ queueDepth: qd, seconds, warmupSeconds: warmup, cpu: LOAD_CPU });
+      if (r.errors > 0 || r.requests === 0) throw new Error(`loadgen loopback QD${qd} is not a valid measurement: ${r.requests} requests, ${r.errors} errors ${r.firstError}`);
+      const us = (ns: number) => Math.round(ns / 10) / 100;
+      const l = r.latencyNs;
+      points.push({
+        backend: 'loadgen',
+        engine: 'loopback',
+        mode: 'in-thread',
+        qd,
+        iops: Math.round(r.iops),
+        lat_us: { mean: us(l.mean), p50: us(l.p50), p90: us(l.p90), p99: us(l.p99), 'p99.9': us(l.p999), max: us(l.max) },
+        backend_cpu_s: r.cpuSeconds,
+        loadgen_cpu_s: r.cpuSeconds,
+        seconds: r.seconds,
+      });
+    }
+  }
   if (!only || only.test('fio')) {
     for (const qd of [1, 32]) {
       process.stderr.write(`fio QD${qd}...\n`);
@@ -222,11 +246,12 @@ async function main(): Promise<void> {
       vs_fio: isOurs && p.engine === 'io_uring' ? ratio(p, find('fio', 'io_uring', p.qd)) : null,
     };
   });
-  const header = 'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
+  const header = 'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
   const lines = [header];
   const fixed = (value: number | null) => (value === null ? '-' : value.toFixed(2));
   for (const r of rows) {
     const cpu = r.backend_cpu_s === null ? '-' : `${Math.round((r.backend_cpu_s / r.seconds) * 100)}`;
+    const loadCpu = r.loadgen_cpu_s === null ? '-' : `${Math.round((r.loadgen_cpu_s / r.seconds) * 100)}`;
     lines.push(
       [
         r.backend.padEnd(8),
@@ -238,6 +263,7 @@ async function main(): Promise<void> {
         r.lat_us.p99.toFixed(1).padStart(7),
         r.lat_us['p99.9'].toFixed(1).padStart(8),
         cpu.padStart(8),
+        loadCpu.padStart(8),
         (r.iops_per_cpu_s === null ? '-' : String(r.iops_per_cpu_s)).padStart(11),
         fixed(r.vs_qsd).padStart(9),
         fixed(r.vs_spdk).padStart(10),
@@ -248,7 +274,10 @@ async function main(): Promise<void> {
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
   const command = `npm run bench:blk${quick ? ' -- --quick' : ''}`;
   const table = lines.join('\n');
-  process.stdout.write(`\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n`);
+  const legend =
+    'be-CPU% / lg-CPU%: back-end / load generator CPU time over the window; IOPS/CPU-s: IOPS per back-end CPU-second\n' +
+    '(loadgen loopback: the generator completing its own requests in its thread — its ceiling; its CPU counts as the back-end\'s)';
+  process.stdout.write(`\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n${legend}\n`);
   mkdirSync(join(REPO, 'results'), { recursive: true });
   const record = { date: new Date().toISOString(), machine, command, seconds, warmup, imageBytes: sizeMb << 20, rows, table };
   const stamp = record.date.replace(/[:.]/g, '-');

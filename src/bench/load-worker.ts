@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../native.js';
 import { GuestMemory } from '../dataplane/memory.js';
 import { ErrorLog, QueueLoad, Xorshift32, type LoadContext } from './queue-load.js';
+import { LoopbackDevice } from './loopback.js';
 import { Histogram } from './histogram.js';
 import { Progress, type LoadResult, type LoadSpec } from './load-spec.js';
 
@@ -29,6 +30,7 @@ function threadCpuSeconds(): number {
 function run(): LoadResult {
   if (spec.cpu >= 0) native.setAffinity([spec.cpu]);
   const loads = spec.queues.map((queue) => new QueueLoad(queue, Math.min(spec.queueDepth, queue.size), context));
+  const loopbacks = spec.loopback ? loads.map((load) => new LoopbackDevice(spec.regions, load.queue)) : null;
   const eventWait = spec.wait === 'event';
   let epollFd = -1;
   const events = new Uint32Array(2 * Math.max(1, loads.length));
@@ -74,6 +76,7 @@ function run(): LoadResult {
       }
     }
     // Reap.
+    if (loopbacks !== null) for (let q = 0; q < loopbacks.length; q++) loopbacks[q]!.complete();
     now = performance.now();
     let reaped = 0;
     let done = true;
@@ -127,7 +130,10 @@ function run(): LoadResult {
   let inFlightAtEnd = 0;
   for (let q = 0; q < loads.length; q++) {
     const load = loads[q]!;
-    while (load.freeCount < load.depth && !load.driver.broken && performance.now() < drainDeadline) load.reap(performance.now(), false);
+    while (load.freeCount < load.depth && !load.driver.broken && performance.now() < drainDeadline) {
+      loopbacks?.[q]!.complete();
+      load.reap(performance.now(), false);
+    }
     inFlightAtEnd += load.depth - load.freeCount;
   }
   if (epollFd >= 0) native.close(epollFd);
