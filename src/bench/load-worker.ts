@@ -122,7 +122,19 @@ function run(): LoadResult {
     }
   }
   const end = performance.now();
-  const cpuSeconds = threadCpuSeconds() - cpuStart;
+  // What the window measured: taken before the drain (its completions are not the window's); a
+  // run stopped during warm-up measured nothing.
+  const cpuSeconds = recording ? threadCpuSeconds() - cpuStart : 0;
+  let requests = 0;
+  let bytes = 0;
+  let kicks = 0;
+  if (recording) {
+    for (const load of loads) {
+      requests += load.completed;
+      bytes += load.bytes;
+      kicks += load.kicks;
+    }
+  }
   // Drain what is still in flight so the back-end can stop the rings cleanly. A request a
   // working back-end has not completed within the drain time is reported as lost (a stall); a
   // stopped run or a broken ring gets a shorter wait.
@@ -137,18 +149,10 @@ function run(): LoadResult {
     inFlightAtEnd += load.depth - load.freeCount;
   }
   if (epollFd >= 0) native.close(epollFd);
-  let requests = 0;
-  let bytes = 0;
-  let kicks = 0;
-  for (const load of loads) {
-    requests += load.completed;
-    bytes += load.bytes;
-    kicks += load.kicks;
-  }
   return {
     requests,
     bytes,
-    seconds: (end - measureStart) / 1000,
+    seconds: recording ? (end - measureStart) / 1000 : 0,
     histogram: { counts: histogram.counts, count: histogram.count, min: histogram.min, max: histogram.max, sum: histogram.sum },
     cpuSeconds,
     kicks,

@@ -166,6 +166,19 @@ describe('vhost-user-bench blk', () => {
     expect(run.stderr).toMatch(/the measured window was [\d.]+ s, shorter than the 20 s asked/);
   });
 
+  it('measures nothing when the back-end goes away during warm-up (no warm-up requests counted)', async () => {
+    const { device, blk } = lyingBlk(0n);
+    const { socketPath, daemon } = await serve(device, undefined, blk);
+    const running = bench(['blk', '--socket', socketPath, '--seconds', '1', '--warmup', '20', '--wait', 'event', '--json']);
+    await until(() => (daemon.queueStats()[0]?.requests ?? 0) > 100, 15_000, 'the bench to drive requests');
+    await daemon.stop();
+    const run = await running;
+    expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
+    expect(JSON.parse(run.stdout)).toMatchObject({ requests: 0, seconds: 0, iops: 0 });
+    expect(run.stderr).toMatch(/no request completed/);
+    expect(run.stderr).toMatch(/the measured window was 0 s, shorter than the 1 s asked/);
+  });
+
   it('refuses a workload the negotiated device cannot take, before measuring (exit 1)', async () => {
     const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: true, supportsDiscard: false, supportsFlush: false });
     const { socketPath } = await serve(blk, new RecordingDataPlane());
