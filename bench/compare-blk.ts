@@ -1,16 +1,23 @@
 // npm run bench:blk [-- --quick] — vhost-user-blk back-ends side by side, in one run, on one
 // image: ours (null and io_uring engines, each poll mode), qemu-storage-daemon (null-co and
-// file with aio=io_uring, O_DIRECT like ours) and raw fio on the same file. 4 KiB random reads
-// at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints the
-// absolute figures and the ratios ours/QSD and ours/fio, and writes JSON to results/.
+// file with aio=io_uring, O_DIRECT like ours), SPDK's vhost target (null bdev, and aio bdev on
+// the same file — SPDK's aio bdev opens it O_DIRECT) and raw fio on the same file. 4 KiB random
+// reads at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints
+// the absolute figures, IOPS per back-end CPU-second, the ratios ours/QSD, ours/SPDK and
+// ours/fio, and writes JSON to results/. A "loadgen loopback" row gives the load generator's own
+// ceiling (it completes its own requests in its thread), so a reader can tell which side limits.
+//
+// SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
+// --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { randRead4k, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
 import { startStorageDaemon } from '../dist/guest/qsd.js';
 import { spawnBlkBackend } from '../dist/cli/spawn.js';
+import { runLoopbackLoad } from '../dist/bench/load.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const BACKEND_CPU = '1';
@@ -35,6 +42,8 @@ const { values } = parseArgs({
     image: { type: 'string' },
     'size-mb': { type: 'string' },
     only: { type: 'string' },
+    spdk: { type: 'string' },
+    'no-spdk': { type: 'boolean', default: false },
   },
 });
 const quick = values.quick!;
@@ -45,6 +54,8 @@ const only = values.only ? new RegExp(values.only) : undefined;
 const work = join(tmpdir(), `vut-compare-${process.pid}`);
 mkdirSync(work, { recursive: true });
 const image = values.image ?? join(REPO, '.cache', 'bench', `blk-${sizeMb}M.img`);
+/** The SPDK peer's scripts: ../shared/peers/spdk relative to the repository root (CI has ../shared beside the clone). */
+const spdkDir = values['no-spdk'] ? undefined : (values.spdk ?? join(REPO, '..', 'shared', 'peers', 'spdk'));
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) =>
@@ -77,9 +88,48 @@ async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: n
   return { socket, pid: daemon.pid, stop: () => daemon.stop() };
 }
 
+/** Builds SPDK's vhost target on first use (cached by build.sh); fails loudly if it cannot. */
+async function buildSpdk(): Promise<void> {
+  if (!spdkDir) return;
+  const script = join(spdkDir, 'build.sh');
+  if (!existsSync(script)) {
+    throw new Error(`no SPDK peer at ${spdkDir} (expected build.sh and run-vhost.sh there): pass --spdk DIR, or --no-spdk to leave SPDK out`);
+  }
+  process.stderr.write('SPDK: building on first use (about a minute), then cached...\n');
+  const binary = (await run('bash', [script])).trim();
+  process.stderr.write(`SPDK: ${binary}\n`);
+}
+
+/** SPDK's vhost target with one bdev, reactor on the back-end CPU. */
+async function spdk(kind: 'null' | 'aio'): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const name = `spdk-${kind}`;
+  const out = await run('bash', [join(spdkDir!, 'run-vhost.sh'), work, name, BACKEND_CPU, kind, kind === 'null' ? String(sizeMb) : image]);
+  const match = /^(\d+) (\S+)$/m.exec(out.trim());
+  if (!match) throw new Error(`SPDK run-vhost.sh printed "${out.trim()}", expected "PID SOCKET"`);
+  const pid = Number(match[1]);
+  return { socket: match[2]!, pid, stop: () => stopProcess(pid) };
+}
+
+/** SIGTERM a process that is not our child (run-vhost.sh started it), then SIGKILL after 5 s. */
+async function stopProcess(pid: number): Promise<void> {
+  const alive = () => {
+    try {
+      // A zombie waiting for a reaper has exited for our purposes.
+      return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  if (!alive()) return;
+  process.kill(pid, 'SIGTERM');
+  const deadline = Date.now() + 5000;
+  while (alive() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  if (alive()) process.kill(pid, 'SIGKILL');
+}
+
 async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
   const r: BenchResult = await runBench(randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid }));
-  if (r.errors > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd}: ${r.errors} request errors`);
+  if (r.failures.length > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd} is not a valid measurement: ${r.failures.join('; ')}`);
   return { backend, engine, mode, qd, iops: r.iops, lat_us: r.lat_us, backend_cpu_s: r.backend_cpu_s, loadgen_cpu_s: r.loadgen_cpu_s, seconds: r.seconds };
 }
 
@@ -125,6 +175,7 @@ async function fio(qd: number): Promise<Point> {
 
 async function main(): Promise<void> {
   await prepareImage();
+  if (!only || only.test('spdk null') || only.test('spdk aio')) await buildSpdk();
   const points: Point[] = [];
   const configs: { name: string; start: () => Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }>; backend: string; engine: string; mode: string }[] = [];
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
@@ -135,6 +186,10 @@ async function main(): Promise<void> {
   }
   configs.push({ name: 'qsd null-co', start: () => qsd('null-co'), backend: 'qsd', engine: 'null', mode: 'event loop' });
   configs.push({ name: 'qsd file', start: () => qsd('file'), backend: 'qsd', engine: 'io_uring', mode: 'event loop' });
+  if (spdkDir) {
+    configs.push({ name: 'spdk null', start: () => spdk('null'), backend: 'spdk', engine: 'null', mode: 'reactor' });
+    configs.push({ name: 'spdk aio', start: () => spdk('aio'), backend: 'spdk', engine: 'aio', mode: 'reactor' });
+  }
   for (const config of configs) {
     if (only && !only.test(config.name)) continue;
     const server = await config.start();
@@ -147,6 +202,28 @@ async function main(): Promise<void> {
       await server.stop();
     }
   }
+  if (!only || only.test('loadgen loopback')) {
+    // The generator's own ceiling: its load thread completing its own requests, no back-end.
+    // Its CPU is the generator's, so IOPS/CPU-s here is what one generator core can issue.
+    for (const qd of [1, 32]) {
+      process.stderr.write(`loadgen loopback QD${qd}...\n`);
+      const r = await runLoopbackLoad({ queueDepth: qd, seconds, warmupSeconds: warmup, cpu: LOAD_CPU });
+      if (r.errors > 0 || r.requests === 0) throw new Error(`loadgen loopback QD${qd} is not a valid measurement: ${r.requests} requests, ${r.errors} errors ${r.firstError}`);
+      const us = (ns: number) => Math.round(ns / 10) / 100;
+      const l = r.latencyNs;
+      points.push({
+        backend: 'loadgen',
+        engine: 'loopback',
+        mode: 'in-thread',
+        qd,
+        iops: Math.round(r.iops),
+        lat_us: { mean: us(l.mean), p50: us(l.p50), p90: us(l.p90), p99: us(l.p99), 'p99.9': us(l.p999), max: us(l.max) },
+        backend_cpu_s: r.cpuSeconds,
+        loadgen_cpu_s: r.cpuSeconds,
+        seconds: r.seconds,
+      });
+    }
+  }
   if (!only || only.test('fio')) {
     for (const qd of [1, 32]) {
       process.stderr.write(`fio QD${qd}...\n`);
@@ -155,19 +232,26 @@ async function main(): Promise<void> {
   }
   const find = (backend: string, engine: string, qd: number, mode?: string) =>
     points.find((p) => p.backend === backend && p.engine === engine && p.qd === qd && (mode === undefined || p.mode === mode));
+  // Our engines against each peer's counterpart: SPDK's file back-end is its aio bdev.
+  const spdkEngine: Record<string, string> = { null: 'null', io_uring: 'aio' };
+  const ratio = (ours: Point, peer: Point | undefined) => (peer && peer.iops > 0 ? Math.round((ours.iops / peer.iops) * 100) / 100 : null);
   const rows = points.map((p) => {
-    const peer = p.backend === 'ours' ? find('qsd', p.engine, p.qd) : undefined;
-    const raw = p.backend === 'ours' && p.engine === 'io_uring' ? find('fio', 'io_uring', p.qd) : undefined;
+    const isOurs = p.backend === 'ours';
     return {
       ...p,
-      vs_qsd: peer ? Math.round((p.iops / peer.iops) * 100) / 100 : null,
-      vs_fio: raw ? Math.round((p.iops / raw.iops) * 100) / 100 : null,
+      // Requests per second of back-end CPU time: what a polling back-end's 100 % costs it.
+      iops_per_cpu_s: p.backend_cpu_s ? Math.round((p.iops * p.seconds) / p.backend_cpu_s) : null,
+      vs_qsd: isOurs ? ratio(p, find('qsd', p.engine, p.qd)) : null,
+      vs_spdk: isOurs ? ratio(p, find('spdk', spdkEngine[p.engine]!, p.qd)) : null,
+      vs_fio: isOurs && p.engine === 'io_uring' ? ratio(p, find('fio', 'io_uring', p.qd)) : null,
     };
   });
-  const header = 'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  ours/QSD  ours/fio';
+  const header = 'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
   const lines = [header];
+  const fixed = (value: number | null) => (value === null ? '-' : value.toFixed(2));
   for (const r of rows) {
     const cpu = r.backend_cpu_s === null ? '-' : `${Math.round((r.backend_cpu_s / r.seconds) * 100)}`;
+    const loadCpu = r.loadgen_cpu_s === null ? '-' : `${Math.round((r.loadgen_cpu_s / r.seconds) * 100)}`;
     lines.push(
       [
         r.backend.padEnd(8),
@@ -179,15 +263,21 @@ async function main(): Promise<void> {
         r.lat_us.p99.toFixed(1).padStart(7),
         r.lat_us['p99.9'].toFixed(1).padStart(8),
         cpu.padStart(8),
-        (r.vs_qsd === null ? '-' : r.vs_qsd.toFixed(2)).padStart(9),
-        (r.vs_fio === null ? '-' : r.vs_fio.toFixed(2)).padStart(9),
+        loadCpu.padStart(8),
+        (r.iops_per_cpu_s === null ? '-' : String(r.iops_per_cpu_s)).padStart(11),
+        fixed(r.vs_qsd).padStart(9),
+        fixed(r.vs_spdk).padStart(10),
+        fixed(r.vs_fio).padStart(9),
       ].join(' '),
     );
   }
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
   const command = `npm run bench:blk${quick ? ' -- --quick' : ''}`;
   const table = lines.join('\n');
-  process.stdout.write(`\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n`);
+  const legend =
+    'be-CPU% / lg-CPU%: back-end / load generator CPU time over the window; IOPS/CPU-s: IOPS per back-end CPU-second\n' +
+    '(loadgen loopback: the generator completing its own requests in its thread — its ceiling; its CPU counts as the back-end\'s)';
+  process.stdout.write(`\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n${legend}\n`);
   mkdirSync(join(REPO, 'results'), { recursive: true });
   const record = { date: new Date().toISOString(), machine, command, seconds, warmup, imageBytes: sizeMb << 20, rows, table };
   const stamp = record.date.replace(/[:.]/g, '-');

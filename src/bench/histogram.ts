@@ -6,6 +6,10 @@ const SUB_BITS = 5;
 const SUB = 1 << SUB_BITS; // 32 sub-buckets per power of two
 const MAJORS = 48; // up to 2^48 ns ≈ 3 days
 const BUCKETS = MAJORS * SUB;
+/** A double and its two 32-bit halves, for reading exponent and mantissa bits without allocation. */
+const scratch = new Float64Array(1);
+const scratchWords = new Uint32Array(scratch.buffer);
+const HIGH_WORD = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0; // little-endian: word 1
 
 export class Histogram {
   readonly counts = new Float64Array(BUCKETS);
@@ -15,10 +19,13 @@ export class Histogram {
   sum = 0;
 
   record(valueNs: number): void {
-    const v = valueNs < 1 ? 1 : valueNs;
-    const major = Math.floor(Math.log2(v));
-    const sub = Math.floor((v / 2 ** major - 1) * SUB);
-    let bucket = major * SUB + sub;
+    // The bucket straight from the double's bits: the exponent is the major bucket, the top
+    // SUB_BITS of the mantissa the sub-bucket — floor(log2 v) and floor((v / 2^major - 1) · SUB)
+    // exactly, without Math.log2 and Math.pow (they were ~40 % of the load generator's time per
+    // request). v ≥ 1, so the double is normal and its exponent ≥ 0; NaN lands in the last bucket.
+    scratch[0] = valueNs < 1 ? 1 : valueNs;
+    const high = scratchWords[HIGH_WORD]!;
+    let bucket = ((high >>> 20) - 1023) * SUB + ((high >>> (20 - SUB_BITS)) & (SUB - 1));
     if (bucket >= BUCKETS) bucket = BUCKETS - 1;
     this.counts[bucket]++;
     this.count++;

@@ -69,6 +69,11 @@ export interface LoadSpec {
    * by the owner to stop early, [2] set by the worker when the measured phase starts.
    */
   progress: SharedArrayBuffer;
+  /**
+   * Complete requests in the load thread itself (LoopbackDevice) instead of waiting for a
+   * back-end: the generator's own ceiling. virtio-blk only, one region at address 0.
+   */
+  loopback?: boolean;
 }
 
 export const Progress = { COMPLETED: 0, STOP: 1, MEASURING: 2, SLOTS: 4 } as const;
@@ -86,4 +91,6 @@ export interface LoadResult {
   errors: number;
   /** The first error, described. */
   firstError: string;
+  /** Requests still in flight after the end-of-run drain: the back-end stalled or lost them. */
+  inFlightAtEnd: number;
 }

@@ -2,6 +2,7 @@
 // owns the control connection (and, in tests, the back-end's control plane) stays responsive.
 import { Worker } from 'node:worker_threads';
 import type { FrontendDevice } from '../control/frontend/device.js';
+import { splitRingLayout } from '../control/frontend/vring-driver.js';
 import { Histogram } from './histogram.js';
 import { Progress, type LoadResult, type LoadSpec, type Workload } from './load-spec.js';
 
@@ -30,6 +31,8 @@ export interface LoadReport {
   kicks: number;
   errors: number;
   firstError: string;
+  /** Requests the back-end never completed (still in flight after the end-of-run drain). */
+  inFlightAtEnd: number;
 }
 
 export interface RunningLoad {
@@ -71,7 +74,6 @@ export function startLoad(device: FrontendDevice, options: LoadOptions): Running
     };
   });
   const progress = new SharedArrayBuffer(Progress.SLOTS * 8);
-  const progressView = new Float64Array(progress);
   const spec: LoadSpec = {
     regions: device.memory.regions.map(({ guestPhysAddr, size, userspaceAddr, buffer, bufferOffset }) => ({
       guestPhysAddr,
@@ -91,7 +93,13 @@ export function startLoad(device: FrontendDevice, options: LoadOptions): Running
     cpu: options.cpu ?? -1,
     progress,
   };
+  return spawnLoad(spec);
+}
+
+/** Starts the load thread on a complete spec. */
+function spawnLoad(spec: LoadSpec): RunningLoad {
   if (spec.requestsPerQueue <= 0 && spec.seconds <= 0) throw new RangeError('give a request count or a duration');
+  const progressView = new Float64Array(spec.progress);
   const worker = new Worker(new URL('./load-worker.js', import.meta.url), { workerData: spec });
   const result = new Promise<LoadReport>((resolve, reject) => {
     worker.once('message', (raw: LoadResult) => resolve(report(raw)));
@@ -112,6 +120,59 @@ export function startLoad(device: FrontendDevice, options: LoadOptions): Running
 
 export function runLoad(device: FrontendDevice, options: LoadOptions): Promise<LoadReport> {
   return startLoad(device, options).result;
+}
+
+export interface LoopbackOptions {
+  queueDepth: number;
+  seconds: number;
+  warmupSeconds?: number;
+  cpu?: number;
+  /** Bytes per request (default 4096). */
+  blockSize?: number;
+  queueSize?: number;
+}
+
+/**
+ * The generator's own ceiling: the same load thread, 4 KiB random reads on one queue, against a
+ * loopback device in that thread which completes every request at once. No back-end, no
+ * eventfd, no other thread: what the generator costs per request, and so the most it can measure.
+ */
+export function runLoopbackLoad(options: LoopbackOptions): Promise<LoadReport> {
+  const queueSize = options.queueSize ?? 256;
+  const depth = Math.min(options.queueDepth, queueSize);
+  const workload: Workload = { kind: 'blk', pattern: 'randread', blockSize: options.blockSize ?? 4096, capacityBytes: 1 << 30, readShare: 1, seed: 1 };
+  const layout = splitRingLayout(queueSize);
+  const bufferAddr = Math.ceil(layout.totalBytes / 4096) * 4096;
+  const bufferBytes = slotBytes(workload) * depth + 4096;
+  const size = Math.ceil((bufferAddr + bufferBytes) / 4096) * 4096;
+  const buffer = new SharedArrayBuffer(size);
+  return spawnLoad({
+    regions: [{ guestPhysAddr: 0, size, userspaceAddr: 0, buffer, bufferOffset: 0 }],
+    queues: [
+      {
+        index: 0,
+        size: queueSize,
+        descAddr: layout.descOffset,
+        availAddr: layout.availOffset,
+        usedAddr: layout.usedOffset,
+        kickFd: -1,
+        callFd: -1,
+        eventIdx: false,
+        bufferAddr,
+        bufferBytes,
+      },
+    ],
+    workload,
+    queueDepth: depth,
+    requestsPerQueue: 0,
+    seconds: options.seconds,
+    warmupSeconds: options.warmupSeconds ?? 0,
+    rate: 0,
+    wait: 'spin',
+    cpu: options.cpu ?? -1,
+    progress: new SharedArrayBuffer(Progress.SLOTS * 8),
+    loopback: true,
+  }).result;
 }
 
 function report(raw: LoadResult): LoadReport {
@@ -138,6 +199,7 @@ function report(raw: LoadResult): LoadReport {
     kicks: raw.kicks,
     errors: raw.errors,
     firstError: raw.firstError,
+    inFlightAtEnd: raw.inFlightAtEnd,
   };
 }
 

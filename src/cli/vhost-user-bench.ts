@@ -8,8 +8,10 @@ import cliProgress from 'cli-progress';
 import { setLogLevel } from '../log.js';
 import { ExitCode, UsageError, packageVersion, parseInteger, parseSize } from './common.js';
 import { FrontendDevice } from '../control/frontend/device.js';
+import { featureHex } from '../control/frontend/features.js';
 import { startLoad, type LoadReport } from '../bench/load.js';
 import type { BlkPattern } from '../bench/load-spec.js';
+import { LOADGEN_BLK_CONFIG_BYTES, LOADGEN_BLK_FEATURES, blkLimits, blkWorkloadProblem } from '../bench/blk-features.js';
 
 const HELP = `Usage: vhost-user-bench blk --socket PATH [options]
 
@@ -33,8 +35,22 @@ from this process, as a guest driver would, and measure it.
   --memory SIZE        guest memory to share (default 256M)
   --json               print one JSON object on stdout instead of the table
   --verbose, --help, --version
-Exit codes: 0 measured, 1 failure (connection, I/O errors), 2 bad usage.
+It acks only the features it implements: split rings, VERSION_1, EVENT_IDX, INDIRECT_DESC and the
+virtio-blk bits SIZE_MAX, SEG_MAX, BLK_SIZE, RO, MQ (protocol: MQ, REPLY_ACK, CONFIG,
+CONFIGURE_MEM_SLOTS). The report (and --json) gives what was offered and what was negotiated.
+
+Exit codes:
+  0  measured: requests completed, none failed, over the whole window asked for
+  1  could not run: no connection, negotiation refused, the disk cannot take this workload
+  2  bad usage
+  3  the measurement is not valid (the report is still printed, the reasons go to stderr):
+     no request completed in the window, requests failed (a status other than OK), requests
+     never completed (a stalled back-end), or the window was cut short (the back-end closed
+     the connection or broke its used ring)
 `;
+
+/** Exit code for a run that finished but measured nothing trustworthy (see HELP). */
+export const EXIT_INVALID_MEASUREMENT = 3;
 
 export interface BenchArgs {
   socketPath: string;
@@ -164,6 +180,18 @@ export interface BenchResult {
   loadgen_cpu_s: number;
   backend_cpu_s: number | null;
   kicks: number;
+  /** Negotiated and offered virtio features and protocol features, as hex. */
+  features: string;
+  protocol_features: string;
+  offered_features: string;
+  offered_protocol_features: string;
+  /** Requests the back-end never completed (still in flight after the end-of-run drain). */
+  in_flight_at_end: number;
+  first_error?: string;
+  /** Why the back-end's connection closed during the run, if it did. */
+  disconnected?: string;
+  /** Why this measurement is not valid (empty when it is): see benchFailures(). */
+  failures: string[];
 }
 
 export async function runBench(args: BenchArgs, onProgress?: (completed: number, measuring: boolean) => void): Promise<BenchResult> {
@@ -172,15 +200,17 @@ export async function runBench(args: BenchArgs, onProgress?: (completed: number,
     queues: args.queues,
     queueSize: args.queueSize,
     memory: [{ guestPhysAddr: 0, size: args.memoryBytes }],
+    deviceFeatures: LOADGEN_BLK_FEATURES,
     connectTimeoutMs: 2000,
   });
   try {
     if (device.queues.length < args.queues) {
       throw new Error(`the back-end offers ${device.queues.length} queue(s), fewer than --queues ${args.queues}`);
     }
-    const config = await device.getConfig(0, 8);
-    const capacityBytes = Number(new DataView(config.buffer, config.byteOffset, 8).getBigUint64(0, true)) * 512;
-    if (capacityBytes < args.blockSize) throw new Error(`the disk (${capacityBytes} bytes) is smaller than one block`);
+    const limits = blkLimits(await device.getConfig(0, LOADGEN_BLK_CONFIG_BYTES), device.features);
+    const problem = blkWorkloadProblem(limits, { pattern: args.pattern, blockSize: args.blockSize, queues: args.queues }, device.features);
+    if (problem) throw new Error(problem);
+    const capacityBytes = limits.capacityBytes;
     const backendStart = args.backendPid ? processCpuSeconds(args.backendPid) : 0;
     const load = startLoad(device, {
       workload: { kind: 'blk', pattern: args.pattern, blockSize: args.blockSize, capacityBytes, readShare: args.readShare, seed: 1 },
@@ -190,6 +220,12 @@ export async function runBench(args: BenchArgs, onProgress?: (completed: number,
       rate: args.rate,
       wait: args.wait,
       cpu: args.cpu,
+    });
+    // A back-end that goes away mid-run ends the run at once (and the report says so).
+    let disconnected: string | undefined;
+    void device.client.closed().then((error) => {
+      disconnected = error?.message ?? 'the back-end closed the connection';
+      load.stop();
     });
     let backendMeasureStart = backendStart;
     let sawMeasuring = args.warmup === 0;
@@ -209,7 +245,7 @@ export async function runBench(args: BenchArgs, onProgress?: (completed: number,
     const backendCpu = args.backendPid ? processCpuSeconds(args.backendPid) - backendMeasureStart : null;
     const us = (ns: number) => Math.round(ns / 10) / 100;
     const { json: _json, verbose: _verbose, socketPath, ...settings } = args;
-    return {
+    const result: BenchResult = {
       tool: `vhost-user-bench ${packageVersion()}`,
       device: 'blk',
       machine: { host: hostname(), cpu: cpus()[0]?.model ?? 'unknown', cpus: cpus().length, node: process.version },
@@ -232,11 +268,38 @@ export async function runBench(args: BenchArgs, onProgress?: (completed: number,
       loadgen_cpu_s: Math.round(report.cpuSeconds * 1000) / 1000,
       backend_cpu_s: backendCpu === null ? null : Math.round(backendCpu * 100) / 100,
       kicks: report.kicks,
+      features: featureHex(device.features),
+      protocol_features: featureHex(device.protocolFeatures),
+      offered_features: featureHex(device.offeredFeatures),
+      offered_protocol_features: featureHex(device.offeredProtocolFeatures),
+      in_flight_at_end: report.inFlightAtEnd,
       ...(report.errors ? { first_error: report.firstError } : {}),
+      ...(disconnected ? { disconnected } : {}),
+      failures: [],
     };
+    result.failures = benchFailures(result, args);
+    return result;
   } finally {
     device.close();
   }
+}
+
+/**
+ * Why a finished run is not a measurement (empty if it is): a bench that reports 0 IOPS with exit
+ * 0 hides a broken negotiation or a dead back-end behind a number.
+ */
+export function benchFailures(r: Omit<BenchResult, 'failures'>, args: Pick<BenchArgs, 'seconds'>): string[] {
+  const failures: string[] = [];
+  if (r.requests === 0) failures.push(`no request completed in the ${r.seconds} s measured window`);
+  if (r.errors > 0) failures.push(`${r.errors} request(s) failed; first: ${r.first_error ?? 'unknown'}`);
+  if (r.in_flight_at_end > 0) failures.push(`${r.in_flight_at_end} request(s) never completed (the back-end stalled or lost them)`);
+  // The load thread measures at least the asked window unless the run was cut short.
+  if (r.seconds < args.seconds) {
+    failures.push(`the measured window was ${r.seconds} s, shorter than the ${args.seconds} s asked${r.disconnected ? ` (${r.disconnected})` : ''}`);
+  } else if (r.disconnected) {
+    failures.push(`the back-end closed the connection during the run: ${r.disconnected}`);
+  }
+  return failures;
 }
 
 export function formatBench(r: BenchResult): string {
@@ -247,6 +310,7 @@ export function formatBench(r: BenchResult): string {
     `  IOPS ${r.iops}   ${r.bw_mbps} MB/s   ${r.requests} requests in ${r.seconds} s   errors ${r.errors}`,
     `  latency us: mean ${r.lat_us.mean}  min ${r.lat_us.min}  p50 ${r.lat_us.p50}  p90 ${r.lat_us.p90}  p99 ${r.lat_us.p99}  p99.9 ${r.lat_us['p99.9']}  max ${r.lat_us.max}`,
     `  CPU: load generator ${r.loadgen_cpu_s} s${r.backend_cpu_s === null ? '' : `, back-end ${r.backend_cpu_s} s`} over ${r.seconds} s`,
+    `  features ${r.features} of ${r.offered_features} offered; protocol features ${r.protocol_features} of ${r.offered_protocol_features}`,
   ];
   return lines.join('\n') + '\n';
 }
@@ -298,5 +362,7 @@ export async function main(argv: string[]): Promise<number> {
   bar?.update(total);
   bar?.stop();
   process.stdout.write(args.json ? JSON.stringify(result) + '\n' : formatBench(result));
-  return result.errors > 0 ? ExitCode.FAILURE : ExitCode.OK;
+  if (result.failures.length === 0) return ExitCode.OK;
+  for (const failure of result.failures) process.stderr.write(`vhost-user-bench: not a valid measurement: ${failure}\n`);
+  return EXIT_INVALID_MEASUREMENT;
 }

@@ -55,7 +55,8 @@ afterEach(async () => {
   closeAll(testFds.splice(0));
   await until(() => rig.daemon.currentSession === undefined, TIMEOUT_MS, 'the daemon to let the hostile front-end go');
   await fdsBackTo(baseline, 'fds after the hostile front-end left');
-  const clean = await FrontendDevice.connect({ socketPath: rig.socketPath, queues: QUEUES, replyTimeoutMs: TIMEOUT_MS });
+  // Asks for every protocol feature the library offers: the daemon must still grant them all.
+  const clean = await FrontendDevice.connect({ socketPath: rig.socketPath, queues: QUEUES, replyTimeoutMs: TIMEOUT_MS, wantedProtocolFeatures: LIBRARY_PROTOCOL_FEATURES });
   try {
     expect(clean.features & bit(30)).toBe(bit(30));
     expect(clean.protocolFeatures).toBe(LIBRARY_PROTOCOL_FEATURES);

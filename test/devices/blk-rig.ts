@@ -78,6 +78,8 @@ export class BlkRig {
       queues: 1,
       queueSize: options.queueSize ?? this.options.queueSize ?? 128,
       indirectEntries: 16,
+      // The test guest issues every virtio-blk request type, so it understands every device bit.
+      deviceFeatures: (1n << 24n) - 1n,
       wantedFeatures: options.wantedFeatures,
     });
     return new BlkGuest(device, memory, !options.memory);

@@ -6,15 +6,24 @@ import type { Logger } from '../../log.js';
 import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../protocol.js';
 import { VhostUserClient, FrontendError } from './client.js';
 import { FrontendMemory, type RegionSpec } from './memory.js';
+import { protocolFeaturesToAck, virtioFeaturesToAck } from './features.js';
 import { VringDriver, indirectTablesBytes, splitRingLayout } from './vring-driver.js';
 
 export interface FrontendDeviceOptions {
   socketPath: string;
   /** Guest memory: a FrontendMemory to share, or region specs (default: one 64 MiB region). */
   memory?: FrontendMemory | readonly RegionSpec[];
-  /** Virtio features the "driver" wants; the result is offer ∩ wanted (default: all offered). */
+  /**
+   * Device-type feature bits (0–23, 50–63) the caller's driver understands, acked when offered
+   * beside the transport features the library implements (FRONTEND_VIRTIO_FEATURES). Default: none.
+   */
+  deviceFeatures?: bigint;
+  /**
+   * Ask for exactly offer ∩ wantedFeatures instead, implemented or not (e.g. RING_PACKED for a
+   * hostile test): the caller then answers for what the back-end does with them.
+   */
   wantedFeatures?: bigint;
-  /** Protocol features wanted (default: all offered). */
+  /** Protocol features: offer ∩ this (default FRONTEND_PROTOCOL_FEATURES, what the library implements). */
   wantedProtocolFeatures?: bigint;
   /** Queues to set up (default 1; capped by GET_QUEUE_NUM). */
   queues?: number;
@@ -76,6 +85,7 @@ export class FrontendDevice {
   ) {}
 
   static async connect(options: FrontendDeviceOptions): Promise<FrontendDevice> {
+    virtioFeaturesToAck(0n, options); // rejects transport bits in deviceFeatures before connecting
     const client = await VhostUserClient.connect(options.socketPath, {
       timeoutMs: options.connectTimeoutMs ?? 0,
       replyTimeoutMs: options.replyTimeoutMs,
@@ -93,14 +103,14 @@ export class FrontendDevice {
       let protocol = 0n;
       if (offered & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
         offeredProtocol = await client.getProtocolFeatures();
-        protocol = offeredProtocol & (options.wantedProtocolFeatures ?? offeredProtocol);
+        protocol = protocolFeaturesToAck(offeredProtocol, options);
         await client.setProtocolFeatures(protocol);
       }
       let backendQueues = 1;
       if (protocol & bit(ProtocolFeature.MQ)) backendQueues = Number(await client.getU64('GET_QUEUE_NUM'));
       const queueCount = Math.min(options.queues ?? 1, backendQueues);
       await client.request({ type: 'SET_OWNER' });
-      const features = offered & (options.wantedFeatures ?? offered);
+      const features = virtioFeaturesToAck(offered, options);
       await client.setFeatures(features);
       await sendMemoryTable(client, memory, protocol);
 

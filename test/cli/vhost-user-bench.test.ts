@@ -1,0 +1,208 @@
+// vhost-user-bench blk fails loudly: the CLI (a child process) against back-ends served from this
+// process — one that works (and offers features the generator must not ack), one whose device
+// answers IOERR, one that never completes anything, and one that goes away mid-run.
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { DataPlane, VhostUserDevice } from '../../dist/control/backend.js';
+import { VhostUserDaemon } from '../../dist/control/daemon.js';
+import {
+  ProtocolFeature,
+  VHOST_F_LOG_ALL,
+  VIRTIO_F_ACCESS_PLATFORM,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_IN_ORDER,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  bit,
+} from '../../dist/control/protocol.js';
+import { WorkerDataPlane } from '../../dist/dataplane/pool.js';
+import { BlkDevice } from '../../dist/devices/blk/device.js';
+import { BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
+import { EXIT_INVALID_MEASUREMENT, benchFailures } from '../../dist/cli/vhost-user-bench.js';
+import { RecordingDataPlane, captureLogs, until } from '../control/helpers.js';
+
+const BIN = fileURLToPath(new URL('../../bin/vhost-user-bench', import.meta.url));
+const CAPACITY = 64 << 20;
+/** Transport features a back-end may offer that the generator does not implement. */
+const UNIMPLEMENTED = bit(VIRTIO_F_RING_PACKED) | bit(VIRTIO_F_IN_ORDER) | bit(VIRTIO_F_ACCESS_PLATFORM) | bit(VHOST_F_LOG_ALL);
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI asynchronously: the back-end under test lives on this process's event loop. */
+function bench(args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, ...args], { timeout: 30_000 }, (error, stdout, stderr) => {
+      const code = error ? ((error as { code?: number }).code ?? null) : 0;
+      resolve({ code: typeof code === 'number' ? code : null, stdout, stderr });
+    });
+  });
+}
+
+/**
+ * A virtio-blk back-end (real daemon, worker data plane, null engine) whose device can lie: offer
+ * extra features, or claim a disk far larger than the handler serves, so that almost every
+ * request lands outside the disk and completes with IOERR.
+ */
+function lyingBlk(extraFeatures: bigint, capacityScale = 1): { device: VhostUserDevice; blk: BlkDevice } {
+  const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: false, supportsDiscard: true, supportsFlush: true });
+  const device: VhostUserDevice = {
+    name: blk.name,
+    numQueues: blk.numQueues,
+    maxQueueSize: blk.maxQueueSize,
+    features: blk.features | extraFeatures,
+    setFeatures: (features) => blk.setFeatures(features & blk.features),
+    getConfig: (offset, size) => {
+      const config = blk.getConfig(offset, size);
+      if (offset === 0 && size >= 8) {
+        const view = new DataView(config.buffer, config.byteOffset, config.byteLength);
+        view.setBigUint64(0, view.getBigUint64(0, true) * BigInt(capacityScale), true);
+      }
+      return config;
+    },
+    reset: () => blk.reset(),
+  };
+  return { device, blk };
+}
+
+let logs: ReturnType<typeof captureLogs>;
+let dir: string;
+const cleanups: (() => Promise<unknown>)[] = [];
+
+beforeAll(() => {
+  logs = captureLogs();
+  dir = mkdtempSync(join(tmpdir(), 'vut-bench-cli-'));
+});
+afterAll(() => {
+  logs.restore();
+  rmSync(dir, { recursive: true, force: true });
+});
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function serve(device: VhostUserDevice, dataPlane?: DataPlane, handler?: BlkDevice): Promise<{ socketPath: string; daemon: VhostUserDaemon }> {
+  const socketPath = join(dir, `blk-${cleanups.length}-${Date.now()}.sock`);
+  let plane = dataPlane;
+  if (!plane) {
+    // Interrupt mode: the tests share two cores with other work; the CLI below waits on events too.
+    const workers = await WorkerDataPlane.start({ cpus: [-1], queueCount: 1, mode: 'interrupt', handler: handler!.handlerSpec({ engine: 'null' }), maxSegments: handler!.maxSegments });
+    cleanups.push(() => workers.close());
+    plane = workers;
+  }
+  const daemon = new VhostUserDaemon(device, { socketPath, dataPlane: plane });
+  await daemon.start();
+  cleanups.push(() => daemon.stop());
+  return { socketPath, daemon };
+}
+
+const QUICK = ['--seconds', '1', '--warmup', '0', '--wait', 'event', '--json'];
+
+describe('vhost-user-bench blk', () => {
+  it('measures a working back-end, acking none of the ring features it does not implement, and reports what was negotiated', async () => {
+    const { device, blk } = lyingBlk(UNIMPLEMENTED);
+    const { socketPath } = await serve(device, undefined, blk);
+    const run = await bench(['blk', '--socket', socketPath, ...QUICK]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const result = JSON.parse(run.stdout);
+    expect(result.requests).toBeGreaterThan(0);
+    expect(result.errors).toBe(0);
+    expect(result.failures).toEqual([]);
+    const offered = BigInt(result.offered_features);
+    const features = BigInt(result.features);
+    expect(offered & UNIMPLEMENTED).toBe(UNIMPLEMENTED);
+    expect(features & UNIMPLEMENTED).toBe(0n);
+    expect(features & bit(VIRTIO_F_VERSION_1)).toBe(bit(VIRTIO_F_VERSION_1));
+    expect(features & bit(VIRTIO_F_EVENT_IDX)).toBe(bit(VIRTIO_F_EVENT_IDX));
+    // Blk bits the generator never uses stay unacked, even though this device offers them.
+    expect(offered & bit(BlkFeature.FLUSH)).not.toBe(0n);
+    expect(features & (bit(BlkFeature.FLUSH) | bit(BlkFeature.DISCARD) | bit(BlkFeature.WRITE_ZEROES))).toBe(0n);
+    expect(features & bit(BlkFeature.BLK_SIZE)).not.toBe(0n);
+    expect(BigInt(result.protocol_features)).toBe(
+      bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS),
+    );
+    expect(BigInt(result.offered_protocol_features) & bit(ProtocolFeature.STATUS)).not.toBe(0n);
+  });
+
+  it('exits 3 when requests fail (a device answering IOERR)', async () => {
+    const { device, blk } = lyingBlk(0n, 1024);
+    const { socketPath } = await serve(device, undefined, blk);
+    const run = await bench(['blk', '--socket', socketPath, ...QUICK]);
+    expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
+    const result = JSON.parse(run.stdout);
+    expect(result.errors).toBeGreaterThan(0);
+    expect(result.first_error).toMatch(/virtio-blk status 1/);
+    expect(run.stderr).toMatch(/not a valid measurement: \d+ request\(s\) failed; first: queue 0: virtio-blk status 1/);
+  });
+
+  it('exits 3 when no request completes (a stalled back-end), naming the requests it lost', async () => {
+    const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: false, supportsDiscard: false, supportsFlush: false });
+    // The recording data plane accepts the rings and never processes them.
+    const { socketPath } = await serve(blk, new RecordingDataPlane());
+    const run = await bench(['blk', '--socket', socketPath, '--qd', '4', ...QUICK]);
+    expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
+    expect(JSON.parse(run.stdout)).toMatchObject({ requests: 0, iops: 0, in_flight_at_end: 4 });
+    expect(run.stderr).toMatch(/no request completed in the 1(\.\d+)? s measured window/);
+    expect(run.stderr).toMatch(/4 request\(s\) never completed/);
+  });
+
+  it('exits 3 when the back-end goes away mid-run (the window is cut short), in the text report too', async () => {
+    const { device, blk } = lyingBlk(0n);
+    const { socketPath, daemon } = await serve(device, undefined, blk);
+    const running = bench(['blk', '--socket', socketPath, '--seconds', '20', '--warmup', '0', '--wait', 'event']);
+    await until(() => (daemon.queueStats()[0]?.requests ?? 0) > 100, 15_000, 'the bench to drive requests');
+    await daemon.stop();
+    const run = await running;
+    expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
+    expect(run.stdout).toMatch(/features 0x[0-9a-f]+ of 0x[0-9a-f]+ offered; protocol features 0x[0-9a-f]+ of 0x[0-9a-f]+/);
+    expect(run.stderr).toMatch(/the measured window was [\d.]+ s, shorter than the 20 s asked/);
+  });
+
+  it('measures nothing when the back-end goes away during warm-up (no warm-up requests counted)', async () => {
+    const { device, blk } = lyingBlk(0n);
+    const { socketPath, daemon } = await serve(device, undefined, blk);
+    const running = bench(['blk', '--socket', socketPath, '--seconds', '1', '--warmup', '20', '--wait', 'event', '--json']);
+    await until(() => (daemon.queueStats()[0]?.requests ?? 0) > 100, 15_000, 'the bench to drive requests');
+    await daemon.stop();
+    const run = await running;
+    expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
+    expect(JSON.parse(run.stdout)).toMatchObject({ requests: 0, seconds: 0, iops: 0 });
+    expect(run.stderr).toMatch(/no request completed/);
+    expect(run.stderr).toMatch(/the measured window was 0 s, shorter than the 1 s asked/);
+  });
+
+  it('refuses a workload the negotiated device cannot take, before measuring (exit 1)', async () => {
+    const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: true, supportsDiscard: false, supportsFlush: false });
+    const { socketPath } = await serve(blk, new RecordingDataPlane());
+    const run = await bench(['blk', '--socket', socketPath, '--rw', 'randwrite', ...QUICK]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(/read-only \(VIRTIO_BLK_F_RO\)/);
+  });
+
+  it('documents its exit codes', async () => {
+    const run = await bench(['--help']);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/\n {2}3 {2}the measurement is not valid/);
+  });
+});
+
+describe('benchFailures', () => {
+  const ok = { requests: 10, errors: 0, in_flight_at_end: 0, seconds: 2, first_error: undefined, disconnected: undefined };
+  it('accepts a full window of completed requests', () => {
+    expect(benchFailures(ok as never, { seconds: 2 })).toEqual([]);
+  });
+  it('names each reason a run is not a measurement', () => {
+    expect(benchFailures({ ...ok, requests: 0 } as never, { seconds: 2 })).toEqual(['no request completed in the 2 s measured window']);
+    expect(benchFailures({ ...ok, seconds: 1.5 } as never, { seconds: 2 })).toEqual(['the measured window was 1.5 s, shorter than the 2 s asked']);
+    expect(benchFailures({ ...ok, disconnected: 'gone' } as never, { seconds: 2 })).toEqual(['the back-end closed the connection during the run: gone']);
+    expect(benchFailures({ ...ok, errors: 2, first_error: 'status 1' } as never, { seconds: 2 })).toEqual(['2 request(s) failed; first: status 1']);
+  });
+});
