@@ -14,10 +14,10 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { randRead4k, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
+import { randRead4k, runBench, type BenchResult } from '../dist/loadgen/run.js';
 import { startStorageDaemon } from '../dist/guest/qsd.js';
-import { spawnBlkBackend } from '../dist/cli/spawn.js';
-import { runLoopbackLoad } from '../dist/bench/load.js';
+import { spawnBlkBackend } from '../dist/guest/blk-process.js';
+import { runLoopbackLoad } from '../dist/loadgen/load.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const BACKEND_CPU = '1';

@@ -14,7 +14,7 @@ import { PerformanceObserver } from 'node:perf_hooks';
 import { GuestMemory } from '../dist/dataplane/memory.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../dist/dataplane/virtqueue.js';
-import { VringDriver, splitRingLayout } from '../dist/control/frontend/vring-driver.js';
+import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;

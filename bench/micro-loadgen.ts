@@ -13,11 +13,11 @@
 import { readFileSync } from 'node:fs';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { GuestMemory } from '../dist/dataplane/memory.js';
-import { splitRingLayout } from '../dist/control/frontend/vring-driver.js';
-import { Histogram } from '../dist/bench/histogram.js';
-import { ErrorLog, QueueLoad, Xorshift32 } from '../dist/bench/queue-load.js';
-import { LoopbackDevice } from '../dist/bench/loopback.js';
-import type { LoadQueue, Workload } from '../dist/bench/load-spec.js';
+import { splitRingLayout } from '../dist/frontend/vring-driver.js';
+import { Histogram } from '../dist/loadgen/histogram.js';
+import { ErrorLog, QueueLoad, Xorshift32 } from '../dist/loadgen/queue-load.js';
+import { LoopbackDevice } from '../dist/loadgen/loopback.js';
+import type { LoadQueue, Workload } from '../dist/loadgen/load-spec.js';
 
 const SIZE = 256;
 

@@ -10,9 +10,9 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { FrontendDevice } from '../dist/control/frontend/device.js';
-import { processCpuSeconds, randRead4k, runBench, type BenchResult } from '../dist/cli/vhost-user-bench.js';
-import { spawnBlkBackend } from '../dist/cli/spawn.js';
+import { FrontendDevice } from '../dist/frontend/device.js';
+import { processCpuSeconds, randRead4k, runBench, type BenchResult } from '../dist/loadgen/run.js';
+import { spawnBlkBackend } from '../dist/guest/blk-process.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });

@@ -17,7 +17,7 @@ export {
 } from './control/errors.js';
 export * as protocol from './control/protocol.js';
 export * as codec from './control/codec/index.js';
-export * from './control/frontend/index.js';
+export * from './frontend/index.js';
 export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
 export { WorkerDataPlane, type WorkerDataPlaneOptions } from './dataplane/pool.js';
 export type { QueueHandler, WorkerQueue, CreateQueueHandler, HandlerContext, HandlerSpec } from './dataplane/device-api.js';
@@ -26,4 +26,5 @@ export type { QueueStats } from './dataplane/stats.js';
 export { VirtqRequest } from './dataplane/request.js';
 export { GuestMemory } from './dataplane/memory.js';
 export { EchoDevice } from './devices/echo/device.js';
-export { startLoad, runLoad, type LoadOptions, type LoadReport } from './bench/load.js';
+export { startLoad, runLoad, type LoadOptions, type LoadReport } from './loadgen/load.js';
+export { runBench, formatBench, randRead4k, type BenchArgs, type BenchResult } from './loadgen/run.js';

@@ -1,5 +1,4 @@
 // Shared pieces of the command-line tools: size parsing, exit codes, version, fatal errors.
-import { readFileSync } from 'node:fs';
 import { UsageError } from '../control/errors.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage (sysexits-like, kept small). */
@@ -39,10 +38,7 @@ export function parseInteger(text: string, what: string, min: number, max: numbe
   return value;
 }
 
-export function packageVersion(): string {
-  const url = new URL('../../package.json', import.meta.url);
-  return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version;
-}
+export { packageVersion } from '../version.js';
 
 /** The first fd systemd passes (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;

@@ -2,7 +2,7 @@
 // activation, client mode) and talks to it with the front-end library.
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { VhostUserClient } from '../../dist/control/frontend/index.js';
+import { VhostUserClient } from '../../dist/frontend/index.js';
 
 export const BIN = fileURLToPath(new URL('../../bin/vhost-user-blk', import.meta.url));
 

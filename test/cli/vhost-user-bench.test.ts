@@ -22,7 +22,8 @@ import {
 import { WorkerDataPlane } from '../../dist/dataplane/pool.js';
 import { BlkDevice } from '../../dist/devices/blk/device.js';
 import { BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
-import { EXIT_INVALID_MEASUREMENT, benchFailures } from '../../dist/cli/vhost-user-bench.js';
+import { EXIT_INVALID_MEASUREMENT } from '../../dist/cli/vhost-user-bench.js';
+import { benchFailures } from '../../dist/loadgen/run.js';
 import { RecordingDataPlane, captureLogs, until } from '../control/helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/vhost-user-bench', import.meta.url));

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
-import { VhostUserClient } from '../../dist/control/frontend/index.js';
+import { VhostUserClient } from '../../dist/frontend/index.js';
 import { systemdListenFd } from '../../dist/cli/common.js';
 import { probe, probePath, run, sleep, type Child } from './cli-helpers.js';
 

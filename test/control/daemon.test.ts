@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { DaemonError, VhostUserDaemon } from '../../dist/control/daemon.js';
-import { FrontendDevice, VhostUserClient } from '../../dist/control/frontend/index.js';
+import { FrontendDevice, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import { RecordingDataPlane, captureLogs, fdsBackTo, openFds, testBlkDevice, u64At, until } from './helpers.js';
 

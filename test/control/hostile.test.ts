@@ -8,7 +8,7 @@ import { native } from '../../dist/native.js';
 import { closeAll } from '../../dist/control/connection.js';
 import { decodeReply, encodeMessage, encodeRequest, type BackendReply, type FrontendRequest } from '../../dist/control/codec/index.js';
 import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, bit } from '../../dist/control/protocol.js';
-import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/control/frontend/index.js';
+import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import {
   captureLogs,

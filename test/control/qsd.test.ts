@@ -6,7 +6,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { FrontendDevice } from '../../dist/control/frontend/index.js';
+import { FrontendDevice } from '../../dist/frontend/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, bit } from '../../dist/control/protocol.js';
 import { BlkConfigOffset, BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
 import { createRawImage, startStorageDaemon, type StorageDaemon } from '../guest/qsd.js';

@@ -26,7 +26,7 @@ import {
   VIRTIO_F_RING_PACKED,
   bit,
 } from '../../dist/control/protocol.js';
-import { FrontendDevice, FrontendMemory, VhostUserClient, splitRingLayout } from '../../dist/control/frontend/index.js';
+import { FrontendDevice, FrontendMemory, VhostUserClient, splitRingLayout } from '../../dist/frontend/index.js';
 import type { DataPlane, DeviceRequest, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { BLK_CONFIG_SIZE, BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';

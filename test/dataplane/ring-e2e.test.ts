@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import { VirtqRequest } from '../../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../../dist/dataplane/virtqueue.js';
-import { VringDriver, indirectTablesBytes, splitRingLayout } from '../../dist/control/frontend/vring-driver.js';
+import { VringDriver, indirectTablesBytes, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 
 const MiB = 1 << 20;
 const RING_REGION = 0x10_0000;

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import { VirtqRequest } from '../../dist/dataplane/request.js';
 import { BrokenReason, SplitVirtqueue, type VirtqueueConfig } from '../../dist/dataplane/virtqueue.js';
-import { VringDriver, splitRingLayout } from '../../dist/control/frontend/vring-driver.js';
+import { VringDriver, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 
 const MiB = 1 << 20;
 const BASE = 0x100000; // guest-physical start of the region

@@ -5,13 +5,13 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
-import { FrontendDevice } from '../../dist/control/frontend/device.js';
-import { FrontendMemory } from '../../dist/control/frontend/memory.js';
+import { FrontendDevice } from '../../dist/frontend/device.js';
+import { FrontendMemory } from '../../dist/frontend/memory.js';
 import { EchoDevice } from '../../dist/devices/echo/device.js';
 import { WorkerDataPlane } from '../../dist/dataplane/pool.js';
 import { BrokenReason } from '../../dist/dataplane/chain.js';
 import { native } from '../../dist/native.js';
-import { runLoad, startLoad } from '../../dist/bench/load.js';
+import { runLoad, startLoad } from '../../dist/loadgen/load.js';
 import type { PollMode } from '../../dist/dataplane/commands.js';
 
 interface Rig {

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, statSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runLoad } from '../../dist/bench/load.js';
+import { runLoad } from '../../dist/loadgen/load.js';
 import type { BlkEngineOptions } from '../../dist/devices/blk/device.js';
 import type { PollMode } from '../../dist/dataplane/commands.js';
 import { BlkRig, S, T, allZero, mismatch, pattern, type BlkGuest } from './blk-rig.js';

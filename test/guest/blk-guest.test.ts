@@ -6,7 +6,7 @@ import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnBlkBackend } from '../../dist/cli/spawn.js';
+import { spawnBlkBackend } from '../../dist/guest/blk-process.js';
 import { assertGuestOk, ensureGuestImage, guestRigUnavailable, makePattern, runGuest, type BlkResult, type GuestImage } from '../../dist/guest/qemu.js';
 
 const MiB = 1 << 20;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { GuestMemory } from '../../../dist/dataplane/memory.js';
-import { VringDriver, indirectTablesBytes, splitRingLayout } from '../../../dist/control/frontend/vring-driver.js';
+import { GuestMemory } from '../../dist/dataplane/memory.js';
+import { VringDriver, indirectTablesBytes, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 
 const MiB = 1 << 20;
 

@@ -1,7 +1,7 @@
 // The generator's ceiling: the load thread against its in-thread loopback device completes every
 // request with status OK, at any depth, and leaves nothing in flight.
 import { describe, expect, it } from 'vitest';
-import { runLoopbackLoad } from '../../dist/bench/load.js';
+import { runLoopbackLoad } from '../../dist/loadgen/load.js';
 
 describe('runLoopbackLoad', () => {
   for (const queueDepth of [1, 32, 256]) {

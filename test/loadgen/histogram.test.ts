@@ -2,7 +2,7 @@
 // ([2^m · (1 + s/32), 2^m · (1 + (s+1)/32)) for bucket 32·m + s), and percentiles stay within
 // the bucket width (~3 %).
 import { describe, expect, it } from 'vitest';
-import { Histogram } from '../../dist/bench/histogram.js';
+import { Histogram } from '../../dist/loadgen/histogram.js';
 
 function bucketOf(value: number): number {
   const histogram = new Histogram();

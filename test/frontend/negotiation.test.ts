@@ -2,8 +2,8 @@
 // feature bit, FrontendDevice acks exactly what the library implements (plus the device bits its
 // caller says it understands), unless the caller explicitly asks for more.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { VhostUserDevice } from '../../../dist/control/backend.js';
-import { FrontendDevice, featureHex } from '../../../dist/control/frontend/index.js';
+import type { VhostUserDevice } from '../../dist/control/backend.js';
+import { FrontendDevice, featureHex } from '../../dist/frontend/index.js';
 import {
   ProtocolFeature,
   VHOST_F_LOG_ALL,
@@ -15,9 +15,9 @@ import {
   VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   bit,
-} from '../../../dist/control/protocol.js';
-import { BlkFeature } from '../../../dist/devices/blk/virtio-blk.js';
-import { captureLogs, startTestDaemon, testBlkDevice, type TestDaemon } from '../helpers.js';
+} from '../../dist/control/protocol.js';
+import { BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
+import { captureLogs, startTestDaemon, testBlkDevice, type TestDaemon } from '../control/helpers.js';
 
 const ALL_BITS = (1n << 64n) - 1n;
 const TIMEOUT_MS = 2000;

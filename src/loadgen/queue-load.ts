@@ -5,7 +5,7 @@
 // drives the same class against an in-thread loopback to see where its time goes.
 import { native } from '../native.js';
 import type { GuestMemory } from '../dataplane/memory.js';
-import { VringDriver } from '../control/frontend/vring-driver.js';
+import { VringDriver } from '../frontend/vring-driver.js';
 import type { Histogram } from './histogram.js';
 import type { LoadQueue, Workload } from './load-spec.js';
 

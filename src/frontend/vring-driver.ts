@@ -11,9 +11,9 @@
 // Memory ordering mirrors the device side: descriptors and avail ring entries are plain stores
 // made before Atomics.store of avail.idx (release); used entries are read after Atomics.load of
 // used.idx (acquire).
-import { GuestMemory } from '../../dataplane/memory.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../dataplane/chain.js';
-import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from '../../dataplane/notify.js';
+import { GuestMemory } from '../dataplane/memory.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../dataplane/chain.js';
+import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from '../dataplane/notify.js';
 
 /** Where each part of a split ring sits, relative to the start of the ring area. */
 export interface SplitRingLayout {

@@ -1,9 +1,9 @@
 // Guest memory created by the front-end library: memfd regions that the back-end maps through
 // SET_MEM_TABLE / ADD_MEM_REG, as QEMU's memory-backend-memfd would. The front-end keeps one
 // mapping of each region to build rings and buffers in.
-import { native } from '../../native.js';
-import { GuestMemory } from '../../dataplane/memory.js';
-import type { MemoryRegion } from '../messages.js';
+import { native } from '../native.js';
+import { GuestMemory } from '../dataplane/memory.js';
+import type { MemoryRegion } from '../control/messages.js';
 
 export interface RegionSpec {
   guestPhysAddr: number;

@@ -1,8 +1,8 @@
 // The front-end side of the protocol: a client that drives any vhost-user back-end over its
 // socket, the way QEMU or DPDK's virtio-user would. Requests are strictly one at a time (the
 // protocol has no request ids), so replies are matched in order.
-import { native } from '../../native.js';
-import { createLogger, type Logger } from '../../log.js';
+import { native } from '../native.js';
+import { createLogger, type Logger } from '../log.js';
 import {
   decodeReply,
   encodeRequest,
@@ -10,10 +10,10 @@ import {
   type BackendReply,
   type FrontendRequest,
   type MessageHeader,
-} from '../codec/index.js';
-import { VhostUserConnection, closeAll } from '../connection.js';
-import { FrontendError } from '../errors.js';
-import { ProtocolFeature, Request } from '../protocol.js';
+} from '../control/codec/index.js';
+import { VhostUserConnection, closeAll } from '../control/connection.js';
+import { FrontendError } from '../control/errors.js';
+import { ProtocolFeature, Request } from '../control/protocol.js';
 
 export { FrontendError };
 

@@ -1,9 +1,9 @@
 // A whole front-end in a few calls: connect, negotiate the way QEMU does, share guest memory,
 // set up split virtqueues with kick/call eventfds, and later stop them. Tests, the benchmark
 // tool and fuzzers drive back-ends through this without a VM.
-import { native } from '../../native.js';
-import type { Logger } from '../../log.js';
-import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../protocol.js';
+import { native } from '../native.js';
+import type { Logger } from '../log.js';
+import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/protocol.js';
 import { VhostUserClient, FrontendError } from './client.js';
 import { FrontendMemory, type RegionSpec } from './memory.js';
 import { protocolFeaturesToAck, virtioFeaturesToAck } from './features.js';

@@ -9,7 +9,7 @@ import {
   VIRTIO_F_INDIRECT_DESC,
   VIRTIO_F_VERSION_1,
   bit,
-} from '../protocol.js';
+} from '../control/protocol.js';
 
 /**
  * Virtio transport features the library's driver honours: virtio 1.x split rings (VringDriver)

@@ -1,8 +1,8 @@
 // Runs a load against a connected FrontendDevice from a separate thread, so the thread that
 // owns the control connection (and, in tests, the back-end's control plane) stays responsive.
 import { Worker } from 'node:worker_threads';
-import type { FrontendDevice } from '../control/frontend/device.js';
-import { splitRingLayout } from '../control/frontend/vring-driver.js';
+import type { FrontendDevice } from '../frontend/device.js';
+import { splitRingLayout } from '../frontend/vring-driver.js';
 import { Histogram } from './histogram.js';
 import { Progress, type LoadResult, type LoadSpec, type Workload } from './load-spec.js';
 
