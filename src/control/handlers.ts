@@ -8,7 +8,7 @@ import type { BackendReply, FrontendRequest, FrontendRequestType } from './codec
 import { closeAll } from './connection.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
-import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
+import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
 
 /** What the session keeps for one ring between requests. */
 export interface VringState {
@@ -220,7 +220,7 @@ const requestHandlers: RequestHandlerTable = {
       if (vring.kickFd >= 0) closeAll([vring.kickFd]);
       vring.kickFd = fd;
       vring.kicked = true;
-      if ((s.features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) vring.enabled = true;
+      if (!hasFeature(s.features, VHOST_USER_F_PROTOCOL_FEATURES)) vring.enabled = true;
       await s.startRingIfReady(r.index);
     },
   },

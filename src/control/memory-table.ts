@@ -5,7 +5,9 @@
 // unmapped when the last isolate drops the buffer).
 import { fstatSync } from 'node:fs';
 import { native } from '../native.js';
+import type { MemoryRegion } from '../dataplane/memory.js';
 import { MemoryTableError } from './errors.js';
+import type { RegionDescription } from './messages.js';
 
 /** Front-end limit of GET_MAX_MEM_SLOTS: QEMU's own maximum for vhost-user (docs/interop/vhost-user.rst). */
 export const MAX_MEM_SLOTS = 509;
@@ -14,21 +16,9 @@ const PAGE_SIZE = 4096;
 /** Numbers above this lose precision as JS numbers; no real address space reaches it. */
 const MAX_SAFE_ADDRESS = 2 ** 52;
 
-export interface RegionDescription {
-  guestPhysAddr: bigint;
-  memorySize: bigint;
-  userspaceAddr: bigint;
-  mmapOffset: bigint;
-}
-
-export interface MappedRegion {
-  guestPhysAddr: number;
-  size: number;
-  userspaceAddr: number;
+/** A region of the table: what the data plane reads through, plus where it came from in the fd. */
+export interface MappedRegion extends MemoryRegion {
   mmapOffset: number;
-  /** The mapping; region byte 0 is at buffer[bufferOffset]. */
-  buffer: SharedArrayBuffer;
-  bufferOffset: number;
 }
 
 export { MemoryTableError };

@@ -4,7 +4,7 @@
 // message, never to the value that mentions them.
 
 /** One memory region (spec: "Memory region description"), as libvhost-user names its fields. */
-export interface MemoryRegion {
+export interface RegionDescription {
   guestPhysAddr: bigint;
   memorySize: bigint;
   userspaceAddr: bigint;
@@ -12,7 +12,7 @@ export interface MemoryRegion {
 }
 
 /** A region of SET_MEM_TABLE with the fd it is mapped from (same order as the ancillary data). */
-export interface MemoryRegionWithFd extends MemoryRegion {
+export interface RegionDescriptionWithFd extends RegionDescription {
   fd: number;
 }
 
@@ -56,7 +56,7 @@ export type FrontendRequest =
   | Message<'SET_FEATURES', { features: bigint }>
   | Message<'SET_OWNER'>
   | Message<'RESET_OWNER'>
-  | Message<'SET_MEM_TABLE', { regions: MemoryRegionWithFd[] }>
+  | Message<'SET_MEM_TABLE', { regions: RegionDescriptionWithFd[] }>
   | Message<'SET_LOG_BASE', { mmapSize: bigint; mmapOffset: bigint; fd: number }>
   | Message<'SET_LOG_FD', { fd: number }>
   | Message<'SET_VRING_NUM', VringState>
@@ -104,9 +104,9 @@ export type FrontendRequest =
   /** In-band kick (INBAND_NOTIFICATIONS); state.num is reserved and must be 0. */
   | Message<'VRING_KICK', { index: number }>
   | Message<'GET_MAX_MEM_SLOTS'>
-  | Message<'ADD_MEM_REG', { region: MemoryRegion; fd: number }>
+  | Message<'ADD_MEM_REG', { region: RegionDescription; fd: number }>
   /** fd is -1, or one the front-end sent anyway: the spec says close it without using it. */
-  | Message<'REM_MEM_REG', { region: MemoryRegion; fd: number }>
+  | Message<'REM_MEM_REG', { region: RegionDescription; fd: number }>
   /** A virtio device status byte (the wire carries a u64; values above 0xff are rejected). */
   | Message<'SET_STATUS', { status: bigint }>
   | Message<'GET_STATUS'>
@@ -133,9 +133,9 @@ export type BackendReply =
   /** GET_INFLIGHT_FD. mmapSize 0 with fd -1 is the "no inflight buffer" answer QEMU accepts. */
   | Message<'inflight', { mmapSize: bigint; mmapOffset: bigint; numQueues: number; queueSize: number; fd: number }>
   /** SET_MEM_TABLE in postcopy mode: the back-end's mapping bases, one region per request region. */
-  | Message<'memory-table', { regions: MemoryRegion[] }>
+  | Message<'memory-table', { regions: RegionDescription[] }>
   /** ADD_MEM_REG in postcopy mode. */
-  | Message<'memory-region', { region: MemoryRegion }>
+  | Message<'memory-region', { region: RegionDescription }>
   /** POSTCOPY_ADVISE: an empty payload and the userfaultfd. */
   | Message<'userfault-fd', { fd: number }>
   /** CREATE_CRYPTO_SESSION: the session struct with its session id filled in. */

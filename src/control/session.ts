@@ -24,7 +24,7 @@ import { VhostUserConnection, closeAll } from './connection.js';
 import { SessionError, VhostUserError } from './errors.js';
 import { requestHandler, type RequestFds, type RingAddresses, type SessionContext, type VringState } from './handlers.js';
 import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
-import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit } from './protocol.js';
+import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
 
 export { SessionError };
 
@@ -129,7 +129,7 @@ export class VhostUserSession {
       if (!row) throw new SessionError(`${name} is not supported by this back-end`);
       const feature = row.needsProtocolFeature ?? spec?.protocolFeature;
       if (feature !== undefined && !this.state.hasProtocolFeature(feature)) {
-        const offered = (this.state.offeredProtocolFeatures & bit(feature)) !== 0n;
+        const offered = hasFeature(this.state.offeredProtocolFeatures, feature);
         throw new SessionError(
           offered
             ? `${name} needs protocol feature ${feature}, which was not negotiated`
@@ -254,7 +254,7 @@ class SessionState implements SessionContext {
   }
 
   hasProtocolFeature(feature: number): boolean {
-    return (this.ackedProtocolFeatures & bit(feature)) !== 0n;
+    return hasFeature(this.ackedProtocolFeatures, feature);
   }
 
   notifyConfigChange(): boolean {
@@ -389,7 +389,7 @@ class SessionState implements SessionContext {
     }
     this.ackedFeatures = features;
     // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start (spec: "Ring states").
-    if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+    if (!hasFeature(features, VHOST_USER_F_PROTOCOL_FEATURES)) {
       for (const vring of this.vrings) vring.enabled = true;
     }
   }

@@ -13,7 +13,7 @@ import {
 } from '../control/codec/index.js';
 import { VhostUserConnection, closeAll } from '../control/connection.js';
 import { FrontendError } from '../control/errors.js';
-import { ProtocolFeature, Request } from '../control/protocol.js';
+import { ProtocolFeature, Request, hasFeature } from '../control/protocol.js';
 
 export { FrontendError };
 
@@ -218,7 +218,7 @@ export class VhostUserClient {
 
   async setProtocolFeatures(features: bigint): Promise<void> {
     await this.request({ type: 'SET_PROTOCOL_FEATURES', features } as FrontendRequest);
-    this.replyAck = (features & (1n << BigInt(ProtocolFeature.REPLY_ACK))) !== 0n;
+    this.replyAck = hasFeature(features, ProtocolFeature.REPLY_ACK);
   }
 
   async getConfig(offset: number, size: number): Promise<Uint8Array> {

@@ -3,7 +3,7 @@
 // tool and fuzzers drive back-ends through this without a VM.
 import { native } from '../native.js';
 import type { Logger } from '../log.js';
-import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/protocol.js';
+import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, hasFeature } from '../control/protocol.js';
 import { VhostUserClient, FrontendError } from './client.js';
 import { FrontendMemory, type RegionSpec } from './memory.js';
 import { protocolFeaturesToAck, virtioFeaturesToAck } from './features.js';
@@ -128,7 +128,7 @@ export class FrontendDevice {
           descAddr: ringAddr + layout.descOffset,
           availAddr: ringAddr + layout.availOffset,
           usedAddr: ringAddr + layout.usedOffset,
-          eventIdx: (features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
+          eventIdx: hasFeature(features, VIRTIO_F_EVENT_IDX),
           indirect,
         });
         const kickFd = options.noKickFd ? -1 : native.eventfdCreate(0);

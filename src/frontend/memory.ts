@@ -2,8 +2,8 @@
 // SET_MEM_TABLE / ADD_MEM_REG, as QEMU's memory-backend-memfd would. The front-end keeps one
 // mapping of each region to build rings and buffers in.
 import { native } from '../native.js';
-import { GuestMemory } from '../dataplane/memory.js';
-import type { MemoryRegion } from '../control/messages.js';
+import { GuestMemory, type MemoryRegion } from '../dataplane/memory.js';
+import type { RegionDescriptionWithFd } from '../control/messages.js';
 
 export interface RegionSpec {
   guestPhysAddr: number;
@@ -13,14 +13,10 @@ export interface RegionSpec {
   userspaceAddr?: number;
 }
 
-export interface FrontendRegion {
-  guestPhysAddr: number;
-  size: number;
-  userspaceAddr: number;
+/** A region the front-end created: the data plane's view of it plus the memfd it shares. */
+export interface FrontendRegion extends MemoryRegion {
   /** The memfd; owned by FrontendMemory until close(). */
   fd: number;
-  buffer: SharedArrayBuffer;
-  bufferOffset: number;
 }
 
 /** Fake front-end virtual addresses: a high base so they never equal guest addresses by accident. */
@@ -102,7 +98,7 @@ export class FrontendMemory {
   }
 
   /** Regions as SET_MEM_TABLE / ADD_MEM_REG describe them (the fds are still ours). */
-  describe(): (MemoryRegion & { fd: number })[] {
+  describe(): RegionDescriptionWithFd[] {
     return this.regions.map((r) => ({
       guestPhysAddr: BigInt(r.guestPhysAddr),
       memorySize: BigInt(r.size),

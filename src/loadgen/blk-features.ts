@@ -3,7 +3,7 @@
 // it acks SIZE_MAX, SEG_MAX, BLK_SIZE (limits it checks), RO (it refuses to write) and MQ (more
 // than one queue) — not FLUSH, DISCARD, WRITE_ZEROES, CONFIG_WCE, TOPOLOGY or GEOMETRY, which it
 // never uses (without FLUSH a virtio-blk device runs write-through, §5.2.5.1).
-import { bit } from '../control/protocol.js';
+import { bit, hasFeature } from '../control/protocol.js';
 import { BlkConfigOffset, BlkFeature, SECTOR_SIZE } from '../devices/blk/virtio-blk.js';
 import type { BlkPattern } from './load-spec.js';
 
@@ -27,7 +27,7 @@ export function blkLimits(config: Uint8Array, features: bigint): BlkLimits {
   if (config.length < LOADGEN_BLK_CONFIG_BYTES) throw new Error(`the back-end's config space answer is ${config.length} bytes, expected ${LOADGEN_BLK_CONFIG_BYTES}`);
   const view = new DataView(config.buffer, config.byteOffset, config.byteLength);
   const sectors = view.getBigUint64(BlkConfigOffset.capacity, true);
-  const has = (feature: number) => (features & bit(feature)) !== 0n;
+  const has = (feature: number) => hasFeature(features, feature);
   // Capacities beyond 2^53 bytes are not exact as numbers; the generator never needs that far.
   const capacityBytes = sectors > BigInt(Number.MAX_SAFE_INTEGER) / 512n ? Number.MAX_SAFE_INTEGER : Number(sectors) * SECTOR_SIZE;
   return {
@@ -50,6 +50,6 @@ export function blkWorkloadProblem(limits: BlkLimits, workload: { pattern: BlkPa
   if (limits.blockSize < SECTOR_SIZE || workload.blockSize % limits.blockSize !== 0) {
     return `--bs ${workload.blockSize} is not a multiple of the back-end's logical block size (${limits.blockSize})`;
   }
-  if (workload.queues > 1 && (features & bit(BlkFeature.MQ)) === 0n) return `the back-end does not offer VIRTIO_BLK_F_MQ, so only one queue can be driven`;
+  if (workload.queues > 1 && !hasFeature(features, BlkFeature.MQ)) return `the back-end does not offer VIRTIO_BLK_F_MQ, so only one queue can be driven`;
   return '';
 }

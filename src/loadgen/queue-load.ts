@@ -8,10 +8,7 @@ import type { GuestMemory } from '../dataplane/memory.js';
 import { VringDriver } from '../frontend/vring-driver.js';
 import type { Histogram } from './histogram.js';
 import type { LoadQueue, Workload } from './load-spec.js';
-
-const BLK_T_IN = 0;
-const BLK_T_OUT = 1;
-const BLK_HEADER = 16;
+import { BLK_OUTHDR_BYTES, BlkRequestType, BlkStatus } from '../devices/blk/virtio-blk.js';
 
 /** Counts failed requests and keeps the first one's description. */
 export class ErrorLog {
@@ -120,11 +117,11 @@ export class QueueLoad {
         this.viewA.push(view(this.partA[slot]!, workload.bytes));
         this.viewB.push(view(this.partB[slot]!, workload.bytes));
       } else {
-        this.partA[slot] = take(BLK_HEADER, 16);
+        this.partA[slot] = take(BLK_OUTHDR_BYTES, 16);
         this.partB[slot] = take(workload.blockSize, 4096);
         this.partC[slot] = take(1, 1);
-        const header = view(this.partA[slot]!, BLK_HEADER);
-        this.headerView.push(new DataView(header.buffer, header.byteOffset, BLK_HEADER));
+        const header = view(this.partA[slot]!, BLK_OUTHDR_BYTES);
+        this.headerView.push(new DataView(header.buffer, header.byteOffset, BLK_OUTHDR_BYTES));
         this.viewC.push(view(this.partC[slot]!, 1));
       }
     }
@@ -168,13 +165,13 @@ export class QueueLoad {
       } else {
         sector = (this.random.next() % blocks) * sectorsPerBlock;
       }
-      header.setUint32(0, isRead ? BLK_T_IN : BLK_T_OUT, true);
+      header.setUint32(0, isRead ? BlkRequestType.IN : BlkRequestType.OUT, true);
       header.setUint32(4, 0, true);
       header.setUint32(8, sector % 4294967296, true);
       header.setUint32(12, Math.floor(sector / 4294967296), true);
       this.viewC[slot]![0] = 0xff;
       driver.beginChain(false);
-      driver.addSegment(this.partA[slot]!, BLK_HEADER, false);
+      driver.addSegment(this.partA[slot]!, BLK_OUTHDR_BYTES, false);
       driver.addSegment(this.partB[slot]!, workload.blockSize, isRead);
       driver.addSegment(this.partC[slot]!, 1, true);
     }
@@ -213,7 +210,7 @@ export class QueueLoad {
         this.bytes += workload.bytes;
       } else {
         const status = this.viewC[slot]![0]!;
-        if (status !== 0) this.errors.note(`queue ${this.queue.index}: virtio-blk status ${status}`);
+        if (status !== BlkStatus.OK) this.errors.note(`queue ${this.queue.index}: virtio-blk status ${status}`);
         this.bytes += workload.blockSize;
       }
       this.freeSlots[this.freeCount++] = slot;

@@ -2,7 +2,7 @@
 // entries, config space, UUIDs): one decoder, checker and writer each, used by requests, replies
 // and the back-end channel alike.
 import { ConfigFlag, MAX_CONFIG_SIZE, MAX_MEMORY_REGIONS, RING_ALIGN, UUID_SIZE, VRING_IDX_MASK, VRING_NOFD_MASK, VringAddrFlag } from '../protocol.js';
-import type { FrontendRequest, IotlbEntry, MemoryRegion, MemoryRegionWithFd } from '../messages.js';
+import type { FrontendRequest, IotlbEntry, RegionDescription, RegionDescriptionWithFd } from '../messages.js';
 import { type Checker, type Reader, type Writer, U64_LIMIT, hex } from './wire.js';
 
 /** A memory region description: guest address, size, userspace address, mmap offset (u64 each). */
@@ -12,7 +12,7 @@ export const MEMORY_TABLE_HEADER = 8;
 /** GET_CONFIG / SET_CONFIG: u32 offset, u32 size, u32 flags before the config bytes. */
 export const CONFIG_HEADER = 12;
 
-export function decodeMemoryTable(check: Checker, r: Reader, size: number, fds: readonly number[]): MemoryRegionWithFd[] {
+export function decodeMemoryTable(check: Checker, r: Reader, size: number, fds: readonly number[]): RegionDescriptionWithFd[] {
   const count = r.u32();
   r.skip(4); // padding
   // Zero regions is legal: the spec sets no lower bound and the kernel's VHOST_SET_MEM_TABLE
@@ -21,19 +21,19 @@ export function decodeMemoryTable(check: Checker, r: Reader, size: number, fds: 
   const expected = MEMORY_TABLE_HEADER + REGION_SIZE * count;
   if (size !== expected) check.fail(`payload is ${size} bytes, expected ${expected} for ${count} regions`);
   if (fds.length !== count) check.fail(`${fds.length} fds for ${count} regions: "the size and ordering of the fds matches the number and ordering of memory regions"`);
-  const regions = Array.from({ length: count }, (_, i): MemoryRegionWithFd => ({ ...decodeRegion(r), fd: fds[i]! }));
+  const regions = Array.from({ length: count }, (_, i): RegionDescriptionWithFd => ({ ...decodeRegion(r), fd: fds[i]! }));
   regions.forEach((region, i) => checkRegion(check, region, `region ${i}`, true));
   checkDisjoint(check, regions, 'guestPhysAddr', 'guest-physical');
   checkDisjoint(check, regions, 'userspaceAddr', 'userspace');
   return regions;
 }
 
-export function decodeRegion(r: Reader): MemoryRegion {
+export function decodeRegion(r: Reader): RegionDescription {
   return { guestPhysAddr: r.u64(), memorySize: r.u64(), userspaceAddr: r.u64(), mmapOffset: r.u64() };
 }
 
 /** A region must have a size and must not wrap around the 64-bit address or file-offset space. */
-export function checkRegion(check: Checker, region: MemoryRegion, label: string, withOffset: boolean): void {
+export function checkRegion(check: Checker, region: RegionDescription, label: string, withOffset: boolean): void {
   const { guestPhysAddr, memorySize, userspaceAddr, mmapOffset } = region;
   if (memorySize === 0n) check.fail(`${label} has size 0`);
   if (guestPhysAddr + memorySize > U64_LIMIT) check.fail(`${label} guest range ${hex(guestPhysAddr)} + ${hex(memorySize)} wraps past 2^64`);
@@ -42,7 +42,7 @@ export function checkRegion(check: Checker, region: MemoryRegion, label: string,
 }
 
 /** Two regions claiming the same guest or userspace bytes would make translation ambiguous. */
-export function checkDisjoint(check: Checker, regions: readonly MemoryRegion[], key: 'guestPhysAddr' | 'userspaceAddr', what: string): void {
+export function checkDisjoint(check: Checker, regions: readonly RegionDescription[], key: 'guestPhysAddr' | 'userspaceAddr', what: string): void {
   const sorted = [...regions].sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0));
   for (let i = 1; i < sorted.length; i++) {
     const previous = sorted[i - 1]!;
@@ -53,7 +53,7 @@ export function checkDisjoint(check: Checker, regions: readonly MemoryRegion[], 
   }
 }
 
-export function writeRegion(writer: Writer, region: MemoryRegion): Writer {
+export function writeRegion(writer: Writer, region: RegionDescription): Writer {
   return writer
     .u64(region.guestPhysAddr, 'guestPhysAddr')
     .u64(region.memorySize, 'memorySize')

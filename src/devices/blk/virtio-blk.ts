@@ -29,6 +29,9 @@ export const BlkRequestType = {
   WRITE_ZEROES: 13,
 } as const;
 
+/** Bytes of struct virtio_blk_outhdr (le32 type, le32 reserved, le64 sector) that start every request. */
+export const BLK_OUTHDR_BYTES = 16;
+
 /** Status byte values (§5.2.6). */
 export const BlkStatus = { OK: 0, IOERR: 1, UNSUPP: 2 } as const;
 
