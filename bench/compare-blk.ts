@@ -1,10 +1,11 @@
 // npm run bench:blk [-- --quick] — vhost-user-blk back-ends side by side, in one run, on one
 // image: ours (null and io_uring engines, each poll mode), qemu-storage-daemon (null-co and
-// file with aio=io_uring, O_DIRECT like ours) and raw fio on the same file. 4 KiB random reads
+// file with aio=io_uring, O_DIRECT like ours) and raw fio on the same file; and on the page cache,
+// ours `--engine threads` against QSD `aio=threads`. 4 KiB random reads
 // at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints the
 // absolute figures and the ratios ours/QSD and ours/fio, and writes JSON to results/.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -77,6 +78,30 @@ async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: n
   return { socket, pid: daemon.pid, stop: () => daemon.stop() };
 }
 
+// Thread-pool engines on the page cache: ours `--engine threads` against QSD `aio=threads`.
+async function oursThreads(mode: string): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const args = ['--engine', 'threads', '--disk', image, '--cpus', BACKEND_CPU, '--poll', mode];
+  return spawnBlkBackend(join(work, `ours-threads-${mode}.sock`), args, { taskset: BACKEND_CPU });
+}
+
+async function qsdThreads(): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const socket = join(work, 'qsd-threads.sock');
+  const blockdev = `driver=file,node-name=file0,filename=${image},aio=threads,cache.direct=off`;
+  const daemon = await startStorageDaemon({ image, socketPath: socket, blockdev, cpus: BACKEND_CPU });
+  return { socket, pid: daemon.pid, stop: () => daemon.stop() };
+}
+
+/** Reads the whole image once so that the page-cache rows measure the engines, not the disk. */
+function warmPageCache(): void {
+  const fd = openSync(image, 'r');
+  const chunk = Buffer.alloc(1 << 20);
+  try {
+    for (let at = 0; readSync(fd, chunk, 0, chunk.length, at) > 0; at += chunk.length);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
   const r: BenchResult = await runBench(randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid }));
   if (r.errors > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd}: ${r.errors} request errors`);
@@ -135,6 +160,10 @@ async function main(): Promise<void> {
   }
   configs.push({ name: 'qsd null-co', start: () => qsd('null-co'), backend: 'qsd', engine: 'null', mode: 'event loop' });
   configs.push({ name: 'qsd file', start: () => qsd('file'), backend: 'qsd', engine: 'io_uring', mode: 'event loop' });
+  for (const mode of ['interrupt', 'adaptive']) {
+    configs.push({ name: `ours threads ${mode}`, start: () => (warmPageCache(), oursThreads(mode)), backend: 'ours', engine: 'threads', mode });
+  }
+  configs.push({ name: 'qsd threads', start: () => (warmPageCache(), qsdThreads()), backend: 'qsd', engine: 'threads', mode: 'event loop' });
   for (const config of configs) {
     if (only && !only.test(config.name)) continue;
     const server = await config.start();

@@ -1,41 +1,49 @@
-// The shared memory of a thread-pool ring (thread-ring.ts), read and written by three kinds of
-// thread: the polling worker that owns the ring (it produces submissions and consumes
-// completions), the dispatcher (thread-dispatcher.ts: consumes submissions, runs pool tasks)
-// and the pool threads (thread-task.ts: produce completions).
+// The shared memory of a thread-pool ring (thread-ring.ts), read and written by the polling
+// worker that owns the ring (it produces submissions and consumes completions) and the pool
+// threads (thread-task.ts: each consumes its own lane of submissions and produces completions).
 //
-// Control words (Int32Array; producer and consumer words on separate 64-byte lines):
-//   SQ_TAIL  submission words written (poller)      SQ_HEAD  submission words consumed (dispatcher)
-//   IDLE     1 while the dispatcher may sleep: the poller then writes the submit eventfd
+// Control words (Int32Array; words written by different threads sit on separate 64-byte lines):
 //   CQ_RESERVED  completion entries reserved by pool threads (Atomics.add)
 //   DONE     records finished: completions published and the completion eventfd written (the
 //            poller waits on it in wait() and close())
-//   STATE    dispatcher state (DispatcherState)      EXIT  the poller asks the dispatcher to end
+//   STATE    pool state (PoolState)                 EXIT  the poller asks the lanes to end
+//   per lane (laneWord(lane, LaneWord.X)):
+//     TAIL      submission words written (poller; pool threads Atomics.wait on it)
+//     HEAD      submission words consumed (the lane's thread)
+//     IDLE      1 while the lane's thread may sleep: the poller then notifies TAIL
+//     COMPLETED records the lane finished (the poller sends new records to the least busy lane)
 //
-// Submission ring (Uint32Array of SQ_WORDS words): one message per record,
+// Submission lanes (Uint32Array, LANE_WORDS words per lane): one message per record,
 //   [region generation][the 8 SQE words of native/ring/uring.cc][iovec count × 4 IOVEC words],
 // word 6 of the SQE (first iovec) meaning nothing here: the iovecs follow the SQE. A message
 // never wraps: when it does not fit before the end, the producer writes PAD and starts over.
 //
-// Completion ring (Int32Array of CQ_ENTRIES × CQ_ENTRY_WORDS): entry p % CQ_ENTRIES holds
+// Completion ring (Int32Array of cqEntries × CQ_ENTRY_WORDS): entry p % cqEntries holds
 // [sequence p + 1, user_data, res]; a pool thread fills it and then stores the sequence, so the
 // poller reads entries in order once their sequence matches. The poller keeps at most
-// CQ_ENTRIES records in flight, so a producer never laps it.
+// cqEntries records in flight, so a producer never laps it.
 import type { MessagePort } from 'node:worker_threads';
 
-export const CONTROL_WORDS = 16 * 8;
 export const Control = {
-  SQ_TAIL: 0,
-  SQ_HEAD: 16,
-  IDLE: 32,
-  CQ_RESERVED: 48,
-  DONE: 64,
-  STATE: 80,
-  EXIT: 96,
+  CQ_RESERVED: 0,
+  DONE: 16,
+  STATE: 32,
+  EXIT: 48,
 } as const;
+export const LaneWord = { TAIL: 0, HEAD: 16, IDLE: 32, COMPLETED: 48 } as const;
+const LANES_BASE = 64;
+const LANE_STRIDE = 64;
+export const MAX_LANES = 32;
+export const CONTROL_WORDS = LANES_BASE + MAX_LANES * LANE_STRIDE;
 
-export const DispatcherState = { STARTING: 0, READY: 1, FAILED: 2 } as const;
+export function laneWord(lane: number, word: number): number {
+  return LANES_BASE + lane * LANE_STRIDE + word;
+}
 
-export const SQ_WORDS = 1 << 16;
+export const PoolState = { RUNNING: 0, FAILED: 1 } as const;
+
+/** Submission words per lane: room for many messages of the largest kind (9 + 4 × 1024 words). */
+export const LANE_WORDS = 1 << 14;
 /** Words before the iovecs of a message: the generation and the SQE. */
 export const MESSAGE_HEADER_WORDS = 9;
 export const PAD = 0xffffffff;
@@ -48,33 +56,26 @@ export const Opcode = { READV: 1, WRITEV: 2 } as const;
 /** IOV_MAX: the most iovecs a record may have (as the io_uring ring checks). */
 export const MAX_IOVECS = 1024;
 
+/** The shared buffers and fds of one ring. */
+export interface RingShared {
+  control: SharedArrayBuffer;
+  lanes: SharedArrayBuffer;
+  cq: SharedArrayBuffer;
+  cqEntries: number;
+  completionFd: number;
+}
+
 /** What the dispatcher is started with (structured-cloned; the buffers are shared). */
-export interface DispatcherInit {
-  control: SharedArrayBuffer;
-  sq: SharedArrayBuffer;
-  cq: SharedArrayBuffer;
-  cqEntries: number;
-  submitFd: number;
-  completionFd: number;
+export interface DispatcherInit extends RingShared {
   threads: number;
-  /** Region lists arrive here as { generation, regions }, before any record that uses them. */
+  /** One per lane: region lists arrive as { generation, regions } before any record that uses them. */
+  regionPorts: MessagePort[];
+}
+
+/** The one long task each pool thread runs: serve lane `lane` until EXIT. */
+export interface LaneTask {
+  lane: number;
   regionPort: MessagePort;
-}
-
-/** What each pool thread is started with. */
-export interface TaskInit {
-  control: SharedArrayBuffer;
-  cq: SharedArrayBuffer;
-  cqEntries: number;
-  completionFd: number;
-}
-
-/** One batch of records for one pool task (the iovec indexes point into `iovecs`). */
-export interface BlockIoTask {
-  regions: SharedArrayBuffer[];
-  sqes: Uint32Array;
-  iovecs: Uint32Array;
-  count: number;
 }
 
 /** Publishes `count` completions (user_data from the records, results) and signals the poller. */
@@ -82,6 +83,7 @@ export function publishCompletions(
   control: Int32Array,
   cq: Int32Array,
   cqEntries: number,
+  lane: number,
   sqes: Uint32Array,
   results: Int32Array,
   count: number,
@@ -97,6 +99,7 @@ export function publishCompletions(
     cq[entry + 2] = results[i]!;
     Atomics.store(cq, entry, (position + 1) | 0);
   }
+  Atomics.add(control, laneWord(lane, LaneWord.COMPLETED), count);
   eventfdWrite(completionFd, 1);
   // After the eventfd write: close() waits for DONE, so the fd is never written once closed.
   Atomics.add(control, Control.DONE, count);

@@ -6,31 +6,35 @@
 // Threads. The polling worker that owns this ring never turns its event loop, and piscina
 // dispatches and tracks tasks on the event loop of the thread that owns the pool. So the pool
 // belongs to a dispatcher, a small worker thread of its own (thread-dispatcher.ts) whose loop
-// runs free: it sleeps on the submit eventfd, drains the submission ring and runs one pool task
-// per batch; the task (thread-task.ts) calls native blockIo, publishes completions into the
-// completion ring and writes the completion eventfd (the engine's completionFd, so interrupt and
-// adaptive workers wake on it). Records and completions travel through SharedArrayBuffers
-// (layout: thread-ring-layout.ts): submit() and reap() allocate nothing and make at most one
-// native call (an eventfd write, only when the dispatcher said it may sleep).
+// runs free; it gives each pool thread one long task (thread-task.ts) that serves a submission
+// lane. submit() writes each record into the least busy lane and wakes that lane's thread with
+// Atomics.notify only if it said it may sleep; the thread runs the records through native
+// blockIo, publishes completions into the completion ring and writes the completion eventfd
+// (the engine's completionFd, so interrupt and adaptive workers wake on it). Records and
+// completions travel through SharedArrayBuffers (layout: thread-ring-layout.ts): submit() and
+// reap() allocate nothing and make no native call.
 //
-// Memory. The region list travels to the dispatcher as a message tagged with a generation;
-// every record carries the generation it was built against, and each task carries its list,
-// which keeps the regions mapped until the task is done.
+// Memory. Region lists travel to each lane as messages tagged with a generation; every record
+// carries the generation it was built against, and a lane holds the list it is using, which
+// keeps those regions mapped until its records are done.
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { native, type Uring } from '../../native.js';
 import {
   CONTROL_WORDS,
   CQ_ENTRY_WORDS,
   Control,
-  DispatcherState,
   IOVEC_WORDS,
+  LANE_WORDS,
+  LaneWord,
   MAX_IOVECS,
+  MAX_LANES,
   MESSAGE_HEADER_WORDS,
   Opcode,
   PAD,
+  PoolState,
   SQE_WORDS,
-  SQ_WORDS,
   Sqe,
+  laneWord,
   type DispatcherInit,
 } from './thread-ring-layout.js';
 
@@ -40,7 +44,7 @@ const EINVAL = 22;
 const WAIT_SLICE_MS = 200;
 
 export interface ThreadPoolRingOptions {
-  /** Pool threads (each runs one batch of blocking syscalls at a time). */
+  /** Pool threads, one submission lane each (each runs one blocking syscall at a time). */
   threads: number;
   /** Records in flight at most (rounded up to a power of two), like io_uring's completion queue. */
   entries: number;
@@ -48,18 +52,21 @@ export interface ThreadPoolRingOptions {
 
 export class ThreadPoolRing implements Uring {
   private readonly control: Int32Array;
-  private readonly sq: Uint32Array;
+  private readonly lanes: Uint32Array;
+  private readonly laneCount: number;
   private readonly cq: Int32Array;
   private readonly cqMask: number;
-  private readonly submitFd: number;
   private readonly completionFd: number;
-  private readonly regionPort: MessagePort;
+  private readonly regionPorts: MessagePort[];
   private readonly dispatcher: Worker;
   private generation = 1;
-  private sqTail = 0;
+  // Per lane: the poller's tail, records handed over (wrapping), and the lane's busy count in one submit().
+  private readonly laneTails: Int32Array;
+  private readonly laneSubmitted: Int32Array;
+  private readonly laneBusy: Int32Array;
   private cqHead = 0;
   private inFlight = 0;
-  /** Records handed to the dispatcher since the start (wraps like the DONE counter). */
+  /** Records handed to the lanes since the start (wraps like the DONE counter). */
   private queuedTotal = 0;
   // Records refused by the checks, reported by the next reap() (FIFO).
   private readonly immediateUserData: Int32Array;
@@ -68,47 +75,41 @@ export class ThreadPoolRing implements Uring {
   private immediateCount = 0;
   private closed = false;
 
-  private constructor(init: DispatcherInit, dispatcher: Worker, regionPort: MessagePort) {
+  private constructor(init: DispatcherInit, dispatcher: Worker, regionPorts: MessagePort[]) {
     this.control = new Int32Array(init.control);
-    this.sq = new Uint32Array(init.sq);
+    this.lanes = new Uint32Array(init.lanes);
+    this.laneCount = init.threads;
     this.cq = new Int32Array(init.cq);
     this.cqMask = init.cqEntries - 1;
-    this.submitFd = init.submitFd;
     this.completionFd = init.completionFd;
     this.dispatcher = dispatcher;
-    this.regionPort = regionPort;
+    this.regionPorts = regionPorts;
+    this.laneTails = new Int32Array(init.threads);
+    this.laneSubmitted = new Int32Array(init.threads);
+    this.laneBusy = new Int32Array(init.threads);
     this.immediateUserData = new Int32Array(init.cqEntries);
     this.immediateResults = new Int32Array(init.cqEntries);
   }
 
-  /** Starts the dispatcher and its pool; resolves once they are ready to take records. */
+  /** Starts the dispatcher and its pool; resolves once the pool's lanes are being served. */
   static async open(options: ThreadPoolRingOptions): Promise<ThreadPoolRing> {
-    if (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > 64) {
-      throw new RangeError(`threads must be an integer in [1, 64], got ${options.threads}`);
+    if (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > MAX_LANES) {
+      throw new RangeError(`threads must be an integer in [1, ${MAX_LANES}], got ${options.threads}`);
     }
     let cqEntries = 1;
     while (cqEntries < 2 * options.entries) cqEntries *= 2;
-    const submitFd = native.eventfdCreate(0);
-    let completionFd = -1;
-    try {
-      completionFd = native.eventfdCreate(0);
-    } catch (error) {
-      native.close(submitFd);
-      throw error;
-    }
-    const { port1, port2 } = new MessageChannel();
+    const completionFd = native.eventfdCreate(0);
+    const ports = Array.from({ length: options.threads }, () => new MessageChannel());
     const init: DispatcherInit = {
       control: new SharedArrayBuffer(CONTROL_WORDS * 4),
-      sq: new SharedArrayBuffer(SQ_WORDS * 4),
+      lanes: new SharedArrayBuffer(options.threads * LANE_WORDS * 4),
       cq: new SharedArrayBuffer(cqEntries * CQ_ENTRY_WORDS * 4),
       cqEntries,
-      submitFd,
       completionFd,
       threads: options.threads,
-      regionPort: port2,
+      regionPorts: ports.map((channel) => channel.port2),
     };
-    Atomics.store(new Int32Array(init.control), Control.IDLE, 1);
-    const dispatcher = new Worker(new URL('./thread-dispatcher.js', import.meta.url), { workerData: init, transferList: [port2] });
+    const dispatcher = new Worker(new URL('./thread-dispatcher.js', import.meta.url), { workerData: init, transferList: init.regionPorts });
     try {
       await new Promise<void>((resolve, reject) => {
         dispatcher.once('message', () => resolve());
@@ -116,17 +117,16 @@ export class ThreadPoolRing implements Uring {
         dispatcher.once('exit', (code) => reject(new Error(`the threads engine's dispatcher exited (code ${code}) before it was ready`)));
       });
     } catch (error) {
-      // The dispatcher owns the fds once ready; before that they are ours to close.
+      // The dispatcher owns the eventfd once ready; before that it is ours to close.
       await dispatcher.terminate();
-      native.close(submitFd);
       native.close(completionFd);
-      port1.close();
+      for (const channel of ports) channel.port1.close();
       throw error;
     }
     dispatcher.removeAllListeners();
     // A stuck dispatcher must not keep the worker alive; it ends with its parent.
     dispatcher.unref();
-    return new ThreadPoolRing(init, dispatcher, port1);
+    return new ThreadPoolRing(init, dispatcher, ports.map((channel) => channel.port1));
   }
 
   setRegions(regions: SharedArrayBuffer[]): void {
@@ -135,8 +135,8 @@ export class ThreadPoolRing implements Uring {
       if (!(region instanceof SharedArrayBuffer)) throw new TypeError('regions must be SharedArrayBuffers');
     }
     this.generation = this.generation === 0x7fffffff ? 1 : this.generation + 1;
-    // Sent before any record that names this generation, so the dispatcher always finds it.
-    this.regionPort.postMessage({ generation: this.generation, regions: [...regions] });
+    // Sent before any record that names this generation, so every lane finds it.
+    for (const port of this.regionPorts) port.postMessage({ generation: this.generation, regions: [...regions] });
   }
 
   submit(sqes: Uint32Array, iovecs: Uint32Array, count: number): number {
@@ -144,11 +144,16 @@ export class ThreadPoolRing implements Uring {
     if (!Number.isInteger(count) || count < 0 || count * SQE_WORDS > sqes.length) {
       throw new RangeError(`count must be an integer in [0, ${Math.floor(sqes.length / SQE_WORDS)}], got ${count}`);
     }
-    const sq = this.sq;
+    const control = this.control;
+    const lanes = this.lanes;
+    const laneCount = this.laneCount;
     const iovecRecords = Math.floor(iovecs.length / IOVEC_WORDS);
     const budget = this.cqMask + 1;
-    let head = Atomics.load(this.control, Control.SQ_HEAD);
-    let tail = this.sqTail;
+    // Each lane's backlog now; records go to the least busy one.
+    for (let lane = 0; lane < laneCount; lane++) {
+      this.laneBusy[lane] = (this.laneSubmitted[lane]! - Atomics.load(control, laneWord(lane, LaneWord.COMPLETED))) | 0;
+    }
+    let touched = 0;
     let queued = 0;
     for (; queued < count; queued++) {
       if (this.inFlight + this.immediateCount >= budget) break;
@@ -157,44 +162,50 @@ export class ThreadPoolRing implements Uring {
       let iovecCount = 0;
       if (opcode === Opcode.READV || opcode === Opcode.WRITEV) {
         iovecCount = sqes[record + Sqe.IOVEC_COUNT]!;
-        const first = sqes[record + Sqe.FIRST_IOVEC]!;
         if (iovecCount > MAX_IOVECS) {
           this.refuse(sqes[record + Sqe.USER_DATA]!, -EINVAL);
           continue;
         }
-        if (first + iovecCount > iovecRecords) {
+        if (sqes[record + Sqe.FIRST_IOVEC]! + iovecCount > iovecRecords) {
           this.refuse(sqes[record + Sqe.USER_DATA]!, -EFAULT);
           continue;
         }
       }
+      let lane = 0;
+      for (let other = 1; other < laneCount; other++) if (this.laneBusy[other]! < this.laneBusy[lane]!) lane = other;
       const words = MESSAGE_HEADER_WORDS + iovecCount * IOVEC_WORDS;
-      let at = tail & (SQ_WORDS - 1);
-      const pad = at + words > SQ_WORDS ? SQ_WORDS - at : 0;
-      if (SQ_WORDS - ((tail - head) >>> 0) < pad + words) {
-        head = Atomics.load(this.control, Control.SQ_HEAD);
-        if (SQ_WORDS - ((tail - head) >>> 0) < pad + words) break;
-      }
+      let tail = this.laneTails[lane]!;
+      let at = tail & (LANE_WORDS - 1);
+      const pad = at + words > LANE_WORDS ? LANE_WORDS - at : 0;
+      const head = Atomics.load(control, laneWord(lane, LaneWord.HEAD));
+      if (LANE_WORDS - ((tail - head) >>> 0) < pad + words) break; // that lane is full: the rest waits
+      const base = lane * LANE_WORDS;
       if (pad > 0) {
-        sq[at] = PAD;
+        lanes[base + at] = PAD;
         tail = (tail + pad) | 0;
         at = 0;
       }
-      sq[at] = this.generation;
-      for (let w = 0; w < SQE_WORDS; w++) sq[at + 1 + w] = sqes[record + w]!;
+      const to = base + at;
+      lanes[to] = this.generation;
+      for (let w = 0; w < SQE_WORDS; w++) lanes[to + 1 + w] = sqes[record + w]!;
       if (iovecCount > 0) {
         const from = sqes[record + Sqe.FIRST_IOVEC]! * IOVEC_WORDS;
         const end = iovecCount * IOVEC_WORDS;
-        for (let w = 0; w < end; w++) sq[at + MESSAGE_HEADER_WORDS + w] = iovecs[from + w]!;
+        for (let w = 0; w < end; w++) lanes[to + MESSAGE_HEADER_WORDS + w] = iovecs[from + w]!;
       }
-      tail = (tail + words) | 0;
+      this.laneTails[lane] = (tail + words) | 0;
+      this.laneSubmitted[lane] = (this.laneSubmitted[lane]! + 1) | 0;
+      this.laneBusy[lane]++;
+      touched |= 1 << lane;
       this.inFlight++;
       this.queuedTotal = (this.queuedTotal + 1) | 0;
     }
-    if (tail !== this.sqTail) {
-      this.sqTail = tail;
-      Atomics.store(this.control, Control.SQ_TAIL, tail);
-      // Dekker with the dispatcher (it stores IDLE, then re-reads SQ_TAIL): one of us sees the other.
-      if (Atomics.compareExchange(this.control, Control.IDLE, 1, 0) === 1) native.eventfdWrite(this.submitFd, 1);
+    for (let lane = 0; touched !== 0; lane++, touched >>>= 1) {
+      if ((touched & 1) === 0) continue;
+      const tailWord = laneWord(lane, LaneWord.TAIL);
+      Atomics.store(control, tailWord, this.laneTails[lane]!);
+      // The lane's thread stores IDLE, then re-reads TAIL before it waits on it: one of us sees the other.
+      if (Atomics.compareExchange(control, laneWord(lane, LaneWord.IDLE), 1, 0) === 1) Atomics.notify(control, tailWord);
     }
     return queued;
   }
@@ -246,19 +257,19 @@ export class ThreadPoolRing implements Uring {
 
   /**
    * Waits for every record handed over to finish (a read still running writes into guest
-   * memory), then lets the dispatcher end; it closes both eventfds once its pool is gone.
-   * Idempotent.
+   * memory), then lets the lanes end; the dispatcher ends the pool and closes the completion
+   * eventfd. Idempotent.
    */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     while (Atomics.load(this.control, Control.DONE) !== this.queuedTotal) {
-      if (Atomics.load(this.control, Control.STATE) === DispatcherState.FAILED) break;
+      if (Atomics.load(this.control, Control.STATE) === PoolState.FAILED) break;
       Atomics.wait(this.control, Control.DONE, Atomics.load(this.control, Control.DONE), WAIT_SLICE_MS);
     }
-    this.regionPort.close();
+    for (const port of this.regionPorts) port.close();
     Atomics.store(this.control, Control.EXIT, 1);
-    native.eventfdWrite(this.submitFd, 1);
+    for (let lane = 0; lane < this.laneCount; lane++) Atomics.notify(this.control, laneWord(lane, LaneWord.TAIL));
   }
 
   /** The dispatcher thread, for tests (e.g. to check it ends after close()). */
@@ -290,8 +301,8 @@ export class ThreadPoolRing implements Uring {
   }
 
   private checkDispatcher(): void {
-    if (Atomics.load(this.control, Control.STATE) === DispatcherState.FAILED) {
-      throw new Error("the threads engine's dispatcher failed; its requests cannot complete");
+    if (Atomics.load(this.control, Control.STATE) === PoolState.FAILED) {
+      throw new Error("the threads engine's pool failed; its requests cannot complete");
     }
   }
 }
