@@ -7,6 +7,7 @@
 //   DONE     records finished: completions published and the completion eventfd written (the
 //            poller waits on it in wait() and close())
 //   STATE    pool state (PoolState)                 EXIT  the poller asks the lanes to end
+//   GENERATION  the newest region list's generation, stored after it was posted to every lane
 //   per lane (laneWord(lane, LaneWord.X)):
 //     TAIL      submission words written (poller; pool threads Atomics.wait on it)
 //     HEAD      submission words consumed (the lane's thread)
@@ -29,6 +30,7 @@ export const Control = {
   DONE: 16,
   STATE: 32,
   EXIT: 48,
+  GENERATION: 56,
 } as const;
 export const LaneWord = { TAIL: 0, HEAD: 16, IDLE: 32, COMPLETED: 48 } as const;
 const LANES_BASE = 64;

@@ -16,7 +16,8 @@
 //
 // Memory. Region lists travel to each lane as messages tagged with a generation; every record
 // carries the generation it was built against, and a lane holds the list it is using, which
-// keeps those regions mapped until its records are done.
+// keeps those regions mapped until its records are done. An idle lane catches up with the
+// newest list, so an old table's mappings are not kept alive by lanes that had no work.
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { native, type Uring } from '../../native.js';
 import {
@@ -59,7 +60,7 @@ export class ThreadPoolRing implements Uring {
   private readonly completionFd: number;
   private readonly regionPorts: MessagePort[];
   private readonly dispatcher: Worker;
-  private generation = 1;
+  private generation = 0;
   // Per lane: the poller's tail, records handed over (wrapping), and the lane's busy count in one submit().
   private readonly laneTails: Int32Array;
   private readonly laneSubmitted: Int32Array;
@@ -134,9 +135,13 @@ export class ThreadPoolRing implements Uring {
     for (const region of regions) {
       if (!(region instanceof SharedArrayBuffer)) throw new TypeError('regions must be SharedArrayBuffers');
     }
-    this.generation = this.generation === 0x7fffffff ? 1 : this.generation + 1;
-    // Sent before any record that names this generation, so every lane finds it.
+    // Never PAD (2^32 - 1): a table change per microsecond would take over an hour to get there.
+    this.generation++;
+    // Sent before any record that names this generation, so every lane finds it; then idle lanes
+    // are woken to take it and drop the lists before it (they keep guest memory mapped).
     for (const port of this.regionPorts) port.postMessage({ generation: this.generation, regions: [...regions] });
+    Atomics.store(this.control, Control.GENERATION, this.generation);
+    for (let lane = 0; lane < this.laneCount; lane++) Atomics.notify(this.control, laneWord(lane, LaneWord.TAIL));
   }
 
   submit(sqes: Uint32Array, iovecs: Uint32Array, count: number): number {

@@ -51,9 +51,16 @@ export default function serveLane(task: LaneTask): number {
   let head = Atomics.load(control, headWord);
   let served = 0;
   for (;;) {
+    // Read before TAIL: a record that is not in the lane yet is built against this list or a newer one.
+    const newest = Atomics.load(control, Control.GENERATION);
     let tail = Atomics.load(control, tailWord);
     if (tail === head) {
       if (Atomics.load(control, Control.EXIT) === 1) return served;
+      if (newest !== generation) {
+        // Nothing queued here needs an older list: drop it (it keeps an old table mapped).
+        regions = regionsFor(task, newest);
+        generation = newest;
+      }
       // Say we may sleep, then look again: the poller stores TAIL, then reads IDLE.
       Atomics.store(control, idleWord, 1);
       tail = Atomics.load(control, tailWord);
