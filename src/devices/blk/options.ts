@@ -93,8 +93,8 @@ export function validateHandlerOptions(raw: unknown): BlkHandlerOptions {
     throw new RangeError(`directAlignment must be a power of two in [512, 65536], got ${alignment}`);
   }
   const threads = options.threads ?? 4;
-  if (!Number.isInteger(threads) || threads < 1 || threads > 64) {
-    throw new RangeError(`threads must be an integer in [1, 64], got ${threads}`);
+  if (!Number.isInteger(threads) || threads < 1 || threads > 32) {
+    throw new RangeError(`threads must be an integer in [1, 32], got ${threads}`);
   }
   const entries = options.ringEntries ?? 256;
   if (!Number.isInteger(entries) || entries < 1 || entries > 32768) {

@@ -41,7 +41,7 @@ import {
 
 const EFAULT = 14;
 const EINVAL = 22;
-/** How long close() and wait() sleep between checks that the dispatcher is still alive. */
+/** How long close() and wait() sleep between checks that the pool has not failed. */
 const WAIT_SLICE_MS = 200;
 
 export interface ThreadPoolRingOptions {
