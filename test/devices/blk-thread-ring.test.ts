@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { once } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ThreadPoolRing } from '../../dist/devices/blk/thread-ring.js';
+import { BlkRig, S, mismatch, pattern } from './blk-rig.js';
 
 const Op = { NOP: 0, READV: 1, WRITEV: 2, FDATASYNC: 4 };
 const EFAULT = 14;
@@ -149,6 +150,18 @@ describe('ThreadPoolRing', () => {
     r.close(); // idempotent
     expect(() => r.submit(sqes, iovecs, 1)).toThrow(/closed/);
     expect(await exited).toBe(0);
+    expect(await settledFds()).toBe(baseline);
+  });
+
+  it('a data plane on the threads engine leaves no fd behind once stopped (worker, dispatcher and pool gone)', async () => {
+    const baseline = await settledFds();
+    const rig = await BlkRig.start({ engine: { engine: 'threads', path, threads: 3 }, capacityBytes: 1 << 20, mode: 'interrupt' }, dir);
+    const guest = await rig.connect();
+    const data = pattern(65536, 51);
+    expect((await guest.write(0, data)).status).toBe(S.OK);
+    expect(mismatch((await guest.read(0, data.length)).data, data)).toBe(-1);
+    guest.close();
+    await rig.stop(false);
     expect(await settledFds()).toBe(baseline);
   });
 });

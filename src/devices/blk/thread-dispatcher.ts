@@ -1,8 +1,8 @@
 // The threads engine's dispatcher: a worker thread whose event loop runs free (unlike the
 // polling worker that started it), so it can own a piscina pool. It runs one lane task per pool
 // thread (thread-task.ts), which the polling worker then feeds directly through shared memory;
-// when the ring closes the lanes return, and the dispatcher ends the pool, closes the
-// completion eventfd and exits. A lane task that fails marks the pool FAILED, so the poller
+// when the ring closes the lanes return, and the dispatcher ends the pool and exits (closing
+// the completion eventfd if the ring could not: see ThreadPoolRing.close). A lane task that fails marks the pool FAILED, so the poller
 // stops waiting for completions that cannot come.
 import { parentPort, workerData } from 'node:worker_threads';
 import { Piscina } from 'piscina';
@@ -31,7 +31,7 @@ async function main(): Promise<void> {
   parentPort!.postMessage('ready');
   await Promise.all(lanes);
   await pool.destroy();
-  native.close(init.completionFd);
+  if (Atomics.load(control, Control.FD_CLOSED) === 0) native.close(init.completionFd);
 }
 
 process.on('uncaughtException', failed);

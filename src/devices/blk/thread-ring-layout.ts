@@ -8,6 +8,7 @@
 //            poller waits on it in wait() and close())
 //   STATE    pool state (PoolState)                 EXIT  the poller asks the lanes to end
 //   GENERATION  the newest region list's generation, stored after it was posted to every lane
+//   FD_CLOSED  1 once the poller closed the completion eventfd itself (else the dispatcher does)
 //   per lane (laneWord(lane, LaneWord.X)):
 //     TAIL      submission words written (poller; pool threads Atomics.wait on it)
 //     HEAD      submission words consumed (the lane's thread)
@@ -24,6 +25,7 @@
 // poller reads entries in order once their sequence matches. The poller keeps at most
 // cqEntries records in flight, so a producer never laps it.
 import type { MessagePort } from 'node:worker_threads';
+import { native } from '../../native.js';
 
 export const Control = {
   CQ_RESERVED: 0,
@@ -31,6 +33,7 @@ export const Control = {
   STATE: 32,
   EXIT: 48,
   GENERATION: 56,
+  FD_CLOSED: 60,
 } as const;
 export const LaneWord = { TAIL: 0, HEAD: 16, IDLE: 32, COMPLETED: 48 } as const;
 const LANES_BASE = 64;
@@ -90,7 +93,6 @@ export function publishCompletions(
   results: Int32Array,
   count: number,
   completionFd: number,
-  eventfdWrite: (fd: number, value: number) => boolean,
 ): void {
   const first = Atomics.add(control, Control.CQ_RESERVED, count);
   const mask = cqEntries - 1;
@@ -102,7 +104,7 @@ export function publishCompletions(
     Atomics.store(cq, entry, (position + 1) | 0);
   }
   Atomics.add(control, laneWord(lane, LaneWord.COMPLETED), count);
-  eventfdWrite(completionFd, 1);
+  native.eventfdWrite(completionFd, 1);
   // After the eventfd write: close() waits for DONE, so the fd is never written once closed.
   Atomics.add(control, Control.DONE, count);
   Atomics.notify(control, Control.DONE);

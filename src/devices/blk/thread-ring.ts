@@ -262,15 +262,24 @@ export class ThreadPoolRing implements Uring {
 
   /**
    * Waits for every record handed over to finish (a read still running writes into guest
-   * memory), then lets the lanes end; the dispatcher ends the pool and closes the completion
-   * eventfd. Idempotent.
+   * memory), closes the completion eventfd (no lane writes it any more), then lets the lanes
+   * end; the dispatcher ends the pool. The polling worker may exit right after: the
+   * dispatcher's threads end with it. Idempotent.
    */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    let finished = true;
     while (Atomics.load(this.control, Control.DONE) !== this.queuedTotal) {
-      if (Atomics.load(this.control, Control.STATE) === PoolState.FAILED) break;
+      if (Atomics.load(this.control, Control.STATE) === PoolState.FAILED) {
+        finished = false; // a lane may still be mid-batch: leave the eventfd to the dispatcher
+        break;
+      }
       Atomics.wait(this.control, Control.DONE, Atomics.load(this.control, Control.DONE), WAIT_SLICE_MS);
+    }
+    if (finished) {
+      native.close(this.completionFd);
+      Atomics.store(this.control, Control.FD_CLOSED, 1);
     }
     for (const port of this.regionPorts) port.close();
     Atomics.store(this.control, Control.EXIT, 1);

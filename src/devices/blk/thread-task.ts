@@ -105,7 +105,7 @@ export default function serveLane(task: LaneTask): number {
     } catch {
       results.fill(-EIO, 0, count); // cannot happen with the ring's own arrays; fail the batch, not the lane
     }
-    publishCompletions(control, cq, shared.cqEntries, lane, sqes, results, count, shared.completionFd, native.eventfdWrite);
+    publishCompletions(control, cq, shared.cqEntries, lane, sqes, results, count, shared.completionFd);
     served += count;
   }
 }
