@@ -82,11 +82,17 @@ describe('ThreadPoolRing', () => {
     record(sqes, 2, Op.READV, 4096, 103, 1, 1);
     record(sqes, 3, Op.READV, 0, 104, 1025, 0); // more than IOV_MAX
     record(sqes, 4, Op.READV, 0, 105, 2, 1); // iovecs beyond the array
-    record(sqes, 5, 77, 0, 106, 0, 0); // unknown opcode: the pool's blockIo says EINVAL
+    record(sqes, 5, 77, 0, 106, 3, 0); // unknown opcode (its iovec words ignored): the pool's blockIo says EINVAL
     expect(ring.submit(sqes, iovecs, 2)).toBe(2);
     expect(reapAll(ring, 2)).toEqual(new Map([[101, 8192], [102, 0]]));
     expect(ring.submit(sqes.subarray(16), iovecs, 4)).toBe(4);
     expect(reapAll(ring, 4)).toEqual(new Map([[103, 8192], [104, -EINVAL], [105, -EFAULT], [106, -EINVAL]]));
+    // A NOP that claims iovecs, then a write on the same lane: the lane still parses the write.
+    record(sqes, 0, Op.NOP, 0, 107, 2, 0);
+    record(sqes, 1, Op.WRITEV, 65536, 108, 1, 0);
+    expect(ring.submit(sqes, iovecs, 2)).toBe(2);
+    expect(reapAll(ring, 2)).toEqual(new Map([[107, 0], [108, 8192]]));
+    expect(readFileSync(path).subarray(65536, 65536 + 8192).every((x) => x === 0x3c)).toBe(true);
     expect(new Uint8Array(memory, 16384, 8192).every((x) => x === 0x3c)).toBe(true);
     expect(readFileSync(path).subarray(4096, 4096 + 8192).every((x) => x === 0x3c)).toBe(true);
     expect(() => ring!.submit(sqes, iovecs, 7)).toThrow(RangeError);

@@ -193,6 +193,8 @@ export class ThreadPoolRing implements Uring {
       const to = base + at;
       lanes[to] = this.generation;
       for (let w = 0; w < SQE_WORDS; w++) lanes[to + 1 + w] = sqes[record + w]!;
+      // The lane parses messages by this count: it must be what was copied (0 unless READV/WRITEV).
+      lanes[to + 1 + Sqe.IOVEC_COUNT] = iovecCount;
       if (iovecCount > 0) {
         const from = sqes[record + Sqe.FIRST_IOVEC]! * IOVEC_WORDS;
         const end = iovecCount * IOVEC_WORDS;
