@@ -4,13 +4,14 @@
 // the same file — SPDK's aio bdev opens it O_DIRECT) and raw fio on the same file. 4 KiB random
 // reads at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints
 // the absolute figures, IOPS per back-end CPU-second, the ratios ours/QSD, ours/SPDK and
-// ours/fio, and writes JSON to results/. A "loadgen loopback" row gives the load generator's own
+// ours/fio, and writes JSON to results/. On the page cache, ours `--engine threads` against QSD
+// `aio=threads`. A "loadgen loopback" row gives the load generator's own
 // ceiling (it completes its own requests in its thread), so a reader can tell which side limits.
 //
 // SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
 // --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -127,6 +128,30 @@ async function stopProcess(pid: number): Promise<void> {
   if (alive()) process.kill(pid, 'SIGKILL');
 }
 
+// Thread-pool engines on the page cache: ours `--engine threads` against QSD `aio=threads`.
+async function oursThreads(mode: string): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const args = ['--engine', 'threads', '--disk', image, '--cpus', BACKEND_CPU, '--poll', mode];
+  return spawnBlkBackend(join(work, `ours-threads-${mode}.sock`), args, { taskset: BACKEND_CPU });
+}
+
+async function qsdThreads(): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const socket = join(work, 'qsd-threads.sock');
+  const blockdev = `driver=file,node-name=file0,filename=${image},aio=threads,cache.direct=off`;
+  const daemon = await startStorageDaemon({ image, socketPath: socket, blockdev, cpus: BACKEND_CPU });
+  return { socket, pid: daemon.pid, stop: () => daemon.stop() };
+}
+
+/** Reads the whole image once so that the page-cache rows measure the engines, not the disk. */
+function warmPageCache(): void {
+  const fd = openSync(image, 'r');
+  const chunk = Buffer.alloc(1 << 20);
+  try {
+    for (let at = 0; readSync(fd, chunk, 0, chunk.length, at) > 0; at += chunk.length);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
   const r: BenchResult = await runBench(randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid }));
   if (r.failures.length > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd} is not a valid measurement: ${r.failures.join('; ')}`);
@@ -190,6 +215,10 @@ async function main(): Promise<void> {
     configs.push({ name: 'spdk null', start: () => spdk('null'), backend: 'spdk', engine: 'null', mode: 'reactor' });
     configs.push({ name: 'spdk aio', start: () => spdk('aio'), backend: 'spdk', engine: 'aio', mode: 'reactor' });
   }
+  for (const mode of ['interrupt', 'adaptive']) {
+    configs.push({ name: `ours threads ${mode}`, start: () => (warmPageCache(), oursThreads(mode)), backend: 'ours', engine: 'threads', mode });
+  }
+  configs.push({ name: 'qsd threads', start: () => (warmPageCache(), qsdThreads()), backend: 'qsd', engine: 'threads', mode: 'event loop' });
   for (const config of configs) {
     if (only && !only.test(config.name)) continue;
     const server = await config.start();

@@ -108,6 +108,14 @@ export interface NativeRing {
 
   // io_uring (liburing), one ring per worker.
   Uring: UringConstructor;
+
+  // Blocking block I/O (the `threads` engine), for thread-pool threads only: never a polling worker.
+  /**
+   * Runs `count` SQE records (the Uring layout) in order with preadv/pwritev/fsync/fdatasync/
+   * fallocate, iovecs resolved against `regions`; results[i] = res (>= 0) or -errno. A record
+   * failing the Uring checks is not run: -EFAULT (bad iovec index, region or range) or -EINVAL.
+   */
+  blockIo(regions: SharedArrayBuffer[], sqes: Uint32Array, iovecs: Uint32Array, count: number, results: Int32Array): void;
 }
 
 /** The package root (this file is compiled to dist/native.js). */

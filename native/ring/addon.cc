@@ -101,6 +101,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ring::InitEventfd(env, exports);
   ring::InitThread(env, exports);
   ring::InitUring(env, exports);
+  ring::InitBlockIo(env, exports);
   return exports;
 }
 

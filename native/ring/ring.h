@@ -66,5 +66,6 @@ void InitMemory(Napi::Env env, Napi::Object exports);
 void InitEventfd(Napi::Env env, Napi::Object exports);
 void InitThread(Napi::Env env, Napi::Object exports);
 void InitUring(Napi::Env env, Napi::Object exports);
+void InitBlockIo(Napi::Env env, Napi::Object exports);
 
 }  // namespace ring

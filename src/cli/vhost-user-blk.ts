@@ -17,7 +17,9 @@ Storage:
   --disk FILE            disk image or block device (created sparse with --size if missing)
   --size SIZE            disk size: bytes or K/M/G/T suffix (default: the file's size; 64M
                          for the memory and null engines)
-  --engine NAME          io_uring (default with --disk) | memory (default without) | null
+  --engine NAME          auto (default with --disk: io_uring, or threads where io_uring is
+                         forbidden) | io_uring | threads (blocking I/O in a thread pool) |
+                         memory (default without --disk) | null
   --direct               open the image with O_DIRECT (bypass the host page cache)
   --read-only            refuse writes; advertise VIRTIO_BLK_F_RO
   --logical-block-size N 512 (default) or 4096
@@ -110,11 +112,12 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
   if (v.socket === undefined && listenFd === undefined) {
     throw new UsageError('--socket PATH or --socket-fd N is required (or start under systemd socket activation)');
   }
-  const engine = (v.engine ?? (v.disk ? 'io_uring' : 'memory')) as BlkEngineName;
-  if (!['io_uring', 'memory', 'null'].includes(engine)) throw new UsageError(`--engine must be io_uring, memory or null, not "${v.engine}"`);
-  if (engine === 'io_uring' && !v.disk) throw new UsageError('--engine io_uring needs --disk FILE');
-  if (engine !== 'io_uring' && v.disk) throw new UsageError(`--disk is only used by the io_uring engine, not ${engine}`);
-  if (v.direct && engine !== 'io_uring') throw new UsageError('--direct only applies to the io_uring engine');
+  const engine = (v.engine ?? (v.disk ? 'auto' : 'memory')) as BlkEngineName;
+  if (!['auto', 'io_uring', 'threads', 'memory', 'null'].includes(engine)) throw new UsageError(`--engine must be auto, io_uring, threads, memory or null, not "${v.engine}"`);
+  const diskEngine = engine === 'auto' || engine === 'io_uring' || engine === 'threads';
+  if (diskEngine && !v.disk) throw new UsageError(`--engine ${engine} needs --disk FILE`);
+  if (!diskEngine && v.disk) throw new UsageError(`--disk is only used by the auto, io_uring and threads engines, not ${engine}`);
+  if (v.direct && !diskEngine) throw new UsageError('--direct only applies to the auto, io_uring and threads engines');
   const poll = (v.poll ?? 'adaptive') as PollMode;
   if (!['busy', 'interrupt', 'adaptive'].includes(poll)) throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
   const queueSize = v['queue-size'] === undefined ? 256 : parseInteger(v['queue-size'], '--queue-size', 2, 32768);

@@ -24,7 +24,7 @@ type EngineName = BlkEngineOptions['engine'];
 async function start(engine: EngineName, extra: { readOnly?: boolean; logicalBlockSize?: number } = {}): Promise<{ rig: BlkRig; guest: BlkGuest; image?: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vut-blk-'));
   let image: string | undefined;
-  if (engine === 'io_uring') {
+  if (engine === 'io_uring' || engine === 'threads') {
     image = join(dir, 'disk.img');
     const fd = openSync(image, 'w');
     ftruncateSync(fd, CAPACITY);
@@ -48,7 +48,7 @@ function readImage(image: string, offset: number, length: number): Uint8Array {
   }
 }
 
-describe.each(['null', 'memory', 'io_uring'] as const)('%s engine', (engine) => {
+describe.each(['null', 'memory', 'io_uring', 'threads'] as const)('%s engine', (engine) => {
   const stores = engine !== 'null';
 
   it('OUT then IN returns the data written, with used.len = data + 1 for IN and 1 for OUT', async () => {
@@ -323,7 +323,7 @@ describe.each(['null', 'memory', 'io_uring'] as const)('%s engine', (engine) => 
   });
 });
 
-describe.each(['memory', 'io_uring'] as const)('%s engine, read-only', (engine) => {
+describe.each(['memory', 'io_uring', 'threads'] as const)('%s engine, read-only', (engine) => {
   it('refuses writes with IOERR and leaves the data alone; reads and FLUSH work', async () => {
     const { guest } = await start(engine, { readOnly: true });
     const before = (await guest.read(0, 4096)).data.slice();
@@ -361,8 +361,8 @@ describe('device side', () => {
     expect(mismatch(new Uint8Array(rig.device.ramDisk!, 1000 * 512, 65536), data)).toBe(-1);
   });
 
-  it('write-through when the guest clears the writeback byte or does not negotiate FLUSH', async () => {
-    const { rig, guest } = await start('io_uring');
+  it.each(['io_uring', 'threads'] as const)('%s: write-through when the guest clears the writeback byte or does not negotiate FLUSH', async (engine) => {
+    const { rig, guest } = await start(engine);
     const flag = new Int32Array(rig.device.writeCacheState);
     expect(flag[0]).toBe(1);
     await guest.device.client.request({ type: 'SET_CONFIG', offset: 32, size: 1, flags: 0, payload: Uint8Array.of(0) });

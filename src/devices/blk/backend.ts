@@ -8,8 +8,10 @@ import { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { BlkDevice } from './device.js';
+import { resolveEngine } from './engine-select.js';
+import type { BlkEngineChoice } from './options.js';
 
-export type BlkEngineName = 'io_uring' | 'memory' | 'null';
+export type BlkEngineName = BlkEngineChoice;
 
 export interface BlkBackendOptions {
   /** Socket path to bind (or connect to, with client); or listenFd. */
@@ -47,7 +49,8 @@ const DEFAULT_RAM_DISK = 64 << 20;
 
 export async function startBlkBackend(options: BlkBackendOptions, logger?: Logger): Promise<BlkBackend> {
   const log = logger ?? createLogger('vhost-user-blk');
-  const capacityBytes = options.engine === 'io_uring' ? prepareImage(options, log) : (options.sizeBytes ?? DEFAULT_RAM_DISK);
+  const engine = resolveEngine(options.engine, log);
+  const capacityBytes = engine === 'io_uring' || engine === 'threads' ? prepareImage(options, log) : (options.sizeBytes ?? DEFAULT_RAM_DISK);
   if (capacityBytes % 512 !== 0 || capacityBytes === 0) {
     throw new Error(`disk size ${capacityBytes} is not a positive multiple of 512 bytes`);
   }
@@ -58,14 +61,14 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     readOnly: options.readOnly,
     logicalBlockSize: options.logicalBlockSize,
     serial: options.serial,
-    supportsDiscard: options.engine !== 'null',
+    supportsDiscard: engine !== 'null',
     supportsFlush: true,
   });
   const plane = await WorkerDataPlane.start({
     cpus: options.cpus,
     queueCount: options.queues,
     handler: device.handlerSpec({
-      engine: options.engine,
+      engine,
       path: options.diskPath,
       direct: options.direct,
     }),
@@ -89,7 +92,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
   }
   log.info('serving', {
     socket: options.socketPath ?? `fd ${options.listenFd}`,
-    engine: options.engine,
+    engine,
     disk: options.diskPath,
     bytes: capacityBytes,
     queues: options.queues,

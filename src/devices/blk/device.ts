@@ -7,7 +7,8 @@
 import type { VhostUserDevice } from '../../control/backend.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
-import { MAX_RANGE_SECTORS, type BlkEngineName, type BlkHandlerOptions } from './options.js';
+import { resolveEngine } from './engine-select.js';
+import { MAX_RANGE_SECTORS, type BlkEngineChoice, type BlkHandlerOptions } from './options.js';
 import { BLK_CONFIG_SIZE, BlkConfigOffset, BlkFeature, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, encodeBlkConfig } from './virtio-blk.js';
 
 export interface BlkDeviceOptions {
@@ -28,8 +29,9 @@ export interface BlkDeviceOptions {
 
 /** Engine-specific handler settings (the device fills in size, block size, limits, serial). */
 export interface BlkEngineOptions {
-  engine: BlkEngineName;
-  /** io_uring: image file or block device. */
+  /** `auto`: io_uring if this host allows it, else threads (engine-select.ts). */
+  engine: BlkEngineChoice;
+  /** io_uring / threads: image file or block device. */
   path?: string;
   /** io_uring: O_DIRECT. */
   direct?: boolean;
@@ -38,8 +40,10 @@ export interface BlkEngineOptions {
   /** io_uring: SQPOLL kernel thread. */
   sqpoll?: boolean;
   sqpollIdleMs?: number;
-  /** io_uring: submission queue entries per worker (default 256). */
+  /** io_uring: submission queue entries per worker (default 256); threads: half the records in flight per worker. */
   ringEntries?: number;
+  /** threads: pool threads per worker (default 4). */
+  threads?: number;
 }
 
 /** Largest single segment we accept; Linux sizes its bio segments from this. */
@@ -113,8 +117,12 @@ export class BlkDevice implements VhostUserDevice {
    * discard limits, serial and the shared write-cache flag come from the device. The memory
    * engine's RAM disk is created on the first call and shared by later ones (and every worker).
    */
-  handlerSpec(engine: BlkEngineOptions): HandlerSpec {
-    if (engine.engine === 'io_uring' && !engine.path) throw new TypeError('the io_uring engine needs the path of an image file or block device');
+  handlerSpec(choice: BlkEngineOptions): HandlerSpec {
+    if ((choice.engine === 'io_uring' || choice.engine === 'threads' || choice.engine === 'auto') && !choice.path) {
+      throw new TypeError(`the ${choice.engine} engine needs the path of an image file or block device`);
+    }
+    // `auto` is probed here, silently; resolve it with resolveEngine(choice, log) first to log a fallback.
+    const engine = { ...choice, engine: resolveEngine(choice.engine) };
     if (engine.engine === 'memory') this.ramDisk ??= new SharedArrayBuffer(this.options.capacityBytes);
     const discard = (this.features & bit(BlkFeature.DISCARD)) !== 0n;
     const options: BlkHandlerOptions = {

@@ -1,5 +1,5 @@
 // The virtio-blk request handler (runs in the data-plane workers): parses each request, checks
-// it against the disk and hands the I/O to a storage engine (io_uring, memory or null).
+// it against the disk and hands the I/O to a storage engine (io_uring, threads, memory or null).
 //
 // A request (virtio 1.x §5.2.6) is a 16-byte header (le32 type, le32 reserved, le64 sector) in
 // the device-readable bytes, then data, then one status byte: the last device-writable byte.
@@ -28,6 +28,7 @@ import { BLK_HEADER_BYTES, PENDING, type BlkEngine } from './engine.js';
 import { MemoryEngine } from './memory-engine.js';
 import { NullEngine } from './null-engine.js';
 import { encodeSerial, validateHandlerOptions, type BlkHandlerOptions } from './options.js';
+import { ThreadsEngine } from './threads-engine.js';
 import { UringEngine } from './uring-engine.js';
 import { BlkRequestType, BlkStatus, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES } from './virtio-blk.js';
 
@@ -317,7 +318,7 @@ function writeStatus(request: VirtqRequest, status: number): void {
   (request.memory as GuestMemory).windowBytesView[request.segWindow[last]!]![request.segWindowOffset[last]! + length - 1] = status;
 }
 
-export function createEngine(options: BlkHandlerOptions): BlkEngine {
+export function createEngine(options: BlkHandlerOptions): BlkEngine | Promise<BlkEngine> {
   switch (options.engine) {
     case 'null':
       return new NullEngine();
@@ -334,10 +335,20 @@ export function createEngine(options: BlkHandlerOptions): BlkEngine {
         sqpollIdleMs: options.sqpollIdleMs,
         ringEntries: options.ringEntries ?? 256,
       });
+    case 'threads':
+      return ThreadsEngine.open({
+        path: options.path as string,
+        readOnly: options.readOnly,
+        capacityBytes: options.capacityBytes,
+        direct: options.direct ?? false,
+        directAlignment: options.directAlignment ?? 512,
+        ringEntries: options.ringEntries ?? 256,
+        threads: options.threads ?? 4,
+      });
   }
 }
 
-export const createQueueHandler: CreateQueueHandler = (raw, context) => {
+export const createQueueHandler: CreateQueueHandler = async (raw, context) => {
   const options = validateHandlerOptions(raw);
-  return new BlkQueueHandler(options, createEngine(options), context);
+  return new BlkQueueHandler(options, await createEngine(options), context);
 };

@@ -4,7 +4,10 @@
 // disk of the memory engine, so every worker sees the same bytes.
 import { SECTOR_SIZE, VIRTIO_BLK_ID_BYTES } from './virtio-blk.js';
 
-export type BlkEngineName = 'io_uring' | 'memory' | 'null';
+/** The engine a worker runs. */
+export type BlkEngineName = 'io_uring' | 'threads' | 'memory' | 'null';
+/** What a user may ask for: an engine, or `auto` (io_uring, else threads; engine-select.ts). */
+export type BlkEngineChoice = BlkEngineName | 'auto';
 
 export interface BlkHandlerOptions {
   engine: BlkEngineName;
@@ -27,7 +30,7 @@ export interface BlkHandlerOptions {
    */
   writeCache?: SharedArrayBuffer;
 
-  // io_uring engine.
+  // io_uring and threads engines.
   /** Image file or block device; opened by each worker (O_RDONLY when readOnly). */
   path?: string;
   /** O_DIRECT: bypass the host page cache. Guest buffers must then be `directAlignment`-aligned. */
@@ -39,6 +42,10 @@ export interface BlkHandlerOptions {
   sqpollIdleMs?: number;
   /** Submission queue entries per worker ring (default 256; the kernel doubles it for completions). */
   ringEntries?: number;
+
+  // threads engine.
+  /** Pool threads per worker doing the blocking syscalls (default 4). */
+  threads?: number;
 
   // memory engine.
   /** The RAM disk, capacityBytes long, created once on the control side and shared by every worker. */
@@ -52,8 +59,8 @@ export const MAX_RANGE_SECTORS = (1 << 30) / SECTOR_SIZE;
 export function validateHandlerOptions(raw: unknown): BlkHandlerOptions {
   if (typeof raw !== 'object' || raw === null) throw new TypeError('virtio-blk handler options must be an object');
   const options = raw as BlkHandlerOptions;
-  if (options.engine !== 'io_uring' && options.engine !== 'memory' && options.engine !== 'null') {
-    throw new RangeError(`virtio-blk engine must be io_uring, memory or null, got ${String(options.engine)}`);
+  if (options.engine !== 'io_uring' && options.engine !== 'threads' && options.engine !== 'memory' && options.engine !== 'null') {
+    throw new RangeError(`virtio-blk engine must be io_uring, threads, memory or null, got ${String(options.engine)}`);
   }
   const blockSize = options.logicalBlockSize;
   if (blockSize !== 512 && blockSize !== 4096) throw new RangeError(`logical block size must be 512 or 4096, got ${blockSize}`);
@@ -73,8 +80,8 @@ export function validateHandlerOptions(raw: unknown): BlkHandlerOptions {
   if (options.writeCache !== undefined && (!(options.writeCache instanceof SharedArrayBuffer) || options.writeCache.byteLength < 4)) {
     throw new TypeError('writeCache must be a SharedArrayBuffer of at least 4 bytes');
   }
-  if (options.engine === 'io_uring' && (typeof options.path !== 'string' || options.path === '')) {
-    throw new TypeError('the io_uring engine needs the path of an image file or block device');
+  if ((options.engine === 'io_uring' || options.engine === 'threads') && (typeof options.path !== 'string' || options.path === '')) {
+    throw new TypeError(`the ${options.engine} engine needs the path of an image file or block device`);
   }
   if (options.engine === 'memory') {
     if (!(options.ramDisk instanceof SharedArrayBuffer) || options.ramDisk.byteLength < capacity) {
@@ -84,6 +91,10 @@ export function validateHandlerOptions(raw: unknown): BlkHandlerOptions {
   const alignment = options.directAlignment ?? 512;
   if (!Number.isInteger(alignment) || alignment < 512 || alignment > 65536 || (alignment & (alignment - 1)) !== 0) {
     throw new RangeError(`directAlignment must be a power of two in [512, 65536], got ${alignment}`);
+  }
+  const threads = options.threads ?? 4;
+  if (!Number.isInteger(threads) || threads < 1 || threads > 32) {
+    throw new RangeError(`threads must be an integer in [1, 32], got ${threads}`);
   }
   const entries = options.ringEntries ?? 256;
   if (!Number.isInteger(entries) || entries < 1 || entries > 32768) {

@@ -1,6 +1,7 @@
 // The io_uring engine: one native Uring per worker, the image opened by the worker, and iovecs
 // that point straight into guest memory (region index + offset in the region's mapping, as the
-// native ring expects; its record layouts are documented in native/ring/uring.cc).
+// native ring expects; its record layouts are documented in native/ring/uring.cc). The threads
+// engine (threads-engine.ts) runs this same logic over a thread-pool ring with that interface.
 //
 // Life of an operation. read()/write()/... record the slot's state (phase, file offset, bytes
 // done) and stage one SQE record in preallocated arrays; submit() hands every staged record to
@@ -29,6 +30,7 @@ import { native, type Uring } from '../../native.js';
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 import { DataCursor, Errno, PENDING, beginReadData, beginWriteData, type BlkEngine } from './engine.js';
+import { openUring } from './engine-select.js';
 
 const SQE_WORDS = 8;
 const IOVEC_WORDS = 4;
@@ -106,7 +108,11 @@ export class UringEngine implements BlkEngine {
   private failedResults = new Int32Array(0);
   private failedCount = 0;
 
-  constructor(options: UringEngineOptions) {
+  /**
+   * `openRing` supplies the ring (default: a kernel io_uring); the threads engine passes a
+   * thread-pool ring with the same interface, so everything above the ring is shared.
+   */
+  constructor(options: UringEngineOptions, openRing?: () => Uring) {
     this.alignment = options.direct ? options.directAlignment : 1;
     const direct = options.direct ? constants.O_DIRECT : 0;
     this.fd = openImage(options.path, (options.readOnly ? constants.O_RDONLY : constants.O_RDWR) | direct, options);
@@ -114,7 +120,7 @@ export class UringEngine implements BlkEngine {
     let ring: Uring | undefined;
     try {
       if (!options.readOnly) dsyncFd = openImage(options.path, constants.O_RDWR | direct | constants.O_DSYNC, options);
-      ring = new native.Uring(options.ringEntries, options.sqpoll ? { sqpoll: true, sqpollIdleMs: options.sqpollIdleMs } : undefined);
+      ring = openRing ? openRing() : openUring(options.ringEntries, options.sqpoll ? { sqpoll: true, sqpollIdleMs: options.sqpollIdleMs } : undefined);
       this.completionFd = ring.eventfd();
       const zeroFd = native.memfdCreate('vhost-user-blk-zeroes', ZERO_BYTES);
       try {
@@ -223,7 +229,7 @@ export class UringEngine implements BlkEngine {
   }
 
   setMemory(memory: GuestMemory): void {
-    if (this.unsubmitted > 0) throw new Error('io_uring engine: memory table swapped with records not yet submitted');
+    if (this.unsubmitted > 0) throw new Error('block engine: memory table swapped with records not yet submitted');
     this.ring.setRegions([...memory.buffers, this.zeroBuffer]);
     this.zeroRegion = memory.buffers.length;
     this.memory = memory;
@@ -335,7 +341,7 @@ export class UringEngine implements BlkEngine {
         length = this.totals[slot]!;
         break;
       default:
-        throw new Error(`io_uring engine: slot ${slot} staged in phase ${phase}`);
+        throw new Error(`block engine: slot ${slot} staged in phase ${phase}`);
     }
     const sqes = this.sqes;
     const base = this.staged * SQE_WORDS;
