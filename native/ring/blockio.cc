@@ -32,7 +32,16 @@ namespace {
 // Mirrors uring.cc (kept there unchanged; both follow its header comment).
 constexpr size_t kSqeWords = 8;
 constexpr size_t kIovecWords = 4;
-enum SqeWord { kOpcode, kFd, kOffsetLow, kOffsetHigh, kUserData, kIovecCount, kFirstIovec, kLength };
+enum SqeWord {
+  kOpcode,
+  kFd,
+  kOffsetLow,
+  kOffsetHigh,
+  kUserData,
+  kIovecCount,
+  kFirstIovec,
+  kLength
+};
 enum IovecWord { kRegion, kRegionOffsetLow, kRegionOffsetHigh, kIovecLength };
 enum Opcode : uint32_t { kNop, kReadv, kWritev, kFsync, kFdatasync, kPunchHole, kZeroRange };
 constexpr uint32_t kMaxIovecs = 1024;
@@ -111,10 +120,10 @@ Napi::Value BlockIo(const Napi::CallbackInfo& info) {
       !ArgTypedArray(info, 1, "sqes", napi_uint32_array, &sqes) ||
       !ArgTypedArray(info, 2, "iovecs", napi_uint32_array, &iovecs) ||
       !ArgTypedArray(info, 4, "results", napi_int32_array, &results) ||
-      !ArgInteger(info, 3, "count", 0,
-                  static_cast<int64_t>(std::min(sqes.ElementLength() / kSqeWords,
-                                                results.ElementLength())),
-                  &count)) {
+      !ArgInteger(
+          info, 3, "count", 0,
+          static_cast<int64_t>(std::min(sqes.ElementLength() / kSqeWords, results.ElementLength())),
+          &count)) {
     return env.Undefined();
   }
   std::vector<std::shared_ptr<v8::BackingStore>> stores;  // keep every region mapped meanwhile
@@ -141,9 +150,14 @@ Napi::Value BlockIo(const Napi::CallbackInfo& info) {
     int err = 0;
     iov.clear();
     switch (record[kOpcode]) {
-      case kNop: case kFsync: case kFdatasync: case kPunchHole: case kZeroRange:
+      case kNop:
+      case kFsync:
+      case kFdatasync:
+      case kPunchHole:
+      case kZeroRange:
         break;
-      case kReadv: case kWritev:
+      case kReadv:
+      case kWritev:
         err = BuildIovecs(record, iovecWords, iovecRecords, regions, &iov);
         break;
       default:

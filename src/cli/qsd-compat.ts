@@ -62,6 +62,8 @@ interface FileNode {
   sizeBytes?: number;
   direct: boolean;
   readOnly: boolean;
+  /** Our engine for a file node: aio=io_uring → io_uring, aio=threads → threads, else auto. */
+  engine: 'auto' | 'io_uring' | 'threads' | 'null';
 }
 
 export function parseQsdArgs(argv: string[]): QsdCompatArgs {
@@ -174,7 +176,7 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
       socketPath,
       listenFd,
       client: false,
-      engine: node.driver === 'file' ? 'io_uring' : 'null',
+      engine: node.engine,
       diskPath: node.filename,
       sizeBytes: node.sizeBytes,
       direct: node.direct,
@@ -248,6 +250,7 @@ function fileNode(dev: Keyval, what: string): FileNode {
       filename: required(dev, 'filename', what),
       direct: onOff(dev, 'cache.direct', what, false),
       readOnly: onOff(dev, 'read-only', what, false),
+      engine: aio === 'io_uring' ? 'io_uring' : aio === 'threads' ? 'threads' : 'auto',
     };
   }
   if (driver === 'null-co') {
@@ -256,12 +259,12 @@ function fileNode(dev: Keyval, what: string): FileNode {
     onOff(dev, 'auto-read-only', what, false);
     const size = dev.has('size') ? parseSize(dev.get('size')!, `${what} size`) : 2 ** 30; // QEMU's null-co default
     if (size === 0 || size % 512 !== 0) throw new UsageError(`${what}: size must be a positive multiple of 512`);
-    return { driver, nodeName, sizeBytes: size, direct: false, readOnly: onOff(dev, 'read-only', what, false) };
+    return { driver, nodeName, sizeBytes: size, direct: false, readOnly: onOff(dev, 'read-only', what, false), engine: 'null' };
   }
   throw new UsageError(`${what}: driver=${driver} is not supported (file, raw over file, null-co)`);
 }
 
-/** Options whose every value is served the same way here (aio, locking: I/O is ours, io_uring). */
+/** Options whose every value is served the same way here (locking: I/O is ours). */
 function checkHarmless(dev: Keyval, what: string): void {
   onOff(dev, 'auto-read-only', what, false);
   const discard = dev.get('discard');

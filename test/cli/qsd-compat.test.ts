@@ -20,7 +20,7 @@ describe('argument mapping', () => {
       '--poll', 'busy', '--cpus', '0',
     ]);
     expect(args.backends).toHaveLength(2);
-    expect(args.backends[0]).toMatchObject({ listenFd: 7, socketPath: undefined, engine: 'io_uring', diskPath: '/tmp/qtest.abc', readOnly: false, queues: 8, poll: 'busy', cpus: [0], direct: false, logicalBlockSize: 512 });
+    expect(args.backends[0]).toMatchObject({ listenFd: 7, socketPath: undefined, engine: 'auto', diskPath: '/tmp/qtest.abc', readOnly: false, queues: 8, poll: 'busy', cpus: [0], direct: false, logicalBlockSize: 512 });
     expect(args.backends[1]).toMatchObject({ listenFd: 9, diskPath: '/tmp/qtest.def', queues: 1 });
   });
 
@@ -37,7 +37,7 @@ describe('argument mapping', () => {
     ]);
     expect(args.backends.map((b) => [b.socketPath, b.engine, b.diskPath, b.readOnly, b.direct, b.queues, b.logicalBlockSize, b.sizeBytes])).toEqual([
       ['/run/a.sock', 'io_uring', '/img/a,b', true, true, 1, 4096, undefined],
-      ['/run/c.sock', 'io_uring', '/img/c', true, false, 2, 512, undefined],
+      ['/run/c.sock', 'auto', '/img/c', true, false, 2, 512, undefined],
       ['/run/n.sock', 'null', undefined, false, false, 1, 512, 8 << 20],
     ]);
     expect(args.backends[0]!.poll).toBe('adaptive');

@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { native } from '../../dist/native.js';
 import { FAKE_URING_ERRNO_ENV, probeUring, resolveEngine } from '../../dist/devices/blk/engine-select.js';
 import { startBlkBackend, type BlkBackend, type BlkBackendOptions } from '../../dist/devices/blk/backend.js';
-import { FrontendDevice } from '../../dist/control/frontend/device.js';
-import { FrontendMemory } from '../../dist/control/frontend/memory.js';
+import { FrontendDevice } from '../../dist/frontend/device.js';
+import { FrontendMemory } from '../../dist/frontend/memory.js';
 import type { Logger } from '../../dist/log.js';
 import { BlkGuest, S, mismatch, pattern } from './blk-rig.js';
 

@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FrontendDevice } from '../../dist/control/frontend/device.js';
-import { FrontendMemory } from '../../dist/control/frontend/memory.js';
+import { FrontendDevice } from '../../dist/frontend/device.js';
+import { FrontendMemory } from '../../dist/frontend/memory.js';
 import { BlkGuest, S, mismatch, pattern } from './blk-rig.js';
 
 const MiB = 1 << 20;
