@@ -21,7 +21,8 @@ const DATA = 0x10000;
 /** Safety net: a missing wake-up makes a step return after this long instead of hanging the test. */
 const MAX_SLEEP_MS = 5000;
 
-type Command = WorkerCommand extends infer C ? (C extends unknown ? Omit<C, 'id'> : never) : never;
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type Command = DistributiveOmit<WorkerCommand, 'id'>;
 
 interface Rig {
   worker: DataPlaneWorker;
