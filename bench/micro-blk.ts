@@ -73,7 +73,7 @@ const queue: WorkerQueue = {
 };
 
 async function run(name: string, options: BlkHandlerOptions): Promise<void> {
-  const handler = await createQueueHandler(options, { worker: 0, queueCount: 1, log: () => {} });
+  const handler = await createQueueHandler(options, { worker: 0, queueCount: 1, log: () => {}, watchFd: () => {}, unwatchFd: () => {} });
   handler.setMemory(memory);
   for (const [label, type] of [['read', 0], ['write', 1]] as const) {
     const requests = Array.from({ length: BATCH_MAX }, (_, i) => makeRequest(i, type, i * 8));

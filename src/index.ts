@@ -21,6 +21,7 @@ export * from './frontend/index.js';
 export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
 export { WorkerDataPlane, type WorkerDataPlaneOptions } from './dataplane/pool.js';
 export type { QueueHandler, WorkerQueue, CreateQueueHandler, HandlerContext, HandlerSpec } from './dataplane/device-api.js';
+export { FdEvent, MAX_WATCH_TOKEN } from './dataplane/device-api.js';
 export type { PollMode } from './dataplane/commands.js';
 export type { QueueStats } from './dataplane/stats.js';
 export { VirtqRequest } from './dataplane/request.js';

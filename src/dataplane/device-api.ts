@@ -2,6 +2,8 @@
 // device) implements to process requests inside a worker thread. A handler is created once per
 // worker from a module the worker imports (worker threads cannot receive functions), receives
 // each popped request, and completes it now or later through its queue — without allocating.
+// A handler that also serves other fds (a tap device, a timerfd, an eventfd from another
+// thread) asks the worker to watch them and is called back when one is ready, in every poll mode.
 import type { GuestMemory } from './memory.js';
 import type { VirtqRequest } from './request.js';
 
@@ -35,8 +37,31 @@ export interface QueueHandler {
   readonly completionFd: number;
   /** The memory table changed; requests already in flight keep the old one alive. */
   setMemory(memory: GuestMemory): void;
+  /**
+   * A watched fd (HandlerContext.watchFd) is ready: `token` is the one it was watched with,
+   * `events` the FdEvent bits seen. The worker has not read the fd: the handler reads or drains
+   * it here or later. Watches are level-triggered, so an fd left ready is reported again (an
+   * awake worker re-polls it within a few passes; a sleeping one does not sleep). Requests
+   * completed from here are published by the next pass. Required once the handler watches an fd.
+   */
+  onFdReady?(token: number, events: number): void;
   close(): void;
 }
+
+/** Readiness bits for watchFd and onFdReady (the epoll values). */
+export const FdEvent = {
+  READABLE: 0x1,
+  WRITABLE: 0x4,
+  /** Reported whether asked for or not: the fd is in error. */
+  ERROR: 0x8,
+  /** Reported whether asked for or not: the peer hung up (unwatch before closing). */
+  HANGUP: 0x10,
+} as const;
+
+/** Largest token watchFd accepts. */
+export const MAX_WATCH_TOKEN = 0x7fffffff;
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export interface HandlerContext {
   /** Worker number (0-based). */
@@ -44,7 +69,18 @@ export interface HandlerContext {
   /** Queues the device has in all. */
   queueCount: number;
   /** Structured logging through the control thread's logger. */
-  log(level: 'error' | 'warn' | 'info' | 'debug', msg: string, fields?: Record<string, unknown>): void;
+  log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
+  /**
+   * Wake this worker when `fd` is ready (FdEvent.READABLE by default, or WRITABLE, or both) and
+   * call handler.onFdReady(token, events): in interrupt and adaptive mode the fd joins the set
+   * the worker sleeps on; while awake (every mode) the worker polls the set without blocking
+   * every few passes. The worker never reads the fd and does not own it. Callable while creating
+   * the handler or later from its methods. Throws for a bad fd, a token outside
+   * [0, MAX_WATCH_TOKEN] or an fd already watched.
+   */
+  watchFd(fd: number, token: number, events?: number): void;
+  /** Stop watching `fd` (do it before closing the fd). Throws if it is not watched. */
+  unwatchFd(fd: number): void;
 }
 
 /** What a handler module exports. */

@@ -8,6 +8,7 @@ import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { FrontendDevice } from '../../dist/frontend/device.js';
 import { FrontendMemory } from '../../dist/frontend/memory.js';
 import { EchoDevice } from '../../dist/devices/echo/device.js';
+import { EchoReleaseCount } from '../../dist/devices/echo/handler.js';
 import { WorkerDataPlane } from '../../dist/dataplane/pool.js';
 import { BrokenReason } from '../../dist/dataplane/chain.js';
 import { native } from '../../dist/native.js';
@@ -20,37 +21,60 @@ interface Rig {
   device: FrontendDevice;
   socketPath: string;
   dir: string;
+  /** With `hold`: the eventfd the echo handler waits on before completing, and what it counted. */
+  releaseFd: number;
+  releaseCounts: Float64Array;
 }
 
 const rigs: Rig[] = [];
 
-async function startRig(options: { mode: PollMode; queues: number; reorder?: number; cpus?: number[]; indirect?: number; throwOnRequest?: number }): Promise<Rig> {
+async function startRig(options: { mode: PollMode; queues: number; reorder?: number; cpus?: number[]; indirect?: number; throwOnRequest?: number; hold?: boolean }): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'vut-dp-'));
   const socketPath = join(dir, 'echo.sock');
+  const releaseFd = options.hold ? native.eventfdCreate(0) : -1;
+  const releaseCounts = new SharedArrayBuffer(EchoReleaseCount.SLOTS * 8);
   const plane = await WorkerDataPlane.start({
     cpus: options.cpus ?? [1],
     queueCount: options.queues,
-    handler: EchoDevice.handler({ reorder: options.reorder ?? 1, throwOnRequest: options.throwOnRequest }),
+    handler: EchoDevice.handler({ reorder: options.reorder, throwOnRequest: options.throwOnRequest, releaseFd: options.hold ? releaseFd : undefined, releaseCounts }),
     mode: options.mode,
   });
   const daemon = new VhostUserDaemon(new EchoDevice(options.queues, 256), { socketPath, dataPlane: plane });
   await daemon.start();
   const device = await FrontendDevice.connect({ socketPath, queues: options.queues, queueSize: 256, indirectEntries: options.indirect ?? 8 });
-  const rig = { daemon, plane, device, socketPath, dir };
+  const rig = { daemon, plane, device, socketPath, dir, releaseFd, releaseCounts: new Float64Array(releaseCounts) };
   rigs.push(rig);
   return rig;
 }
 
 afterEach(async () => {
   for (const rig of rigs.splice(0)) {
+    // A test that failed while the device held requests: let them go, or the reset would wait forever.
+    if (rig.releaseFd >= 0) native.eventfdWrite(rig.releaseFd, 1);
     rig.device.close();
     await rig.daemon.stop();
     await rig.plane.close();
+    if (rig.releaseFd >= 0) native.close(rig.releaseFd);
     rmSync(rig.dir, { recursive: true, force: true });
   }
 });
 
 const totalRequests = (plane: WorkerDataPlane) => plane.allQueueStats().reduce((sum, s) => sum + s.requests, 0);
+
+/** Polls `condition` (yielding to the event loop: the daemon lives on this thread) until it holds. */
+async function waitFor(what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+}
+
+/** Scheduler state of a thread of this process ('R' running, 'S' sleeping, ...). */
+function threadState(tid: number): string {
+  const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
 
 describe.each(['busy', 'interrupt', 'adaptive'] as const)('%s mode', (mode) => {
   it('moves 60 000 chained requests through 1 queue in order, every reply verified', async () => {
@@ -154,8 +178,8 @@ describe('workers', () => {
   });
 
   it('GET_VRING_BASE waits for requests still held by the device', async () => {
-    // reorder 1000 holds every completion until the worker has nothing new to pop.
-    const rig = await startRig({ mode: 'interrupt', queues: 1, reorder: 1000 });
+    // The echo handler holds every completion until the test writes its release eventfd.
+    const rig = await startRig({ mode: 'interrupt', queues: 1, hold: true });
     const queue = rig.device.queues[0]!;
     const memory = rig.device.memory;
     const buffer = memory.allocate(4096 * 8, 4096);
@@ -166,8 +190,16 @@ describe('workers', () => {
       expect(queue.driver.endChain(i)).toBeGreaterThanOrEqual(0);
     }
     queue.publishAndKick();
-    const base = await rig.device.stopQueue(0);
-    expect(base).toBe(8);
+    // The stop must reach the worker after the kick did: wait until the device holds all 8.
+    await waitFor('8 requests held by the device', () => rig.plane.queueStats(0).inFlight === 8);
+    let stopped = false;
+    const base = rig.device.stopQueue(0).finally(() => (stopped = true));
+    // The stop waits as long as the device holds them (a wrong early answer would show here).
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(stopped).toBe(false);
+    expect(rig.plane.queueStats(0).requests).toBe(0);
+    native.eventfdWrite(rig.releaseFd, 1);
+    expect(await base).toBe(8);
     // Everything popped was completed before the ring stopped.
     expect(rig.plane.queueStats(0).requests).toBe(8);
     const tokens = new Float64Array(8);
@@ -182,7 +214,9 @@ describe('workers', () => {
       requestsPerQueue: 40_000,
       cpu: 0,
     });
-    while (load.completed() < 5_000) await new Promise((resolve) => setTimeout(resolve, 2));
+    let settled = false;
+    void load.result.finally(() => (settled = true));
+    await waitFor('5 000 requests served', () => settled || load.completed() >= 5_000);
     const extra = new FrontendMemory([{ guestPhysAddr: 1 << 30, size: 1 << 20 }]);
     const [region] = extra.describe();
     const { fd, ...description } = region!;
@@ -203,8 +237,7 @@ describe('a hostile ring', () => {
     const queue0 = rig.device.queues[0]!;
     queue0.driver.postRawHead(9999);
     queue0.publishAndKick();
-    const deadline = Date.now() + 5000;
-    while (rig.plane.queueStats(0).broken === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    await waitFor('queue 0 broken', () => rig.plane.queueStats(0).broken !== 0);
     expect(rig.plane.queueStats(0).broken).toBe(BrokenReason.HEAD_OUT_OF_RANGE);
     expect(native.eventfdRead(errFd)).toBeGreaterThan(0);
     // Queue 1 is unaffected.
@@ -243,8 +276,7 @@ describe('a device handler that throws', () => {
       requestsPerQueue: 2_000,
       cpu: 0,
     });
-    const deadline = Date.now() + 5000;
-    while (rig.plane.queueStats(0).broken === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    await waitFor('queue 0 broken', () => rig.plane.queueStats(0).broken !== 0);
     expect(rig.plane.queueStats(0).broken).toBe(BrokenReason.DEVICE_ERROR);
     load.stop();
     await load.result.catch(() => undefined);
@@ -261,5 +293,37 @@ describe('a device handler that throws', () => {
     again.close();
     expect(result.errors).toBe(0);
     expect(result.requests).toBe(1_000);
+  });
+});
+
+describe.each(['busy', 'interrupt', 'adaptive'] as const)('a watched fd (worker event API), %s mode', (mode) => {
+  it('wakes or is polled by the worker; the handler is called back and reads the counter itself', async () => {
+    const rig = await startRig({ mode, queues: 1, hold: true });
+    const [tid] = rig.plane.workerThreadIds;
+    const counts = rig.releaseCounts;
+    // Idle: interrupt and adaptive workers go to sleep in epoll; a busy one keeps spinning.
+    if (mode !== 'busy') await waitFor('the worker asleep', () => threadState(tid!) === 'S');
+    native.eventfdWrite(rig.releaseFd, 5);
+    await waitFor('onFdReady', () => counts[EchoReleaseCount.callbacks]! > 0);
+    // The worker left the counter alone: the handler read all 5.
+    expect(counts[EchoReleaseCount.valueRead]).toBe(5);
+    expect(native.eventfdRead(rig.releaseFd)).toBe(0);
+
+    // Requests the handler holds come back when the fd fires again, written from this thread.
+    const load = startLoad(rig.device, {
+      workload: { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true },
+      queueDepth: 4,
+      requestsPerQueue: 4,
+      wait: 'event',
+      cpu: 0,
+    });
+    await waitFor('4 requests held', () => rig.plane.queueStats(0).inFlight === 4);
+    const callbacks = counts[EchoReleaseCount.callbacks]!;
+    native.eventfdWrite(rig.releaseFd, 2);
+    const result = await load.result;
+    expect(result.errors, result.firstError).toBe(0);
+    expect(result.requests).toBe(4);
+    expect(counts[EchoReleaseCount.callbacks]).toBe(callbacks + 1);
+    expect(counts[EchoReleaseCount.valueRead]).toBe(7);
   });
 });

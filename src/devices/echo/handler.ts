@@ -1,8 +1,11 @@
 // The echo test device's request handler (runs in the workers): copies each request's readable
 // bytes into its writable buffers and completes it. With `reorder` > 1 it holds completions and
-// releases them in reverse order, so tests exercise out-of-order used entries. It measures the
+// releases them in reverse order, so tests exercise out-of-order used entries. With `releaseFd`
+// it holds every completion until that eventfd is written (the worker event API: it watches the
+// fd and reads it itself), so tests decide when the device gives requests back. It measures the
 // framework itself: no I/O, no allocation per request.
-import type { CreateQueueHandler, QueueHandler, WorkerQueue } from '../../dataplane/device-api.js';
+import { native } from '../../native.js';
+import type { CreateQueueHandler, HandlerContext, QueueHandler, WorkerQueue } from '../../dataplane/device-api.js';
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 
@@ -11,7 +14,25 @@ export interface EchoHandlerOptions {
   reorder?: number;
   /** Fault injection for tests: throw once, from handle(), on this request (1-based). */
   throwOnRequest?: number;
+  /**
+   * An eventfd to watch: completions are held (up to `reorder`, default 1024, then released
+   * anyway) until it is readable; the handler then reads its counter and releases them.
+   */
+  releaseFd?: number;
+  /** With releaseFd: a SharedArrayBuffer of EchoReleaseCount.SLOTS doubles the handler counts into. */
+  releaseCounts?: SharedArrayBuffer;
 }
+
+/** Float64 slots of EchoHandlerOptions.releaseCounts. */
+export const EchoReleaseCount = {
+  /** onFdReady calls. */
+  callbacks: 0,
+  /** Sum of the eventfd counter values the handler read (what the writers added, if nobody else read). */
+  valueRead: 1,
+  SLOTS: 2,
+} as const;
+
+const RELEASE_TOKEN = 1;
 
 const SCRATCH_BYTES = 64 * 1024;
 
@@ -26,10 +47,16 @@ class EchoHandler implements QueueHandler {
   private handledSincePoll = 0;
   private handled = 0;
   private readonly throwOnRequest: number;
+  private readonly releaseFd: number;
+  private readonly releaseCounts: Float64Array | null;
 
-  constructor(options: EchoHandlerOptions) {
+  constructor(options: EchoHandlerOptions, context: HandlerContext) {
     this.throwOnRequest = options.throwOnRequest ?? 0;
-    this.reorder = Math.max(1, Math.min(1024, Math.floor(options.reorder ?? 1)));
+    this.releaseFd = options.releaseFd ?? -1;
+    this.releaseCounts = options.releaseCounts ? new Float64Array(options.releaseCounts, 0, EchoReleaseCount.SLOTS) : null;
+    const holdDefault = this.releaseFd >= 0 ? 1024 : 1;
+    this.reorder = Math.max(1, Math.min(1024, Math.floor(options.reorder ?? holdDefault)));
+    if (this.releaseFd >= 0) context.watchFd(this.releaseFd, RELEASE_TOKEN);
     this.heldQueues = new Array<WorkerQueue | null>(this.reorder).fill(null);
     this.heldRequests = new Array<VirtqRequest | null>(this.reorder).fill(null);
     this.heldLengths = new Uint32Array(this.reorder);
@@ -50,7 +77,7 @@ class EchoHandler implements QueueHandler {
       copied += chunk;
     }
     this.handledSincePoll++;
-    if (this.reorder === 1) {
+    if (this.reorder === 1 && this.releaseFd < 0) {
       queue.complete(request, total);
       return;
     }
@@ -65,9 +92,20 @@ class EchoHandler implements QueueHandler {
 
   poll(): number {
     // Nothing new arrived since the last pass: release what is held so the queue can drain.
-    const released = this.handledSincePoll === 0 ? this.release() : 0;
+    const released = this.handledSincePoll === 0 && this.releaseFd < 0 ? this.release() : 0;
     this.handledSincePoll = 0;
     return released;
+  }
+
+  onFdReady(token: number): void {
+    if (token !== RELEASE_TOKEN) return;
+    const value = native.eventfdRead(this.releaseFd);
+    const counts = this.releaseCounts;
+    if (counts) {
+      counts[EchoReleaseCount.callbacks]++;
+      counts[EchoReleaseCount.valueRead] += value;
+    }
+    this.release();
   }
 
   setMemory(_memory: GuestMemory): void {}
@@ -86,4 +124,4 @@ class EchoHandler implements QueueHandler {
   }
 }
 
-export const createQueueHandler: CreateQueueHandler = (options) => new EchoHandler((options ?? {}) as EchoHandlerOptions);
+export const createQueueHandler: CreateQueueHandler = (options, context) => new EchoHandler((options ?? {}) as EchoHandlerOptions, context);

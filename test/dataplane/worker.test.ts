@@ -1,0 +1,372 @@
+// The data-plane worker built in-process: the test plays the control thread (a MessageChannel
+// and the mailbox), the driver (a VringDriver on the same memory) and the clock (it steps the
+// loop). Nothing here depends on thread scheduling.
+import { afterEach, describe, expect, it } from 'vitest';
+import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { DataPlaneWorker } from '../../dist/dataplane/worker.js';
+import { Mailbox, type PollMode, type WorkerCommand, type WorkerInit, type WorkerMessage } from '../../dist/dataplane/commands.js';
+import { FdEvent, type CreateQueueHandler, type HandlerContext, type QueueHandler, type WorkerQueue } from '../../dist/dataplane/device-api.js';
+import { GuestMemory } from '../../dist/dataplane/memory.js';
+import type { VirtqRequest } from '../../dist/dataplane/request.js';
+import { BrokenReason } from '../../dist/dataplane/chain.js';
+import { createStatsBuffer, readQueueStats } from '../../dist/dataplane/stats.js';
+import { EchoDevice } from '../../dist/devices/echo/device.js';
+import { VringDriver, splitRingLayout } from '../../dist/control/frontend/vring-driver.js';
+import { native } from '../../dist/native.js';
+
+const MiB = 1 << 20;
+const SIZE = 64;
+const USER_BASE = 0x7f00_0000_0000;
+const DATA = 0x10000;
+/** Safety net: a missing wake-up makes a step return after this long instead of hanging the test. */
+const MAX_SLEEP_MS = 5000;
+
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type Command = DistributiveOmit<WorkerCommand, 'id'>;
+
+interface Rig {
+  worker: DataPlaneWorker;
+  control: MessagePort;
+  workerPort: MessagePort;
+  mailbox: Int32Array;
+  mailboxFd: number;
+  stats: SharedArrayBuffer;
+  memory: GuestMemory;
+  regionBuffer: SharedArrayBuffer;
+  driver: VringDriver;
+  kickFd: number;
+  callFd: number;
+  messages: WorkerMessage[];
+  nextId: number;
+}
+
+const rigs: Rig[] = [];
+const fds: number[] = [];
+
+afterEach(() => {
+  for (const rig of rigs.splice(0)) {
+    rig.worker.close();
+    rig.control.close();
+    rig.workerPort.close();
+    for (const fd of [rig.mailboxFd, rig.kickFd, rig.callFd]) native.close(fd);
+  }
+  for (const fd of fds.splice(0)) native.close(fd);
+});
+
+async function startWorker(mode: PollMode, createHandler?: CreateQueueHandler, handlerOptions: unknown = {}): Promise<Rig> {
+  const { port1: control, port2: workerPort } = new MessageChannel();
+  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
+  const mailboxFd = native.eventfdCreate(0);
+  const stats = createStatsBuffer(1);
+  const init: WorkerInit = {
+    worker: 0,
+    cpu: -1,
+    mailbox: mailboxBuffer,
+    mailboxFd,
+    stats,
+    mode,
+    idleBudgetUs: 0,
+    handlerModule: EchoDevice.handler().module,
+    handlerOptions,
+    queueCount: 1,
+    maxSegments: 8,
+  };
+  const worker = await DataPlaneWorker.create(init, workerPort, { createHandler, maxSleepMs: MAX_SLEEP_MS });
+  const regionBuffer = new SharedArrayBuffer(MiB);
+  const region = { guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 };
+  const memory = new GuestMemory([region]);
+  const layout = splitRingLayout(SIZE);
+  const driver = new VringDriver({ memory, size: SIZE, descAddr: 0, availAddr: layout.availOffset, usedAddr: layout.usedOffset, eventIdx: true });
+  const rig: Rig = {
+    worker,
+    control,
+    workerPort,
+    mailbox: new Int32Array(mailboxBuffer),
+    mailboxFd,
+    stats,
+    memory,
+    regionBuffer,
+    driver,
+    kickFd: native.eventfdCreate(0),
+    callFd: native.eventfdCreate(0),
+    messages: [],
+    nextId: 1,
+  };
+  rigs.push(rig);
+  return rig;
+}
+
+/** Posts a command the way pool.ts does (port, sequence number, eventfd); returns its id. */
+function post(rig: Rig, command: Command): number {
+  const id = rig.nextId++;
+  rig.control.postMessage({ ...command, id });
+  Atomics.add(rig.mailbox, Mailbox.SEQ, 1);
+  native.eventfdWrite(rig.mailboxFd, 1);
+  return id;
+}
+
+function drain(rig: Rig): void {
+  for (;;) {
+    const received = receiveMessageOnPort(rig.control);
+    if (!received) return;
+    rig.messages.push(received.message as WorkerMessage);
+  }
+}
+
+function takeReply(rig: Rig, id: number): Extract<WorkerMessage, { kind: 'reply' }> | undefined {
+  drain(rig);
+  const at = rig.messages.findIndex((m) => m.kind === 'reply' && m.id === id);
+  return at < 0 ? undefined : (rig.messages.splice(at, 1)[0] as Extract<WorkerMessage, { kind: 'reply' }>);
+}
+
+/** Steps the worker until `done` holds; fails after `maxSteps`. Returns the steps taken. */
+function stepUntil(rig: Rig, done: () => boolean, maxSteps = 10_000): number {
+  for (let steps = 1; steps <= maxSteps; steps++) {
+    rig.worker.step();
+    if (done()) return steps;
+  }
+  throw new Error(`condition not reached in ${maxSteps} steps`);
+}
+
+/** Sends a command and steps until its reply; throws if the worker refused it. */
+function run(rig: Rig, command: Command): number | undefined {
+  const id = post(rig, command);
+  let reply: ReturnType<typeof takeReply>;
+  stepUntil(rig, () => (reply = takeReply(rig, id)) !== undefined);
+  if (!reply!.ok) throw new Error(reply!.error);
+  return reply!.value;
+}
+
+function startQueue(rig: Rig, kickFd: number, lastAvailIdx = 0): void {
+  const region = { guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: rig.regionBuffer, bufferOffset: 0 };
+  run(rig, { op: 'memory', regions: [region] });
+  const layout = splitRingLayout(SIZE);
+  run(rig, {
+    op: 'start',
+    queue: {
+      index: 0,
+      size: SIZE,
+      descUserAddr: USER_BASE,
+      availUserAddr: USER_BASE + layout.availOffset,
+      usedUserAddr: USER_BASE + layout.usedOffset,
+      lastAvailIdx,
+      kickFd,
+      callFd: rig.callFd,
+      errFd: -1,
+      eventIdx: true,
+      indirectDesc: false,
+    },
+  });
+}
+
+/** Posts `count` chains (64 readable bytes of a pattern, 64 writable) and publishes them. */
+function postEchoChains(rig: Rig, count: number): void {
+  const bytes = new Uint8Array(rig.regionBuffer);
+  for (let i = 0; i < count; i++) {
+    const out = DATA + i * 256;
+    for (let b = 0; b < 64; b++) bytes[out + b] = (i * 7 + b) & 0xff;
+    bytes.fill(0, out + 128, out + 192);
+    rig.driver.beginChain();
+    rig.driver.addSegment(out, 64, false);
+    rig.driver.addSegment(out + 128, 64, true);
+    expect(rig.driver.endChain(i)).toBeGreaterThanOrEqual(0);
+  }
+  rig.driver.publish();
+}
+
+function reap(rig: Rig, tokens: Float64Array, lens: Uint32Array): number {
+  return rig.driver.reapUsed(tokens, lens);
+}
+
+describe('DataPlaneWorker in-process', () => {
+  it('busy mode: pops, echoes and completes a queue, then GET_VRING_BASE answers last_avail_idx', async () => {
+    const rig = await startWorker('busy');
+    startQueue(rig, rig.kickFd);
+    postEchoChains(rig, 8);
+    const tokens = new Float64Array(8);
+    const lens = new Uint32Array(8);
+    let reaped = 0;
+    stepUntil(rig, () => (reaped += reap(rig, tokens.subarray(reaped), lens.subarray(reaped))) === 8, 100);
+    expect([...lens]).toEqual(new Array(8).fill(64));
+    const bytes = new Uint8Array(rig.regionBuffer);
+    for (let i = 0; i < 8; i++) {
+      const echoed = bytes.subarray(DATA + i * 256 + 128, DATA + i * 256 + 192);
+      expect(echoed, `request ${i}`).toEqual(bytes.subarray(DATA + i * 256, DATA + i * 256 + 64));
+    }
+    expect(readQueueStats(rig.stats, 0).requests).toBe(8);
+    expect(run(rig, { op: 'stop', index: 0 })).toBe(8);
+    // A stopped queue is gone: a second stop is refused with a clear message.
+    expect(() => run(rig, { op: 'stop', index: 0 })).toThrow(/queue 0 is not running on worker 0/);
+  });
+
+  it('interrupt mode: arms kicks before sleeping, a kick wakes it, the call fd is signalled', async () => {
+    const rig = await startWorker('interrupt');
+    startQueue(rig, rig.kickFd);
+    // Idle: this step arms notifications and sleeps; the unread mailbox eventfd wakes it at once.
+    const before = performance.now();
+    rig.worker.step();
+    postEchoChains(rig, 4);
+    expect(rig.driver.needsKick()).toBe(true);
+    native.eventfdWrite(rig.kickFd, 1);
+    const tokens = new Float64Array(4);
+    const lens = new Uint32Array(4);
+    let reaped = 0;
+    stepUntil(rig, () => (reaped += reap(rig, tokens.subarray(reaped), lens.subarray(reaped))) === 4 && readQueueStats(rig.stats, 0).kicks === 1, 100);
+    // Every sleep ended on an fd, none on the safety timeout.
+    expect(performance.now() - before).toBeLessThan(MAX_SLEEP_MS);
+    expect(native.eventfdRead(rig.callFd)).toBeGreaterThan(0);
+    expect(readQueueStats(rig.stats, 0).requests).toBe(4);
+    expect(readQueueStats(rig.stats, 0).sleepMs).toBeGreaterThan(0);
+    // The worker read the kick counter (its own fd) and left nothing behind.
+    expect(native.eventfdRead(rig.kickFd)).toBe(0);
+  });
+
+  it('a stop waits for requests the device still holds; a reset stops every queue', async () => {
+    // The echo handler holds every completion until its release eventfd is written.
+    const releaseFd = native.eventfdCreate(0);
+    fds.push(releaseFd);
+    const rig = await startWorker('busy', undefined, { releaseFd });
+    startQueue(rig, rig.kickFd);
+    postEchoChains(rig, 3);
+    stepUntil(rig, () => readQueueStats(rig.stats, 0).inFlight === 3, 100);
+    const stopId = post(rig, { op: 'stop', index: 0 });
+    for (let i = 0; i < 200; i++) rig.worker.step();
+    expect(takeReply(rig, stopId)).toBeUndefined();
+    expect(readQueueStats(rig.stats, 0).requests).toBe(0);
+    native.eventfdWrite(releaseFd, 1);
+    let reply: ReturnType<typeof takeReply>;
+    stepUntil(rig, () => (reply = takeReply(rig, stopId)) !== undefined, 1000);
+    expect(reply!).toMatchObject({ ok: true, value: 3 });
+    expect(readQueueStats(rig.stats, 0).requests).toBe(3);
+    expect(rig.driver.reapUsed(new Float64Array(3), new Uint32Array(3))).toBe(3);
+    // Started again where it stopped (SET_VRING_BASE 3), a reset stops it and answers.
+    startQueue(rig, rig.kickFd, 3);
+    expect(run(rig, { op: 'reset' })).toBeUndefined();
+    expect(() => run(rig, { op: 'stop', index: 0 })).toThrow(/not running/);
+  });
+});
+
+/** A test handler: no requests, one watched eventfd; records every callback, reads the fd only if told. */
+class FdWatcher implements QueueHandler {
+  readonly completionFd = -1;
+  readonly inFlight = 0;
+  readonly tokens: number[] = [];
+  readonly events: number[] = [];
+  readonly values: number[] = [];
+  readFd = true;
+  throwOnReady = false;
+
+  constructor(
+    readonly context: HandlerContext,
+    readonly fd: number,
+    readonly token: number,
+  ) {
+    context.watchFd(fd, token);
+  }
+
+  handle(queue: WorkerQueue, request: VirtqRequest): void {
+    queue.complete(request, 0);
+  }
+  flush(): void {}
+  poll(): number {
+    return 0;
+  }
+  onFdReady(token: number, events: number): void {
+    this.tokens.push(token);
+    this.events.push(events);
+    if (this.throwOnReady) throw new Error('injected onFdReady fault');
+    if (this.readFd) this.values.push(native.eventfdRead(this.fd));
+  }
+  setMemory(): void {}
+  close(): void {}
+}
+
+async function startWatcher(mode: PollMode): Promise<{ rig: Rig; handler: FdWatcher; fd: number }> {
+  const fd = native.eventfdCreate(0);
+  fds.push(fd);
+  let handler!: FdWatcher;
+  const rig = await startWorker(mode, (_options, context) => (handler = new FdWatcher(context, fd, 7)));
+  return { rig, handler, fd };
+}
+
+describe('watched fds (worker event API), in-process', () => {
+  it('busy mode polls a watched fd without sleeping and leaves reading it to the handler', async () => {
+    const { rig, handler, fd } = await startWatcher('busy');
+    for (let i = 0; i < 100; i++) rig.worker.step();
+    expect(handler.tokens).toEqual([]);
+    native.eventfdWrite(fd, 3);
+    // Never asleep in busy mode: the worker finds it by polling its epoll set every few passes.
+    stepUntil(rig, () => handler.tokens.length > 0, 1000);
+    expect(handler.tokens).toEqual([7]);
+    expect(handler.events[0]! & FdEvent.READABLE).toBe(FdEvent.READABLE);
+    // The handler found the whole counter: the worker did not read it.
+    expect(handler.values).toEqual([3]);
+  });
+
+  it.each(['interrupt', 'adaptive'] as const)('%s mode sleeps on a watched fd and is woken by it', async (mode) => {
+    const { rig, handler, fd } = await startWatcher(mode);
+    native.eventfdWrite(fd, 5);
+    const before = performance.now();
+    stepUntil(rig, () => handler.tokens.length > 0, 1000);
+    // Woken by the fd, not by the safety timeout.
+    expect(performance.now() - before).toBeLessThan(MAX_SLEEP_MS);
+    expect(handler.tokens).toEqual([7]);
+    expect(handler.values).toEqual([5]);
+  });
+
+  it('an fd the handler leaves unread is reported again; after unwatchFd it is not', async () => {
+    const { rig, handler, fd } = await startWatcher('busy');
+    handler.readFd = false;
+    native.eventfdWrite(fd, 1);
+    stepUntil(rig, () => handler.tokens.length >= 3, 1000);
+    expect(native.eventfdRead(fd)).toBe(1); // still unread by anyone but us
+    native.eventfdWrite(fd, 1);
+    handler.context.unwatchFd(fd);
+    const seen = handler.tokens.length;
+    for (let i = 0; i < 1000; i++) rig.worker.step();
+    expect(handler.tokens.length).toBe(seen);
+    expect(() => handler.context.unwatchFd(fd)).toThrow(/not watched/);
+  });
+
+  it('refuses bad watches with clear errors', async () => {
+    const { handler, fd } = await startWatcher('busy');
+    const { context } = handler;
+    expect(() => context.watchFd(fd, 1)).toThrow(/already watched/);
+    expect(() => context.watchFd(-1, 1)).toThrow(RangeError);
+    expect(() => context.watchFd(1.5, 1)).toThrow(RangeError);
+    const other = native.eventfdCreate(0);
+    fds.push(other);
+    expect(() => context.watchFd(other, -1)).toThrow(/token/);
+    expect(() => context.watchFd(other, 2 ** 31)).toThrow(/token/);
+    expect(() => context.watchFd(other, 1, 0x20)).toThrow(/events/);
+    // Not an fd epoll can watch: the syscall's error, not a crash.
+    expect(() => context.watchFd(9999, 1)).toThrow(/EBADF|epoll_ctl/);
+    context.watchFd(other, 1, FdEvent.READABLE | FdEvent.WRITABLE);
+  });
+
+  it('a handler that watches fds without onFdReady is refused at creation', async () => {
+    const fd = native.eventfdCreate(0);
+    fds.push(fd);
+    const create: CreateQueueHandler = (_options, context) => {
+      context.watchFd(fd, 1);
+      return { completionFd: -1, inFlight: 0, handle() {}, flush() {}, poll: () => 0, setMemory() {}, close() {} };
+    };
+    await expect(startWorker('busy', create)).rejects.toThrow(/no onFdReady/);
+  });
+
+  it('onFdReady that throws stops the queues and the watches; the worker keeps serving commands', async () => {
+    const { rig, handler, fd } = await startWatcher('interrupt');
+    startQueue(rig, rig.kickFd);
+    handler.throwOnReady = true;
+    native.eventfdWrite(fd, 1);
+    stepUntil(rig, () => handler.tokens.length > 0, 100);
+    expect(() => handler.context.unwatchFd(fd)).toThrow(/not watched/);
+    drain(rig);
+    expect(rig.messages.some((m) => m.kind === 'log' && m.level === 'error' && /device handler failed/.test(m.msg))).toBe(true);
+    postEchoChains(rig, 1);
+    native.eventfdWrite(rig.kickFd, 1);
+    stepUntil(rig, () => readQueueStats(rig.stats, 0).broken !== 0, 100);
+    expect(readQueueStats(rig.stats, 0).broken).toBe(BrokenReason.DEVICE_ERROR);
+    expect(typeof run(rig, { op: 'stop', index: 0 })).toBe('number');
+  });
+});
