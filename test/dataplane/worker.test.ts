@@ -11,7 +11,7 @@ import type { VirtqRequest } from '../../dist/dataplane/request.js';
 import { BrokenReason } from '../../dist/dataplane/chain.js';
 import { createStatsBuffer, readQueueStats } from '../../dist/dataplane/stats.js';
 import { EchoDevice } from '../../dist/devices/echo/device.js';
-import { VringDriver, splitRingLayout } from '../../dist/control/frontend/vring-driver.js';
+import { VringDriver, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 import { native } from '../../dist/native.js';
 
 const MiB = 1 << 20;
