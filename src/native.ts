@@ -36,7 +36,7 @@ export interface FdWatcherConstructor {
 export interface Uring {
   /** Base pointers for iovec entries: iovec.region indexes this list. Holds the buffers alive. */
   setRegions(regions: SharedArrayBuffer[]): void;
-  /** Submit `count` request records from `sqes` (layout: see uring.ts), returns how many were queued. */
+  /** Submit `count` request records from `sqes` (layout: recordLayout), returns how many were queued. */
   submit(sqes: Uint32Array, iovecs: Uint32Array, count: number): number;
   /** Reap up to `max` completions into `cqes` as (user_data u32, res i32) pairs; never blocks. */
   reap(cqes: Int32Array, max: number): number;
@@ -116,6 +116,20 @@ export interface NativeRing {
    * failing the Uring checks is not run: -EFAULT (bad iovec index, region or range) or -EINVAL.
    */
   blockIo(regions: SharedArrayBuffer[], sqes: Uint32Array, iovecs: Uint32Array, count: number, results: Int32Array): void;
+
+  /** The SQE and IOVEC record layout Uring.submit and blockIo read (native/ring/records.h). */
+  readonly recordLayout: RecordLayout;
+}
+
+/** Word counts and word indexes of the request records (native/ring/records.h, uring.cc). */
+export interface RecordLayout {
+  sqeWords: number;
+  iovecWords: number;
+  /** IOV_MAX: iovecs one record may have. */
+  maxIovecs: number;
+  sqe: { opcode: number; fd: number; offsetLow: number; offsetHigh: number; userData: number; iovecCount: number; firstIovec: number; length: number };
+  iovec: { region: number; offsetLow: number; offsetHigh: number; length: number };
+  opcode: { NOP: number; READV: number; WRITEV: number; FSYNC: number; FDATASYNC: number; PUNCH_HOLE: number; ZERO_RANGE: number };
 }
 
 /** The package root (this file is compiled to dist/native.js). */

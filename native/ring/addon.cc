@@ -1,5 +1,6 @@
 // Entry point of the native/ring addon: syscalls only, no protocol logic.
 // Also the helpers every part shares: errno errors and argument checks (ring.h).
+#include "records.h"
 #include "ring.h"
 
 #include <cmath>
@@ -93,6 +94,40 @@ bool ArgArray(const Napi::CallbackInfo& info, size_t index, const char* name, Na
   return true;
 }
 
+// The record layout of records.h as plain numbers, so TypeScript reads it instead of copying it.
+static Napi::Object RecordLayout(Napi::Env env) {
+  Napi::Object layout = Napi::Object::New(env);
+  layout.Set("sqeWords", static_cast<double>(kSqeWords));
+  layout.Set("iovecWords", static_cast<double>(kIovecWords));
+  layout.Set("maxIovecs", static_cast<double>(kMaxIovecs));
+  Napi::Object sqe = Napi::Object::New(env);
+  sqe.Set("opcode", static_cast<double>(kOpcode));
+  sqe.Set("fd", static_cast<double>(kFd));
+  sqe.Set("offsetLow", static_cast<double>(kOffsetLow));
+  sqe.Set("offsetHigh", static_cast<double>(kOffsetHigh));
+  sqe.Set("userData", static_cast<double>(kUserData));
+  sqe.Set("iovecCount", static_cast<double>(kIovecCount));
+  sqe.Set("firstIovec", static_cast<double>(kFirstIovec));
+  sqe.Set("length", static_cast<double>(kLength));
+  layout.Set("sqe", sqe);
+  Napi::Object iovec = Napi::Object::New(env);
+  iovec.Set("region", static_cast<double>(kRegion));
+  iovec.Set("offsetLow", static_cast<double>(kRegionOffsetLow));
+  iovec.Set("offsetHigh", static_cast<double>(kRegionOffsetHigh));
+  iovec.Set("length", static_cast<double>(kIovecLength));
+  layout.Set("iovec", iovec);
+  Napi::Object opcode = Napi::Object::New(env);
+  opcode.Set("NOP", static_cast<double>(kNop));
+  opcode.Set("READV", static_cast<double>(kReadv));
+  opcode.Set("WRITEV", static_cast<double>(kWritev));
+  opcode.Set("FSYNC", static_cast<double>(kFsync));
+  opcode.Set("FDATASYNC", static_cast<double>(kFdatasync));
+  opcode.Set("PUNCH_HOLE", static_cast<double>(kPunchHole));
+  opcode.Set("ZERO_RANGE", static_cast<double>(kZeroRange));
+  layout.Set("opcode", opcode);
+  return layout;
+}
+
 }  // namespace ring
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -102,6 +137,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ring::InitThread(env, exports);
   ring::InitUring(env, exports);
   ring::InitBlockIo(env, exports);
+  exports.Set("recordLayout", ring::RecordLayout(env));
   return exports;
 }
 

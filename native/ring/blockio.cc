@@ -14,6 +14,7 @@
 //
 // The region list is passed with every call and its backing stores are held for the call's
 // duration, so memory stays mapped while the syscalls run even if JS drops the buffers.
+#include "records.h"
 #include "ring.h"
 
 #include <fcntl.h>
@@ -28,23 +29,6 @@
 
 namespace ring {
 namespace {
-
-// Mirrors uring.cc (kept there unchanged; both follow its header comment).
-constexpr size_t kSqeWords = 8;
-constexpr size_t kIovecWords = 4;
-enum SqeWord {
-  kOpcode,
-  kFd,
-  kOffsetLow,
-  kOffsetHigh,
-  kUserData,
-  kIovecCount,
-  kFirstIovec,
-  kLength
-};
-enum IovecWord { kRegion, kRegionOffsetLow, kRegionOffsetHigh, kIovecLength };
-enum Opcode : uint32_t { kNop, kReadv, kWritev, kFsync, kFdatasync, kPunchHole, kZeroRange };
-constexpr uint32_t kMaxIovecs = 1024;
 
 struct Region {
   uint8_t* base;

@@ -2,7 +2,8 @@
 // records in typed arrays; native code checks them against the registered regions, builds the
 // iovec arrays and queues SQEs: one call per batch, never per descriptor.
 //
-// Record layouts (mirrored by src/dataplane/uring.ts):
+// Record layouts (records.h; exported to JS as `recordLayout`, used by
+// src/devices/blk/uring-engine.ts):
 //   SQE record, 8 u32 words:
 //     [0] opcode  0 NOP, 1 READV, 2 WRITEV, 3 FSYNC, 4 FDATASYNC,
 //                 5 FALLOCATE_PUNCH_HOLE (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE),
@@ -27,6 +28,7 @@
 // (idempotent, also run by the finalizer) closes both. Each request in flight holds the region
 // list it was checked against, and with it the regions' backing stores: memory stays mapped
 // until the kernel is done with it, even if setRegions() replaces the list or JS drops buffers.
+#include "records.h"
 #include "ring.h"
 
 #include <fcntl.h>
@@ -44,22 +46,6 @@
 namespace ring {
 namespace {
 
-constexpr size_t kSqeWords = 8;
-constexpr size_t kIovecWords = 4;
-enum SqeWord {
-  kOpcode,
-  kFd,
-  kOffsetLow,
-  kOffsetHigh,
-  kUserData,
-  kIovecCount,
-  kFirstIovec,
-  kLength
-};
-enum IovecWord { kRegion, kRegionOffsetLow, kRegionOffsetHigh, kIovecLength };
-enum Opcode : uint32_t { kNop, kReadv, kWritev, kFsync, kFdatasync, kPunchHole, kZeroRange };
-
-constexpr uint32_t kMaxIovecs = 1024;          // IOV_MAX: the kernel's own limit per request
 constexpr size_t kReservedIovecsPerSlot = 16;  // grows to the largest request seen, then stays
 constexpr int64_t kMaxEntries = 32768;         // IORING_MAX_ENTRIES
 

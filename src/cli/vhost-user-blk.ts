@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
 import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize, stopSignal, systemdListenFd } from './common.js';
-import type { BlkBackendOptions, BlkEngineName } from '../devices/blk/backend.js';
+import type { BlkBackendOptions, BlkEngineChoice } from '../devices/blk/backend.js';
 import type { PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
 import { qsdCompatMain } from './qsd-compat.js';
@@ -112,7 +112,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
   if (v.socket === undefined && listenFd === undefined) {
     throw new UsageError('--socket PATH or --socket-fd N is required (or start under systemd socket activation)');
   }
-  const engine = (v.engine ?? (v.disk ? 'auto' : 'memory')) as BlkEngineName;
+  const engine = (v.engine ?? (v.disk ? 'auto' : 'memory')) as BlkEngineChoice;
   if (!['auto', 'io_uring', 'threads', 'memory', 'null'].includes(engine)) throw new UsageError(`--engine must be auto, io_uring, threads, memory or null, not "${v.engine}"`);
   const diskEngine = engine === 'auto' || engine === 'io_uring' || engine === 'threads';
   if (diskEngine && !v.disk) throw new UsageError(`--engine ${engine} needs --disk FILE`);

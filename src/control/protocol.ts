@@ -182,19 +182,7 @@ export const UUID_SIZE = 16;
 /** Ring part alignments (virtio 1.2 §2.7 split rings): descriptor table, available ring, used ring. */
 export const RING_ALIGN = { desc: 16, avail: 2, used: 4 } as const;
 
-/** Feature bit number → mask. */
-export function bit(feature: number): bigint {
-  return 1n << BigInt(feature);
-}
-
-export function hasFeature(features: bigint, feature: number): boolean {
-  return (features & bit(feature)) !== 0n;
-}
-
-/** Queue sizes must be powers of two (virtio 1.2 §2.7); 0 is not one. */
-export function isPowerOfTwo(n: number): boolean {
-  return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0 && n <= 0x8000_0000;
-}
+export { bit, hasFeature, isPowerOfTwo } from '../bits.js';
 
 const requestNames = new Map<number, string>(Object.entries(Request).map(([name, id]) => [id, name]));
 const backendRequestNames = new Map<number, string>(Object.entries(BackendRequestId).map(([name, id]) => [id, name]));

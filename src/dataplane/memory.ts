@@ -21,6 +21,7 @@
 //
 // Results. Translation methods return a window index (≥ 0) or a negative TRANSLATE_* code and
 // leave the details in the `out*` fields, so the hot path allocates nothing.
+import { isPowerOfTwo } from '../bits.js';
 
 /** One region as validated by the control plane. All numbers are integers below 2^53. */
 export interface MemoryRegion {
@@ -289,10 +290,6 @@ export class GuestMemory {
     const offset = addr - starts[r];
     return offset >= 0 && offset < this.regionSize[r] ? r : -1;
   }
-}
-
-function isPowerOfTwo(value: number): boolean {
-  return Number.isSafeInteger(value) && value > 0 && 2 ** Math.round(Math.log2(value)) === value;
 }
 
 function sortedOrder(starts: Float64Array, n: number): Int32Array {

@@ -14,6 +14,7 @@
 //
 // Host byte order must be little-endian (descriptors are read through typed arrays). Every
 // platform Node supports for this project is (x86-64, arm64); the module refuses to load otherwise.
+import { MAX_QUEUE_SIZE } from '../control/protocol.js';
 import { BrokenReason, ChainWalker, brokenReasonName } from './chain.js';
 import { GuestMemory } from './memory.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from './notify.js';
@@ -26,7 +27,6 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error('vhost-user-ts data plane requires a little-endian host');
 }
 
-export const MAX_QUEUE_SIZE = 32768;
 
 export interface VirtqueueConfig {
   memory: GuestMemory;

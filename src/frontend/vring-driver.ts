@@ -14,6 +14,7 @@
 import { GuestMemory } from '../dataplane/memory.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../dataplane/chain.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from '../dataplane/notify.js';
+import { TWO_POW_32 } from '../bits.js';
 
 /** Where each part of a split ring sits, relative to the start of the ring area. */
 export interface SplitRingLayout {
@@ -78,7 +79,6 @@ export function indirectTablesBytes(size: number, maxEntries: number): number {
   return size * maxEntries * 16;
 }
 
-const TWO_POW_32 = 4294967296;
 const NONE = 0xffff_ffff;
 
 export class VringDriver {

@@ -6,12 +6,11 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 
-const Op = { NOP: 0, READV: 1, WRITEV: 2, FSYNC: 3, FDATASYNC: 4, PUNCH_HOLE: 5, ZERO_RANGE: 6 };
+const Op = native.recordLayout.opcode;
 const EBADF = 9;
 const EFAULT = 14;
 const EINVAL = 22;
-const SQE_WORDS = 8;
-const IOVEC_WORDS = 4;
+const { sqeWords: SQE_WORDS, iovecWords: IOVEC_WORDS } = native.recordLayout;
 
 interface Record {
   op: number;

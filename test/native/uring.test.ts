@@ -9,11 +9,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { native, type Uring } from '../../dist/native.js';
 import { thrown } from './preamble.js';
 
-const Op = { NOP: 0, READV: 1, WRITEV: 2, FSYNC: 3, FDATASYNC: 4, PUNCH_HOLE: 5, ZERO_RANGE: 6 };
+const Op = native.recordLayout.opcode;
 const EFAULT = 14;
 const EINVAL = 22;
-const SQE_WORDS = 8;
-const IOVEC_WORDS = 4;
+const { sqeWords: SQE_WORDS, iovecWords: IOVEC_WORDS } = native.recordLayout;
 const GiB = 2 ** 30;
 
 interface Request {
@@ -25,7 +24,7 @@ interface Request {
   length?: number;
 }
 
-/** Encodes requests the way src/dataplane/uring.ts does. */
+/** Encodes requests the way src/devices/blk/uring-engine.ts does. */
 function encode(requests: Request[]) {
   const sqes = new Uint32Array(requests.length * SQE_WORDS);
   const iovecCount = requests.reduce((sum, r) => sum + (r.iovecs?.length ?? 0), 0);
@@ -69,6 +68,19 @@ function mapMemfd(name: string, size: number) {
   native.close(fd);
   return region;
 }
+
+describe('recordLayout', () => {
+  it('is the layout uring.cc documents: 8-word SQE records, 4-word IOVEC records, 1024 iovecs at most', () => {
+    expect(native.recordLayout).toEqual({
+      sqeWords: 8,
+      iovecWords: 4,
+      maxIovecs: 1024,
+      sqe: { opcode: 0, fd: 1, offsetLow: 2, offsetHigh: 3, userData: 4, iovecCount: 5, firstIovec: 6, length: 7 },
+      iovec: { region: 0, offsetLow: 1, offsetHigh: 2, length: 3 },
+      opcode: { NOP: 0, READV: 1, WRITEV: 2, FSYNC: 3, FDATASYNC: 4, PUNCH_HOLE: 5, ZERO_RANGE: 6 },
+    });
+  });
+});
 
 describe('Uring', () => {
   let dir: string;

@@ -10,8 +10,8 @@ import type { QueueStats } from '../../dataplane/stats.js';
 import { BlkDevice } from './device.js';
 import { resolveEngine } from './engine-select.js';
 import type { BlkEngineChoice } from './options.js';
+export type { BlkEngineChoice, BlkEngineName } from './options.js';
 
-export type BlkEngineName = BlkEngineChoice;
 
 export interface BlkBackendOptions {
   /** Socket path to bind (or connect to, with client); or listenFd. */
@@ -19,7 +19,7 @@ export interface BlkBackendOptions {
   /** An inherited listening socket to serve instead of binding socketPath (see DaemonOptions). */
   listenFd?: number;
   client: boolean;
-  engine: BlkEngineName;
+  engine: BlkEngineChoice;
   diskPath?: string;
   /** Disk size; required to create a missing image, and for memory/null (default 64 MiB). */
   sizeBytes?: number;

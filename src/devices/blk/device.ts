@@ -10,6 +10,7 @@ import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { resolveEngine } from './engine-select.js';
 import { MAX_RANGE_SECTORS, type BlkEngineChoice, type BlkHandlerOptions } from './options.js';
 import { BLK_CONFIG_SIZE, BlkConfigOffset, BlkFeature, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES, encodeBlkConfig } from './virtio-blk.js';
+import { bit } from '../../bits.js';
 
 export interface BlkDeviceOptions {
   /** Disk size in bytes (a multiple of 512; the image or RAM disk size). */
@@ -58,7 +59,6 @@ const MAX_DATA_SEGMENTS = 254;
 /** Header and status descriptors, plus room for a header or status split in two. */
 const FIXED_SEGMENTS = 4;
 
-const bit = (n: number) => 1n << BigInt(n);
 
 export class BlkDevice implements VhostUserDevice {
   readonly name = 'virtio-blk';

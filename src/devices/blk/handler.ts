@@ -31,6 +31,7 @@ import { encodeSerial, validateHandlerOptions, type BlkHandlerOptions } from './
 import { ThreadsEngine } from './threads-engine.js';
 import { UringEngine } from './uring-engine.js';
 import { BlkRequestType, BlkStatus, SECTOR_SIZE, VIRTIO_BLK_ID_BYTES } from './virtio-blk.js';
+import { TWO_POW_32 } from '../../bits.js';
 
 /** struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags. */
 const RANGE_BYTES = 16;
@@ -40,7 +41,6 @@ const REAP_MAX = 256;
 const INITIAL_SLOTS = 64;
 /** Sector numbers at or above 2^53 / 2^32 in their high word are beyond any disk. */
 const SECTOR_HIGH_LIMIT = 2 ** 21;
-const TWO_POW_32 = 4294967296;
 /** Log the first few of each kind of problem (a hostile guest must not flood the log). */
 const LOG_LIMIT = 10;
 

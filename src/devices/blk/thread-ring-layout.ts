@@ -54,12 +54,8 @@ export const MESSAGE_HEADER_WORDS = 9;
 export const PAD = 0xffffffff;
 export const CQ_ENTRY_WORDS = 4;
 
-export const SQE_WORDS = 8;
-export const IOVEC_WORDS = 4;
-export const Sqe = { OPCODE: 0, USER_DATA: 4, IOVEC_COUNT: 5, FIRST_IOVEC: 6 } as const;
-export const Opcode = { READV: 1, WRITEV: 2 } as const;
-/** IOV_MAX: the most iovecs a record may have (as the io_uring ring checks). */
-export const MAX_IOVECS = 1024;
+export { IOVEC_WORDS, MAX_IOVECS, Opcode, SQE_WORDS, Sqe } from './records.js';
+import { SQE_WORDS, Sqe } from './records.js';
 
 /** The shared buffers and fds of one ring. */
 export interface RingShared {

@@ -31,12 +31,9 @@ import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 import { DataCursor, Errno, PENDING, beginReadData, beginWriteData, type BlkEngine } from './engine.js';
 import { openUring } from './engine-select.js';
+import { TWO_POW_32 } from '../../bits.js';
+import { IOVEC_WORDS, Iovec, MAX_IOVECS, Opcode, SQE_WORDS, Sqe } from './records.js';
 
-const SQE_WORDS = 8;
-const IOVEC_WORDS = 4;
-const Opcode = { READV: 1, WRITEV: 2, FDATASYNC: 4, PUNCH_HOLE: 5, ZERO_RANGE: 6 } as const;
-/** The kernel's (and the native ring's) limit of iovecs per request. */
-const MAX_IOVECS = 1024;
 /** Records staged per batch before they must be submitted. */
 const STAGED_SQES = 256;
 /** Iovec records staged per batch; at least MAX_IOVECS, so an empty stage always fits a request. */
@@ -44,7 +41,6 @@ const STAGED_IOVECS = 4 * MAX_IOVECS;
 const REAP_BATCH = 256;
 /** Zero-filled mapping that WRITE_ZEROES falls back to writing from (1024 of them cover 1 GiB). */
 const ZERO_BYTES = 1 << 20;
-const TWO_POW_32 = 4294967296;
 
 const Phase = {
   IDLE: 0,
@@ -313,10 +309,10 @@ export class UringEngine implements BlkEngine {
         if (firstIovec + count > STAGED_IOVECS) return false;
         const iovecs = this.iovecs;
         for (let i = 0, w = firstIovec * IOVEC_WORDS; i < count; i++, w += IOVEC_WORDS) {
-          iovecs[w] = this.zeroRegion;
-          iovecs[w + 1] = 0;
-          iovecs[w + 2] = 0;
-          iovecs[w + 3] = left > ZERO_BYTES ? ZERO_BYTES : left;
+          iovecs[w + Iovec.REGION] = this.zeroRegion;
+          iovecs[w + Iovec.OFFSET_LOW] = 0;
+          iovecs[w + Iovec.OFFSET_HIGH] = 0;
+          iovecs[w + Iovec.LENGTH] = left > ZERO_BYTES ? ZERO_BYTES : left;
           left -= ZERO_BYTES;
         }
         this.stagedIovecs += count;
@@ -345,14 +341,14 @@ export class UringEngine implements BlkEngine {
     }
     const sqes = this.sqes;
     const base = this.staged * SQE_WORDS;
-    sqes[base] = opcode;
-    sqes[base + 1] = fd;
-    sqes[base + 2] = offset % TWO_POW_32;
-    sqes[base + 3] = Math.floor(offset / TWO_POW_32);
-    sqes[base + 4] = slot;
-    sqes[base + 5] = iovecCount;
-    sqes[base + 6] = firstIovec;
-    sqes[base + 7] = length;
+    sqes[base + Sqe.OPCODE] = opcode;
+    sqes[base + Sqe.FD] = fd;
+    sqes[base + Sqe.OFFSET_LOW] = offset % TWO_POW_32;
+    sqes[base + Sqe.OFFSET_HIGH] = Math.floor(offset / TWO_POW_32);
+    sqes[base + Sqe.USER_DATA] = slot;
+    sqes[base + Sqe.IOVEC_COUNT] = iovecCount;
+    sqes[base + Sqe.FIRST_IOVEC] = firstIovec;
+    sqes[base + Sqe.LENGTH] = length;
     this.staged++;
     return true;
   }
@@ -372,10 +368,10 @@ export class UringEngine implements BlkEngine {
       const length = cursor.length;
       // Region mappings start page-aligned, so the buffer offset's alignment is the address's.
       if (alignment > 1 && (bufferOffset % alignment !== 0 || length % alignment !== 0)) return -Errno.EINVAL;
-      iovecs[w] = memory.windowRegion[window]!;
-      iovecs[w + 1] = bufferOffset % TWO_POW_32;
-      iovecs[w + 2] = Math.floor(bufferOffset / TWO_POW_32);
-      iovecs[w + 3] = length;
+      iovecs[w + Iovec.REGION] = memory.windowRegion[window]!;
+      iovecs[w + Iovec.OFFSET_LOW] = bufferOffset % TWO_POW_32;
+      iovecs[w + Iovec.OFFSET_HIGH] = Math.floor(bufferOffset / TWO_POW_32);
+      iovecs[w + Iovec.LENGTH] = length;
       w += IOVEC_WORDS;
       count++;
     }
@@ -391,7 +387,7 @@ export class UringEngine implements BlkEngine {
     // Refused records (ring full) go back to the front of the FIFO, in order.
     for (let i = staged - 1; i >= queued; i--) {
       this.deferredHead = this.deferredHead === 0 ? this.slotCapacity - 1 : this.deferredHead - 1;
-      this.deferred[this.deferredHead] = this.sqes[i * SQE_WORDS + 4]!;
+      this.deferred[this.deferredHead] = this.sqes[i * SQE_WORDS + Sqe.USER_DATA]!;
       this.deferredCount++;
     }
     this.staged = 0;
