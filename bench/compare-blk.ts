@@ -19,6 +19,7 @@ import { randRead4k, runBench, type BenchResult } from '../dist/loadgen/run.js';
 import { startStorageDaemon } from '../dist/guest/qsd.js';
 import { spawnBlkBackend } from '../dist/guest/blk-process.js';
 import { runLoopbackLoad } from '../dist/loadgen/load.js';
+import { firstFioJob } from './fio-output.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const BACKEND_CPU = '1';
@@ -47,7 +48,7 @@ const { values } = parseArgs({
     'no-spdk': { type: 'boolean', default: false },
   },
 });
-const quick = values.quick!;
+const quick = values.quick;
 const seconds = Number(values.seconds ?? (quick ? 2 : 10));
 const warmup = quick ? 0.5 : 2;
 const sizeMb = Number(values['size-mb'] ?? (quick ? 256 : 1024));
@@ -60,7 +61,9 @@ const spdkDir = values['no-spdk'] ? undefined : (values.spdk ?? join(REPO, '..',
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) =>
-    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) => (error ? reject(new Error(`${cmd} failed: ${stderr || error.message}`)) : resolve(stdout))),
+    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) =>
+      error ? reject(new Error(`${cmd} failed: ${stderr || error.message}`)) : resolve(stdout),
+    ),
   );
 }
 
@@ -69,10 +72,22 @@ async function prepareImage(): Promise<void> {
   mkdirSync(join(REPO, '.cache', 'bench'), { recursive: true });
   // Real data, not a sparse file: reading holes would flatter every back-end.
   process.stderr.write(`writing a ${sizeMb} MiB image at ${image}...\n`);
-  await run('fio', ['--name=fill', `--filename=${image}`, '--rw=write', '--bs=1M', `--size=${sizeMb}M`, '--ioengine=io_uring', '--direct=1', '--output-format=terse']);
+  await run('fio', [
+    '--name=fill',
+    `--filename=${image}`,
+    '--rw=write',
+    '--bs=1M',
+    `--size=${sizeMb}M`,
+    '--ioengine=io_uring',
+    '--direct=1',
+    '--output-format=terse',
+  ]);
 }
 
-async function ours(engine: 'null' | 'io_uring', mode: string): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+async function ours(
+  engine: 'null' | 'io_uring',
+  mode: string,
+): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
   const args = ['--engine', engine, '--cpus', BACKEND_CPU, '--poll', mode];
   if (engine === 'io_uring') args.push('--disk', image, '--direct');
   else args.push('--size', `${sizeMb}M`);
@@ -94,7 +109,9 @@ async function buildSpdk(): Promise<void> {
   if (!spdkDir) return;
   const script = join(spdkDir, 'build.sh');
   if (!existsSync(script)) {
-    throw new Error(`no SPDK peer at ${spdkDir} (expected build.sh and run-vhost.sh there): pass --spdk DIR, or --no-spdk to leave SPDK out`);
+    throw new Error(
+      `no SPDK peer at ${spdkDir} (expected build.sh and run-vhost.sh there): pass --spdk DIR, or --no-spdk to leave SPDK out`,
+    );
   }
   process.stderr.write('SPDK: building on first use (about a minute), then cached...\n');
   const binary = (await run('bash', [script])).trim();
@@ -104,11 +121,18 @@ async function buildSpdk(): Promise<void> {
 /** SPDK's vhost target with one bdev, reactor on the back-end CPU. */
 async function spdk(kind: 'null' | 'aio'): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
   const name = `spdk-${kind}`;
-  const out = await run('bash', [join(spdkDir!, 'run-vhost.sh'), work, name, BACKEND_CPU, kind, kind === 'null' ? String(sizeMb) : image]);
+  const out = await run('bash', [
+    join(spdkDir!, 'run-vhost.sh'),
+    work,
+    name,
+    BACKEND_CPU,
+    kind,
+    kind === 'null' ? String(sizeMb) : image,
+  ]);
   const match = /^(\d+) (\S+)$/m.exec(out.trim());
   if (!match) throw new Error(`SPDK run-vhost.sh printed "${out.trim()}", expected "PID SOCKET"`);
   const pid = Number(match[1]);
-  return { socket: match[2]!, pid, stop: () => stopProcess(pid) };
+  return { socket: match[2], pid, stop: () => stopProcess(pid) };
 }
 
 /** SIGTERM a process that is not our child (run-vhost.sh started it), then SIGKILL after 5 s. */
@@ -154,8 +178,19 @@ function warmPageCache(): void {
 
 async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
   const r: BenchResult = await runBench(randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid }));
-  if (r.failures.length > 0) throw new Error(`${backend}/${engine}/${mode} QD${qd} is not a valid measurement: ${r.failures.join('; ')}`);
-  return { backend, engine, mode, qd, iops: r.iops, lat_us: r.lat_us, backend_cpu_s: r.backend_cpu_s, loadgen_cpu_s: r.loadgen_cpu_s, seconds: r.seconds };
+  if (r.failures.length > 0)
+    throw new Error(`${backend}/${engine}/${mode} QD${qd} is not a valid measurement: ${r.failures.join('; ')}`);
+  return {
+    backend,
+    engine,
+    mode,
+    qd,
+    iops: r.iops,
+    lat_us: r.lat_us,
+    backend_cpu_s: r.backend_cpu_s,
+    loadgen_cpu_s: r.loadgen_cpu_s,
+    seconds: r.seconds,
+  };
 }
 
 async function fio(qd: number): Promise<Point> {
@@ -175,8 +210,8 @@ async function fio(qd: number): Promise<Point> {
     `--ramp_time=${Math.round(warmup * 1000)}ms`,
     '--output-format=json',
   ]);
-  const job = JSON.parse(out).jobs[0];
-  const pct = job.read.clat_ns.percentile as Record<string, number>;
+  const job = firstFioJob(out);
+  const pct = job.read.clat_ns.percentile;
   const us = (ns: number) => Math.round(ns / 10) / 100;
   return {
     backend: 'fio',
@@ -186,10 +221,10 @@ async function fio(qd: number): Promise<Point> {
     iops: Math.round(job.read.iops),
     lat_us: {
       mean: us(job.read.clat_ns.mean),
-      p50: us(pct['50.000000']!),
-      p90: us(pct['90.000000']!),
-      p99: us(pct['99.000000']!),
-      'p99.9': us(pct['99.900000']!),
+      p50: us(pct['50.000000']),
+      p90: us(pct['90.000000']),
+      p99: us(pct['99.000000']),
+      'p99.9': us(pct['99.900000']),
       max: us(job.read.clat_ns.max),
     },
     backend_cpu_s: ((job.usr_cpu + job.sys_cpu) / 100) * seconds,
@@ -202,12 +237,24 @@ async function main(): Promise<void> {
   await prepareImage();
   if (!only || only.test('spdk null') || only.test('spdk aio')) await buildSpdk();
   const points: Point[] = [];
-  const configs: { name: string; start: () => Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }>; backend: string; engine: string; mode: string }[] = [];
+  const configs: {
+    name: string;
+    start: () => Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }>;
+    backend: string;
+    engine: string;
+    mode: string;
+  }[] = [];
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
     configs.push({ name: `ours null ${mode}`, start: () => ours('null', mode), backend: 'ours', engine: 'null', mode });
   }
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
-    configs.push({ name: `ours io_uring ${mode}`, start: () => ours('io_uring', mode), backend: 'ours', engine: 'io_uring', mode });
+    configs.push({
+      name: `ours io_uring ${mode}`,
+      start: () => ours('io_uring', mode),
+      backend: 'ours',
+      engine: 'io_uring',
+      mode,
+    });
   }
   configs.push({ name: 'qsd null-co', start: () => qsd('null-co'), backend: 'qsd', engine: 'null', mode: 'event loop' });
   configs.push({ name: 'qsd file', start: () => qsd('file'), backend: 'qsd', engine: 'io_uring', mode: 'event loop' });
@@ -216,9 +263,21 @@ async function main(): Promise<void> {
     configs.push({ name: 'spdk aio', start: () => spdk('aio'), backend: 'spdk', engine: 'aio', mode: 'reactor' });
   }
   for (const mode of ['interrupt', 'adaptive']) {
-    configs.push({ name: `ours threads ${mode}`, start: () => (warmPageCache(), oursThreads(mode)), backend: 'ours', engine: 'threads', mode });
+    configs.push({
+      name: `ours threads ${mode}`,
+      start: () => (warmPageCache(), oursThreads(mode)),
+      backend: 'ours',
+      engine: 'threads',
+      mode,
+    });
   }
-  configs.push({ name: 'qsd threads', start: () => (warmPageCache(), qsdThreads()), backend: 'qsd', engine: 'threads', mode: 'event loop' });
+  configs.push({
+    name: 'qsd threads',
+    start: () => (warmPageCache(), qsdThreads()),
+    backend: 'qsd',
+    engine: 'threads',
+    mode: 'event loop',
+  });
   for (const config of configs) {
     if (only && !only.test(config.name)) continue;
     const server = await config.start();
@@ -237,7 +296,10 @@ async function main(): Promise<void> {
     for (const qd of [1, 32]) {
       process.stderr.write(`loadgen loopback QD${qd}...\n`);
       const r = await runLoopbackLoad({ queueDepth: qd, seconds, warmupSeconds: warmup, cpu: LOAD_CPU });
-      if (r.errors > 0 || r.requests === 0) throw new Error(`loadgen loopback QD${qd} is not a valid measurement: ${r.requests} requests, ${r.errors} errors ${r.firstError}`);
+      if (r.errors > 0 || r.requests === 0)
+        throw new Error(
+          `loadgen loopback QD${qd} is not a valid measurement: ${r.requests} requests, ${r.errors} errors ${r.firstError}`,
+        );
       const us = (ns: number) => Math.round(ns / 10) / 100;
       const l = r.latencyNs;
       points.push({
@@ -263,7 +325,8 @@ async function main(): Promise<void> {
     points.find((p) => p.backend === backend && p.engine === engine && p.qd === qd && (mode === undefined || p.mode === mode));
   // Our engines against each peer's counterpart: SPDK's file back-end is its aio bdev.
   const spdkEngine: Record<string, string> = { null: 'null', io_uring: 'aio' };
-  const ratio = (ours: Point, peer: Point | undefined) => (peer && peer.iops > 0 ? Math.round((ours.iops / peer.iops) * 100) / 100 : null);
+  const ratio = (ours: Point, peer: Point | undefined) =>
+    peer && peer.iops > 0 ? Math.round((ours.iops / peer.iops) * 100) / 100 : null;
   const rows = points.map((p) => {
     const isOurs = p.backend === 'ours';
     return {
@@ -271,11 +334,12 @@ async function main(): Promise<void> {
       // Requests per second of back-end CPU time: what a polling back-end's 100 % costs it.
       iops_per_cpu_s: p.backend_cpu_s ? Math.round((p.iops * p.seconds) / p.backend_cpu_s) : null,
       vs_qsd: isOurs ? ratio(p, find('qsd', p.engine, p.qd)) : null,
-      vs_spdk: isOurs ? ratio(p, find('spdk', spdkEngine[p.engine]!, p.qd)) : null,
+      vs_spdk: isOurs ? ratio(p, find('spdk', spdkEngine[p.engine], p.qd)) : null,
       vs_fio: isOurs && p.engine === 'io_uring' ? ratio(p, find('fio', 'io_uring', p.qd)) : null,
     };
   });
-  const header = 'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
+  const header =
+    'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
   const lines = [header];
   const fixed = (value: number | null) => (value === null ? '-' : value.toFixed(2));
   for (const r of rows) {
@@ -305,8 +369,10 @@ async function main(): Promise<void> {
   const table = lines.join('\n');
   const legend =
     'be-CPU% / lg-CPU%: back-end / load generator CPU time over the window; IOPS/CPU-s: IOPS per back-end CPU-second\n' +
-    '(loadgen loopback: the generator completing its own requests in its thread — its ceiling; its CPU counts as the back-end\'s)';
-  process.stdout.write(`\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n${legend}\n`);
+    "(loadgen loopback: the generator completing its own requests in its thread — its ceiling; its CPU counts as the back-end's)";
+  process.stdout.write(
+    `\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n${legend}\n`,
+  );
   mkdirSync(join(REPO, 'results'), { recursive: true });
   const record = { date: new Date().toISOString(), machine, command, seconds, warmup, imageBytes: sizeMb << 20, rows, table };
   const stamp = record.date.replace(/[:.]/g, '-');

@@ -73,15 +73,24 @@ const queue: WorkerQueue = {
 };
 
 async function run(name: string, options: BlkHandlerOptions): Promise<void> {
-  const handler = await createQueueHandler(options, { worker: 0, queueCount: 1, log: () => {}, watchFd: () => {}, unwatchFd: () => {} });
+  const handler = await createQueueHandler(options, {
+    worker: 0,
+    queueCount: 1,
+    log: () => {},
+    watchFd: () => {},
+    unwatchFd: () => {},
+  });
   handler.setMemory(memory);
-  for (const [label, type] of [['read', 0], ['write', 1]] as const) {
+  for (const [label, type] of [
+    ['read', 0],
+    ['write', 1],
+  ] as const) {
     const requests = Array.from({ length: BATCH_MAX }, (_, i) => makeRequest(i, type, i * 8));
     for (const batch of [1, 32]) {
       const pass = (iterations: number) => {
         for (let n = 0; n < iterations; n++) {
           const target = completed + batch;
-          for (let i = 0; i < batch; i++) handler.handle(queue, requests[i]!);
+          for (let i = 0; i < batch; i++) handler.handle(queue, requests[i]);
           handler.flush();
           while (completed < target) handler.poll();
         }

@@ -155,15 +155,21 @@ async function main(): Promise<void> {
     const c = cases.find((x) => x.name === bench.name)!;
     const nsPerOp = (bench.stats.mean * 1e9) / c.perCall;
     results.push({ name: c.name, nsPerOp, rme: bench.stats.rme, samples: bench.stats.sample.length });
-    console.log(`${c.name.padEnd(48)} ${nsPerOp.toFixed(1).padStart(8)} ns/request  ±${bench.stats.rme.toFixed(1)}%  (${bench.stats.sample.length} samples)`);
+    console.log(
+      `${c.name.padEnd(48)} ${nsPerOp.toFixed(1).padStart(8)} ns/request  ±${bench.stats.rme.toFixed(1)}%  (${bench.stats.sample.length} samples)`,
+    );
   });
   suite.run({ async: false });
 
   const gcExposed = typeof (globalThis as { gc?: unknown }).gc === 'function';
-  console.log(`\nallocations (heapUsed delta over ~1M requests${gcExposed ? ', after gc()' : '; run with --expose-gc for a clean baseline'}):`);
+  console.log(
+    `\nallocations (heapUsed delta over ~1M requests${gcExposed ? ', after gc()' : '; run with --expose-gc for a clean baseline'}):`,
+  );
   for (const c of cases) {
     const { bytesPerOp, gcs, iterations } = await measureAllocations(c);
-    console.log(`${c.name.padEnd(48)} ${bytesPerOp.toFixed(3).padStart(8)} bytes/request  ${gcs} GC events in ${iterations} requests`);
+    console.log(
+      `${c.name.padEnd(48)} ${bytesPerOp.toFixed(3).padStart(8)} bytes/request  ${gcs} GC events in ${iterations} requests`,
+    );
   }
   if (sink === -1) console.log(sink);
 }

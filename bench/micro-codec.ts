@@ -4,10 +4,28 @@
 //
 //   npm run bench:micro   (builds, then runs this and micro-chain)
 import Benchmark from 'benchmark';
-import { decodeHeader, decodeRequest, encodeReply, encodeRequest, HEADER_SIZE, type FrontendRequest } from '../dist/control/codec/index.js';
+import {
+  decodeHeader,
+  decodeRequest,
+  encodeReply,
+  encodeRequest,
+  HEADER_SIZE,
+  type FrontendRequest,
+} from '../dist/control/codec/index.js';
 
 const samples: [string, FrontendRequest][] = [
-  ['SET_VRING_ADDR', { type: 'SET_VRING_ADDR', index: 0, flags: 0, descUserAddr: 0x7f0000000000n, usedUserAddr: 0x7f0000002000n, availUserAddr: 0x7f0000001000n, logGuestAddr: 0n }],
+  [
+    'SET_VRING_ADDR',
+    {
+      type: 'SET_VRING_ADDR',
+      index: 0,
+      flags: 0,
+      descUserAddr: 0x7f0000000000n,
+      usedUserAddr: 0x7f0000002000n,
+      availUserAddr: 0x7f0000001000n,
+      logGuestAddr: 0n,
+    },
+  ],
   ['SET_VRING_KICK', { type: 'SET_VRING_KICK', index: 1, noFd: false, fd: 9 }],
   [
     'SET_MEM_TABLE (8 regions)',
@@ -42,7 +60,9 @@ suite.add('encode u64 reply (ack)', () => {
 });
 suite.on('cycle', (event: Benchmark.Event) => {
   const bench = event.target as Benchmark.Target & { stats: Benchmark.Stats; hz: number };
-  console.log(`${String(bench.name).padEnd(40)} ${(1e9 / bench.hz).toFixed(0).padStart(8)} ns/op  ±${bench.stats.rme.toFixed(1)}%`);
+  console.log(
+    `${String(bench.name).padEnd(40)} ${(1e9 / bench.hz).toFixed(0).padStart(8)} ns/op  ±${bench.stats.rme.toFixed(1)}%`,
+  );
 });
 suite.run();
 if (sink === -1) console.log(sink);

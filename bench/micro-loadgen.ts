@@ -96,7 +96,9 @@ for (const depth of [1, 32]) {
       best = Math.min(best, (threadCpuNs() - start) / (passes * depth));
     }
     if (r.errors.count > 0) throw new Error(`loopback errors: ${r.errors.first}`);
-    console.log(`  QD${String(depth).padEnd(3)} ${name.padEnd(56)} ${best.toFixed(1).padStart(7)}  (ceiling ${(1e3 / best).toFixed(2)} M req/s per core)`);
+    console.log(
+      `  QD${String(depth).padEnd(3)} ${name.padEnd(56)} ${best.toFixed(1).padStart(7)}  (ceiling ${(1e3 / best).toFixed(2)} M req/s per core)`,
+    );
   }
 }
 
@@ -121,7 +123,9 @@ const clockNs = cpuNsPer(2_000_000, () => {
 });
 const recordNs = cpuNsPer(2_000_000, (i) => histogram.record(500 + (i & 0xffff) * 37));
 console.log('(2) the parts alone, ns of thread CPU:');
-console.log(`  performance.now()                         ${clockNs.toFixed(1).padStart(7)}  (twice per loop pass: per request at QD1)`);
+console.log(
+  `  performance.now()                         ${clockNs.toFixed(1).padStart(7)}  (twice per loop pass: per request at QD1)`,
+);
 console.log(`  histogram.record()                        ${recordNs.toFixed(1).padStart(7)}  (per request)`);
 const gcBefore = gcEvents;
 globalThis.gc?.();
@@ -141,9 +145,15 @@ for (const depth of [1, 32]) {
     }) / depth;
   const bare = rig(depth);
   const bareNs = cpuNsPer(2_000_000 / depth, () => cycle(bare, false, false)) / depth;
-  console.log(`  QD${String(depth).padEnd(3)} loopback device (≤, includes the raw offer) ${deviceNs.toFixed(1).padStart(7)}  per request`);
-  console.log(`  QD${String(depth).padEnd(3)} post + kick + reap (bare pass − loopback)   ${(bareNs - deviceNs).toFixed(1).padStart(7)}  per request`);
+  console.log(
+    `  QD${String(depth).padEnd(3)} loopback device (≤, includes the raw offer) ${deviceNs.toFixed(1).padStart(7)}  per request`,
+  );
+  console.log(
+    `  QD${String(depth).padEnd(3)} post + kick + reap (bare pass − loopback)   ${(bareNs - deviceNs).toFixed(1).padStart(7)}  per request`,
+  );
 }
 globalThis.gc?.();
-console.log(`  GC events during (2): ${gcEvents - gcBefore}, heap delta ${((process.memoryUsage().heapUsed - heapBefore) / 1024).toFixed(0)} KiB${globalThis.gc ? '' : ' (run with --expose-gc for a precise heap figure)'}`);
+console.log(
+  `  GC events during (2): ${gcEvents - gcBefore}, heap delta ${((process.memoryUsage().heapUsed - heapBefore) / 1024).toFixed(0)} KiB${globalThis.gc ? '' : ' (run with --expose-gc for a precise heap figure)'}`,
+);
 if (sink === -1) console.log(sink);

@@ -24,7 +24,10 @@ interface Tuning {
   setup: string;
   points: TuningPoint[];
   idle: { mode: string; backend_cpu_pct: number }[];
-  qd1: { ours: { mode: string; iops: number; p50: number; p99: number; mean: number }[]; fio: { p50: number; p99: number; mean: number; iops: number } };
+  qd1: {
+    ours: { mode: string; iops: number; p50: number; p99: number; mean: number }[];
+    fio: { p50: number; p99: number; mean: number; iops: number };
+  };
 }
 
 async function svg(spec: vegaLite.TopLevelSpec): Promise<string> {
@@ -85,15 +88,25 @@ async function tuning(): Promise<void> {
         `| ${p.mode} | ${p.load} | ${p.iops} | ${p.lat_us.p50} | ${p.lat_us.p90} | ${p.lat_us.p99} | ${p.lat_us['p99.9']} | ${p.backend_cpu_pct} |`,
     ),
   ].join('\n');
-  const idle = ['| mode | back-end CPU % with no I/O |', '| --- | ---: |', ...data.idle.map((i) => `| ${i.mode} | ${i.backend_cpu_pct} |`)].join('\n');
+  const idle = [
+    '| mode | back-end CPU % with no I/O |',
+    '| --- | ---: |',
+    ...data.idle.map((i) => `| ${i.mode} | ${i.backend_cpu_pct} |`),
+  ].join('\n');
   const f = data.qd1.fio;
   const qd1 = [
     '| QD1 | IOPS | mean µs | p50 µs | p99 µs | p50 added over fio µs |',
     '| --- | ---: | ---: | ---: | ---: | ---: |',
     `| fio io_uring (same file, same core) | ${f.iops} | ${f.mean} | ${f.p50} | ${f.p99} | – |`,
-    ...data.qd1.ours.map((o) => `| ours, ${o.mode} | ${o.iops} | ${o.mean} | ${o.p50} | ${o.p99} | ${Math.round((o.p50 - f.p50) * 100) / 100} |`),
+    ...data.qd1.ours.map(
+      (o) => `| ours, ${o.mode} | ${o.iops} | ${o.mean} | ${o.p50} | ${o.p99} | ${Math.round((o.p50 - f.p50) * 100) / 100} |`,
+    ),
   ].join('\n');
-  replaceGenerated('tuning.md', 'tuning', `${header}\n${table}\n\nIdle cost (a front-end connected, rings running, nothing sent):\n\n${idle}\n\nLatency at queue depth 1, closed loop:\n\n${qd1}\n\n![p99 latency](tuning-latency.svg) ![back-end CPU](tuning-cpu.svg)`);
+  replaceGenerated(
+    'tuning.md',
+    'tuning',
+    `${header}\n${table}\n\nIdle cost (a front-end connected, rings running, nothing sent):\n\n${idle}\n\nLatency at queue depth 1, closed loop:\n\n${qd1}\n\n![p99 latency](tuning-latency.svg) ![back-end CPU](tuning-cpu.svg)`,
+  );
 }
 
 function compare(): void {
@@ -103,7 +116,11 @@ function compare(): void {
     return;
   }
   const data = JSON.parse(readFileSync(path, 'utf8')) as { date: string; machine: string; command: string; table: string };
-  replaceGenerated('README.md', 'compare', `Measured ${data.date} on ${data.machine} with \`${data.command}\`:\n\n\`\`\`\n${data.table}\n\`\`\``);
+  replaceGenerated(
+    'README.md',
+    'compare',
+    `Measured ${data.date} on ${data.machine} with \`${data.command}\`:\n\n\`\`\`\n${data.table}\n\`\`\``,
+  );
 }
 
 await tuning();

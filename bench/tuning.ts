@@ -13,10 +13,11 @@ import { parseArgs } from 'node:util';
 import { FrontendDevice } from '../dist/frontend/device.js';
 import { processCpuSeconds, randRead4k, runBench, type BenchResult } from '../dist/loadgen/run.js';
 import { spawnBlkBackend } from '../dist/guest/blk-process.js';
+import { firstFioJob } from './fio-output.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
-const quick = values.quick!;
+const quick = values.quick;
 const seconds = quick ? 2 : 5;
 const warmup = 1;
 const sizeMb = 256;
@@ -39,7 +40,9 @@ const loads = [
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) =>
-    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) => (error ? reject(new Error(`${cmd}: ${stderr || error.message}`)) : resolve(stdout))),
+    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) =>
+      error ? reject(new Error(`${cmd}: ${stderr || error.message}`)) : resolve(stdout),
+    ),
   );
 }
 
@@ -69,18 +72,44 @@ async function idleCpu(socket: string, pid: number): Promise<number> {
 
 async function fioQd1(): Promise<{ p50: number; p99: number; mean: number; iops: number }> {
   const out = await run('taskset', [
-    '-c', '1', 'fio', '--name=qd1', `--filename=${image}`, '--ioengine=io_uring', '--rw=randread', '--bs=4k', '--iodepth=1', '--invalidate=0',
-    '--time_based', `--runtime=${seconds}`, `--ramp_time=${warmup}`, '--output-format=json',
+    '-c',
+    '1',
+    'fio',
+    '--name=qd1',
+    `--filename=${image}`,
+    '--ioengine=io_uring',
+    '--rw=randread',
+    '--bs=4k',
+    '--iodepth=1',
+    '--invalidate=0',
+    '--time_based',
+    `--runtime=${seconds}`,
+    `--ramp_time=${warmup}`,
+    '--output-format=json',
   ]);
-  const read = JSON.parse(out).jobs[0].read;
+  const read = firstFioJob(out).read;
   const us = (ns: number) => Math.round(ns / 10) / 100;
-  return { p50: us(read.clat_ns.percentile['50.000000']), p99: us(read.clat_ns.percentile['99.000000']), mean: us(read.clat_ns.mean), iops: Math.round(read.iops) };
+  return {
+    p50: us(read.clat_ns.percentile['50.000000']),
+    p99: us(read.clat_ns.percentile['99.000000']),
+    mean: us(read.clat_ns.mean),
+    iops: Math.round(read.iops),
+  };
 }
 
 async function main(): Promise<void> {
   if (!existsSync(image)) {
     mkdirSync(join(REPO, '.cache', 'bench'), { recursive: true });
-    await run('fio', ['--name=fill', `--filename=${image}`, '--rw=write', '--bs=1M', `--size=${sizeMb}M`, '--ioengine=io_uring', '--direct=1', '--output-format=terse']);
+    await run('fio', [
+      '--name=fill',
+      `--filename=${image}`,
+      '--rw=write',
+      '--bs=1M',
+      `--size=${sizeMb}M`,
+      '--ioengine=io_uring',
+      '--direct=1',
+      '--output-format=terse',
+    ]);
   }
   // Warm the page cache so every mode reads the same cached data.
   await run('dd', [`if=${image}`, 'of=/dev/null', 'bs=1M']);

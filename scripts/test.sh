@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite (what CI runs): set up, then vitest over test/.
+# The whole test suite (what CI runs): set up, lint, then vitest over test/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Lint first: ESLint (type-aware), Prettier, the test files' types and clang-format on native/ring.
+npm run -s lint
 # QEMU's vhost-user-blk qtests (test/qtest) need qos-test, built once per machine from the Debian
 # QEMU source by ../shared/peers/qemu-qtest/build.sh and cached in ~/.cache/qemu-qtest. Built here,
 # before the suite, so the few minutes of compiling do not compete with timing-sensitive tests.

@@ -127,9 +127,26 @@ export interface RecordLayout {
   iovecWords: number;
   /** IOV_MAX: iovecs one record may have. */
   maxIovecs: number;
-  sqe: { opcode: number; fd: number; offsetLow: number; offsetHigh: number; userData: number; iovecCount: number; firstIovec: number; length: number };
+  sqe: {
+    opcode: number;
+    fd: number;
+    offsetLow: number;
+    offsetHigh: number;
+    userData: number;
+    iovecCount: number;
+    firstIovec: number;
+    length: number;
+  };
   iovec: { region: number; offsetLow: number; offsetHigh: number; length: number };
-  opcode: { NOP: number; READV: number; WRITEV: number; FSYNC: number; FDATASYNC: number; PUNCH_HOLE: number; ZERO_RANGE: number };
+  opcode: {
+    NOP: number;
+    READV: number;
+    WRITEV: number;
+    FSYNC: number;
+    FDATASYNC: number;
+    PUNCH_HOLE: number;
+    ZERO_RANGE: number;
+  };
 }
 
 /** The package root (this file is compiled to dist/native.js). */

@@ -17,7 +17,7 @@ describe('logger', () => {
     restore();
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({ level: 'info', component: 'session', msg: 'queue started', queue: 1, size: 256 });
-    expect(Number.isNaN(Date.parse(lines[0]!.time as string))).toBe(false);
+    expect(Number.isNaN(Date.parse(lines[0].time as string))).toBe(false);
   });
 
   it('drops records below the threshold, including loggers made before the level changed', () => {

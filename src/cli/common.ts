@@ -12,7 +12,7 @@ const SIZE_SUFFIXES: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G
 export function parseSize(text: string, what = 'size'): number {
   const match = /^(\d+)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
   if (!match) throw new UsageError(`${what} "${text}" is not a size (use bytes or a K/M/G/T suffix, e.g. 64M)`);
-  const value = Number(match[1]) * SIZE_SUFFIXES[match[2]!.toUpperCase()]!;
+  const value = Number(match[1]) * SIZE_SUFFIXES[match[2].toUpperCase()];
   if (!Number.isSafeInteger(value)) throw new UsageError(`${what} "${text}" is too large`);
   return value;
 }
@@ -58,7 +58,10 @@ export function systemdListenFd(env: NodeJS.ProcessEnv = process.env, pid = proc
   if (fds === undefined || listenPid === undefined) return undefined;
   if (!/^\d+$/.test(listenPid) || Number(listenPid) !== pid) return undefined;
   if (!/^\d+$/.test(fds) || Number(fds) === 0) return undefined;
-  if (Number(fds) !== 1) throw new UsageError(`systemd passed ${fds} sockets (LISTEN_FDS); vhost-user-blk serves one: give its .socket unit one ListenStream=`);
+  if (Number(fds) !== 1)
+    throw new UsageError(
+      `systemd passed ${fds} sockets (LISTEN_FDS); vhost-user-blk serves one: give its .socket unit one ListenStream=`,
+    );
   return SD_LISTEN_FDS_START;
 }
 

@@ -62,7 +62,8 @@ export async function main(argv: string[]): Promise<number> {
     queues = values.queues === undefined ? 1 : parseInteger(values.queues, '--queues', 1, 8);
     bytes = parseSize(values.bytes ?? '4M', '--bytes');
     if (!['busy', 'interrupt', 'adaptive'].includes(poll)) throw new UsageError(`--poll must be busy, interrupt or adaptive`);
-    if (bytes % 4096 !== 0 || bytes + (2 << 20) > size) throw new UsageError('--bytes must be a multiple of 4096 and leave 2 MiB of the disk free');
+    if (bytes % 4096 !== 0 || bytes + (2 << 20) > size)
+      throw new UsageError('--bytes must be a multiple of 4096 and leave 2 MiB of the disk free');
   } catch (error) {
     process.stderr.write(`vhost-user-demo: ${(error as Error).message}\n`);
     return ExitCode.USAGE;
@@ -97,7 +98,9 @@ export async function main(argv: string[]): Promise<number> {
     poll,
     idleBudgetUs: 50,
   });
-  say(`back-end: vhost-user-blk, io_uring engine, ${size / 2 ** 20} MiB sparse image ${diskPath}, ${queues} queue(s), ${poll} polling, worker on CPU 1`);
+  say(
+    `back-end: vhost-user-blk, io_uring engine, ${size / 2 ** 20} MiB sparse image ${diskPath}, ${queues} queue(s), ${poll} polling, worker on CPU 1`,
+  );
   say('booting the guest (QEMU, TCG)...');
   try {
     const run = await runGuest<BlkResult>({
@@ -114,12 +117,19 @@ export async function main(argv: string[]): Promise<number> {
       return ExitCode.FAILURE;
     }
     say(`guest finished in ${(run.durationMs / 1000).toFixed(1)} s:`);
-    say(`  /dev/vda: ${r.sectors} sectors (${r.size_bytes} bytes), logical block ${r.logical_block_size}, ${r.queues} queue(s), write cache "${r.write_cache}"`);
-    if (r.data) say(`  wrote ${r.data.bytes} bytes with O_DIRECT, read back: ${r.data.verified ? 'verified' : 'MISMATCH'} (sha256 ${r.data.sha256.slice(0, 16)}...)`);
+    say(
+      `  /dev/vda: ${r.sectors} sectors (${r.size_bytes} bytes), logical block ${r.logical_block_size}, ${r.queues} queue(s), write cache "${r.write_cache}"`,
+    );
+    if (r.data)
+      say(
+        `  wrote ${r.data.bytes} bytes with O_DIRECT, read back: ${r.data.verified ? 'verified' : 'MISMATCH'} (sha256 ${r.data.sha256.slice(0, 16)}...)`,
+      );
     if (r.tail) say(`  last 4 KiB of the disk: ${r.tail.verified ? 'verified' : 'MISMATCH'}`);
     say(`  flush: ${r.flush.requests} FLUSH request(s) completed`);
     say(`  discard: ${typeof r.discard === 'string' ? r.discard : `${r.discard.bytes} bytes at ${r.discard.offset}`}`);
-    say(`  guest block stats: ${r.stat.reads} reads, ${r.stat.writes} writes, ${r.stat.flushes} flushes, ${r.stat.discards} discards`);
+    say(
+      `  guest block stats: ${r.stat.reads} reads, ${r.stat.writes} writes, ${r.stat.flushes} flushes, ${r.stat.discards} discards`,
+    );
     say('back-end per-queue statistics:');
     for (const q of backend.queueStats().slice(0, queues)) {
       say(

@@ -72,7 +72,7 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
   const ours = new Map<string, string>();
   const result: QsdCompatArgs = { help: false, version: false, verbose: false, backends: [] };
   for (let i = 0; i < argv.length; i++) {
-    const token = argv[i]!;
+    const token = argv[i];
     let name: string;
     let value: string | undefined;
     if (token === '-h') name = 'help';
@@ -129,17 +129,33 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
   if (exports.length === 0) throw new UsageError('no --export given: nothing to serve');
   const nodes = resolveNodes(blockdevs);
   const poll = (ours.get('poll') ?? 'adaptive') as PollMode;
-  if (!['busy', 'interrupt', 'adaptive'].includes(poll)) throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${poll}"`);
+  if (!['busy', 'interrupt', 'adaptive'].includes(poll))
+    throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${poll}"`);
   const queueSize = ours.has('queue-size') ? parseInteger(ours.get('queue-size')!, '--queue-size', 2, 32768) : 256;
   if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
   const cpus = ours.has('cpus') ? parseCpuList(ours.get('cpus')!) : [1];
-  const idleBudgetUs = ours.has('idle-budget-us') ? parseInteger(ours.get('idle-budget-us')!, '--idle-budget-us', 0, 10_000_000) : 50;
+  const idleBudgetUs = ours.has('idle-budget-us')
+    ? parseInteger(ours.get('idle-budget-us')!, '--idle-budget-us', 0, 10_000_000)
+    : 50;
   const exported = new Set<string>();
   const ids = new Set<string>();
   const addresses = new Set<string>();
   for (const exp of exports) {
     const what = `--export ${exp.get('id') ?? ''}`.trimEnd();
-    checkKeys(exp, what, ['type', 'id', 'node-name', 'addr.type', 'addr.path', 'addr.str', 'writable', 'num-queues', 'logical-block-size', 'iothread', 'fixed-iothread', 'writethrough']);
+    checkKeys(exp, what, [
+      'type',
+      'id',
+      'node-name',
+      'addr.type',
+      'addr.path',
+      'addr.str',
+      'writable',
+      'num-queues',
+      'logical-block-size',
+      'iothread',
+      'fixed-iothread',
+      'writethrough',
+    ]);
     const type = required(exp, 'type', what);
     if (type !== 'vhost-user-blk') throw new UsageError(`${what}: type=${type} is not supported (only vhost-user-blk)`);
     const id = required(exp, 'id', what);
@@ -150,7 +166,8 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
     if (!node) throw new UsageError(`${what}: no --blockdev with node-name=${nodeName}`);
     if (exported.has(node.nodeName)) throw new UsageError(`${what}: node ${nodeName} is already exported (one export per image)`);
     exported.add(node.nodeName);
-    if (onOff(exp, 'writethrough', what, false)) throw new UsageError(`${what}: writethrough=on is not supported (the guest's FLUSH requests are honoured)`);
+    if (onOff(exp, 'writethrough', what, false))
+      throw new UsageError(`${what}: writethrough=on is not supported (the guest's FLUSH requests are honoured)`);
     const writable = onOff(exp, 'writable', what, false); // qemu-storage-daemon's default: read-only
     if (writable && node.readOnly) throw new UsageError(`${what}: writable=on, but node ${nodeName} is read-only`);
     const addrType = required(exp, 'addr.type', what);
@@ -162,7 +179,8 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
     } else if (addrType === 'fd') {
       if (exp.has('addr.path')) throw new UsageError(`${what}: addr.path belongs to addr.type=unix`);
       const fd = required(exp, 'addr.str', what);
-      if (!/^\d+$/.test(fd)) throw new UsageError(`${what}: addr.str=${fd} must be an fd number (named monitor fds do not exist here)`);
+      if (!/^\d+$/.test(fd))
+        throw new UsageError(`${what}: addr.str=${fd} must be an fd number (named monitor fds do not exist here)`);
       listenFd = parseInteger(fd, `${what} addr.str`, 0, 2 ** 31 - 1);
     } else {
       throw new UsageError(`${what}: addr.type=${addrType} is not supported (unix or fd)`);
@@ -170,8 +188,11 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
     const address = socketPath ?? `fd ${listenFd}`;
     if (addresses.has(address)) throw new UsageError(`${what}: ${address} is already used by another export`);
     addresses.add(address);
-    const logicalBlockSize = exp.has('logical-block-size') ? parseSize(exp.get('logical-block-size')!, `${what} logical-block-size`) : 512;
-    if (logicalBlockSize !== 512 && logicalBlockSize !== 4096) throw new UsageError(`${what}: logical-block-size must be 512 or 4096`);
+    const logicalBlockSize = exp.has('logical-block-size')
+      ? parseSize(exp.get('logical-block-size')!, `${what} logical-block-size`)
+      : 512;
+    if (logicalBlockSize !== 512 && logicalBlockSize !== 4096)
+      throw new UsageError(`${what}: logical-block-size must be 512 or 4096`);
     result.backends.push({
       socketPath,
       listenFd,
@@ -198,7 +219,8 @@ function resolveNodes(blockdevs: Keyval[]): Map<string, FileNode> {
   const nodes = new Map<string, FileNode>();
   const raws: { nodeName: string; file: string; readOnly: boolean; what: string }[] = [];
   const add = (node: FileNode, what: string) => {
-    if (nodes.has(node.nodeName) || raws.some((raw) => raw.nodeName === node.nodeName)) throw new UsageError(`${what}: node-name ${node.nodeName} is used twice`);
+    if (nodes.has(node.nodeName) || raws.some((raw) => raw.nodeName === node.nodeName))
+      throw new UsageError(`${what}: node-name ${node.nodeName} is used twice`);
     nodes.set(node.nodeName, node);
   };
   let anonymous = 0;
@@ -237,13 +259,28 @@ function fileNode(dev: Keyval, what: string): FileNode {
   const driver = required(dev, 'driver', what);
   const nodeName = required(dev, 'node-name', what);
   if (driver === 'file') {
-    checkKeys(dev, what, ['driver', 'node-name', 'filename', 'aio', 'cache.direct', 'cache.no-flush', 'read-only', 'auto-read-only', 'discard', 'detect-zeroes', 'locking']);
+    checkKeys(dev, what, [
+      'driver',
+      'node-name',
+      'filename',
+      'aio',
+      'cache.direct',
+      'cache.no-flush',
+      'read-only',
+      'auto-read-only',
+      'discard',
+      'detect-zeroes',
+      'locking',
+    ]);
     checkHarmless(dev, what);
     const aio = dev.get('aio');
-    if (aio !== undefined && !['threads', 'native', 'io_uring'].includes(aio)) throw new UsageError(`${what}: aio=${aio} is not a qemu-storage-daemon value`);
-    if (onOff(dev, 'cache.no-flush', what, false)) throw new UsageError(`${what}: cache.no-flush=on is not supported (FLUSH is always honoured)`);
+    if (aio !== undefined && !['threads', 'native', 'io_uring'].includes(aio))
+      throw new UsageError(`${what}: aio=${aio} is not a qemu-storage-daemon value`);
+    if (onOff(dev, 'cache.no-flush', what, false))
+      throw new UsageError(`${what}: cache.no-flush=on is not supported (FLUSH is always honoured)`);
     const locking = dev.get('locking');
-    if (locking !== undefined && !['auto', 'on', 'off'].includes(locking)) throw new UsageError(`${what}: locking=${locking} must be auto, on or off`);
+    if (locking !== undefined && !['auto', 'on', 'off'].includes(locking))
+      throw new UsageError(`${what}: locking=${locking} must be auto, on or off`);
     return {
       driver,
       nodeName,
@@ -268,14 +305,17 @@ function fileNode(dev: Keyval, what: string): FileNode {
 function checkHarmless(dev: Keyval, what: string): void {
   onOff(dev, 'auto-read-only', what, false);
   const discard = dev.get('discard');
-  if (discard !== undefined && !['ignore', 'off', 'unmap', 'on'].includes(discard)) throw new UsageError(`${what}: discard=${discard} must be ignore or unmap`);
+  if (discard !== undefined && !['ignore', 'off', 'unmap', 'on'].includes(discard))
+    throw new UsageError(`${what}: discard=${discard} must be ignore or unmap`);
   const detect = dev.get('detect-zeroes');
-  if (detect !== undefined && detect !== 'off') throw new UsageError(`${what}: detect-zeroes=${detect} is not supported (only off)`);
+  if (detect !== undefined && detect !== 'off')
+    throw new UsageError(`${what}: detect-zeroes=${detect} is not supported (only off)`);
 }
 
 function checkObject(obj: Keyval): void {
   const type = obj.get('qom-type');
-  if (type !== 'iothread') throw new UsageError(`--object ${type ?? ''}: only iothread objects are accepted (and need no mapping)`);
+  if (type !== 'iothread')
+    throw new UsageError(`--object ${type ?? ''}: only iothread objects are accepted (and need no mapping)`);
   checkKeys(obj, '--object iothread', ['qom-type', 'id', 'poll-max-ns', 'poll-grow', 'poll-shrink', 'aio-max-batch']);
 }
 
@@ -358,7 +398,8 @@ function parseJsonOption(text: string, what: string): Keyval {
     else if (typeof value === 'number' || typeof value === 'string') result.set(path, String(value));
     else throw new UsageError(`${what}: ${path || 'the value'} must be an object, string, number or boolean`);
   };
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new UsageError(`${what}: JSON must be an object`);
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw new UsageError(`${what}: JSON must be an object`);
   flatten(parsed, '');
   return result;
 }

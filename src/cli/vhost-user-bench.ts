@@ -51,7 +51,8 @@ export function parseBenchArgs(argv: string[]): BenchArgs | 'help' | 'version' {
   const [command, ...rest] = argv;
   if (command === '--help' || command === '-h') return 'help';
   if (command === '--version') return 'version';
-  if (command !== 'blk') throw new UsageError(command ? `unknown device "${command}" (only "blk" so far)` : 'name a device: vhost-user-bench blk ...');
+  if (command !== 'blk')
+    throw new UsageError(command ? `unknown device "${command}" (only "blk" so far)` : 'name a device: vhost-user-bench blk ...');
   let values;
   try {
     values = parseArgs({
@@ -85,9 +86,11 @@ export function parseBenchArgs(argv: string[]): BenchArgs | 'help' | 'version' {
   if (values.version) return 'version';
   if (!values.socket) throw new UsageError('--socket PATH is required');
   const pattern = (values.rw ?? 'randread') as BlkPattern;
-  if (!['read', 'write', 'randread', 'randwrite', 'randrw'].includes(pattern)) throw new UsageError(`--rw "${values.rw}" is not a pattern`);
+  if (!['read', 'write', 'randread', 'randwrite', 'randrw'].includes(pattern))
+    throw new UsageError(`--rw "${values.rw}" is not a pattern`);
   const blockSize = parseSize(values.bs ?? '4K', '--bs');
-  if (blockSize === 0 || blockSize % 512 !== 0 || blockSize > 16 << 20) throw new UsageError('--bs must be a multiple of 512 up to 16M');
+  if (blockSize === 0 || blockSize % 512 !== 0 || blockSize > 16 << 20)
+    throw new UsageError('--bs must be a multiple of 512 up to 16M');
   const wait = (values.wait ?? 'spin') as 'spin' | 'event';
   if (wait !== 'spin' && wait !== 'event') throw new UsageError('--wait must be spin or event');
   return {
@@ -105,8 +108,8 @@ export function parseBenchArgs(argv: string[]): BenchArgs | 'help' | 'version' {
     cpu: values.cpu === undefined ? -1 : parseInteger(values.cpu, '--cpu', 0, 4095),
     backendPid: values['backend-pid'] === undefined ? 0 : parseInteger(values['backend-pid'], '--backend-pid', 1, 2 ** 22),
     memoryBytes: parseSize(values.memory ?? '256M', '--memory'),
-    json: values.json!,
-    verbose: values.verbose!,
+    json: values.json,
+    verbose: values.verbose,
   };
 }
 
@@ -132,7 +135,11 @@ export async function main(argv: string[]): Promise<number> {
   const bar =
     process.stderr.isTTY && !args.json
       ? new cliProgress.SingleBar(
-          { format: ' {bar} {percentage}% | {phase} | {iops} IOPS | {requests} requests', stream: process.stderr, hideCursor: true },
+          {
+            format: ' {bar} {percentage}% | {phase} | {iops} IOPS | {requests} requests',
+            stream: process.stderr,
+            hideCursor: true,
+          },
           cliProgress.Presets.shades_classic,
         )
       : undefined;
@@ -147,7 +154,11 @@ export async function main(argv: string[]): Promise<number> {
       const iops = Math.round(((completed - lastCount) * 1000) / Math.max(1, now - lastTime));
       lastCount = completed;
       lastTime = now;
-      bar?.update(Math.min(total, (now - started) / 1000), { phase: measuring ? 'measuring' : 'warm-up', iops, requests: completed });
+      bar?.update(Math.min(total, (now - started) / 1000), {
+        phase: measuring ? 'measuring' : 'warm-up',
+        iops,
+        requests: completed,
+      });
     });
   } catch (error) {
     bar?.stop();

@@ -2,7 +2,16 @@
 // front-end such as QEMU's vhost-user-blk-pci.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
-import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize, stopSignal, systemdListenFd } from './common.js';
+import {
+  ExitCode,
+  UsageError,
+  packageVersion,
+  parseCpuList,
+  parseInteger,
+  parseSize,
+  stopSignal,
+  systemdListenFd,
+} from './common.js';
 import type { BlkBackendOptions, BlkEngineChoice } from '../devices/blk/backend.js';
 import type { PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
@@ -104,26 +113,35 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
     throw new UsageError((error as Error).message);
   }
   const v = parsed.values;
-  const base = { help: v.help!, version: v.version!, verbose: v.verbose!, statsIntervalSec: 0 };
+  const base = { help: v.help, version: v.version, verbose: v.verbose, statsIntervalSec: 0 };
   if (v.help || v.version) return { ...base, backend: undefined as unknown as BlkBackendOptions };
-  if (v.socket !== undefined && v['socket-fd'] !== undefined) throw new UsageError('give --socket PATH or --socket-fd N, not both');
-  if (v.client && v.socket === undefined) throw new UsageError('--client needs --socket PATH (the front-end\'s listening socket)');
-  const listenFd = v['socket-fd'] !== undefined ? parseInteger(v['socket-fd'], '--socket-fd', 0, 2 ** 31 - 1) : v.socket === undefined ? inheritedFd : undefined;
+  if (v.socket !== undefined && v['socket-fd'] !== undefined)
+    throw new UsageError('give --socket PATH or --socket-fd N, not both');
+  if (v.client && v.socket === undefined) throw new UsageError("--client needs --socket PATH (the front-end's listening socket)");
+  const listenFd =
+    v['socket-fd'] !== undefined
+      ? parseInteger(v['socket-fd'], '--socket-fd', 0, 2 ** 31 - 1)
+      : v.socket === undefined
+        ? inheritedFd
+        : undefined;
   if (v.socket === undefined && listenFd === undefined) {
     throw new UsageError('--socket PATH or --socket-fd N is required (or start under systemd socket activation)');
   }
   const engine = (v.engine ?? (v.disk ? 'auto' : 'memory')) as BlkEngineChoice;
-  if (!['auto', 'io_uring', 'threads', 'memory', 'null'].includes(engine)) throw new UsageError(`--engine must be auto, io_uring, threads, memory or null, not "${v.engine}"`);
+  if (!['auto', 'io_uring', 'threads', 'memory', 'null'].includes(engine))
+    throw new UsageError(`--engine must be auto, io_uring, threads, memory or null, not "${v.engine}"`);
   const diskEngine = engine === 'auto' || engine === 'io_uring' || engine === 'threads';
   if (diskEngine && !v.disk) throw new UsageError(`--engine ${engine} needs --disk FILE`);
   if (!diskEngine && v.disk) throw new UsageError(`--disk is only used by the auto, io_uring and threads engines, not ${engine}`);
   if (v.direct && !diskEngine) throw new UsageError('--direct only applies to the auto, io_uring and threads engines');
   const poll = (v.poll ?? 'adaptive') as PollMode;
-  if (!['busy', 'interrupt', 'adaptive'].includes(poll)) throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
+  if (!['busy', 'interrupt', 'adaptive'].includes(poll))
+    throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
   const queueSize = v['queue-size'] === undefined ? 256 : parseInteger(v['queue-size'], '--queue-size', 2, 32768);
   if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
   const size = v.size === undefined ? undefined : parseSize(v.size, '--size');
-  if (size !== undefined && (size === 0 || size % 512 !== 0)) throw new UsageError(`--size must be a positive multiple of 512 bytes, got ${size}`);
+  if (size !== undefined && (size === 0 || size % 512 !== 0))
+    throw new UsageError(`--size must be a positive multiple of 512 bytes, got ${size}`);
   const logicalBlockSize = v['logical-block-size'] === undefined ? 512 : Number(v['logical-block-size']);
   if (logicalBlockSize !== 512 && logicalBlockSize !== 4096) throw new UsageError('--logical-block-size must be 512 or 4096');
   if (v.serial !== undefined && Buffer.byteLength(v.serial) > 20) throw new UsageError('--serial must be at most 20 bytes');
@@ -133,12 +151,12 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
     backend: {
       socketPath: v.socket,
       listenFd,
-      client: v.client!,
+      client: v.client,
       engine,
       diskPath: v.disk,
       sizeBytes: size,
-      direct: v.direct!,
-      readOnly: v['read-only']!,
+      direct: v.direct,
+      readOnly: v['read-only'],
       logicalBlockSize,
       serial: v.serial,
       queues: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, 64),

@@ -33,7 +33,10 @@ export class VhostUserConnection {
   private closed = false;
   private wantWrite = false;
 
-  constructor(fd: number, private readonly events: ConnectionEvents) {
+  constructor(
+    fd: number,
+    private readonly events: ConnectionEvents,
+  ) {
     this.fd = fd;
     this.watcher = new native.FdWatcher(fd, (status, readable, writable) => this.onReady(status, readable, writable));
     this.watcher.start(true, false);
@@ -79,7 +82,7 @@ export class VhostUserConnection {
 
   private flush(): void {
     while (this.outbox.length > 0 && !this.closed) {
-      const next = this.outbox[0]!;
+      const next = this.outbox[0];
       let sent: number;
       try {
         sent = native.sendMsg(this.fd, next.bytes, next.fds);
@@ -104,7 +107,7 @@ export class VhostUserConnection {
   }
 
   private readMessages(): void {
-    for (let handled = 0; handled < MESSAGES_PER_WAKEUP && !this.closed && !this.busy; ) {
+    for (let handled = 0; handled < MESSAGES_PER_WAKEUP && !this.closed && !this.busy;) {
       const complete = this.readSome();
       if (complete === undefined) return; // would block, or closed
       if (!complete) continue;
@@ -208,4 +211,3 @@ function asError(error: unknown, context: string): Error {
   if (error instanceof Error) return error;
   return new Error(`${context}: ${String(error)}`);
 }
-

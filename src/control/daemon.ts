@@ -77,6 +77,7 @@ export class VhostUserDaemon {
   }
 
   /** Listen (or start connecting). Resolves once the socket is ready, not when a front-end arrives. */
+  // eslint-disable-next-line @typescript-eslint/require-await -- async so that a refusal is a rejection, like every other failure of start()
   async start(): Promise<void> {
     if (this.started) throw new DaemonError('daemon already started');
     this.started = true;
@@ -193,7 +194,11 @@ export class VhostUserDaemon {
       } catch (error) {
         const timeout = this.options.connectTimeoutMs ?? 0;
         if (timeout > 0 && Date.now() - since > timeout) {
-          this.fail(new DaemonError(`no front-end listening on ${this.options.socketPath} after ${timeout} ms: ${(error as Error).message}`));
+          this.fail(
+            new DaemonError(
+              `no front-end listening on ${this.options.socketPath} after ${timeout} ms: ${(error as Error).message}`,
+            ),
+          );
           return;
         }
         this.log.debug('front-end not reachable yet', { socket: this.options.socketPath, error });

@@ -8,7 +8,7 @@ import type { BackendReply, FrontendRequest, FrontendRequestType } from './codec
 import { closeAll } from './connection.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
-import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
+import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, hasFeature } from './protocol.js';
 
 /** What the session keeps for one ring between requests. */
 export interface VringState {
@@ -37,7 +37,9 @@ export interface RequestFds {
 }
 
 /** The parts of the device a request may reach directly; the rest goes through the session. */
-export type DeviceView = Readonly<Pick<VhostUserDevice, 'numQueues' | 'maxQueueSize' | 'getConfig' | 'setConfig' | 'handleRequest'>>;
+export type DeviceView = Readonly<
+  Pick<VhostUserDevice, 'numQueues' | 'maxQueueSize' | 'getConfig' | 'setConfig' | 'handleRequest'>
+>;
 
 /** What a handler may see and do: the session's state, never its connection or data plane. */
 export interface SessionContext {
@@ -134,14 +136,15 @@ const requestHandlers: RequestHandlerTable = {
   SET_MEM_TABLE: {
     handle: async (s, r, fds) => {
       const next: MappedRegion[] = [];
-      for (let i = 0; i < r.regions.length; i++) next.push(mapRegion(r.regions[i]!, fds.take(i)));
+      for (let i = 0; i < r.regions.length; i++) next.push(mapRegion(r.regions[i], fds.take(i)));
       await s.installMemory(next);
     },
   },
   GET_MAX_MEM_SLOTS: { handle: () => ({ type: 'u64', value: BigInt(MAX_MEM_SLOTS) }) },
   ADD_MEM_REG: {
     handle: async (s, r, fds) => {
-      if (s.memoryRegions.length >= MAX_MEM_SLOTS) throw new SessionError(`ADD_MEM_REG: all ${MAX_MEM_SLOTS} memory slots are in use`);
+      if (s.memoryRegions.length >= MAX_MEM_SLOTS)
+        throw new SessionError(`ADD_MEM_REG: all ${MAX_MEM_SLOTS} memory slots are in use`);
       const region = mapRegion(r.region, fds.take(0));
       await s.installMemory([...s.memoryRegions, region]);
     },
@@ -322,7 +325,10 @@ async function deviceRequest(s: SessionContext, request: DeviceRequest): Promise
     try {
       handled = await hook.call(s.device, request);
     } catch (error) {
-      throw new SessionError(`${request.type}: the device refused it: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      throw new SessionError(
+        `${request.type}: the device refused it: ${error instanceof Error ? error.message : String(error)}`,
+        { cause: error },
+      );
     }
   }
   if (handled !== true) throw new SessionError(`${request.type} is not supported by this back-end`);

@@ -45,9 +45,7 @@ export function mapRegion(description: RegionDescription, fd: number): MappedReg
       throw new MemoryTableError(`memory region fd ${fd} cannot be inspected: ${(error as Error).message}`);
     }
     if (mmapOffset + size > fileSize) {
-      throw new MemoryTableError(
-        `memory region [offset ${mmapOffset}, size ${size}] exceeds its file (${fileSize} bytes)`,
-      );
+      throw new MemoryTableError(`memory region [offset ${mmapOffset}, size ${size}] exceeds its file (${fileSize} bytes)`);
     }
     // mmap needs a page-aligned file offset; the region starts bufferOffset bytes into the mapping.
     const alignedOffset = Math.floor(mmapOffset / PAGE_SIZE) * PAGE_SIZE;
@@ -73,8 +71,8 @@ export function checkNoOverlap(regions: readonly MappedRegion[]): void {
   for (const key of ['guestPhysAddr', 'userspaceAddr'] as const) {
     const sorted = [...regions].sort((a, b) => a[key] - b[key]);
     for (let i = 1; i < sorted.length; i++) {
-      const previous = sorted[i - 1]!;
-      if (previous[key] + previous.size > sorted[i]![key]) {
+      const previous = sorted[i - 1];
+      if (previous[key] + previous.size > sorted[i][key]) {
         throw new MemoryTableError(`memory regions overlap (${key === 'guestPhysAddr' ? 'guest physical' : 'userspace'} ranges)`);
       }
     }
@@ -88,7 +86,7 @@ export function findUserspaceRange(
   length: number,
 ): { region: number; offset: number } | undefined {
   for (let i = 0; i < regions.length; i++) {
-    const region = regions[i]!;
+    const region = regions[i];
     if (userspaceAddr >= region.userspaceAddr && userspaceAddr + length <= region.userspaceAddr + region.size) {
       return { region: i, offset: userspaceAddr - region.userspaceAddr };
     }

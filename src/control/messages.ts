@@ -27,7 +27,7 @@ export interface IotlbEntry {
   iotlbType: number;
 }
 
-type Message<T extends string, Fields = {}> = { type: T } & Fields;
+type Message<T extends string, Fields = Record<never, never>> = { type: T } & Fields;
 
 /** A vring state description ({ index, num }). */
 interface VringState {
@@ -60,15 +60,18 @@ export type FrontendRequest =
   | Message<'SET_LOG_BASE', { mmapSize: bigint; mmapOffset: bigint; fd: number }>
   | Message<'SET_LOG_FD', { fd: number }>
   | Message<'SET_VRING_NUM', VringState>
-  | Message<'SET_VRING_ADDR', {
-      index: number;
-      /** VringAddrFlag bits. */
-      flags: number;
-      descUserAddr: bigint;
-      usedUserAddr: bigint;
-      availUserAddr: bigint;
-      logGuestAddr: bigint;
-    }>
+  | Message<
+      'SET_VRING_ADDR',
+      {
+        index: number;
+        /** VringAddrFlag bits. */
+        flags: number;
+        descUserAddr: bigint;
+        usedUserAddr: bigint;
+        availUserAddr: bigint;
+        logGuestAddr: bigint;
+      }
+    >
   | Message<'SET_VRING_BASE', VringState>
   /** state.num is reserved; the codec ignores it (see decodeRequest). */
   | Message<'GET_VRING_BASE', { index: number }>

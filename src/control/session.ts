@@ -164,7 +164,13 @@ export class VhostUserSession {
    * connection is dropped, because a front-end waiting for a reply would otherwise hang.
    * Anything that is not a refusal is a broken back-end: the connection is dropped.
    */
-  private answerFailure(header: MessageHeader, name: string, ackExpected: boolean, spec: RequestSpec | undefined, error: unknown): void {
+  private answerFailure(
+    header: MessageHeader,
+    name: string,
+    ackExpected: boolean,
+    spec: RequestSpec | undefined,
+    error: unknown,
+  ): void {
     if (!(error instanceof VhostUserError && error.refusal)) {
       this.log.error('request handler failed', { request: name, error });
       this.connection.close(error instanceof Error ? error : new Error(String(error)));
@@ -372,7 +378,7 @@ class SessionState implements SessionContext {
   async resetDevice(): Promise<void> {
     for (let index = 0; index < this.vrings.length; index++) {
       await this.stopRing(index);
-      closeVringFds(this.vrings[index]!);
+      closeVringFds(this.vrings[index]);
       this.vrings[index] = newVring();
     }
     this.ackedFeatures = 0n;

@@ -77,7 +77,6 @@ export function brokenReasonName(code: number): string {
   return reasonNames[code] ?? `UNKNOWN_${code}`;
 }
 
-
 /**
  * Walks chains of one descriptor table. One per queue; rebuilt when the table moves or the memory
  * table changes. After a failed walk, failIndex / failInIndirect say which descriptor was refused.

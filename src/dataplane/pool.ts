@@ -111,7 +111,8 @@ export class WorkerDataPlane implements DataPlane {
   }
 
   async startQueue(config: Readonly<VringConfig>): Promise<void> {
-    if (config.index >= this.options.queueCount) throw new RangeError(`queue ${config.index} is beyond the device's ${this.options.queueCount}`);
+    if (config.index >= this.options.queueCount)
+      throw new RangeError(`queue ${config.index} is beyond the device's ${this.options.queueCount}`);
     resetQueueStats(this.stats, config.index);
     await this.command(this.workerFor(config.index), {
       op: 'start',
@@ -233,7 +234,11 @@ export class WorkerDataPlane implements DataPlane {
     }
   }
 
-  private command(worker: number, command: DistributiveOmit<WorkerCommand, 'id'>, evenIfClosed = false): Promise<number | undefined> {
+  private command(
+    worker: number,
+    command: DistributiveOmit<WorkerCommand, 'id'>,
+    evenIfClosed = false,
+  ): Promise<number | undefined> {
     const handle = this.workers[worker];
     if (!handle || handle.exited) return Promise.reject(new Error(`worker ${worker} is not running`));
     if (this.closed && !evenIfClosed) return Promise.reject(new Error('data plane is closed'));
@@ -248,4 +253,4 @@ export class WorkerDataPlane implements DataPlane {
   }
 }
 
-type DistributiveOmit<T, K extends keyof any> = T extends unknown ? Omit<T, K> : never;
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

@@ -27,7 +27,6 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
   throw new Error('vhost-user-ts data plane requires a little-endian host');
 }
 
-
 export interface VirtqueueConfig {
   memory: GuestMemory;
   /** Entries: a power of two in [1, 32768] (SET_VRING_NUM). */
@@ -104,7 +103,8 @@ export class SplitVirtqueue {
     this.memoryTable = config.memory;
     this.lastAvail = (config.lastAvailIdx ?? 0) & 0xffff;
     this.shadowAvail = this.lastAvail;
-    const sizeOk = Number.isInteger(this.size) && this.size >= 1 && this.size <= MAX_QUEUE_SIZE && (this.size & (this.size - 1)) === 0;
+    const sizeOk =
+      Number.isInteger(this.size) && this.size >= 1 && this.size <= MAX_QUEUE_SIZE && (this.size & (this.size - 1)) === 0;
     const size = sizeOk ? this.size : 1;
     this.mask = size - 1;
     this.usedEventIdx = usedEventSlot(size);

@@ -13,7 +13,12 @@ try {
   const worker = await DataPlaneWorker.create(init, port);
   worker.run();
 } catch (error) {
-  const message: WorkerMessage = { kind: 'log', level: 'error', msg: 'worker failed', fields: { worker: init.worker, error: error instanceof Error ? error.message : String(error) } };
+  const message: WorkerMessage = {
+    kind: 'log',
+    level: 'error',
+    msg: 'worker failed',
+    fields: { worker: init.worker, error: error instanceof Error ? error.message : String(error) },
+  };
   port.postMessage(message);
   throw error;
 } finally {

@@ -26,8 +26,24 @@ import { GuestMemory } from './memory.js';
 import { BrokenReason, SplitVirtqueue } from './virtqueue.js';
 import { VirtqRequest } from './request.js';
 import { QUEUE_STAT_SLOTS, QueueStat } from './stats.js';
-import { Mailbox, POLL_MODE_CODE, type PollMode, type QueueStart, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
-import { FdEvent, MAX_WATCH_TOKEN, type CreateQueueHandler, type HandlerContext, type LogLevel, type QueueHandler, type WorkerQueue } from './device-api.js';
+import {
+  Mailbox,
+  POLL_MODE_CODE,
+  type PollMode,
+  type QueueStart,
+  type WorkerCommand,
+  type WorkerInit,
+  type WorkerMessage,
+} from './commands.js';
+import {
+  FdEvent,
+  MAX_WATCH_TOKEN,
+  type CreateQueueHandler,
+  type HandlerContext,
+  type LogLevel,
+  type QueueHandler,
+  type WorkerQueue,
+} from './device-api.js';
 
 /** Chains popped per queue per pass: bounds latency for the other queues. */
 const BATCH = 64;
@@ -116,7 +132,7 @@ class QueueRunner implements WorkerQueue {
     if (this.stopRequest !== StopRequest.None) return 0;
     let popped = 0;
     while (popped < budget && this.free > 0) {
-      const request = this.pool[this.free - 1]!;
+      const request = this.pool[this.free - 1];
       if (!this.vq.pop(request)) break;
       this.free--;
       this.inFlight++;
@@ -353,7 +369,7 @@ export class DataPlaneWorker {
 
   private findQueue(index: number): number {
     const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) if (queues[i]!.index === index) return i;
+    for (let i = 0; i < queues.length; i++) if (queues[i].index === index) return i;
     return -1;
   }
 
@@ -365,7 +381,7 @@ export class DataPlaneWorker {
   }
 
   private removeQueue(position: number): void {
-    const queue = this.queues[position]!;
+    const queue = this.queues[position];
     if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_DEL, queue.kickFd, 0, 0);
     queue.stats[QueueStat.inFlight] = 0;
     this.queues.splice(position, 1);
@@ -415,7 +431,7 @@ export class DataPlaneWorker {
             this.fail(command.id, `queue ${command.index} is not running on worker ${this.init.worker}`);
             return;
           }
-          const queue = this.queues[position]!;
+          const queue = this.queues[position];
           queue.stopRequest = StopRequest.Stop;
           queue.stopReplyId = command.id;
           this.finishStops();
@@ -424,8 +440,8 @@ export class DataPlaneWorker {
         case 'notify-fds': {
           const position = this.findQueue(command.index);
           if (position >= 0) {
-            this.queues[position]!.callFd = command.callFd;
-            this.queues[position]!.errFd = command.errFd;
+            this.queues[position].callFd = command.callFd;
+            this.queues[position].errFd = command.errFd;
           }
           this.reply(command.id);
           return;
@@ -459,7 +475,7 @@ export class DataPlaneWorker {
   private finishStops(): void {
     const queues = this.queues;
     for (let i = queues.length - 1; i >= 0; i--) {
-      const queue = queues[i]!;
+      const queue = queues[i];
       if (queue.stopRequest === StopRequest.None || queue.inFlight > 0) continue;
       queue.publish();
       const lastAvailIdx = queue.vq.lastAvailIdx;
@@ -476,7 +492,7 @@ export class DataPlaneWorker {
 
   private hasPendingStops(): boolean {
     const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) if (queues[i]!.stopRequest !== StopRequest.None) return true;
+    for (let i = 0; i < queues.length; i++) if (queues[i].stopRequest !== StopRequest.None) return true;
     return false;
   }
 
@@ -487,7 +503,7 @@ export class DataPlaneWorker {
     const handler = this.handler;
     let work = 0;
     for (let i = 0; i < queues.length; i++) {
-      const queue = queues[i]!;
+      const queue = queues[i];
       const popped = queue.process(handler, BATCH);
       if (popped > 0) queue.stats[QueueStat.busyPasses]++;
       else queue.stats[QueueStat.idlePasses]++;
@@ -502,7 +518,7 @@ export class DataPlaneWorker {
       this.handlerFailed(error);
     }
     for (let i = 0; i < queues.length; i++) {
-      const queue = queues[i]!;
+      const queue = queues[i];
       queue.publish();
       queue.stats[QueueStat.inFlight] = queue.inFlight;
     }
@@ -526,10 +542,10 @@ export class DataPlaneWorker {
     const events = this.events;
     let callbacks = 0;
     for (let e = 0; e < count; e++) {
-      const data = events[2 * e + 1]!;
+      const data = events[2 * e + 1];
       if (data >= WATCH_TAG) {
         callbacks++;
-        this.handler.onFdReady!(data - WATCH_TAG, events[2 * e]!);
+        this.handler.onFdReady!(data - WATCH_TAG, events[2 * e]);
       } else if (data === WAKE_MAILBOX) {
         native.eventfdRead(this.init.mailboxFd);
       } else if (data === WAKE_COMPLETION) {
@@ -537,7 +553,7 @@ export class DataPlaneWorker {
       } else {
         const position = this.findQueue(data);
         if (position >= 0) {
-          const queue = this.queues[position]!;
+          const queue = this.queues[position];
           if (native.eventfdRead(queue.kickFd) > 0) queue.stats[QueueStat.kicks]++;
         }
       }
@@ -551,7 +567,7 @@ export class DataPlaneWorker {
     });
     const queues = this.queues;
     for (let i = 0; i < queues.length; i++) {
-      const queue = queues[i]!;
+      const queue = queues[i];
       queue.vq.markBroken(BrokenReason.DEVICE_ERROR);
       // Its in-flight requests will never complete: let stop/reset drain at once.
       queue.inFlight = 0;
@@ -563,7 +579,7 @@ export class DataPlaneWorker {
   /** True when every running queue has a kick fd, so sleeping cannot miss work. */
   private canSleep(): boolean {
     const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) if (queues[i]!.kickFd < 0 && queues[i]!.stopRequest === StopRequest.None) return false;
+    for (let i = 0; i < queues.length; i++) if (queues[i].kickFd < 0 && queues[i].stopRequest === StopRequest.None) return false;
     return true;
   }
 
@@ -572,7 +588,7 @@ export class DataPlaneWorker {
     const queues = this.queues;
     let work = false;
     for (let i = 0; i < queues.length; i++) {
-      const queue = queues[i]!;
+      const queue = queues[i];
       if (queue.stopRequest === StopRequest.None && queue.vq.enableNotificationAndRecheck()) work = true;
     }
     return work;
@@ -583,7 +599,7 @@ export class DataPlaneWorker {
     const count = native.epollWait(this.epollFd, this.events, MAX_EVENTS, this.maxSleepMs);
     const slept = performance.now() - before;
     const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) queues[i]!.stats[QueueStat.sleepMs] += slept;
+    for (let i = 0; i < queues.length; i++) queues[i].stats[QueueStat.sleepMs] += slept;
     try {
       this.dispatch(count);
     } catch (error) {

@@ -198,8 +198,10 @@ export class VhostUserClient {
 
   // ---- convenience wrappers ----------------------------------------------------------------
 
-  async getU64(type: 'GET_FEATURES' | 'GET_PROTOCOL_FEATURES' | 'GET_QUEUE_NUM' | 'GET_MAX_MEM_SLOTS' | 'GET_STATUS'): Promise<bigint> {
-    const reply = await this.request({ type } as FrontendRequest);
+  async getU64(
+    type: 'GET_FEATURES' | 'GET_PROTOCOL_FEATURES' | 'GET_QUEUE_NUM' | 'GET_MAX_MEM_SLOTS' | 'GET_STATUS',
+  ): Promise<bigint> {
+    const reply = await this.request({ type });
     if (!reply || reply.type !== 'u64') throw new FrontendError(`${type}: unexpected reply`, type);
     return reply.value;
   }
@@ -209,7 +211,7 @@ export class VhostUserClient {
   }
 
   async setFeatures(features: bigint): Promise<void> {
-    await this.request({ type: 'SET_FEATURES', features } as FrontendRequest);
+    await this.request({ type: 'SET_FEATURES', features });
   }
 
   getProtocolFeatures(): Promise<bigint> {
@@ -217,12 +219,18 @@ export class VhostUserClient {
   }
 
   async setProtocolFeatures(features: bigint): Promise<void> {
-    await this.request({ type: 'SET_PROTOCOL_FEATURES', features } as FrontendRequest);
+    await this.request({ type: 'SET_PROTOCOL_FEATURES', features });
     this.replyAck = hasFeature(features, ProtocolFeature.REPLY_ACK);
   }
 
   async getConfig(offset: number, size: number): Promise<Uint8Array> {
-    const reply = await this.request({ type: 'GET_CONFIG', offset, size, flags: 0, payload: new Uint8Array(size) } as FrontendRequest);
+    const reply = await this.request({
+      type: 'GET_CONFIG',
+      offset,
+      size,
+      flags: 0,
+      payload: new Uint8Array(size),
+    } as FrontendRequest);
     if (!reply || reply.type !== 'config') throw new FrontendError('GET_CONFIG: the back-end reported an error', 'GET_CONFIG');
     return reply.payload;
   }
@@ -235,5 +243,5 @@ export class VhostUserClient {
 }
 
 function requestId(request: FrontendRequest): number {
-  return Request[request.type as keyof typeof Request];
+  return Request[request.type];
 }

@@ -3,7 +3,15 @@
 // tool and fuzzers drive back-ends through this without a VM.
 import { native } from '../native.js';
 import type { Logger } from '../log.js';
-import { MAX_MEMORY_REGIONS, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, hasFeature } from '../control/protocol.js';
+import {
+  MAX_MEMORY_REGIONS,
+  ProtocolFeature,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  bit,
+  hasFeature,
+} from '../control/protocol.js';
 import { VhostUserClient, FrontendError } from './client.js';
 import { FrontendMemory, type RegionSpec } from './memory.js';
 import { protocolFeaturesToAck, virtioFeaturesToAck } from './features.js';
@@ -95,7 +103,10 @@ export class FrontendDevice {
     const ownsMemory = !(options.memory instanceof FrontendMemory);
     const queues: FrontendQueue[] = [];
     try {
-      memory = options.memory instanceof FrontendMemory ? options.memory : new FrontendMemory(options.memory ?? [{ guestPhysAddr: 0, size: 64 << 20 }]);
+      memory =
+        options.memory instanceof FrontendMemory
+          ? options.memory
+          : new FrontendMemory(options.memory ?? [{ guestPhysAddr: 0, size: 64 << 20 }]);
 
       // Negotiation in QEMU's order (vhost_user_backend_init, vhost_dev_start).
       const offered = await client.getFeatures();
@@ -119,9 +130,10 @@ export class FrontendDevice {
       const indirectEntries = features & bit(VIRTIO_F_INDIRECT_DESC) ? (options.indirectEntries ?? 0) : 0;
       for (let index = 0; index < queueCount; index++) {
         const ringAddr = memory.allocate(layout.totalBytes, 4096);
-        const indirect = indirectEntries > 0
-          ? { tableAddr: memory.allocate(indirectTablesBytes(size, indirectEntries), 16), maxEntries: indirectEntries }
-          : undefined;
+        const indirect =
+          indirectEntries > 0
+            ? { tableAddr: memory.allocate(indirectTablesBytes(size, indirectEntries), 16), maxEntries: indirectEntries }
+            : undefined;
         const driver = new VringDriver({
           memory: memory.guest,
           size,
@@ -134,7 +146,16 @@ export class FrontendDevice {
         const kickFd = options.noKickFd ? -1 : native.eventfdCreate(0);
         const callFd = native.eventfdCreate(0);
         queues.push(
-          new FrontendQueue(index, driver, kickFd, callFd, ringAddr + layout.descOffset, ringAddr + layout.availOffset, ringAddr + layout.usedOffset, indirect),
+          new FrontendQueue(
+            index,
+            driver,
+            kickFd,
+            callFd,
+            ringAddr + layout.descOffset,
+            ringAddr + layout.availOffset,
+            ringAddr + layout.usedOffset,
+            indirect,
+          ),
         );
         await client.request({ type: 'SET_VRING_NUM', index, num: size });
         await client.request({ type: 'SET_VRING_BASE', index, num: 0 });

@@ -27,7 +27,10 @@ export const FRONTEND_VIRTIO_FEATURES =
  * DRIVER_OK before starting a ring.
  */
 export const FRONTEND_PROTOCOL_FEATURES =
-  bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+  bit(ProtocolFeature.MQ) |
+  bit(ProtocolFeature.REPLY_ACK) |
+  bit(ProtocolFeature.CONFIG) |
+  bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
 
 /**
  * Feature bits that belong to the device type (virtio 1.2 §6: 0–23 and 50–127); the rest are the

@@ -35,7 +35,8 @@ export class FrontendMemory {
     const regions: FrontendRegion[] = [];
     try {
       for (const spec of specs) {
-        if (spec.size <= 0 || spec.size % PAGE_SIZE !== 0) throw new RangeError(`region size ${spec.size} must be a positive multiple of 4096`);
+        if (spec.size <= 0 || spec.size % PAGE_SIZE !== 0)
+          throw new RangeError(`region size ${spec.size} must be a positive multiple of 4096`);
         const fd = native.memfdCreate(`vhost-user-ts-guest@${spec.guestPhysAddr.toString(16)}`, spec.size);
         let buffer: SharedArrayBuffer;
         try {
@@ -76,7 +77,7 @@ export class FrontendMemory {
     for (const index of candidates) {
       const r = this.regions[index];
       if (!r) break;
-      const start = Math.ceil(this.nextFree[index]! / align) * align;
+      const start = Math.ceil(this.nextFree[index] / align) * align;
       if (start + bytes <= r.size) {
         this.nextFree[index] = start + bytes;
         return r.guestPhysAddr + start;

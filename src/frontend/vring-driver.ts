@@ -13,7 +13,13 @@
 // used.idx (acquire).
 import { GuestMemory } from '../dataplane/memory.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../dataplane/chain.js';
-import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from '../dataplane/notify.js';
+import {
+  VRING_AVAIL_F_NO_INTERRUPT,
+  VRING_USED_F_NO_NOTIFY,
+  availEventSlot,
+  usedEventSlot,
+  vringNeedEvent,
+} from '../dataplane/notify.js';
 import { TWO_POW_32 } from '../bits.js';
 
 /** Where each part of a split ring sits, relative to the start of the ring area. */

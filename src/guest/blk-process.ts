@@ -16,13 +16,17 @@ export interface SpawnedBackend {
 }
 
 /** Runs `vhost-user-blk --socket SOCKET ...args`, under `taskset -c CPUS` when given. */
-export async function spawnBlkBackend(socket: string, args: string[], options: { taskset?: string; startTimeoutMs?: number } = {}): Promise<SpawnedBackend> {
+export async function spawnBlkBackend(
+  socket: string,
+  args: string[],
+  options: { taskset?: string; startTimeoutMs?: number } = {},
+): Promise<SpawnedBackend> {
   const argv = [BIN, '--socket', socket, ...args];
   const child = options.taskset
     ? spawn('taskset', ['-c', options.taskset, process.execPath, ...argv], { stdio: ['ignore', 'ignore', 'pipe'] })
     : spawn(process.execPath, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
-  child.stderr!.setEncoding('utf8').on('data', (text: string) => (log += text));
+  child.stderr.setEncoding('utf8').on('data', (text: string) => (log += text));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const deadline = Date.now() + (options.startTimeoutMs ?? 15_000);
   while (!existsSync(socket)) {

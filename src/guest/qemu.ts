@@ -156,7 +156,7 @@ export function parseResult(consoleLog: string): GuestResult | undefined {
   let found: GuestResult | undefined;
   for (let m = re.exec(consoleLog); m; m = re.exec(consoleLog)) {
     try {
-      found = JSON.parse(m[1]!) as GuestResult;
+      found = JSON.parse(m[1]) as GuestResult;
     } catch {
       // a kernel message interleaved into the line: keep looking
     }
@@ -272,7 +272,7 @@ export function spawnTracked(
   installExitHook();
   const setpriv = findSetpriv();
   const argv = setpriv ? [setpriv, '--pdeathsig', 'KILL', '--', cmd, ...args] : [cmd, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), {
+  const child = spawn(argv[0], argv.slice(1), {
     detached: true, // own process group
     stdio: [opts.stdin ?? 'ignore', 'pipe', 'pipe'],
     env: opts.env ?? process.env,
@@ -355,17 +355,30 @@ export function qemuArgs(opts: RunGuestOptions & { image: GuestImage }): string[
   }
   kargs.push(...(opts.append ?? []));
   const args = [
-    '-accel', `tcg,thread=${opts.tcgThread ?? 'single'}`,
-    '-machine', 'pc,memory-backend=mem',
-    '-m', `${mem}M`,
-    '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
-    '-smp', String(cpus),
-    '-nodefaults', '-display', 'none', '-monitor', 'none',
-    '-serial', 'stdio',
+    '-accel',
+    `tcg,thread=${opts.tcgThread ?? 'single'}`,
+    '-machine',
+    'pc,memory-backend=mem',
+    '-m',
+    `${mem}M`,
+    '-object',
+    `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
+    '-smp',
+    String(cpus),
+    '-nodefaults',
+    '-display',
+    'none',
+    '-monitor',
+    'none',
+    '-serial',
+    'stdio',
     '-no-reboot',
-    '-kernel', opts.image.kernel,
-    '-initrd', opts.image.initrd,
-    '-append', kargs.join(' '),
+    '-kernel',
+    opts.image.kernel,
+    '-initrd',
+    opts.image.initrd,
+    '-append',
+    kargs.join(' '),
   ];
   if (opts.socketPath) {
     const chardev = ['socket', 'id=vu0', `path=${opts.socketPath}`, ...(opts.chardevProps ?? [])];
@@ -383,9 +396,7 @@ export function qemuArgs(opts: RunGuestOptions & { image: GuestImage }): string[
  * Rejects (after killing QEMU) on timeout, abort, QEMU failing to start/exiting without a result.
  * Never leaves a QEMU behind.
  */
-export async function runGuest<R extends GuestResultBase = GuestResult>(
-  options: RunGuestOptions = {},
-): Promise<GuestRun<R>> {
+export async function runGuest<R extends GuestResultBase = GuestResult>(options: RunGuestOptions = {}): Promise<GuestRun<R>> {
   const image = options.image ?? (await ensureGuestImage());
   const args = qemuArgs({ ...options, image });
   const bin = options.qemuBinary ?? process.env.VUT_QEMU ?? 'qemu-system-x86_64';
@@ -415,9 +426,9 @@ export async function runGuest<R extends GuestResultBase = GuestResult>(
       settled = true;
       kill();
       cleanup();
-      const err = new Error(
-        `${why}\n--- qemu: ${argv.join(' ')}\n--- console tail ---\n${tail(consoleLog)}`,
-      ) as Error & { consoleLog?: string };
+      const err = new Error(`${why}\n--- qemu: ${argv.join(' ')}\n--- console tail ---\n${tail(consoleLog)}`) as Error & {
+        consoleLog?: string;
+      };
       err.consoleLog = consoleLog;
       reject(err);
     };
@@ -449,9 +460,7 @@ export async function runGuest<R extends GuestResultBase = GuestResult>(
       for (const l of lines) append(`qemu: ${l}\n`);
     });
 
-    timers.push(
-      setTimeout(() => fail(`guest timed out after ${timeoutMs} ms (no VUT-RESULT / QEMU still running)`), timeoutMs),
-    );
+    timers.push(setTimeout(() => fail(`guest timed out after ${timeoutMs} ms (no VUT-RESULT / QEMU still running)`), timeoutMs));
     child.once('error', (e) => fail(`cannot start ${bin}: ${e.message} (apt-get install -y qemu-system-x86)`));
     child.once('close', (code, sig) => {
       if (stderrBuf) append(`qemu: ${stderrBuf}\n`);
@@ -471,7 +480,7 @@ export async function runGuest<R extends GuestResultBase = GuestResult>(
       resolve({
         result: result as R,
         consoleLog,
-        durationMs: Math.round(resultAt! - start),
+        durationMs: Math.round(resultAt - start),
         exitMs: Math.round(exitMs),
         argv,
       });

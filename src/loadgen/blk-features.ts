@@ -24,12 +24,14 @@ export interface BlkLimits {
 
 /** Reads what the generator needs from the config space; the back-end's bytes are not trusted. */
 export function blkLimits(config: Uint8Array, features: bigint): BlkLimits {
-  if (config.length < LOADGEN_BLK_CONFIG_BYTES) throw new Error(`the back-end's config space answer is ${config.length} bytes, expected ${LOADGEN_BLK_CONFIG_BYTES}`);
+  if (config.length < LOADGEN_BLK_CONFIG_BYTES)
+    throw new Error(`the back-end's config space answer is ${config.length} bytes, expected ${LOADGEN_BLK_CONFIG_BYTES}`);
   const view = new DataView(config.buffer, config.byteOffset, config.byteLength);
   const sectors = view.getBigUint64(BlkConfigOffset.capacity, true);
   const has = (feature: number) => hasFeature(features, feature);
   // Capacities beyond 2^53 bytes are not exact as numbers; the generator never needs that far.
-  const capacityBytes = sectors > BigInt(Number.MAX_SAFE_INTEGER) / 512n ? Number.MAX_SAFE_INTEGER : Number(sectors) * SECTOR_SIZE;
+  const capacityBytes =
+    sectors > BigInt(Number.MAX_SAFE_INTEGER) / 512n ? Number.MAX_SAFE_INTEGER : Number(sectors) * SECTOR_SIZE;
   return {
     capacityBytes,
     sizeMax: has(BlkFeature.SIZE_MAX) ? view.getUint32(BlkConfigOffset.sizeMax, true) : 0,
@@ -39,8 +41,13 @@ export function blkLimits(config: Uint8Array, features: bigint): BlkLimits {
 }
 
 /** Why this workload cannot run on the device as negotiated ('' if it can). */
-export function blkWorkloadProblem(limits: BlkLimits, workload: { pattern: BlkPattern; blockSize: number; queues: number }, features: bigint): string {
-  if (limits.capacityBytes < workload.blockSize) return `the disk (${limits.capacityBytes} bytes) is smaller than one ${workload.blockSize}-byte block`;
+export function blkWorkloadProblem(
+  limits: BlkLimits,
+  workload: { pattern: BlkPattern; blockSize: number; queues: number },
+  features: bigint,
+): string {
+  if (limits.capacityBytes < workload.blockSize)
+    return `the disk (${limits.capacityBytes} bytes) is smaller than one ${workload.blockSize}-byte block`;
   if (limits.readOnly && workload.pattern !== 'read' && workload.pattern !== 'randread') {
     return `the back-end's disk is read-only (VIRTIO_BLK_F_RO): use --rw read or randread`;
   }
@@ -50,6 +57,7 @@ export function blkWorkloadProblem(limits: BlkLimits, workload: { pattern: BlkPa
   if (limits.blockSize < SECTOR_SIZE || workload.blockSize % limits.blockSize !== 0) {
     return `--bs ${workload.blockSize} is not a multiple of the back-end's logical block size (${limits.blockSize})`;
   }
-  if (workload.queues > 1 && !hasFeature(features, BlkFeature.MQ)) return `the back-end does not offer VIRTIO_BLK_F_MQ, so only one queue can be driven`;
+  if (workload.queues > 1 && !hasFeature(features, BlkFeature.MQ))
+    return `the back-end does not offer VIRTIO_BLK_F_MQ, so only one queue can be driven`;
   return '';
 }

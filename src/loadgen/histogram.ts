@@ -24,7 +24,7 @@ export class Histogram {
     // exactly, without Math.log2 and Math.pow (they were ~40 % of the load generator's time per
     // request). v ≥ 1, so the double is normal and its exponent ≥ 0; NaN lands in the last bucket.
     scratch[0] = valueNs < 1 ? 1 : valueNs;
-    const high = scratchWords[HIGH_WORD]!;
+    const high = scratchWords[HIGH_WORD];
     let bucket = ((high >>> 20) - 1023) * SUB + ((high >>> (20 - SUB_BITS)) & (SUB - 1));
     if (bucket >= BUCKETS) bucket = BUCKETS - 1;
     this.counts[bucket]++;
@@ -36,7 +36,7 @@ export class Histogram {
 
   /** Adds another histogram's counts (e.g. one per load worker). */
   merge(other: { counts: Float64Array; count: number; min: number; max: number; sum: number }): void {
-    for (let b = 0; b < BUCKETS; b++) this.counts[b] += other.counts[b]!;
+    for (let b = 0; b < BUCKETS; b++) this.counts[b] += other.counts[b];
     this.count += other.count;
     this.sum += other.sum;
     if (other.min < this.min) this.min = other.min;
@@ -49,7 +49,7 @@ export class Histogram {
     const rank = Math.max(1, Math.ceil(q * this.count));
     let seen = 0;
     for (let b = 0; b < BUCKETS; b++) {
-      seen += this.counts[b]!;
+      seen += this.counts[b];
       if (seen >= rank) {
         const major = Math.floor(b / SUB);
         const upper = 2 ** major * (1 + ((b % SUB) + 1) / SUB);

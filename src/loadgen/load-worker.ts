@@ -36,14 +36,14 @@ function run(): LoadResult {
   const events = new Uint32Array(2 * Math.max(1, loads.length));
   if (eventWait) {
     epollFd = native.epollCreate();
-    for (let q = 0; q < loads.length; q++) native.epollCtl(epollFd, 1, loads[q]!.queue.callFd, EPOLLIN, q);
+    for (let q = 0; q < loads.length; q++) native.epollCtl(epollFd, 1, loads[q].queue.callFd, EPOLLIN, q);
   } else {
     for (const load of loads) load.driver.disableCallbacks();
   }
   const intervalMs = spec.rate > 0 ? 1000 / spec.rate : 0;
   const byCount = spec.requestsPerQueue > 0;
   let recording = byCount || spec.warmupSeconds <= 0;
-  let phaseStart = performance.now();
+  const phaseStart = performance.now();
   let measureStart = recording ? phaseStart : 0;
   let cpuStart = recording ? threadCpuSeconds() : 0;
   let nextIssue = phaseStart;
@@ -58,17 +58,17 @@ function run(): LoadResult {
       // slow back-end cannot hide its queueing delay (no coordinated omission).
       let posted = 0;
       while (nextIssue <= now && posted < 4096) {
-        const load = loads[rr]!;
+        const load = loads[rr];
         if (byCount && load.issued >= spec.requestsPerQueue) break;
         if (!load.post(nextIssue)) break;
         nextIssue += intervalMs;
         rr = rr + 1 === loads.length ? 0 : rr + 1;
         posted++;
       }
-      for (let q = 0; q < loads.length; q++) loads[q]!.kick();
+      for (let q = 0; q < loads.length; q++) loads[q].kick();
     } else {
       for (let q = 0; q < loads.length; q++) {
-        const load = loads[q]!;
+        const load = loads[q];
         while (!(byCount && load.issued >= spec.requestsPerQueue) && load.post(now)) {
           /* fill the queue depth */
         }
@@ -76,13 +76,13 @@ function run(): LoadResult {
       }
     }
     // Reap.
-    if (loopbacks !== null) for (let q = 0; q < loopbacks.length; q++) loopbacks[q]!.complete();
+    if (loopbacks !== null) for (let q = 0; q < loopbacks.length; q++) loopbacks[q].complete();
     now = performance.now();
     let reaped = 0;
     let done = true;
     let broken = false;
     for (let q = 0; q < loads.length; q++) {
-      const load = loads[q]!;
+      const load = loads[q];
       reaped += load.reap(now, recording);
       if (!byCount || load.completed < spec.requestsPerQueue) done = false;
       if (load.driver.broken) broken = true;
@@ -109,7 +109,7 @@ function run(): LoadResult {
     if (progress[Progress.STOP] !== 0) break;
     if (reaped === 0 && eventWait) {
       let ready = false;
-      for (let q = 0; q < loads.length; q++) if (loads[q]!.driver.enableCallbacksAndRecheck()) ready = true;
+      for (let q = 0; q < loads.length; q++) if (loads[q].driver.enableCallbacksAndRecheck()) ready = true;
       // Open loop: never oversleep the schedule. epoll's timeout has millisecond granularity,
       // and a late issue would be charged to the back-end (latency is timed from when a request
       // was due), so the thread only sleeps when the next issue is more than 2 ms away.
@@ -117,7 +117,7 @@ function run(): LoadResult {
       if (!ready && untilIssue > 2) {
         const timeout = intervalMs > 0 ? Math.floor(untilIssue) - 1 : 100;
         const count = native.epollWait(epollFd, events, loads.length, timeout);
-        for (let e = 0; e < count; e++) native.eventfdRead(loads[events[2 * e + 1]!]!.queue.callFd);
+        for (let e = 0; e < count; e++) native.eventfdRead(loads[events[2 * e + 1]].queue.callFd);
       }
     }
   }
@@ -141,7 +141,7 @@ function run(): LoadResult {
   const drainDeadline = performance.now() + (progress[Progress.STOP] !== 0 || errorLog.count > 0 ? 1000 : DRAIN_MS);
   let inFlightAtEnd = 0;
   for (let q = 0; q < loads.length; q++) {
-    const load = loads[q]!;
+    const load = loads[q];
     while (load.freeCount < load.depth && !load.driver.broken && performance.now() < drainDeadline) {
       loopbacks?.[q]!.complete();
       load.reap(performance.now(), false);

@@ -109,7 +109,7 @@ function spawnLoad(spec: LoadSpec): RunningLoad {
     });
   });
   return {
-    completed: () => progressView[Progress.COMPLETED]!,
+    completed: () => progressView[Progress.COMPLETED],
     measuring: () => progressView[Progress.MEASURING] === 1,
     stop: () => {
       progressView[Progress.STOP] = 1;
@@ -140,7 +140,14 @@ export interface LoopbackOptions {
 export function runLoopbackLoad(options: LoopbackOptions): Promise<LoadReport> {
   const queueSize = options.queueSize ?? 256;
   const depth = Math.min(options.queueDepth, queueSize);
-  const workload: Workload = { kind: 'blk', pattern: 'randread', blockSize: options.blockSize ?? 4096, capacityBytes: 1 << 30, readShare: 1, seed: 1 };
+  const workload: Workload = {
+    kind: 'blk',
+    pattern: 'randread',
+    blockSize: options.blockSize ?? 4096,
+    capacityBytes: 1 << 30,
+    readShare: 1,
+    seed: 1,
+  };
   const layout = splitRingLayout(queueSize);
   const bufferAddr = Math.ceil(layout.totalBytes / 4096) * 4096;
   const bufferBytes = slotBytes(workload) * depth + 4096;
@@ -212,7 +219,7 @@ const reserved = new WeakMap<FrontendDevice, Map<number, { addr: number; bytes: 
 
 function reserve(device: FrontendDevice, queue: number, bytes: number): number {
   let areas = reserved.get(device);
-  if (!areas) reserved.set(device, (areas = new Map()));
+  if (!areas) reserved.set(device, (areas = new Map<number, { addr: number; bytes: number }>()));
   const existing = areas.get(queue);
   if (existing && existing.bytes >= bytes) return existing.addr;
   const addr = device.memory.allocate(bytes, 4096);

@@ -40,17 +40,17 @@ export class LoopbackDevice {
     const desc = this.desc;
     let count = 0;
     while (this.lastAvail !== availIdx) {
-      const head = this.availU16[2 + (this.lastAvail & this.mask)]!;
+      const head = this.availU16[2 + (this.lastAvail & this.mask)];
       let index = head;
       let written = 0;
-      let flags = desc[4 * index + 3]! & 0xffff;
+      let flags = desc[4 * index + 3] & 0xffff;
       for (let steps = 1; (flags & VIRTQ_DESC_F_NEXT) !== 0 && steps < this.size; steps++) {
-        if ((flags & VIRTQ_DESC_F_WRITE) !== 0) written += desc[4 * index + 2]!;
-        index = desc[4 * index + 3]! >>> 16;
-        flags = desc[4 * index + 3]! & 0xffff;
+        if ((flags & VIRTQ_DESC_F_WRITE) !== 0) written += desc[4 * index + 2];
+        index = desc[4 * index + 3] >>> 16;
+        flags = desc[4 * index + 3] & 0xffff;
       }
-      written += desc[4 * index + 2]!;
-      this.bytes[desc[4 * index]!] = 0; // VIRTIO_BLK_S_OK in the status byte
+      written += desc[4 * index + 2];
+      this.bytes[desc[4 * index]] = 0; // VIRTIO_BLK_S_OK in the status byte
       const slot = 1 + 2 * (this.usedIdx & this.mask);
       this.usedU32[slot] = head;
       this.usedU32[slot + 1] = written;

@@ -114,15 +114,15 @@ export class QueueLoad {
       if (workload.kind === 'echo') {
         this.partA[slot] = take(workload.bytes, 64);
         this.partB[slot] = take(workload.bytes, 64);
-        this.viewA.push(view(this.partA[slot]!, workload.bytes));
-        this.viewB.push(view(this.partB[slot]!, workload.bytes));
+        this.viewA.push(view(this.partA[slot], workload.bytes));
+        this.viewB.push(view(this.partB[slot], workload.bytes));
       } else {
         this.partA[slot] = take(BLK_OUTHDR_BYTES, 16);
         this.partB[slot] = take(workload.blockSize, 4096);
         this.partC[slot] = take(1, 1);
-        const header = view(this.partA[slot]!, BLK_OUTHDR_BYTES);
+        const header = view(this.partA[slot], BLK_OUTHDR_BYTES);
         this.headerView.push(new DataView(header.buffer, header.byteOffset, BLK_OUTHDR_BYTES));
-        this.viewC.push(view(this.partC[slot]!, 1));
+        this.viewC.push(view(this.partC[slot], 1));
       }
     }
   }
@@ -130,31 +130,34 @@ export class QueueLoad {
   /** Posts one request in a free slot, timed from `startMs`. False if no slot or ring space. */
   post(startMs: number): boolean {
     if (this.freeCount === 0) return false;
-    const slot = this.freeSlots[this.freeCount - 1]!;
+    const slot = this.freeSlots[this.freeCount - 1];
     const workload = this.workload;
     const driver = this.driver;
     if (workload.kind === 'echo') {
       const seq = (this.issued + 1) >>> 0;
       this.sequence[slot] = seq;
-      const input = this.viewA[slot]!;
+      const input = this.viewA[slot];
       input[0] = seq & 0xff;
       input[1] = (seq >>> 8) & 0xff;
       input[2] = (seq >>> 16) & 0xff;
       input[3] = seq >>> 24;
-      this.viewB[slot]![0] = ~seq & 0xff;
+      this.viewB[slot][0] = ~seq & 0xff;
       driver.beginChain(workload.indirect);
       const piece = Math.ceil(workload.bytes / workload.segments);
       for (let part = 0; part < 2; part++) {
-        const base = part === 0 ? this.partA[slot]! : this.partB[slot]!;
+        const base = part === 0 ? this.partA[slot] : this.partB[slot];
         for (let offset = 0; offset < workload.bytes; offset += piece) {
           const length = Math.min(piece, workload.bytes - offset);
           driver.addSegment(base + offset, length, part === 1);
         }
       }
     } else {
-      const header = this.headerView[slot]!;
+      const header = this.headerView[slot];
       const pattern = workload.pattern;
-      const isRead = pattern === 'read' || pattern === 'randread' || (pattern === 'randrw' && this.random.next() / 4294967296 < workload.readShare);
+      const isRead =
+        pattern === 'read' ||
+        pattern === 'randread' ||
+        (pattern === 'randrw' && this.random.next() / 4294967296 < workload.readShare);
       const sectorsPerBlock = workload.blockSize / 512;
       const blocks = Math.floor(workload.capacityBytes / workload.blockSize);
       let sector: number;
@@ -169,11 +172,11 @@ export class QueueLoad {
       header.setUint32(4, 0, true);
       header.setUint32(8, sector % 4294967296, true);
       header.setUint32(12, Math.floor(sector / 4294967296), true);
-      this.viewC[slot]![0] = 0xff;
+      this.viewC[slot][0] = 0xff;
       driver.beginChain(false);
-      driver.addSegment(this.partA[slot]!, BLK_OUTHDR_BYTES, false);
-      driver.addSegment(this.partB[slot]!, workload.blockSize, isRead);
-      driver.addSegment(this.partC[slot]!, 1, true);
+      driver.addSegment(this.partA[slot], BLK_OUTHDR_BYTES, false);
+      driver.addSegment(this.partB[slot], workload.blockSize, isRead);
+      driver.addSegment(this.partC[slot], 1, true);
     }
     if (driver.endChain(slot) < 0) return false;
     this.freeCount--;
@@ -196,20 +199,20 @@ export class QueueLoad {
     const count = this.driver.reapUsed(this.tokens, this.lens);
     const workload = this.workload;
     for (let i = 0; i < count; i++) {
-      const slot = this.tokens[i]!;
-      if (recording) this.histogram.record((nowMs - this.started[slot]!) * 1e6);
+      const slot = this.tokens[i];
+      if (recording) this.histogram.record((nowMs - this.started[slot]) * 1e6);
       if (workload.kind === 'echo') {
         if (workload.verify) {
-          const seq = this.sequence[slot]!;
-          const output = this.viewB[slot]!;
-          const echoed = (output[0]! | (output[1]! << 8) | (output[2]! << 16) | (output[3]! << 24)) >>> 0;
+          const seq = this.sequence[slot];
+          const output = this.viewB[slot];
+          const echoed = (output[0] | (output[1] << 8) | (output[2] << 16) | (output[3] << 24)) >>> 0;
           if (echoed !== seq || this.lens[i] !== workload.bytes) {
             this.errors.note(`queue ${this.queue.index}: request ${seq} came back as ${echoed} with length ${this.lens[i]}`);
           }
         }
         this.bytes += workload.bytes;
       } else {
-        const status = this.viewC[slot]![0]!;
+        const status = this.viewC[slot][0];
         if (status !== BlkStatus.OK) this.errors.note(`queue ${this.queue.index}: virtio-blk status ${status}`);
         this.bytes += workload.blockSize;
       }
@@ -224,5 +227,5 @@ export class QueueLoad {
 export function bytesAt(memory: GuestMemory, gpa: number, length: number): Uint8Array {
   const window = memory.translate(gpa, length);
   if (window < 0) throw new RangeError(`guest range 0x${gpa.toString(16)}+${length} is not mapped`);
-  return memory.windowBytesView[window]!.subarray(memory.outWindowOffset, memory.outWindowOffset + length);
+  return memory.windowBytesView[window].subarray(memory.outWindowOffset, memory.outWindowOffset + length);
 }

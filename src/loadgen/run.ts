@@ -89,7 +89,10 @@ export interface BenchResult {
   failures: string[];
 }
 
-export async function runBench(args: BenchArgs, onProgress?: (completed: number, measuring: boolean) => void): Promise<BenchResult> {
+export async function runBench(
+  args: BenchArgs,
+  onProgress?: (completed: number, measuring: boolean) => void,
+): Promise<BenchResult> {
   const device = await FrontendDevice.connect({
     socketPath: args.socketPath,
     queues: args.queues,
@@ -103,12 +106,23 @@ export async function runBench(args: BenchArgs, onProgress?: (completed: number,
       throw new Error(`the back-end offers ${device.queues.length} queue(s), fewer than --queues ${args.queues}`);
     }
     const limits = blkLimits(await device.getConfig(0, LOADGEN_BLK_CONFIG_BYTES), device.features);
-    const problem = blkWorkloadProblem(limits, { pattern: args.pattern, blockSize: args.blockSize, queues: args.queues }, device.features);
+    const problem = blkWorkloadProblem(
+      limits,
+      { pattern: args.pattern, blockSize: args.blockSize, queues: args.queues },
+      device.features,
+    );
     if (problem) throw new Error(problem);
     const capacityBytes = limits.capacityBytes;
     const backendStart = args.backendPid ? processCpuSeconds(args.backendPid) : 0;
     const load = startLoad(device, {
-      workload: { kind: 'blk', pattern: args.pattern, blockSize: args.blockSize, capacityBytes, readShare: args.readShare, seed: 1 },
+      workload: {
+        kind: 'blk',
+        pattern: args.pattern,
+        blockSize: args.blockSize,
+        capacityBytes,
+        readShare: args.readShare,
+        seed: 1,
+      },
       queueDepth: args.queueDepth,
       seconds: args.seconds,
       warmupSeconds: args.warmup,
@@ -187,10 +201,13 @@ export function benchFailures(r: Omit<BenchResult, 'failures'>, args: Pick<Bench
   const failures: string[] = [];
   if (r.requests === 0) failures.push(`no request completed in the ${r.seconds} s measured window`);
   if (r.errors > 0) failures.push(`${r.errors} request(s) failed; first: ${r.first_error ?? 'unknown'}`);
-  if (r.in_flight_at_end > 0) failures.push(`${r.in_flight_at_end} request(s) never completed (the back-end stalled or lost them)`);
+  if (r.in_flight_at_end > 0)
+    failures.push(`${r.in_flight_at_end} request(s) never completed (the back-end stalled or lost them)`);
   // The load thread measures at least the asked window unless the run was cut short.
   if (r.seconds < args.seconds) {
-    failures.push(`the measured window was ${r.seconds} s, shorter than the ${args.seconds} s asked${r.disconnected ? ` (${r.disconnected})` : ''}`);
+    failures.push(
+      `the measured window was ${r.seconds} s, shorter than the ${args.seconds} s asked${r.disconnected ? ` (${r.disconnected})` : ''}`,
+    );
   } else if (r.disconnected) {
     failures.push(`the back-end closed the connection during the run: ${r.disconnected}`);
   }

@@ -16,7 +16,10 @@ export interface Child {
 }
 
 /** Spawns `node BIN ...args`, or `command` (e.g. a shell that execs it), with the given stdio slots from 3 on. */
-export function run(args: string[], options: { extraFds?: (number | 'ignore')[]; env?: NodeJS.ProcessEnv; shell?: string } = {}): Child {
+export function run(
+  args: string[],
+  options: { extraFds?: (number | 'ignore')[]; env?: NodeJS.ProcessEnv; shell?: string } = {},
+): Child {
   const stdio = ['ignore', 'ignore', 'pipe', ...(options.extraFds ?? [])] as StdioOptions;
   const child = options.shell
     ? spawn('/bin/sh', ['-c', options.shell, 'sh', process.execPath, BIN, ...args], { stdio, env: options.env ?? process.env })

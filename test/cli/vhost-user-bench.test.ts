@@ -23,7 +23,7 @@ import { WorkerDataPlane } from '../../dist/dataplane/pool.js';
 import { BlkDevice } from '../../dist/devices/blk/device.js';
 import { BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
 import { EXIT_INVALID_MEASUREMENT } from '../../dist/cli/vhost-user-bench.js';
-import { benchFailures } from '../../dist/loadgen/run.js';
+import { benchFailures, type BenchResult } from '../../dist/loadgen/run.js';
 import { RecordingDataPlane, captureLogs, until } from '../control/helpers.js';
 
 const BIN = fileURLToPath(new URL('../../bin/vhost-user-bench', import.meta.url));
@@ -53,7 +53,14 @@ function bench(args: string[]): Promise<Run> {
  * request lands outside the disk and completes with IOERR.
  */
 function lyingBlk(extraFeatures: bigint, capacityScale = 1): { device: VhostUserDevice; blk: BlkDevice } {
-  const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: false, supportsDiscard: true, supportsFlush: true });
+  const blk = new BlkDevice({
+    capacityBytes: CAPACITY,
+    numQueues: 1,
+    maxQueueSize: 256,
+    readOnly: false,
+    supportsDiscard: true,
+    supportsFlush: true,
+  });
   const device: VhostUserDevice = {
     name: blk.name,
     numQueues: blk.numQueues,
@@ -89,12 +96,22 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-async function serve(device: VhostUserDevice, dataPlane?: DataPlane, handler?: BlkDevice): Promise<{ socketPath: string; daemon: VhostUserDaemon }> {
+async function serve(
+  device: VhostUserDevice,
+  dataPlane?: DataPlane,
+  handler?: BlkDevice,
+): Promise<{ socketPath: string; daemon: VhostUserDaemon }> {
   const socketPath = join(dir, `blk-${cleanups.length}-${Date.now()}.sock`);
   let plane = dataPlane;
   if (!plane) {
     // Interrupt mode: the tests share two cores with other work; the CLI below waits on events too.
-    const workers = await WorkerDataPlane.start({ cpus: [-1], queueCount: 1, mode: 'interrupt', handler: handler!.handlerSpec({ engine: 'null' }), maxSegments: handler!.maxSegments });
+    const workers = await WorkerDataPlane.start({
+      cpus: [-1],
+      queueCount: 1,
+      mode: 'interrupt',
+      handler: handler!.handlerSpec({ engine: 'null' }),
+      maxSegments: handler!.maxSegments,
+    });
     cleanups.push(() => workers.close());
     plane = workers;
   }
@@ -113,7 +130,7 @@ describe('vhost-user-bench blk', () => {
     const run = await bench(['blk', '--socket', socketPath, ...QUICK]);
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
-    const result = JSON.parse(run.stdout);
+    const result = JSON.parse(run.stdout) as BenchResult;
     expect(result.requests).toBeGreaterThan(0);
     expect(result.errors).toBe(0);
     expect(result.failures).toEqual([]);
@@ -128,7 +145,10 @@ describe('vhost-user-bench blk', () => {
     expect(features & (bit(BlkFeature.FLUSH) | bit(BlkFeature.DISCARD) | bit(BlkFeature.WRITE_ZEROES))).toBe(0n);
     expect(features & bit(BlkFeature.BLK_SIZE)).not.toBe(0n);
     expect(BigInt(result.protocol_features)).toBe(
-      bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS),
+      bit(ProtocolFeature.MQ) |
+        bit(ProtocolFeature.REPLY_ACK) |
+        bit(ProtocolFeature.CONFIG) |
+        bit(ProtocolFeature.CONFIGURE_MEM_SLOTS),
     );
     expect(BigInt(result.offered_protocol_features) & bit(ProtocolFeature.STATUS)).not.toBe(0n);
   });
@@ -138,14 +158,21 @@ describe('vhost-user-bench blk', () => {
     const { socketPath } = await serve(device, undefined, blk);
     const run = await bench(['blk', '--socket', socketPath, ...QUICK]);
     expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
-    const result = JSON.parse(run.stdout);
+    const result = JSON.parse(run.stdout) as BenchResult;
     expect(result.errors).toBeGreaterThan(0);
     expect(result.first_error).toMatch(/virtio-blk status 1/);
     expect(run.stderr).toMatch(/not a valid measurement: \d+ request\(s\) failed; first: queue 0: virtio-blk status 1/);
   });
 
   it('exits 3 when no request completes (a stalled back-end), naming the requests it lost', async () => {
-    const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: false, supportsDiscard: false, supportsFlush: false });
+    const blk = new BlkDevice({
+      capacityBytes: CAPACITY,
+      numQueues: 1,
+      maxQueueSize: 256,
+      readOnly: false,
+      supportsDiscard: false,
+      supportsFlush: false,
+    });
     // The recording data plane accepts the rings and never processes them.
     const { socketPath } = await serve(blk, new RecordingDataPlane());
     const run = await bench(['blk', '--socket', socketPath, '--qd', '4', ...QUICK]);
@@ -181,7 +208,14 @@ describe('vhost-user-bench blk', () => {
   });
 
   it('refuses a workload the negotiated device cannot take, before measuring (exit 1)', async () => {
-    const blk = new BlkDevice({ capacityBytes: CAPACITY, numQueues: 1, maxQueueSize: 256, readOnly: true, supportsDiscard: false, supportsFlush: false });
+    const blk = new BlkDevice({
+      capacityBytes: CAPACITY,
+      numQueues: 1,
+      maxQueueSize: 256,
+      readOnly: true,
+      supportsDiscard: false,
+      supportsFlush: false,
+    });
     const { socketPath } = await serve(blk, new RecordingDataPlane());
     const run = await bench(['blk', '--socket', socketPath, '--rw', 'randwrite', ...QUICK]);
     expect(run.code).toBe(1);
@@ -201,9 +235,17 @@ describe('benchFailures', () => {
     expect(benchFailures(ok as never, { seconds: 2 })).toEqual([]);
   });
   it('names each reason a run is not a measurement', () => {
-    expect(benchFailures({ ...ok, requests: 0 } as never, { seconds: 2 })).toEqual(['no request completed in the 2 s measured window']);
-    expect(benchFailures({ ...ok, seconds: 1.5 } as never, { seconds: 2 })).toEqual(['the measured window was 1.5 s, shorter than the 2 s asked']);
-    expect(benchFailures({ ...ok, disconnected: 'gone' } as never, { seconds: 2 })).toEqual(['the back-end closed the connection during the run: gone']);
-    expect(benchFailures({ ...ok, errors: 2, first_error: 'status 1' } as never, { seconds: 2 })).toEqual(['2 request(s) failed; first: status 1']);
+    expect(benchFailures({ ...ok, requests: 0 } as never, { seconds: 2 })).toEqual([
+      'no request completed in the 2 s measured window',
+    ]);
+    expect(benchFailures({ ...ok, seconds: 1.5 } as never, { seconds: 2 })).toEqual([
+      'the measured window was 1.5 s, shorter than the 2 s asked',
+    ]);
+    expect(benchFailures({ ...ok, disconnected: 'gone' } as never, { seconds: 2 })).toEqual([
+      'the back-end closed the connection during the run: gone',
+    ]);
+    expect(benchFailures({ ...ok, errors: 2, first_error: 'status 1' } as never, { seconds: 2 })).toEqual([
+      '2 request(s) failed; first: status 1',
+    ]);
   });
 });

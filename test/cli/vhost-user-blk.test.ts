@@ -110,14 +110,15 @@ describe('starting', () => {
     expect(() => systemdListenFd({ LISTEN_FDS: '2', LISTEN_PID: '4242' }, 4242)).toThrow(/serves one/);
   });
 
-  it('--client: connects to a listening front-end and serves it; the front-end\'s socket file is not removed', async () => {
+  it("--client: connects to a listening front-end and serves it; the front-end's socket file is not removed", async () => {
     const socket = join(dir, 'frontend.sock');
     const listener = listen(socket);
     const child = start(['--client', '--socket', socket, ...DISK]);
     let fd = -1;
     const deadline = Date.now() + 20_000;
     while ((fd = native.socketAccept(listener)) < 0) {
-      if (Date.now() > deadline || child.process.exitCode !== null) throw new Error(`no connection from the back-end:\n${child.stderr()}`);
+      if (Date.now() > deadline || child.process.exitCode !== null)
+        throw new Error(`no connection from the back-end:\n${child.stderr()}`);
       await sleep(20);
     }
     expect(await probe(new VhostUserClient(fd, { replyTimeoutMs: 5000 }))).toEqual({ capacityBytes: DISK_BYTES, queues: 1n });

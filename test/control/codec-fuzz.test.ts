@@ -68,7 +68,15 @@ const requests: FrontendRequest[] = [
   { type: 'SET_LOG_BASE', mmapSize: 0x1000n, mmapOffset: 0n, fd: fd(0) },
   { type: 'SET_LOG_FD', fd: fd(0) },
   { type: 'SET_VRING_NUM', index: 0, num: 256 },
-  { type: 'SET_VRING_ADDR', index: 1, flags: 1, descUserAddr: 0x1000n, usedUserAddr: 0x3000n, availUserAddr: 0x2000n, logGuestAddr: 0x5000n },
+  {
+    type: 'SET_VRING_ADDR',
+    index: 1,
+    flags: 1,
+    descUserAddr: 0x1000n,
+    usedUserAddr: 0x3000n,
+    availUserAddr: 0x2000n,
+    logGuestAddr: 0x5000n,
+  },
   { type: 'SET_VRING_BASE', index: 0, num: 17 },
   { type: 'GET_VRING_BASE', index: 0 },
   { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: fd(0) },
@@ -172,27 +180,39 @@ const corpus: Target[] = [
   })),
 ];
 
-const INTERESTING_U32 = [0, 1, 2, 7, 8, 9, 12, 16, 24, 32, 40, 0xff, 0x100, 0x101, 0xffff, 0x1_0000, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff];
+const INTERESTING_U32 = [
+  0, 1, 2, 7, 8, 9, 12, 16, 24, 32, 40, 0xff, 0x100, 0x101, 0xffff, 0x1_0000, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff,
+];
 
 function mutate(random: () => number, bytes: Uint8Array, fds: number[]): { bytes: Uint8Array; fds: number[] } {
   let out = bytes.slice();
-  let outFds = [...fds];
+  const outFds = [...fds];
   const pick = (n: number) => Math.floor(random() * n);
   const rounds = 1 + pick(3);
   for (let round = 0; round < rounds; round++) {
     const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
     switch (pick(8)) {
       case 0: // flip one bit anywhere, header included
-        if (out.length > 0) out[pick(out.length)]! ^= 1 << pick(8);
+        if (out.length > 0) out[pick(out.length)] ^= 1 << pick(8);
         break;
       case 1: // overwrite one byte
         if (out.length > 0) out[pick(out.length)] = pick(256);
         break;
       case 2: // a payload u32 field set to an edge value
-        if (out.length >= HEADER_SIZE + 4) view.setUint32(HEADER_SIZE + 4 * pick((out.length - HEADER_SIZE) >> 2), INTERESTING_U32[pick(INTERESTING_U32.length)]!, true);
+        if (out.length >= HEADER_SIZE + 4)
+          view.setUint32(
+            HEADER_SIZE + 4 * pick((out.length - HEADER_SIZE) >> 2),
+            INTERESTING_U32[pick(INTERESTING_U32.length)],
+            true,
+          );
         break;
       case 3: // a payload u64 field set to all ones or a high bit
-        if (out.length >= HEADER_SIZE + 8) view.setBigUint64(HEADER_SIZE + 8 * pick((out.length - HEADER_SIZE) >> 3), pick(2) ? 0xffff_ffff_ffff_ffffn : 1n << BigInt(pick(64)), true);
+        if (out.length >= HEADER_SIZE + 8)
+          view.setBigUint64(
+            HEADER_SIZE + 8 * pick((out.length - HEADER_SIZE) >> 3),
+            pick(2) ? 0xffff_ffff_ffff_ffffn : 1n << BigInt(pick(64)),
+            true,
+          );
         break;
       case 4: // truncate (possibly into the header)
         out = out.slice(0, pick(out.length + 1));
@@ -206,7 +226,8 @@ function mutate(random: () => number, bytes: Uint8Array, fds: number[]): { bytes
         break;
       }
       case 6: // another request id, flags value
-        if (out.length >= 8) view.setUint32(pick(2) * 4, pick(2) ? pick(50) : INTERESTING_U32[pick(INTERESTING_U32.length)]!, true);
+        if (out.length >= 8)
+          view.setUint32(pick(2) * 4, pick(2) ? pick(50) : INTERESTING_U32[pick(INTERESTING_U32.length)], true);
         break;
       case 7: // add or drop an fd
         if (pick(2) && outFds.length > 0) outFds.splice(pick(outFds.length), 1);
@@ -235,12 +256,12 @@ describe('codec under mutation', () => {
     const outcomes = new Map<string, { accepted: number; refused: number }>();
     const failures: string[] = [];
     for (let n = 0; n < CASES && failures.length < 5; n++) {
-      const target = corpus[n % corpus.length]!;
+      const target = corpus[n % corpus.length];
       const { bytes, fds } = mutate(random, target.message.bytes, target.message.fds);
       const frozenFds = Object.freeze([...fds]);
       const tally = outcomes.get(target.kind) ?? { accepted: 0, refused: 0 };
       outcomes.set(target.kind, tally);
-      const where = `case ${n} (${target.kind}): bytes ${Buffer.from(bytes).toString('hex')} fds [${fds}]`;
+      const where = `case ${n} (${target.kind}): bytes ${Buffer.from(bytes).toString('hex')} fds [${fds.join(',')}]`;
       let header: MessageHeader;
       let value: unknown;
       try {

@@ -25,14 +25,14 @@ import {
   type BackendRequest,
   type FrontendReply,
   type FrontendRequest,
-  type MemoryRegion,
+  type RegionDescription,
   type MessageHeader,
 } from '../../dist/control/codec/index.js';
 import { BackendRequestId, HeaderFlag, Request } from '../../dist/control/protocol.js';
 
 // The codec never touches fds: it counts them and passes them on, so tests use made-up numbers.
 const fd = (n: number) => 100 + n;
-const region = (guestPhysAddr: bigint, memorySize: bigint, userspaceAddr: bigint, mmapOffset = 0n): MemoryRegion => ({
+const region = (guestPhysAddr: bigint, memorySize: bigint, userspaceAddr: bigint, mmapOffset = 0n): RegionDescription => ({
   guestPhysAddr,
   memorySize,
   userspaceAddr,
@@ -212,12 +212,28 @@ describe('request table', () => {
   it('marks the requests the spec lists as replying as always-reply', () => {
     // Spec, "Communication": GET_FEATURES, GET_PROTOCOL_FEATURES, GET_VRING_BASE, SET_LOG_BASE
     // (with LOG_SHMFD), GET_INFLIGHT_FD (with INFLIGHT_SHMFD) — plus each entry with a reply payload.
-    const always = [...requestSpecs.values()].filter((s) => s.replies === 'always').map((s) => s.name).sort();
+    const always = [...requestSpecs.values()]
+      .filter((s) => s.replies === 'always')
+      .map((s) => s.name)
+      .sort();
     expect(always).toEqual(
       [
-        'GET_FEATURES', 'GET_PROTOCOL_FEATURES', 'GET_VRING_BASE', 'SET_LOG_BASE', 'GET_INFLIGHT_FD',
-        'GET_QUEUE_NUM', 'IOTLB_MSG', 'GET_CONFIG', 'CREATE_CRYPTO_SESSION', 'POSTCOPY_ADVISE', 'POSTCOPY_END',
-        'GET_MAX_MEM_SLOTS', 'GET_STATUS', 'GET_SHARED_OBJECT', 'SET_DEVICE_STATE_FD', 'CHECK_DEVICE_STATE',
+        'GET_FEATURES',
+        'GET_PROTOCOL_FEATURES',
+        'GET_VRING_BASE',
+        'SET_LOG_BASE',
+        'GET_INFLIGHT_FD',
+        'GET_QUEUE_NUM',
+        'IOTLB_MSG',
+        'GET_CONFIG',
+        'CREATE_CRYPTO_SESSION',
+        'POSTCOPY_ADVISE',
+        'POSTCOPY_END',
+        'GET_MAX_MEM_SLOTS',
+        'GET_STATUS',
+        'GET_SHARED_OBJECT',
+        'SET_DEVICE_STATE_FD',
+        'CHECK_DEVICE_STATE',
       ].sort(),
     );
   });
@@ -275,17 +291,27 @@ describe('hostile requests are refused with the request name', () => {
     longer.set(raw.payload);
     if (spec.size.max > raw.payload.length) {
       // Variable layouts: one byte more no longer matches their own count field.
-      if (spec.payload !== 'crypto-session') expectRejected(name, () => decode({ ...raw, header: { ...raw.header, size: longer.length }, payload: longer }), /bytes/);
+      if (spec.payload !== 'crypto-session')
+        expectRejected(name, () => decode({ ...raw, header: { ...raw.header, size: longer.length }, payload: longer }), /bytes/);
     } else {
-      expectRejected(name, () => decode({ ...raw, header: { ...raw.header, size: longer.length }, payload: longer }), /payload is/);
+      expectRejected(
+        name,
+        () => decode({ ...raw, header: { ...raw.header, size: longer.length }, payload: longer }),
+        /payload is/,
+      );
     }
     if (raw.payload.length > 0) {
       const shorter = raw.payload.subarray(0, raw.payload.length - 1);
-      if (spec.payload !== 'crypto-session') expectRejected(name, () => decode({ ...raw, header: { ...raw.header, size: shorter.length }, payload: shorter }));
+      if (spec.payload !== 'crypto-session')
+        expectRejected(name, () => decode({ ...raw, header: { ...raw.header, size: shorter.length }, payload: shorter }));
     }
     const extra = [...raw.fds, ...Array.from({ length: spec.fds.max + 1 - raw.fds.length }, (_, i) => fd(50 + i))];
     expectRejected(name, () => decode({ ...raw, fds: extra }), /fd/);
-    expectRejected(name, () => decode({ ...raw, header: { ...raw.header, flags: HeaderFlag.VERSION | HeaderFlag.REPLY } }), /REPLY/);
+    expectRejected(
+      name,
+      () => decode({ ...raw, header: { ...raw.header, flags: HeaderFlag.VERSION | HeaderFlag.REPLY } }),
+      /REPLY/,
+    );
   });
 
   it('rejects a payload whose length differs from the header size', () => {
@@ -306,7 +332,7 @@ describe('hostile requests are refused with the request name', () => {
   });
 
   describe('SET_MEM_TABLE', () => {
-    const table = (regions: MemoryRegion[]): FrontendRequest => ({
+    const table = (regions: RegionDescription[]): FrontendRequest => ({
       type: 'SET_MEM_TABLE',
       regions: regions.map((r, i) => ({ ...r, fd: fd(i) })),
     });
@@ -316,11 +342,23 @@ describe('hostile requests are refused with the request name', () => {
       expectRejected('SET_MEM_TABLE', () => decode(raw), /9 regions/);
     });
     it('refuses a count that does not match the payload size', () => {
-      expectRejected('SET_MEM_TABLE', () => decode(patched(sample('SET_MEM_TABLE'), (v) => v.setUint32(0, 2, LE))), /expected 72 for 2 regions/);
+      expectRejected(
+        'SET_MEM_TABLE',
+        () => decode(patched(sample('SET_MEM_TABLE'), (v) => v.setUint32(0, 2, LE))),
+        /expected 72 for 2 regions/,
+      );
     });
     it('refuses fewer or more fds than regions', () => {
-      expectRejected('SET_MEM_TABLE', () => decode({ ...encode(sample('SET_MEM_TABLE')), fds: [fd(0), fd(1)] }), /2 fds for 3 regions/);
-      expectRejected('SET_MEM_TABLE', () => decode({ ...encode({ type: 'SET_MEM_TABLE', regions: [] }), fds: [fd(0)] }), /1 fds for 0 regions/);
+      expectRejected(
+        'SET_MEM_TABLE',
+        () => decode({ ...encode(sample('SET_MEM_TABLE')), fds: [fd(0), fd(1)] }),
+        /2 fds for 3 regions/,
+      );
+      expectRejected(
+        'SET_MEM_TABLE',
+        () => decode({ ...encode({ type: 'SET_MEM_TABLE', regions: [] }), fds: [fd(0)] }),
+        /1 fds for 0 regions/,
+      );
     });
     it('refuses a region of size 0', () => {
       expectRejected('SET_MEM_TABLE', () => decode(encode(table([region(0n, 0n, 0x1000n)]))), /size 0/);
@@ -353,7 +391,14 @@ describe('hostile requests are refused with the request name', () => {
   });
 
   it('SET_LOG_FD, SET_BACKEND_REQ_FD, GPU_SET_SOCKET, SET_INFLIGHT_FD, ADD_MEM_REG, SET_DEVICE_STATE_FD need exactly one fd', () => {
-    for (const type of ['SET_LOG_FD', 'SET_BACKEND_REQ_FD', 'GPU_SET_SOCKET', 'SET_INFLIGHT_FD', 'ADD_MEM_REG', 'SET_DEVICE_STATE_FD'] as const) {
+    for (const type of [
+      'SET_LOG_FD',
+      'SET_BACKEND_REQ_FD',
+      'GPU_SET_SOCKET',
+      'SET_INFLIGHT_FD',
+      'ADD_MEM_REG',
+      'SET_DEVICE_STATE_FD',
+    ] as const) {
       expectRejected(type, () => decode({ ...encode(sample(type)), fds: [] }), /0 fds came with the message, expected 1/);
     }
   });
@@ -364,9 +409,21 @@ describe('hostile requests are refused with the request name', () => {
       expectRejected('SET_VRING_ADDR', () => decode(encode({ ...addr, flags: 2 })), /flags/);
     });
     it('refuses misaligned ring parts (desc 16, used 4, avail 2)', () => {
-      expectRejected('SET_VRING_ADDR', () => decode(encode({ ...addr, descUserAddr: addr.descUserAddr + 8n })), /descriptor table .* 16-byte/);
-      expectRejected('SET_VRING_ADDR', () => decode(encode({ ...addr, usedUserAddr: addr.usedUserAddr + 2n })), /used ring .* 4-byte/);
-      expectRejected('SET_VRING_ADDR', () => decode(encode({ ...addr, availUserAddr: addr.availUserAddr + 1n })), /available ring .* 2-byte/);
+      expectRejected(
+        'SET_VRING_ADDR',
+        () => decode(encode({ ...addr, descUserAddr: addr.descUserAddr + 8n })),
+        /descriptor table .* 16-byte/,
+      );
+      expectRejected(
+        'SET_VRING_ADDR',
+        () => decode(encode({ ...addr, usedUserAddr: addr.usedUserAddr + 2n })),
+        /used ring .* 4-byte/,
+      );
+      expectRejected(
+        'SET_VRING_ADDR',
+        () => decode(encode({ ...addr, availUserAddr: addr.availUserAddr + 1n })),
+        /available ring .* 2-byte/,
+      );
     });
     it('accepts the log flag and any log address', () => {
       expect(decode(encode({ ...addr, flags: 0, logGuestAddr: 0x123n }))).toMatchObject({ flags: 0, logGuestAddr: 0x123n });
@@ -389,7 +446,10 @@ describe('hostile requests are refused with the request name', () => {
   });
 
   it('GET_VRING_BASE ignores the reserved num (back-ends in the field do)', () => {
-    expect(decode(patched(sample('GET_VRING_BASE'), (v) => v.setUint32(4, 77, LE)))).toEqual({ type: 'GET_VRING_BASE', index: 3 });
+    expect(decode(patched(sample('GET_VRING_BASE'), (v) => v.setUint32(4, 77, LE)))).toEqual({
+      type: 'GET_VRING_BASE',
+      index: 3,
+    });
   });
 
   it('SET_VRING_ENABLE and SET_VRING_ENDIAN accept only 0 and 1', () => {
@@ -408,7 +468,8 @@ describe('hostile requests are refused with the request name', () => {
   describe('IOTLB_MSG', () => {
     const update = sample('IOTLB_MSG');
     it('accepts only update and invalidate from the front-end', () => {
-      for (const iotlbType of [0, 1, 4, 5]) expectRejected('IOTLB_MSG', () => decode(encode({ ...update, iotlbType })), /IOTLB type/);
+      for (const iotlbType of [0, 1, 4, 5])
+        expectRejected('IOTLB_MSG', () => decode(encode({ ...update, iotlbType })), /IOTLB type/);
     });
     it('refuses permissions above read/write', () => {
       expectRejected('IOTLB_MSG', () => decode(encode({ ...update, perm: 4 })), /permission/);
@@ -426,11 +487,21 @@ describe('hostile requests are refused with the request name', () => {
     const config = (size: number, flags = 0): FrontendRequest =>
       type === 'GET_CONFIG' ? { type, offset: 0, size, flags } : { type, offset: 0, size, flags, payload: new Uint8Array(size) };
     it('refuses a size above 256', () => {
-      expectRejected(type, () => decode(withPayload(config(0), (() => {
-        const payload = new Uint8Array(12 + 257);
-        new DataView(payload.buffer).setUint32(4, 257, LE);
-        return payload;
-      })())), /payload is 269 bytes/);
+      expectRejected(
+        type,
+        () =>
+          decode(
+            withPayload(
+              config(0),
+              (() => {
+                const payload = new Uint8Array(12 + 257);
+                new DataView(payload.buffer).setUint32(4, 257, LE);
+                return payload;
+              })(),
+            ),
+          ),
+        /payload is 269 bytes/,
+      );
       expectRejected(type, () => decode(patched(config(256), (v) => v.setUint32(4, 257, LE))), /exceeds 256/);
     });
     it('refuses a size field that does not match the payload', () => {
@@ -442,17 +513,29 @@ describe('hostile requests are refused with the request name', () => {
   });
 
   it('CREATE_CRYPTO_SESSION needs at least the leading u64', () => {
-    expectRejected('CREATE_CRYPTO_SESSION', () => decode(withPayload(sample('CREATE_CRYPTO_SESSION'), new Uint8Array(4))), /payload is 4 bytes/);
+    expectRejected(
+      'CREATE_CRYPTO_SESSION',
+      () => decode(withPayload(sample('CREATE_CRYPTO_SESSION'), new Uint8Array(4))),
+      /payload is 4 bytes/,
+    );
   });
 
   it('SET_INFLIGHT_FD refuses an area that wraps past 2^64', () => {
-    expectRejected('SET_INFLIGHT_FD', () => decode(encode({ ...sample('SET_INFLIGHT_FD'), mmapOffset: (1n << 64n) - 1n })), /wraps/);
+    expectRejected(
+      'SET_INFLIGHT_FD',
+      () => decode(encode({ ...sample('SET_INFLIGHT_FD'), mmapOffset: (1n << 64n) - 1n })),
+      /wraps/,
+    );
   });
 
   it('ADD_MEM_REG checks its region', () => {
     const add = sample('ADD_MEM_REG');
     expectRejected('ADD_MEM_REG', () => decode(encode({ ...add, region: { ...add.region, memorySize: 0n } })), /size 0/);
-    expectRejected('ADD_MEM_REG', () => decode(encode({ ...add, region: { ...add.region, mmapOffset: (1n << 64n) - 1n } })), /mmap offset/);
+    expectRejected(
+      'ADD_MEM_REG',
+      () => decode(encode({ ...add, region: { ...add.region, mmapOffset: (1n << 64n) - 1n } })),
+      /mmap offset/,
+    );
   });
 
   describe('REM_MEM_REG', () => {
@@ -475,11 +558,18 @@ describe('hostile requests are refused with the request name', () => {
   });
 
   it('SET_DEVICE_STATE_FD passes unknown directions and phases to the session', () => {
-    expect(decode(encode({ type: 'SET_DEVICE_STATE_FD', direction: 7, phase: 3, fd: fd(0) }))).toMatchObject({ direction: 7, phase: 3 });
+    expect(decode(encode({ type: 'SET_DEVICE_STATE_FD', direction: 7, phase: 3, fd: fd(0) }))).toMatchObject({
+      direction: 7,
+      phase: 3,
+    });
   });
 
   it('GET_SHARED_OBJECT needs a whole UUID', () => {
-    expectRejected('GET_SHARED_OBJECT', () => decode(withPayload(sample('GET_SHARED_OBJECT'), new Uint8Array(0))), /payload is 0 bytes/);
+    expectRejected(
+      'GET_SHARED_OBJECT',
+      () => decode(withPayload(sample('GET_SHARED_OBJECT'), new Uint8Array(0))),
+      /payload is 0 bytes/,
+    );
   });
 });
 
@@ -492,9 +582,18 @@ describe('encoders refuse values that do not fit the wire format', () => {
     ['a number where a bigint belongs', { type: 'SET_FEATURES', features: 1 as unknown as bigint }],
     ['a u32 above 2^32 - 1', { type: 'SET_VRING_NUM', index: 0, num: 2 ** 32 }],
     ['a 5-byte MAC', { type: 'SEND_RARP', mac: new Uint8Array(5) }],
-    ['config size that differs from its payload', { type: 'SET_CONFIG', offset: 0, size: 4, flags: 0, payload: new Uint8Array(3) }],
+    [
+      'config size that differs from its payload',
+      { type: 'SET_CONFIG', offset: 0, size: 4, flags: 0, payload: new Uint8Array(3) },
+    ],
     ['a missing fd', { type: 'SET_LOG_FD', fd: -1 }],
-    ['nine memory regions', { type: 'SET_MEM_TABLE', regions: Array.from({ length: 9 }, (_, i) => ({ ...region(BigInt(i), 1n, BigInt(i)), fd: fd(i) })) }],
+    [
+      'nine memory regions',
+      {
+        type: 'SET_MEM_TABLE',
+        regions: Array.from({ length: 9 }, (_, i) => ({ ...region(BigInt(i), 1n, BigInt(i)), fd: fd(i) })),
+      },
+    ],
   ])('%s', (_why, request) => {
     expect(() => encodeRequest(request, false)).toThrow(RangeError);
   });
@@ -522,7 +621,10 @@ describe('replies', () => {
     [Request.GET_CONFIG, { type: 'config-error' }],
     [Request.GET_INFLIGHT_FD, { type: 'inflight', mmapSize: 0x4000n, mmapOffset: 0n, numQueues: 2, queueSize: 256, fd: fd(0) }],
     [Request.GET_INFLIGHT_FD, { type: 'inflight', mmapSize: 0n, mmapOffset: 0n, numQueues: 2, queueSize: 256, fd: -1 }],
-    [Request.SET_MEM_TABLE, { type: 'memory-table', regions: [region(0n, GiB, 0x7f12_0000_0000n, 0n), region(4n * GiB, GiB, 0x7f13_0000_0000n, 0n)] }],
+    [
+      Request.SET_MEM_TABLE,
+      { type: 'memory-table', regions: [region(0n, GiB, 0x7f12_0000_0000n, 0n), region(4n * GiB, GiB, 0x7f13_0000_0000n, 0n)] },
+    ],
     [Request.ADD_MEM_REG, { type: 'memory-region', region: region(4n * GiB, GiB, 0x7f13_0000_0000n, 0n) }],
     [Request.POSTCOPY_ADVISE, { type: 'userfault-fd', fd: fd(0) }],
     [Request.CREATE_CRYPTO_SESSION, { type: 'crypto-session', payload: Uint8Array.from({ length: 64 }, (_, i) => i) }],
@@ -539,16 +641,21 @@ describe('replies', () => {
   }
   const decodeAs = (request: number, raw: Raw) => decodeReply(raw.header, raw.payload, request, raw.fds);
 
-  it.each(replies.map(([id, reply]) => [requestSpecs.get(id)!.name, reply.type, id, reply] as const))('%s → %s', (_name, _type, id, reply) => {
-    const raw = encodeReplyRaw(id, reply);
-    // QEMU accepts exactly VERSION | REPLY (vhost_user_read_header).
-    expect(raw.header.flags).toBe(HeaderFlag.VERSION | HeaderFlag.REPLY);
-    expect(raw.header.request).toBe(id);
-    expect(decodeAs(id, raw)).toEqual(reply);
-  });
+  it.each(replies.map(([id, reply]) => [requestSpecs.get(id)!.name, reply.type, id, reply] as const))(
+    '%s → %s',
+    (_name, _type, id, reply) => {
+      const raw = encodeReplyRaw(id, reply);
+      // QEMU accepts exactly VERSION | REPLY (vhost_user_read_header).
+      expect(raw.header.flags).toBe(HeaderFlag.VERSION | HeaderFlag.REPLY);
+      expect(raw.header.request).toBe(id);
+      expect(decodeAs(id, raw)).toEqual(reply);
+    },
+  );
 
   it('carries the inflight description in 24 bytes (VhostUserInflight is padded)', () => {
-    expect(encodeReplyRaw(Request.GET_INFLIGHT_FD, replies.find(([id]) => id === Request.GET_INFLIGHT_FD)![1]).header.size).toBe(24);
+    expect(encodeReplyRaw(Request.GET_INFLIGHT_FD, replies.find(([id]) => id === Request.GET_INFLIGHT_FD)![1]).header.size).toBe(
+      24,
+    );
   });
 
   it('answers a device-state transfer without an fd with bit 8 set', () => {
@@ -565,57 +672,127 @@ describe('replies', () => {
     expect(() => encodeReply(Request.GET_VRING_BASE, { type: 'u64', value: 0n })).toThrow(RangeError);
     expect(() => encodeReply(99, { type: 'config-error' })).toThrow(RangeError);
     expect(() => encodeReply(Request.SET_DEVICE_STATE_FD, { type: 'device-state', status: 1, fd: fd(0) })).toThrow(RangeError);
-    expect(() => encodeReply(Request.GET_INFLIGHT_FD, { type: 'inflight', mmapSize: 0n, mmapOffset: 0n, numQueues: 1, queueSize: 1, fd: fd(0) })).toThrow(RangeError);
+    expect(() =>
+      encodeReply(Request.GET_INFLIGHT_FD, {
+        type: 'inflight',
+        mmapSize: 0n,
+        mmapOffset: 0n,
+        numQueues: 1,
+        queueSize: 1,
+        fd: fd(0),
+      }),
+    ).toThrow(RangeError);
   });
 
   describe('hostile replies are refused', () => {
     const features = () => encodeReplyRaw(Request.GET_FEATURES, { type: 'u64', value: 1n });
     it('a reply to another request', () => {
-      expectRejected('GET_FEATURES reply', () => decodeAs(Request.GET_FEATURES, { ...features(), header: { ...features().header, request: Request.GET_PROTOCOL_FEATURES } }), /reply to request 15/);
+      expectRejected(
+        'GET_FEATURES reply',
+        () =>
+          decodeAs(Request.GET_FEATURES, {
+            ...features(),
+            header: { ...features().header, request: Request.GET_PROTOCOL_FEATURES },
+          }),
+        /reply to request 15/,
+      );
     });
     it('flags other than exactly VERSION | REPLY', () => {
-      for (const flags of [HeaderFlag.VERSION, HeaderFlag.VERSION | HeaderFlag.REPLY | HeaderFlag.NEED_REPLY, 2 | HeaderFlag.REPLY]) {
-        expectRejected('GET_FEATURES reply', () => decodeAs(Request.GET_FEATURES, { ...features(), header: { ...features().header, flags } }), /flags/);
+      for (const flags of [
+        HeaderFlag.VERSION,
+        HeaderFlag.VERSION | HeaderFlag.REPLY | HeaderFlag.NEED_REPLY,
+        2 | HeaderFlag.REPLY,
+      ]) {
+        expectRejected(
+          'GET_FEATURES reply',
+          () => decodeAs(Request.GET_FEATURES, { ...features(), header: { ...features().header, flags } }),
+          /flags/,
+        );
       }
     });
     it('a u64 of the wrong size or with an fd', () => {
       const raw = features();
-      expectRejected('GET_FEATURES reply', () => decodeAs(Request.GET_FEATURES, { header: { ...raw.header, size: 4 }, payload: raw.payload.subarray(0, 4), fds: [] }), /payload is 4 bytes/);
+      expectRejected(
+        'GET_FEATURES reply',
+        () =>
+          decodeAs(Request.GET_FEATURES, { header: { ...raw.header, size: 4 }, payload: raw.payload.subarray(0, 4), fds: [] }),
+        /payload is 4 bytes/,
+      );
       expectRejected('GET_FEATURES reply', () => decodeAs(Request.GET_FEATURES, { ...raw, fds: [fd(0)] }), /fds/);
     });
     it('a GET_CONFIG reply whose size field disagrees with its payload', () => {
-      const raw = encodeReplyRaw(Request.GET_CONFIG, { type: 'config', offset: 0, size: 4, flags: 0, payload: new Uint8Array(4) });
+      const raw = encodeReplyRaw(Request.GET_CONFIG, {
+        type: 'config',
+        offset: 0,
+        size: 4,
+        flags: 0,
+        payload: new Uint8Array(4),
+      });
       const payload = raw.payload.slice();
       new DataView(payload.buffer).setUint32(4, 8, LE);
       expectRejected('GET_CONFIG reply', () => decodeAs(Request.GET_CONFIG, { ...raw, payload }), /config size 8/);
     });
     it('an inflight buffer without its fd, or an fd without a buffer', () => {
-      const withBuffer = encodeReplyRaw(Request.GET_INFLIGHT_FD, { type: 'inflight', mmapSize: 0x1000n, mmapOffset: 0n, numQueues: 1, queueSize: 8, fd: fd(0) });
+      const withBuffer = encodeReplyRaw(Request.GET_INFLIGHT_FD, {
+        type: 'inflight',
+        mmapSize: 0x1000n,
+        mmapOffset: 0n,
+        numQueues: 1,
+        queueSize: 8,
+        fd: fd(0),
+      });
       expectRejected('GET_INFLIGHT_FD reply', () => decodeAs(Request.GET_INFLIGHT_FD, { ...withBuffer, fds: [] }), /0 fds/);
-      const none = encodeReplyRaw(Request.GET_INFLIGHT_FD, { type: 'inflight', mmapSize: 0n, mmapOffset: 0n, numQueues: 1, queueSize: 8, fd: -1 });
+      const none = encodeReplyRaw(Request.GET_INFLIGHT_FD, {
+        type: 'inflight',
+        mmapSize: 0n,
+        mmapOffset: 0n,
+        numQueues: 1,
+        queueSize: 8,
+        fd: -1,
+      });
       expectRejected('GET_INFLIGHT_FD reply', () => decodeAs(Request.GET_INFLIGHT_FD, { ...none, fds: [fd(0)] }), /1 fds/);
     });
     it('a device-state reply with an error and an fd, or undefined bits', () => {
       const raw = encodeReplyRaw(Request.SET_DEVICE_STATE_FD, { type: 'device-state', status: 0, fd: fd(0) });
       const failed = raw.payload.slice();
       failed[0] = 3;
-      expectRejected('SET_DEVICE_STATE_FD reply', () => decodeAs(Request.SET_DEVICE_STATE_FD, { ...raw, payload: failed }), /must not both/);
+      expectRejected(
+        'SET_DEVICE_STATE_FD reply',
+        () => decodeAs(Request.SET_DEVICE_STATE_FD, { ...raw, payload: failed }),
+        /must not both/,
+      );
       const odd = raw.payload.slice();
       odd[1] = 0x02;
-      expectRejected('SET_DEVICE_STATE_FD reply', () => decodeAs(Request.SET_DEVICE_STATE_FD, { ...raw, payload: odd }), /undefined bits/);
+      expectRejected(
+        'SET_DEVICE_STATE_FD reply',
+        () => decodeAs(Request.SET_DEVICE_STATE_FD, { ...raw, payload: odd }),
+        /undefined bits/,
+      );
       const noFdFlag = encodeReplyRaw(Request.SET_DEVICE_STATE_FD, { type: 'device-state', status: 0, fd: -1 });
-      expectRejected('SET_DEVICE_STATE_FD reply', () => decodeAs(Request.SET_DEVICE_STATE_FD, { ...noFdFlag, fds: [fd(0)] }), /fds/);
+      expectRejected(
+        'SET_DEVICE_STATE_FD reply',
+        () => decodeAs(Request.SET_DEVICE_STATE_FD, { ...noFdFlag, fds: [fd(0)] }),
+        /fds/,
+      );
     });
     it('a postcopy memory table that does not hold its regions', () => {
       const raw = encodeReplyRaw(Request.SET_MEM_TABLE, { type: 'memory-table', regions: [region(0n, GiB, 0x1000n)] });
       const payload = raw.payload.slice();
       new DataView(payload.buffer).setUint32(0, 2, LE);
-      expectRejected('SET_MEM_TABLE reply', () => decodeAs(Request.SET_MEM_TABLE, { ...raw, payload }), /does not hold 2 regions/);
+      expectRejected(
+        'SET_MEM_TABLE reply',
+        () => decodeAs(Request.SET_MEM_TABLE, { ...raw, payload }),
+        /does not hold 2 regions/,
+      );
     });
     it('a userfaultfd reply with a payload or without the fd', () => {
       const raw = encodeReplyRaw(Request.POSTCOPY_ADVISE, { type: 'userfault-fd', fd: fd(0) });
       expectRejected('POSTCOPY_ADVISE reply', () => decodeAs(Request.POSTCOPY_ADVISE, { ...raw, fds: [] }), /0 fds/);
-      expectRejected('POSTCOPY_ADVISE reply', () => decodeAs(Request.POSTCOPY_ADVISE, { header: { ...raw.header, size: 8 }, payload: new Uint8Array(8), fds: raw.fds }), /payload is 8/);
+      expectRejected(
+        'POSTCOPY_ADVISE reply',
+        () => decodeAs(Request.POSTCOPY_ADVISE, { header: { ...raw.header, size: 8 }, payload: new Uint8Array(8), fds: raw.fds }),
+        /payload is 8/,
+      );
     });
   });
 
@@ -626,7 +803,10 @@ describe('replies', () => {
     });
     it("libvhost-user's GET_SHARED_OBJECT reply (the request's UUID echoed) with its fd", () => {
       const bytes = encodeMessage(Request.GET_SHARED_OBJECT, HeaderFlag.VERSION | HeaderFlag.REPLY, uuid);
-      expect(decodeReply(decodeHeader(bytes), bytes.subarray(HEADER_SIZE), Request.GET_SHARED_OBJECT, [fd(3)])).toEqual({ type: 'shared-object', fd: fd(3) });
+      expect(decodeReply(decodeHeader(bytes), bytes.subarray(HEADER_SIZE), Request.GET_SHARED_OBJECT, [fd(3)])).toEqual({
+        type: 'shared-object',
+        fd: fd(3),
+      });
     });
   });
 });
@@ -679,17 +859,35 @@ describe('back-end channel', () => {
   });
 
   it('refuses hostile back-end requests', () => {
-    expectRejected('BACKEND_IOTLB_MSG', () => decodeBackend(encodeBackend({ type: 'IOTLB_MSG', iova: 0n, size: 1n, userAddr: 0n, perm: 3, iotlbType: 2 })), /only miss/);
+    expectRejected(
+      'BACKEND_IOTLB_MSG',
+      () => decodeBackend(encodeBackend({ type: 'IOTLB_MSG', iova: 0n, size: 1n, userAddr: 0n, perm: 3, iotlbType: 2 })),
+      /only miss/,
+    );
     const call = encodeBackend({ type: 'VRING_CALL', index: 1 });
     const payload = call.payload.slice();
     payload[4] = 1;
     expectRejected('BACKEND_VRING_CALL', () => decodeBackend({ ...call, payload }), /must be 0/);
     const notifier = encodeBackend({ type: 'VRING_HOST_NOTIFIER_MSG', index: 3, noFd: true, size: 0n, offset: 0n, fd: -1 });
     expectRejected('BACKEND_VRING_HOST_NOTIFIER_MSG', () => decodeBackend({ ...notifier, fds: [fd(0)] }), /invalid-fd/);
-    expectRejected('BACKEND_CONFIG_CHANGE_MSG', () => decodeBackend({ ...encodeBackend({ type: 'CONFIG_CHANGE_MSG' }), fds: [fd(0)] }), /fds/);
-    expectRejected('BACKEND_SHARED_OBJECT_ADD', () => decodeBackend({ header: { request: 6, flags: 1, size: 8 }, payload: new Uint8Array(8), fds: [] }), /payload is 8 bytes/);
-    expectRejected('BACKEND_CONFIG_CHANGE_MSG', () => decodeBackend({ header: { request: 2, flags: 0x5, size: 0 }, payload: new Uint8Array(0), fds: [] }), /REPLY/);
-    expect(rejection(() => decodeBackend({ header: { request: 9, flags: 1, size: 0 }, payload: new Uint8Array(0), fds: [] }))).toBeInstanceOf(UnknownRequestError);
+    expectRejected(
+      'BACKEND_CONFIG_CHANGE_MSG',
+      () => decodeBackend({ ...encodeBackend({ type: 'CONFIG_CHANGE_MSG' }), fds: [fd(0)] }),
+      /fds/,
+    );
+    expectRejected(
+      'BACKEND_SHARED_OBJECT_ADD',
+      () => decodeBackend({ header: { request: 6, flags: 1, size: 8 }, payload: new Uint8Array(8), fds: [] }),
+      /payload is 8 bytes/,
+    );
+    expectRejected(
+      'BACKEND_CONFIG_CHANGE_MSG',
+      () => decodeBackend({ header: { request: 2, flags: 0x5, size: 0 }, payload: new Uint8Array(0), fds: [] }),
+      /REPLY/,
+    );
+    expect(
+      rejection(() => decodeBackend({ header: { request: 9, flags: 1, size: 0 }, payload: new Uint8Array(0), fds: [] })),
+    ).toBeInstanceOf(UnknownRequestError);
   });
 
   describe('front-end replies', () => {
@@ -712,12 +910,24 @@ describe('back-end channel', () => {
 
     it('refuses an fd with a failed lookup or with an ack, and a reply to another request', () => {
       const failed = reply(BackendRequestId.SHARED_OBJECT_LOOKUP, { type: 'shared-object', value: 22n, fd: -1 });
-      expectRejected('BACKEND_SHARED_OBJECT_LOOKUP reply', () => decodeAs(BackendRequestId.SHARED_OBJECT_LOOKUP, { ...failed, fds: [fd(0)] }), /fds/);
+      expectRejected(
+        'BACKEND_SHARED_OBJECT_LOOKUP reply',
+        () => decodeAs(BackendRequestId.SHARED_OBJECT_LOOKUP, { ...failed, fds: [fd(0)] }),
+        /fds/,
+      );
       const ack = reply(BackendRequestId.CONFIG_CHANGE_MSG, { type: 'u64', value: 0n });
-      expectRejected('BACKEND_CONFIG_CHANGE_MSG reply', () => decodeAs(BackendRequestId.CONFIG_CHANGE_MSG, { ...ack, fds: [fd(0)] }), /fds/);
+      expectRejected(
+        'BACKEND_CONFIG_CHANGE_MSG reply',
+        () => decodeAs(BackendRequestId.CONFIG_CHANGE_MSG, { ...ack, fds: [fd(0)] }),
+        /fds/,
+      );
       expectRejected('BACKEND_IOTLB_MSG reply', () => decodeAs(BackendRequestId.IOTLB_MSG, ack), /reply to request 2/);
-      expect(() => encodeFrontendReply(BackendRequestId.SHARED_OBJECT_LOOKUP, { type: 'shared-object', value: 1n, fd: fd(0) })).toThrow(RangeError);
-      expect(() => encodeFrontendReply(BackendRequestId.IOTLB_MSG, { type: 'shared-object', value: 0n, fd: fd(0) })).toThrow(RangeError);
+      expect(() =>
+        encodeFrontendReply(BackendRequestId.SHARED_OBJECT_LOOKUP, { type: 'shared-object', value: 1n, fd: fd(0) }),
+      ).toThrow(RangeError);
+      expect(() => encodeFrontendReply(BackendRequestId.IOTLB_MSG, { type: 'shared-object', value: 0n, fd: fd(0) })).toThrow(
+        RangeError,
+      );
     });
   });
 });

@@ -38,7 +38,10 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function daemonAt(socketPath: string, options: { client?: boolean; socketMode?: number; retryIntervalMs?: number; connectTimeoutMs?: number } = {}) {
+function daemonAt(
+  socketPath: string,
+  options: { client?: boolean; socketMode?: number; retryIntervalMs?: number; connectTimeoutMs?: number } = {},
+) {
   const dataPlane = new RecordingDataPlane();
   const daemon = new VhostUserDaemon(testBlkDevice(1), { socketPath, dataPlane, ...options });
   cleanups.push(() => daemon.stop());
@@ -62,7 +65,13 @@ async function servedAt(socketPath: string): Promise<void> {
 }
 
 function settled<T>(promise: Promise<T>, ms: number): Promise<boolean> {
-  return Promise.race([promise.then(() => true, () => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms))]);
+  return Promise.race([
+    promise.then(
+      () => true,
+      () => true,
+    ),
+    new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms)),
+  ]);
 }
 
 describe('the listening socket', () => {

@@ -18,11 +18,29 @@ import { parseSize } from '../../dist/cli/common.js';
 
 const family = [
   { make: () => new ProtocolError('bad', 3), type: ProtocolError, name: 'ProtocolError', code: 'VU_ERR_PROTOCOL', refusal: true },
-  { make: () => new UnknownRequestError(99), type: UnknownRequestError, name: 'UnknownRequestError', code: 'VU_ERR_UNKNOWN_REQUEST', refusal: true },
-  { make: () => new MemoryTableError('bad'), type: MemoryTableError, name: 'MemoryTableError', code: 'VU_ERR_MEMORY_TABLE', refusal: true },
+  {
+    make: () => new UnknownRequestError(99),
+    type: UnknownRequestError,
+    name: 'UnknownRequestError',
+    code: 'VU_ERR_UNKNOWN_REQUEST',
+    refusal: true,
+  },
+  {
+    make: () => new MemoryTableError('bad'),
+    type: MemoryTableError,
+    name: 'MemoryTableError',
+    code: 'VU_ERR_MEMORY_TABLE',
+    refusal: true,
+  },
   { make: () => new SessionError('no'), type: SessionError, name: 'SessionError', code: 'VU_ERR_REFUSED', refusal: true },
   { make: () => new DaemonError('taken'), type: DaemonError, name: 'DaemonError', code: 'VU_ERR_DAEMON', refusal: false },
-  { make: () => new FrontendError('failed', 'GET_FEATURES'), type: FrontendError, name: 'FrontendError', code: 'VU_ERR_FRONTEND', refusal: false },
+  {
+    make: () => new FrontendError('failed', 'GET_FEATURES'),
+    type: FrontendError,
+    name: 'FrontendError',
+    code: 'VU_ERR_FRONTEND',
+    refusal: false,
+  },
   { make: () => new UsageError('--size'), type: UsageError, name: 'UsageError', code: 'VU_ERR_USAGE', refusal: false },
 ] as const;
 
@@ -62,7 +80,9 @@ describe('VhostUserError family', () => {
   it('the library throws members of the family', () => {
     expect(() => decodeHeader(new Uint8Array(4))).toThrow(ProtocolError);
     expect(() => decodeRequest({ request: 999, flags: 1, size: 0 }, new Uint8Array(0), [])).toThrow(UnknownRequestError);
-    expect(() => mapRegion({ guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, mmapOffset: 0n }, -1)).toThrow(MemoryTableError);
+    expect(() => mapRegion({ guestPhysAddr: 0n, memorySize: 0n, userspaceAddr: 0n, mmapOffset: 0n }, -1)).toThrow(
+      MemoryTableError,
+    );
     expect(() => parseSize('lots')).toThrow(UsageError);
   });
 

@@ -6,7 +6,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { closeAll } from '../../dist/control/connection.js';
 import { SessionError } from '../../dist/control/errors.js';
-import { requestHandler, type DeviceView, type RequestFds, type RingAddresses, type SessionContext, type VringState } from '../../dist/control/handlers.js';
+import {
+  requestHandler,
+  type DeviceView,
+  type RequestFds,
+  type RingAddresses,
+  type SessionContext,
+  type VringState,
+} from '../../dist/control/handlers.js';
 import type { MappedRegion } from '../../dist/control/memory-table.js';
 import type { DeviceRequest } from '../../dist/control/backend.js';
 import type { FrontendRequest } from '../../dist/control/codec/index.js';
@@ -28,34 +35,39 @@ class FakeSession implements SessionContext {
     if (!ring) throw new SessionError(`queue index ${index} out of range`);
     return ring;
   }
-  async startRingIfReady(index: number): Promise<void> {
+  startRingIfReady(index: number): Promise<void> {
     this.calls.push(`start:${index}`);
+    return Promise.resolve();
   }
-  async stopRing(index: number): Promise<number> {
+  stopRing(index: number): Promise<number> {
     this.calls.push(`stop:${index}`);
     this.vring(index).running = false;
-    return this.vring(index).lastAvailIdx;
+    return Promise.resolve(this.vring(index).lastAvailIdx);
   }
   checkRingAddresses(index: number, _ring: RingAddresses): void {
     this.calls.push(`check:${index}`);
   }
-  async updateNotifyFds(index: number): Promise<void> {
+  updateNotifyFds(index: number): Promise<void> {
     this.calls.push(`notify:${index}:${this.vring(index).callFd}`);
+    return Promise.resolve();
   }
   signalCall(index: number): void {
     this.calls.push(`signal:${index}`);
   }
-  async installMemory(regions: MappedRegion[]): Promise<void> {
+  installMemory(regions: MappedRegion[]): Promise<void> {
     this.calls.push(`memory:${regions.length}`);
+    return Promise.resolve();
   }
   setOwner(): void {
     this.calls.push('owner');
   }
-  async resetOwner(): Promise<void> {
+  resetOwner(): Promise<void> {
     this.calls.push('reset-owner');
+    return Promise.resolve();
   }
-  async resetDevice(): Promise<void> {
+  resetDevice(): Promise<void> {
     this.calls.push('reset-device');
+    return Promise.resolve();
   }
   acceptFeatures(features: bigint): void {
     this.calls.push(`features:${features}`);
@@ -132,7 +144,9 @@ async function refusal(action: () => unknown): Promise<SessionError> {
 describe('request handler rows against a fake session', () => {
   it('SET_FEATURES refuses bits that were never offered and records nothing; an offered subset is accepted', async () => {
     const session = new FakeSession(device);
-    expect((await refusal(() => run(session, { type: 'SET_FEATURES', features: 0b0100n }))).message).toMatch(/never offered: 0x4/);
+    expect((await refusal(() => run(session, { type: 'SET_FEATURES', features: 0b0100n }))).message).toMatch(
+      /never offered: 0x4/,
+    );
     expect(session.calls).toEqual([]);
     await run(session, { type: 'SET_FEATURES', features: 0b0011n });
     expect(session.calls).toEqual(['features:3']);
@@ -141,13 +155,15 @@ describe('request handler rows against a fake session', () => {
   it("SET_VRING_NUM takes powers of two up to the device's maximum, and never on a running ring", async () => {
     const session = new FakeSession(device);
     for (const num of [0, 3, 512]) {
-      expect((await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 1, num }))).message).toMatch(/power of two between 1 and 256/);
+      expect((await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 1, num }))).message).toMatch(
+        /power of two between 1 and 256/,
+      );
     }
     await run(session, { type: 'SET_VRING_NUM', index: 1, num: 256 });
-    expect(session.rings[1]!.size).toBe(256);
-    session.rings[1]!.running = true;
+    expect(session.rings[1].size).toBe(256);
+    session.rings[1].running = true;
     await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 1, num: 64 }));
-    expect(session.rings[1]!.size).toBe(256);
+    expect(session.rings[1].size).toBe(256);
     await refusal(() => run(session, { type: 'SET_VRING_NUM', index: 2, num: 64 }));
   });
 
@@ -155,9 +171,9 @@ describe('request handler rows against a fake session', () => {
     const session = new FakeSession(device);
     const [previous, next] = [native.eventfdCreate(0), native.eventfdCreate(0)];
     openedFds.push(next);
-    session.rings[0]!.callFd = previous;
+    session.rings[0].callFd = previous;
     await run(session, { type: 'SET_VRING_CALL', index: 0, noFd: false, fd: next }, { take: () => next });
-    expect(session.rings[0]!.callFd).toBe(next);
+    expect(session.rings[0].callFd).toBe(next);
     expect(session.calls).toEqual([`notify:0:${next}`, 'signal:0']);
     expect(isOpen(previous)).toBe(false);
     expect(isOpen(next)).toBe(true);
@@ -167,7 +183,7 @@ describe('request handler rows against a fake session', () => {
     const session = new FakeSession(device);
     const kick = native.eventfdCreate(0);
     openedFds.push(kick);
-    session.rings[0]!.running = true;
+    session.rings[0].running = true;
     await run(session, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: kick }, { take: () => kick });
     expect(session.calls).toEqual(['stop:0', 'start:0']);
     expect(session.rings[0]).toMatchObject({ kickFd: kick, kicked: true, enabled: true });

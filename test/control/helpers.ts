@@ -28,29 +28,33 @@ export class RecordingDataPlane implements DataPlane {
   /** What stopQueue reports for a queue (as if the worker had consumed that many requests). */
   stopIndex = new Map<number, number>();
 
-  async setMemory(regions: readonly MappedRegion[]): Promise<void> {
+  setMemory(regions: readonly MappedRegion[]): Promise<void> {
     this.memory = regions;
     this.events.push(`memory:${regions.length}`);
+    return Promise.resolve();
   }
-  async startQueue(config: Readonly<VringConfig>): Promise<void> {
+  startQueue(config: Readonly<VringConfig>): Promise<void> {
     this.running.set(config.index, { ...config });
     this.events.push(`start:${config.index}`);
+    return Promise.resolve();
   }
-  async stopQueue(index: number): Promise<number> {
+  stopQueue(index: number): Promise<number> {
     const config = this.running.get(index);
     this.running.delete(index);
     this.events.push(`stop:${index}`);
-    return this.stopIndex.get(index) ?? config?.lastAvailIdx ?? 0;
+    return Promise.resolve(this.stopIndex.get(index) ?? config?.lastAvailIdx ?? 0);
   }
-  async setNotifyFds(index: number, callFd: number, errFd: number): Promise<void> {
+  setNotifyFds(index: number, callFd: number, errFd: number): Promise<void> {
     const config = this.running.get(index);
     if (config) this.running.set(index, { ...config, callFd, errFd });
     this.events.push(`notify:${index}`);
+    return Promise.resolve();
   }
-  async reset(): Promise<void> {
+  reset(): Promise<void> {
     this.running.clear();
     this.memory = [];
     this.events.push('reset');
+    return Promise.resolve();
   }
 }
 

@@ -6,7 +6,13 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { closeAll } from '../../dist/control/connection.js';
-import { decodeReply, encodeMessage, encodeRequest, type BackendReply, type FrontendRequest } from '../../dist/control/codec/index.js';
+import {
+  decodeReply,
+  encodeMessage,
+  encodeRequest,
+  type BackendReply,
+  type FrontendRequest,
+} from '../../dist/control/codec/index.js';
 import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, bit } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
@@ -56,7 +62,12 @@ afterEach(async () => {
   await until(() => rig.daemon.currentSession === undefined, TIMEOUT_MS, 'the daemon to let the hostile front-end go');
   await fdsBackTo(baseline, 'fds after the hostile front-end left');
   // Asks for every protocol feature the library offers: the daemon must still grant them all.
-  const clean = await FrontendDevice.connect({ socketPath: rig.socketPath, queues: QUEUES, replyTimeoutMs: TIMEOUT_MS, wantedProtocolFeatures: LIBRARY_PROTOCOL_FEATURES });
+  const clean = await FrontendDevice.connect({
+    socketPath: rig.socketPath,
+    queues: QUEUES,
+    replyTimeoutMs: TIMEOUT_MS,
+    wantedProtocolFeatures: LIBRARY_PROTOCOL_FEATURES,
+  });
   try {
     expect(clean.features & bit(30)).toBe(bit(30));
     expect(clean.protocolFeatures).toBe(LIBRARY_PROTOCOL_FEATURES);
@@ -105,7 +116,13 @@ function eventfds(count: number): number[] {
 }
 
 /** Sends raw bytes with NEED_REPLY and returns the u64 the back-end answers with. */
-async function rawStatus(client: VhostUserClient, request: number, payload: Uint8Array, fds: number[] = [], flags = NEED_REPLY): Promise<bigint> {
+async function rawStatus(
+  client: VhostUserClient,
+  request: number,
+  payload: Uint8Array,
+  fds: number[] = [],
+  flags = NEED_REPLY,
+): Promise<bigint> {
   client.sendRaw(encodeMessage(request, flags, payload), fds);
   const message = await client.nextMessage(TIMEOUT_MS);
   const reply = decodeReply(message.header, message.payload, request, message.fds);
@@ -139,7 +156,11 @@ async function expectStillServing(client: VhostUserClient): Promise<void> {
 
 /** The daemon logged that the front-end went away with `reason`. */
 function expectDisconnectReason(reason: RegExp): Promise<void> {
-  return until(() => logs.lines.some((line) => line.includes('front-end disconnected') && reason.test(line)), TIMEOUT_MS, `a disconnect logged as ${reason}`);
+  return until(
+    () => logs.lines.some((line) => line.includes('front-end disconnected') && reason.test(line)),
+    TIMEOUT_MS,
+    `a disconnect logged as ${reason}`,
+  );
 }
 
 interface RawRegion {
@@ -274,7 +295,9 @@ describe('wrong fd counts', () => {
     const client = await hostile();
     const fds = [memfd(), memfd(), memfd()];
     const before = openFds();
-    expect(await rawStatus(client, Request.SET_MEM_TABLE, memoryTable([{ gpa: 0n, size: BigInt(MiB), uaddr: 0x10_0000_0000n }]), fds)).toBe(1n);
+    expect(
+      await rawStatus(client, Request.SET_MEM_TABLE, memoryTable([{ gpa: 0n, size: BigInt(MiB), uaddr: 0x10_0000_0000n }]), fds),
+    ).toBe(1n);
     await fdsBackTo(before, 'the fds of the refused table to be closed');
   });
 
@@ -319,11 +342,14 @@ describe('wrong fd counts', () => {
 // ---- unknown requests -------------------------------------------------------------------------------
 
 describe('unknown request numbers', () => {
-  it.each([0, 44, 45, 99, 0x7fff_ffff, 0xffff_ffff])('request %i with NEED_REPLY gets a failure ack; its payload is skipped', async (request) => {
-    const client = await hostile();
-    expect(await rawStatus(client, request, new Uint8Array(24).fill(0xee))).toBe(1n);
-    await expectStillServing(client);
-  });
+  it.each([0, 44, 45, 99, 0x7fff_ffff, 0xffff_ffff])(
+    'request %i with NEED_REPLY gets a failure ack; its payload is skipped',
+    async (request) => {
+      const client = await hostile();
+      expect(await rawStatus(client, request, new Uint8Array(24).fill(0xee))).toBe(1n);
+      await expectStillServing(client);
+    },
+  );
 
   it('without NEED_REPLY an unknown request is ignored, and its fds are closed', async () => {
     const client = await hostile();
@@ -342,8 +368,14 @@ describe('overlapping and absurd memory regions', () => {
   const region = (gpa: bigint, size: bigint, uaddr: bigint, offset = 0n): RawRegion => ({ gpa, size, uaddr, offset });
 
   it.each([
-    ['overlapping guest ranges', [region(0n, BigInt(MiB), 0x10_0000_0000n), region(BigInt(MiB / 2), BigInt(MiB / 2), 0x20_0000_0000n)]],
-    ['overlapping userspace ranges', [region(0n, BigInt(MiB / 2), 0x10_0000_0000n), region(GiB, BigInt(MiB / 2), 0x10_0000_1000n)]],
+    [
+      'overlapping guest ranges',
+      [region(0n, BigInt(MiB), 0x10_0000_0000n), region(BigInt(MiB / 2), BigInt(MiB / 2), 0x20_0000_0000n)],
+    ],
+    [
+      'overlapping userspace ranges',
+      [region(0n, BigInt(MiB / 2), 0x10_0000_0000n), region(GiB, BigInt(MiB / 2), 0x10_0000_1000n)],
+    ],
     ['a region of size 0', [region(0n, 0n, 0x10_0000_0000n)]],
     ['a region of 2^63 bytes', [region(0n, 1n << 63n, 0x10_0000_0000n)]],
     ['a guest range that wraps past 2^64', [region(0xffff_ffff_ffff_f000n, 0x2000n, 0x10_0000_0000n)]],
@@ -352,15 +384,18 @@ describe('overlapping and absurd memory regions', () => {
     ['an mmap offset past the end of the file', [region(0n, 4096n, 0x10_0000_0000n, 2n * BigInt(MiB))]],
     ['an mmap offset that wraps past 2^64', [region(0n, 4096n, 0x10_0000_0000n, 0xffff_ffff_ffff_f000n)]],
     ['a guest address beyond 2^52', [region(1n << 60n, 4096n, 0x10_0000_0000n)]],
-  ] as [string, RawRegion[]][])('SET_MEM_TABLE with %s is refused; no memory is installed and the fds are closed', async (_what, regions) => {
-    const client = await hostile();
-    const fds = regions.map(() => memfd());
-    const before = openFds();
-    expect(await rawStatus(client, Request.SET_MEM_TABLE, memoryTable(regions), fds)).toBe(1n);
-    expect(rig.dataPlane.memory).toHaveLength(0);
-    await fdsBackTo(before, 'the fds of the refused table to be closed');
-    await expectStillServing(client);
-  });
+  ] as [string, RawRegion[]][])(
+    'SET_MEM_TABLE with %s is refused; no memory is installed and the fds are closed',
+    async (_what, regions) => {
+      const client = await hostile();
+      const fds = regions.map(() => memfd());
+      const before = openFds();
+      expect(await rawStatus(client, Request.SET_MEM_TABLE, memoryTable(regions), fds)).toBe(1n);
+      expect(rig.dataPlane.memory).toHaveLength(0);
+      await fdsBackTo(before, 'the fds of the refused table to be closed');
+      await expectStillServing(client);
+    },
+  );
 
   it('SET_MEM_TABLE claiming 9 regions (one message holds 8) is refused', async () => {
     const client = await hostile();
@@ -371,7 +406,9 @@ describe('overlapping and absurd memory regions', () => {
   it('ADD_MEM_REG overlapping a mapped region is refused and the table is unchanged', async () => {
     const client = await hostile();
     const fd = memfd(2 * MiB);
-    expect(await rawStatus(client, Request.ADD_MEM_REG, singleRegion(region(0n, 2n * BigInt(MiB), 0x10_0000_0000n)), [fd])).toBe(0n);
+    expect(await rawStatus(client, Request.ADD_MEM_REG, singleRegion(region(0n, 2n * BigInt(MiB), 0x10_0000_0000n)), [fd])).toBe(
+      0n,
+    );
     const inside = region(BigInt(MiB), 4096n, 0x40_0000_0000n);
     expect(await rawStatus(client, Request.ADD_MEM_REG, singleRegion(inside), [fd])).toBe(1n);
     expect(rig.dataPlane.memory.map((r) => r.guestPhysAddr)).toEqual([0]);
@@ -383,7 +420,9 @@ describe('overlapping and absurd memory regions', () => {
     expect(await client.getU64('GET_MAX_MEM_SLOTS')).toBe(509n);
     for (let slot = 0; slot < 509; slot++) {
       const page = BigInt(slot) * 0x10000n;
-      client.sendRaw(encodeMessage(Request.ADD_MEM_REG, VERSION, singleRegion(region(page, 4096n, 0x10_0000_0000n + page))), [fd]);
+      client.sendRaw(encodeMessage(Request.ADD_MEM_REG, VERSION, singleRegion(region(page, 4096n, 0x10_0000_0000n + page))), [
+        fd,
+      ]);
     }
     expect(await rawStatus(client, Request.ADD_MEM_REG, singleRegion(region(1n << 40n, 4096n, 0x20_0000_0000n)), [fd])).toBe(1n);
     expect(rig.dataPlane.memory).toHaveLength(509);
@@ -397,7 +436,10 @@ describe('queue indexes out of range', () => {
     ['SET_VRING_NUM', { type: 'SET_VRING_NUM', index: QUEUES, num: 64 }],
     ['SET_VRING_NUM (index 2^32-1)', { type: 'SET_VRING_NUM', index: 0xffff_ffff, num: 64 }],
     ['SET_VRING_BASE', { type: 'SET_VRING_BASE', index: 7, num: 0 }],
-    ['SET_VRING_ADDR', { type: 'SET_VRING_ADDR', index: 100, flags: 0, descUserAddr: 0n, usedUserAddr: 0n, availUserAddr: 0n, logGuestAddr: 0n }],
+    [
+      'SET_VRING_ADDR',
+      { type: 'SET_VRING_ADDR', index: 100, flags: 0, descUserAddr: 0n, usedUserAddr: 0n, availUserAddr: 0n, logGuestAddr: 0n },
+    ],
     ['SET_VRING_ENABLE', { type: 'SET_VRING_ENABLE', index: QUEUES, num: 1 }],
     ['SET_VRING_KICK (no fd)', { type: 'SET_VRING_KICK', index: 255, noFd: true, fd: -1 }],
   ] as [string, FrontendRequest][])('%s is refused with a failure ack', async (_what, request) => {
@@ -406,13 +448,16 @@ describe('queue indexes out of range', () => {
     await expectStillServing(client);
   });
 
-  it.each(['SET_VRING_KICK', 'SET_VRING_CALL', 'SET_VRING_ERR'] as const)('%s for queue 255 with an fd is refused and the fd is closed', async (type) => {
-    const client = await hostile();
-    const [fd] = eventfds(1);
-    const before = openFds();
-    expect(await requestStatus(client, { type, index: 255, noFd: false, fd: fd! })).toBe(1n);
-    await fdsBackTo(before, 'the fd for the missing queue to be closed');
-  });
+  it.each(['SET_VRING_KICK', 'SET_VRING_CALL', 'SET_VRING_ERR'] as const)(
+    '%s for queue 255 with an fd is refused and the fd is closed',
+    async (type) => {
+      const client = await hostile();
+      const [fd] = eventfds(1);
+      const before = openFds();
+      expect(await requestStatus(client, { type, index: 255, noFd: false, fd: fd })).toBe(1n);
+      await fdsBackTo(before, 'the fd for the missing queue to be closed');
+    },
+  );
 
   it('GET_VRING_BASE for a missing queue has no failure reply: the back-end hangs up', async () => {
     const client = await hostile();
@@ -444,16 +489,32 @@ describe('queue sizes and ring addresses', () => {
   ] as [string, (base: bigint) => bigint[]][])('SET_VRING_ADDR with %s is refused', async (_what, place) => {
     const client = await hostile();
     const [desc, avail, used] = place(await withMemory(client));
-    const request: FrontendRequest = { type: 'SET_VRING_ADDR', index: 0, flags: 0, descUserAddr: desc!, availUserAddr: avail!, usedUserAddr: used!, logGuestAddr: 0n };
+    const request: FrontendRequest = {
+      type: 'SET_VRING_ADDR',
+      index: 0,
+      flags: 0,
+      descUserAddr: desc,
+      availUserAddr: avail,
+      usedUserAddr: used,
+      logGuestAddr: 0n,
+    };
     expect(await requestStatus(client, request)).toBe(1n);
   });
 
   it('a kick for a ring that has no memory table to live in is refused, and the ring does not start', async () => {
     const client = await hostile();
     await client.request({ type: 'SET_VRING_NUM', index: 0, num: 64 });
-    await client.request({ type: 'SET_VRING_ADDR', index: 0, flags: 0, descUserAddr: 0x1000n, availUserAddr: 0x2000n, usedUserAddr: 0x3000n, logGuestAddr: 0n });
+    await client.request({
+      type: 'SET_VRING_ADDR',
+      index: 0,
+      flags: 0,
+      descUserAddr: 0x1000n,
+      availUserAddr: 0x2000n,
+      usedUserAddr: 0x3000n,
+      logGuestAddr: 0n,
+    });
     await client.request({ type: 'SET_VRING_ENABLE', index: 0, num: 1 });
-    expect(await requestStatus(client, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: eventfds(1)[0]! })).toBe(1n);
+    expect(await requestStatus(client, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: eventfds(1)[0] })).toBe(1n);
     expect(rig.dataPlane.running.size).toBe(0);
   });
 });

@@ -62,7 +62,12 @@ describe('the front-end library against qemu-storage-daemon', () => {
 
   async function connect(): Promise<FrontendDevice> {
     if (missing) throw new Error(missing);
-    const device = await FrontendDevice.connect({ socketPath, queues: QUEUES, connectTimeoutMs: TIMEOUT_MS, replyTimeoutMs: TIMEOUT_MS });
+    const device = await FrontendDevice.connect({
+      socketPath,
+      queues: QUEUES,
+      connectTimeoutMs: TIMEOUT_MS,
+      replyTimeoutMs: TIMEOUT_MS,
+    });
     devices.push(device);
     return device;
   }

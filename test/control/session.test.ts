@@ -51,7 +51,6 @@ const VERSION = HeaderFlag.VERSION;
 const NEED_REPLY = HeaderFlag.VERSION | HeaderFlag.NEED_REPLY;
 const REPLY = HeaderFlag.VERSION | HeaderFlag.REPLY;
 
-
 let rig: TestDaemon;
 let baseline: number;
 let logs: ReturnType<typeof captureLogs>;
@@ -145,7 +144,13 @@ interface RingAddresses {
 }
 
 /** SET_VRING_NUM, SET_VRING_BASE and SET_VRING_ADDR for a ring placed in `memory`. */
-async function describeRing(client: VhostUserClient, memory: FrontendMemory, index: number, size = 64, base = 0): Promise<RingAddresses> {
+async function describeRing(
+  client: VhostUserClient,
+  memory: FrontendMemory,
+  index: number,
+  size = 64,
+  base = 0,
+): Promise<RingAddresses> {
   const layout = splitRingLayout(size);
   const gpa = memory.allocate(layout.totalBytes, 4096);
   const ring = {
@@ -235,7 +240,7 @@ async function readBackendMessage(fd: number): Promise<{ header: MessageHeader; 
   const fds: number[] = [];
   const deadline = Date.now() + REPLY_TIMEOUT_MS;
   const fill = async (target: Uint8Array): Promise<boolean> => {
-    for (let got = 0; got < target.length; ) {
+    for (let got = 0; got < target.length;) {
       const result = native.recvMsg(fd, target, got, target.length - got, 8);
       fds.push(...result.fds);
       if (result.bytes === 0) return false;
@@ -284,7 +289,11 @@ describe('VHOST_USER_SET_FEATURES (2)', () => {
 
   it('acking a feature that was never offered is refused and changes nothing', async () => {
     const client = await negotiated();
-    await expectFailureAck(client, { type: 'SET_FEATURES', features: offeredFeatures() | bit(VIRTIO_F_RING_PACKED) }, /never offered/);
+    await expectFailureAck(
+      client,
+      { type: 'SET_FEATURES', features: offeredFeatures() | bit(VIRTIO_F_RING_PACKED) },
+      /never offered/,
+    );
     expect(session().features).toBe(offeredFeatures());
   });
 
@@ -382,9 +391,9 @@ describe('VHOST_USER_SET_MEM_TABLE (5)', () => {
       memory.regions.map((r) => [r.guestPhysAddr, r.size, r.userspaceAddr]),
     );
     memory.bytes(4 * MiB + 100, 5).set([1, 2, 3, 4, 5]);
-    const second = mapped[1]!;
+    const second = mapped[1];
     expect([...new Uint8Array(second.buffer, second.bufferOffset + 100, 5)]).toEqual([1, 2, 3, 4, 5]);
-    new Uint8Array(mapped[0]!.buffer, mapped[0]!.bufferOffset + MiB - 3, 3).set([7, 8, 9]);
+    new Uint8Array(mapped[0].buffer, mapped[0].bufferOffset + MiB - 3, 3).set([7, 8, 9]);
     expect([...memory.bytes(MiB - 3, 3)]).toEqual([7, 8, 9]);
   });
 
@@ -398,7 +407,7 @@ describe('VHOST_USER_SET_MEM_TABLE (5)', () => {
       type: 'SET_MEM_TABLE',
       regions: [{ guestPhysAddr: 0n, memorySize: 4096n, userspaceAddr: 0x10000n, mmapOffset: 4096n + 200n, fd }],
     });
-    const region = rig.dataPlane.memory[0]!;
+    const region = rig.dataPlane.memory[0];
     expect([...new Uint8Array(region.buffer, region.bufferOffset, 2)]).toEqual([0xaa, 0xbb]);
   });
 
@@ -415,7 +424,7 @@ describe('VHOST_USER_SET_MEM_TABLE (5)', () => {
     const client = await negotiated();
     const memory = guestMemory();
     const [region] = memory.describe();
-    const encoded = encodeRequest({ type: 'SET_MEM_TABLE', regions: [region!] }, true);
+    const encoded = encodeRequest({ type: 'SET_MEM_TABLE', regions: [region] }, true);
     client.sendRaw(encoded.bytes, []);
     expect((await nextReply(client, Request.SET_MEM_TABLE)).reply).toEqual({ type: 'u64', value: 1n });
     expect(rig.dataPlane.memory).toHaveLength(0);
@@ -425,7 +434,11 @@ describe('VHOST_USER_SET_MEM_TABLE (5)', () => {
     const client = await negotiated();
     const memory = guestMemory();
     const [region] = memory.describe();
-    await expectFailureAck(client, { type: 'SET_MEM_TABLE', regions: [{ ...region!, memorySize: 2n * BigInt(MiB) }] }, /exceeds its file/);
+    await expectFailureAck(
+      client,
+      { type: 'SET_MEM_TABLE', regions: [{ ...region, memorySize: 2n * BigInt(MiB) }] },
+      /exceeds its file/,
+    );
     expect(rig.dataPlane.memory).toHaveLength(0);
   });
 });
@@ -711,7 +724,10 @@ describe('VHOST_USER_SET_PROTOCOL_FEATURES (16)', () => {
   it('acking a protocol feature that was never offered is refused and enables nothing', async () => {
     const client = await connect();
     // LOG_SHMFD is not offered; with REPLY_ACK in the same request nothing can be acked either.
-    sendNeedReply(client, { type: 'SET_PROTOCOL_FEATURES', features: bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.LOG_SHMFD) });
+    sendNeedReply(client, {
+      type: 'SET_PROTOCOL_FEATURES',
+      features: bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.LOG_SHMFD),
+    });
     sendNeedReply(client, { type: 'SET_OWNER' });
     expect(await client.getFeatures()).toBe(offeredFeatures()); // the next message is this reply
     expect(session().protocolFeatures).toBe(0n);
@@ -766,7 +782,11 @@ describe('REPLY_ACK negotiated without GET_PROTOCOL_FEATURES (a front-end restor
     for (const request of requests) {
       sendNeedReply(client, request);
       const { header, reply } = await nextReply(client, Request[request.type]);
-      expect({ request: request.type, flags: header.flags, reply }).toEqual({ request: request.type, flags: REPLY, reply: { type: 'u64', value: 0n } });
+      expect({ request: request.type, flags: header.flags, reply }).toEqual({
+        request: request.type,
+        flags: REPLY,
+        reply: { type: 'u64', value: 0n },
+      });
     }
     await expectNoMoreMessages(client);
     expect(vringConfig().lastAvailIdx).toBe(5);
@@ -862,7 +882,10 @@ describe('requests for features this back-end does not offer: refused with a fai
   }
 
   const withFd: [number, (fd: number) => FrontendRequest][] = [
-    [Request.SET_INFLIGHT_FD, (fd) => ({ type: 'SET_INFLIGHT_FD', mmapSize: 4096n, mmapOffset: 0n, numQueues: 1, queueSize: 64, fd })],
+    [
+      Request.SET_INFLIGHT_FD,
+      (fd) => ({ type: 'SET_INFLIGHT_FD', mmapSize: 4096n, mmapOffset: 0n, numQueues: 1, queueSize: 64, fd }),
+    ],
     [Request.GPU_SET_SOCKET, (fd) => ({ type: 'GPU_SET_SOCKET', fd })],
   ];
   for (const [id, make] of withFd) {
@@ -909,9 +932,15 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
     const own = await startTestDaemon(device);
     const client = await VhostUserClient.connect(own.socketPath, { replyTimeoutMs: REPLY_TIMEOUT_MS });
     try {
-      expect(await client.getProtocolFeatures()).toBe(bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
-        bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.RESET_DEVICE) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
-        bit(ProtocolFeature.STATUS) | RARP_AND_MTU);
+      expect(await client.getProtocolFeatures()).toBe(
+        bit(ProtocolFeature.MQ) |
+          bit(ProtocolFeature.REPLY_ACK) |
+          bit(ProtocolFeature.BACKEND_REQ) |
+          bit(ProtocolFeature.RESET_DEVICE) |
+          bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+          bit(ProtocolFeature.STATUS) |
+          RARP_AND_MTU,
+      );
       await client.setProtocolFeatures(protocol);
       await body(client);
     } finally {
@@ -926,7 +955,10 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
     const { device, requests } = hookedDevice(() => true);
     await withDevice(device, ackAll, async (client) => {
       sendNeedReply(client, { type: 'NET_SET_MTU', mtu: 9000n });
-      expect(await nextReply(client, Request.NET_SET_MTU)).toEqual({ header: { request: Request.NET_SET_MTU, flags: REPLY, size: 8 }, reply: { type: 'u64', value: 0n } });
+      expect(await nextReply(client, Request.NET_SET_MTU)).toEqual({
+        header: { request: Request.NET_SET_MTU, flags: REPLY, size: 8 },
+        reply: { type: 'u64', value: 0n },
+      });
       sendNeedReply(client, { type: 'SEND_RARP', mac: MAC });
       expect((await nextReply(client, Request.SEND_RARP)).reply).toEqual({ type: 'u64', value: 0n });
       await expectNoMoreMessages(client);
@@ -953,7 +985,10 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
   it('a device without the hook refuses them as not supported (failure ack), and the connection goes on', async () => {
     const { device } = hookedDevice();
     await withDevice(device, ackAll, async (client) => {
-      for (const request of [{ type: 'NET_SET_MTU', mtu: 1500n }, { type: 'SEND_RARP', mac: MAC }] as FrontendRequest[]) {
+      for (const request of [
+        { type: 'NET_SET_MTU', mtu: 1500n },
+        { type: 'SEND_RARP', mac: MAC },
+      ] as FrontendRequest[]) {
         await expectFailureAck(client, request, new RegExp(`${request.type} is not supported by this back-end`));
       }
       expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES));
@@ -968,7 +1003,11 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
     });
     await withDevice(device, ackAll, async (client) => {
       await expectFailureAck(client, { type: 'SEND_RARP', mac: MAC }, /SEND_RARP is not supported by this back-end/);
-      await expectFailureAck(client, { type: 'NET_SET_MTU', mtu: 10n }, /NET_SET_MTU: the device refused it: MTU 10 is below the minimum of 68/);
+      await expectFailureAck(
+        client,
+        { type: 'NET_SET_MTU', mtu: 10n },
+        /NET_SET_MTU: the device refused it: MTU 10 is below the minimum of 68/,
+      );
       await client.request({ type: 'NET_SET_MTU', mtu: 1500n }, { needReply: true });
     });
     expect(requests.map((request) => request.type)).toEqual(['SEND_RARP', 'NET_SET_MTU', 'NET_SET_MTU']);
@@ -996,8 +1035,16 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
   it('each needs its protocol feature acked (RARP = 2, NET_MTU = 4); until then the hook is not called', async () => {
     const { device, requests } = hookedDevice(() => true);
     await withDevice(device, bit(ProtocolFeature.REPLY_ACK), async (client) => {
-      await expectFailureAck(client, { type: 'SEND_RARP', mac: MAC }, /SEND_RARP needs protocol feature 2, which was not negotiated/);
-      await expectFailureAck(client, { type: 'NET_SET_MTU', mtu: 1500n }, /NET_SET_MTU needs protocol feature 4, which was not negotiated/);
+      await expectFailureAck(
+        client,
+        { type: 'SEND_RARP', mac: MAC },
+        /SEND_RARP needs protocol feature 2, which was not negotiated/,
+      );
+      await expectFailureAck(
+        client,
+        { type: 'NET_SET_MTU', mtu: 1500n },
+        /NET_SET_MTU needs protocol feature 4, which was not negotiated/,
+      );
       await client.setProtocolFeatures(bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.MTU));
       await client.request({ type: 'NET_SET_MTU', mtu: 1500n }, { needReply: true });
       await expectFailureAck(client, { type: 'SEND_RARP', mac: MAC }, /protocol feature 2/);
@@ -1045,7 +1092,14 @@ describe('VHOST_USER_IOTLB_MSG (22)', () => {
 
   it('is refused (no IOMMU support) with the failure form of its reply, u64 1', async () => {
     const client = await negotiated();
-    await expectFailureStatus(client, { type: 'IOTLB_MSG', iova: 0n, size: 4096n, userAddr: 0x7f00_0000_0000n, perm: 3, iotlbType: 2 });
+    await expectFailureStatus(client, {
+      type: 'IOTLB_MSG',
+      iova: 0n,
+      size: 4096n,
+      userAddr: 0x7f00_0000_0000n,
+      perm: 3,
+      iotlbType: 2,
+    });
   });
 });
 
@@ -1063,7 +1117,9 @@ describe('VHOST_USER_GET_CONFIG (24)', () => {
 
   it('a range beyond the config space gets the zero-length error reply', async () => {
     const client = await negotiated();
-    expect(await client.request({ type: 'GET_CONFIG', offset: BLK_CONFIG_SIZE - 4, size: 8, flags: 0 })).toEqual({ type: 'config-error' });
+    expect(await client.request({ type: 'GET_CONFIG', offset: BLK_CONFIG_SIZE - 4, size: 8, flags: 0 })).toEqual({
+      type: 'config-error',
+    });
   });
 
   it('without CONFIG negotiated it gets the zero-length error reply', async () => {
@@ -1085,7 +1141,11 @@ describe('VHOST_USER_SET_CONFIG (25)', () => {
 
   it('a write to a read-only field (capacity) is refused and changes nothing', async () => {
     const client = await negotiated();
-    await expectFailureAck(client, { type: 'SET_CONFIG', offset: 0, size: 8, flags: 0, payload: new Uint8Array(8).fill(0xff) }, /read-only/);
+    await expectFailureAck(
+      client,
+      { type: 'SET_CONFIG', offset: 0, size: 8, flags: 0, payload: new Uint8Array(8).fill(0xff) },
+      /read-only/,
+    );
     expect(u64At(await client.getConfig(0, 8))).toBe(BigInt(DISK_BYTES / 512));
   });
 });
@@ -1121,7 +1181,10 @@ describe('requests that always reply, for features not offered: the failure form
 
   it('VHOST_USER_GET_SHARED_OBJECT (41): no fd', async () => {
     const client = await negotiated();
-    expect(await client.request({ type: 'GET_SHARED_OBJECT', uuid: new Uint8Array(16).fill(7) })).toEqual({ type: 'shared-object', fd: -1 });
+    expect(await client.request({ type: 'GET_SHARED_OBJECT', uuid: new Uint8Array(16).fill(7) })).toEqual({
+      type: 'shared-object',
+      fd: -1,
+    });
   });
 
   it('VHOST_USER_SET_DEVICE_STATE_FD (42): a non-zero status without an fd, and the offered fd is closed', async () => {
@@ -1193,7 +1256,7 @@ describe('VHOST_USER_ADD_MEM_REG (37)', () => {
     for (const { fd, ...region } of memory.describe()) await client.request({ type: 'ADD_MEM_REG', region, fd });
     expect(rig.dataPlane.events).toEqual(['memory:1', 'memory:2']);
     memory.bytes(16 * MiB + 8, 2).set([0x12, 0x34]);
-    const added = rig.dataPlane.memory[1]!;
+    const added = rig.dataPlane.memory[1];
     expect(added.guestPhysAddr).toBe(16 * MiB);
     expect([...new Uint8Array(added.buffer, added.bufferOffset + 8, 2)]).toEqual([0x12, 0x34]);
   });
@@ -1204,7 +1267,12 @@ describe('VHOST_USER_ADD_MEM_REG (37)', () => {
     const [{ fd, ...region }] = memory.describe() as [ReturnType<FrontendMemory['describe']>[number]];
     await client.request({ type: 'ADD_MEM_REG', region, fd });
     const before = openFds();
-    const overlapping = { ...region, guestPhysAddr: BigInt(MiB), userspaceAddr: region.userspaceAddr + 0x1000_0000n, memorySize: BigInt(MiB) };
+    const overlapping = {
+      ...region,
+      guestPhysAddr: BigInt(MiB),
+      userspaceAddr: region.userspaceAddr + 0x1000_0000n,
+      memorySize: BigInt(MiB),
+    };
     await expectFailureAck(client, { type: 'ADD_MEM_REG', region: overlapping, fd }, /overlap/);
     await fdsBackTo(before, 'the refused region fd to be closed');
     expect(rig.dataPlane.memory).toHaveLength(1);
@@ -1225,7 +1293,7 @@ describe('VHOST_USER_REM_MEM_REG (38)', () => {
     const memory = guestMemory({ guestPhysAddr: 0, size: MiB }, { guestPhysAddr: 16 * MiB, size: MiB });
     const regions = memory.describe();
     for (const { fd, ...region } of regions) await client.request({ type: 'ADD_MEM_REG', region, fd });
-    const { fd: _fd, ...first } = regions[0]!;
+    const { fd: _fd, ...first } = regions[0];
     await client.request({ type: 'REM_MEM_REG', region: { ...first, mmapOffset: 12345n }, fd: -1 });
     expect(rig.dataPlane.memory.map((r) => r.guestPhysAddr)).toEqual([16 * MiB]);
   });
@@ -1327,7 +1395,7 @@ describe('a session closed while a request is still in the data plane', () => {
   it('a ring whose start was under way is not left running after the reset', async () => {
     const gated = await gatedRig();
     gated.dataPlane.hold = 'start';
-    sendNeedReply(gated.client, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: gated.fds[0]! });
+    sendNeedReply(gated.client, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: gated.fds[0] });
     await gated.closeWhileHeld();
     expect(gated.dataPlane.events.slice(-2)).toEqual(['start:0', 'reset']);
     expect(gated.dataPlane.running.size).toBe(0);
@@ -1335,11 +1403,11 @@ describe('a session closed while a request is still in the data plane', () => {
     await fdsBackTo(gated.before, 'every fd of the gated session to be closed');
   });
 
-  it('a kick fd that was replacing a running ring\'s is closed, not leaked', async () => {
+  it("a kick fd that was replacing a running ring's is closed, not leaked", async () => {
     const gated = await gatedRig();
-    await gated.client.request({ type: 'SET_VRING_KICK', index: 0, noFd: false, fd: gated.fds[0]! });
+    await gated.client.request({ type: 'SET_VRING_KICK', index: 0, noFd: false, fd: gated.fds[0] });
     gated.dataPlane.hold = 'stop';
-    sendNeedReply(gated.client, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: gated.fds[1]! });
+    sendNeedReply(gated.client, { type: 'SET_VRING_KICK', index: 0, noFd: false, fd: gated.fds[1] });
     await gated.closeWhileHeld();
     expect(gated.dataPlane.running.size).toBe(0);
     await gated.cleanUp();

@@ -38,13 +38,29 @@ function fixture(options: { indirectDesc?: boolean; capacity?: number; bigRegion
   ];
   if (options.bigRegion) {
     // 2 GiB, lazily committed: room for buffers whose lengths sum past 2^32 - 1.
-    regions.push({ guestPhysAddr: 2 ** 32, size: 2 ** 31, userspaceAddr: 0x7f10_0000_0000, buffer: new SharedArrayBuffer(2 ** 31), bufferOffset: 0 });
+    regions.push({
+      guestPhysAddr: 2 ** 32,
+      size: 2 ** 31,
+      userspaceAddr: 0x7f10_0000_0000,
+      buffer: new SharedArrayBuffer(2 ** 31),
+      bufferOffset: 0,
+    });
   }
   const memory = new GuestMemory(regions);
   const layout = splitRingLayout(SIZE);
-  const ringsAt = (base: number) => ({ descAddr: base, availAddr: base + layout.availOffset, usedAddr: base + layout.usedOffset });
+  const ringsAt = (base: number) => ({
+    descAddr: base,
+    availAddr: base + layout.availOffset,
+    usedAddr: base + layout.usedOffset,
+  });
   const driver = new VringDriver({ memory, size: SIZE, ...ringsAt(VICTIM_RING) });
-  const queue = new SplitVirtqueue({ memory, size: SIZE, ...ringsAt(VICTIM_RING), indirectDesc: options.indirectDesc ?? true, index: 0 });
+  const queue = new SplitVirtqueue({
+    memory,
+    size: SIZE,
+    ...ringsAt(VICTIM_RING),
+    indirectDesc: options.indirectDesc ?? true,
+    index: 0,
+  });
   const healthyDriver = new VringDriver({ memory, size: SIZE, ...ringsAt(HEALTHY_RING) });
   const healthy = new SplitVirtqueue({ memory, size: SIZE, ...ringsAt(HEALTHY_RING), indirectDesc: true, index: 1 });
   const view = new DataView(low);
@@ -383,7 +399,14 @@ describe('random garbage in the descriptor table never throws or hangs', () => {
       const f = fixture();
       for (let i = 0; i < SIZE; i++) {
         const addrChoice = rand() % 4;
-        const addr = addrChoice === 0 ? rand() % MiB : addrChoice === 1 ? TABLE : addrChoice === 2 ? REGION1 + (rand() % REGION1_SIZE) : rand() * 2 ** 20;
+        const addr =
+          addrChoice === 0
+            ? rand() % MiB
+            : addrChoice === 1
+              ? TABLE
+              : addrChoice === 2
+                ? REGION1 + (rand() % REGION1_SIZE)
+                : rand() * 2 ** 20;
         f.driver.writeDescriptor(i, addr, rand() % 4 === 0 ? rand() : rand() % 512, rand() % 8, rand() % (SIZE + 2));
       }
       for (let i = 0; i < 64; i++) tableEntry(f.view, TABLE, i, rand() % MiB, rand() % 256, rand() % 8, rand() % 70);

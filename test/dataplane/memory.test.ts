@@ -1,10 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  GuestMemory,
-  TRANSLATE_CROSSES,
-  TRANSLATE_OUTSIDE,
-  TRANSLATE_TOO_LONG,
-} from '../../dist/dataplane/memory.js';
+import { GuestMemory, TRANSLATE_CROSSES, TRANSLATE_OUTSIDE, TRANSLATE_TOO_LONG } from '../../dist/dataplane/memory.js';
 
 const MiB = 1 << 20;
 const GiB = 2 ** 30;
@@ -110,8 +105,12 @@ describe('GuestMemory validation (construction time)', () => {
     );
   });
   it('refuses zero-size regions, non-integers and addresses at or beyond 2^53', () => {
-    expect(() => new GuestMemory([{ guestPhysAddr: 0, size: 0, userspaceAddr: 0, buffer, bufferOffset: 0 }])).toThrow(/size is 0/);
-    expect(() => new GuestMemory([{ guestPhysAddr: 0.5, size: 8, userspaceAddr: 0, buffer, bufferOffset: 0 }])).toThrow(/integer/);
+    expect(() => new GuestMemory([{ guestPhysAddr: 0, size: 0, userspaceAddr: 0, buffer, bufferOffset: 0 }])).toThrow(
+      /size is 0/,
+    );
+    expect(() => new GuestMemory([{ guestPhysAddr: 0.5, size: 8, userspaceAddr: 0, buffer, bufferOffset: 0 }])).toThrow(
+      /integer/,
+    );
     expect(() => new GuestMemory([{ guestPhysAddr: 2 ** 53 - 4, size: 8, userspaceAddr: 0, buffer, bufferOffset: 0 }])).toThrow(
       /2\^53/,
     );

@@ -56,7 +56,13 @@ function run(options: RunOptions): RunResult {
   const memory = new GuestMemory(
     [
       { guestPhysAddr: RING_REGION, size: MiB, userspaceAddr: 0x7f00_0000_0000, buffer: ringBuffer, bufferOffset: 0 },
-      { guestPhysAddr: DATA_REGION, size: 8 * MiB - 4096, userspaceAddr: 0x7f00_4000_0000, buffer: dataBuffer, bufferOffset: 4096 },
+      {
+        guestPhysAddr: DATA_REGION,
+        size: 8 * MiB - 4096,
+        userspaceAddr: 0x7f00_4000_0000,
+        buffer: dataBuffer,
+        bufferOffset: 4096,
+      },
     ],
     { windowBytes: 2 * MiB }, // several windows over the data region
   );

@@ -292,7 +292,9 @@ describe('SplitVirtqueue: popping chains', () => {
     queue.flushUsed();
     expect(driver.hasUsed()).toBe(true);
     // A table without the ring's region breaks the queue.
-    const without = new GuestMemory([{ guestPhysAddr: 0x4000_0000, size: MiB, userspaceAddr: UADDR + 0x1000_0000, buffer: other, bufferOffset: 0 }]);
+    const without = new GuestMemory([
+      { guestPhysAddr: 0x4000_0000, size: MiB, userspaceAddr: UADDR + 0x1000_0000, buffer: other, bufferOffset: 0 },
+    ]);
     expect(queue.setMemory(without)).toBe(BrokenReason.RING_ADDRESS);
     expect(queue.broken).toBe(true);
   });

@@ -4,8 +4,20 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { DataPlaneWorker } from '../../dist/dataplane/worker.js';
-import { Mailbox, type PollMode, type WorkerCommand, type WorkerInit, type WorkerMessage } from '../../dist/dataplane/commands.js';
-import { FdEvent, type CreateQueueHandler, type HandlerContext, type QueueHandler, type WorkerQueue } from '../../dist/dataplane/device-api.js';
+import {
+  Mailbox,
+  type PollMode,
+  type WorkerCommand,
+  type WorkerInit,
+  type WorkerMessage,
+} from '../../dist/dataplane/commands.js';
+import {
+  FdEvent,
+  type CreateQueueHandler,
+  type HandlerContext,
+  type QueueHandler,
+  type WorkerQueue,
+} from '../../dist/dataplane/device-api.js';
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import type { VirtqRequest } from '../../dist/dataplane/request.js';
 import { BrokenReason } from '../../dist/dataplane/chain.js';
@@ -76,7 +88,14 @@ async function startWorker(mode: PollMode, createHandler?: CreateQueueHandler, h
   const region = { guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 };
   const memory = new GuestMemory([region]);
   const layout = splitRingLayout(SIZE);
-  const driver = new VringDriver({ memory, size: SIZE, descAddr: 0, availAddr: layout.availOffset, usedAddr: layout.usedOffset, eventIdx: true });
+  const driver = new VringDriver({
+    memory,
+    size: SIZE,
+    descAddr: 0,
+    availAddr: layout.availOffset,
+    usedAddr: layout.usedOffset,
+    eventIdx: true,
+  });
   const rig: Rig = {
     worker,
     control,
@@ -211,7 +230,12 @@ describe('DataPlaneWorker in-process', () => {
     const tokens = new Float64Array(4);
     const lens = new Uint32Array(4);
     let reaped = 0;
-    stepUntil(rig, () => (reaped += reap(rig, tokens.subarray(reaped), lens.subarray(reaped))) === 4 && readQueueStats(rig.stats, 0).kicks === 1, 100);
+    stepUntil(
+      rig,
+      () =>
+        (reaped += reap(rig, tokens.subarray(reaped), lens.subarray(reaped))) === 4 && readQueueStats(rig.stats, 0).kicks === 1,
+      100,
+    );
     // Every sleep ended on an fd, none on the safety timeout.
     expect(performance.now() - before).toBeLessThan(MAX_SLEEP_MS);
     expect(native.eventfdRead(rig.callFd)).toBeGreaterThan(0);
@@ -298,7 +322,7 @@ describe('watched fds (worker event API), in-process', () => {
     // Never asleep in busy mode: the worker finds it by polling its epoll set every few passes.
     stepUntil(rig, () => handler.tokens.length > 0, 1000);
     expect(handler.tokens).toEqual([7]);
-    expect(handler.events[0]! & FdEvent.READABLE).toBe(FdEvent.READABLE);
+    expect(handler.events[0] & FdEvent.READABLE).toBe(FdEvent.READABLE);
     // The handler found the whole counter: the worker did not read it.
     expect(handler.values).toEqual([3]);
   });

@@ -28,7 +28,15 @@ interface Rig {
 
 const rigs: Rig[] = [];
 
-async function startRig(options: { mode: PollMode; queues: number; reorder?: number; cpus?: number[]; indirect?: number; throwOnRequest?: number; hold?: boolean }): Promise<Rig> {
+async function startRig(options: {
+  mode: PollMode;
+  queues: number;
+  reorder?: number;
+  cpus?: number[];
+  indirect?: number;
+  throwOnRequest?: number;
+  hold?: boolean;
+}): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'vut-dp-'));
   const socketPath = join(dir, 'echo.sock');
   const releaseFd = options.hold ? native.eventfdCreate(0) : -1;
@@ -36,12 +44,22 @@ async function startRig(options: { mode: PollMode; queues: number; reorder?: num
   const plane = await WorkerDataPlane.start({
     cpus: options.cpus ?? [1],
     queueCount: options.queues,
-    handler: EchoDevice.handler({ reorder: options.reorder, throwOnRequest: options.throwOnRequest, releaseFd: options.hold ? releaseFd : undefined, releaseCounts }),
+    handler: EchoDevice.handler({
+      reorder: options.reorder,
+      throwOnRequest: options.throwOnRequest,
+      releaseFd: options.hold ? releaseFd : undefined,
+      releaseCounts,
+    }),
     mode: options.mode,
   });
   const daemon = new VhostUserDaemon(new EchoDevice(options.queues, 256), { socketPath, dataPlane: plane });
   await daemon.start();
-  const device = await FrontendDevice.connect({ socketPath, queues: options.queues, queueSize: 256, indirectEntries: options.indirect ?? 8 });
+  const device = await FrontendDevice.connect({
+    socketPath,
+    queues: options.queues,
+    queueSize: 256,
+    indirectEntries: options.indirect ?? 8,
+  });
   const rig = { daemon, plane, device, socketPath, dir, releaseFd, releaseCounts: new Float64Array(releaseCounts) };
   rigs.push(rig);
   return rig;
@@ -166,7 +184,7 @@ describe('workers', () => {
     let settled = false;
     void load.result.finally(() => (settled = true));
     while (!settled && switches < 60) {
-      await rig.plane.setMode(modes[switches % modes.length]!, 20);
+      await rig.plane.setMode(modes[switches % modes.length], 20);
       switches++;
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
@@ -180,7 +198,7 @@ describe('workers', () => {
   it('GET_VRING_BASE waits for requests still held by the device', async () => {
     // The echo handler holds every completion until the test writes its release eventfd.
     const rig = await startRig({ mode: 'interrupt', queues: 1, hold: true });
-    const queue = rig.device.queues[0]!;
+    const queue = rig.device.queues[0];
     const memory = rig.device.memory;
     const buffer = memory.allocate(4096 * 8, 4096);
     for (let i = 0; i < 8; i++) {
@@ -219,7 +237,7 @@ describe('workers', () => {
     await waitFor('5 000 requests served', () => settled || load.completed() >= 5_000);
     const extra = new FrontendMemory([{ guestPhysAddr: 1 << 30, size: 1 << 20 }]);
     const [region] = extra.describe();
-    const { fd, ...description } = region!;
+    const { fd, ...description } = region;
     await rig.device.client.request({ type: 'ADD_MEM_REG', region: description, fd });
     const result = await load.result;
     extra.close();
@@ -234,7 +252,7 @@ describe('a hostile ring', () => {
     const errFd = native.eventfdCreate(0);
     await rig.device.client.request({ type: 'SET_VRING_ERR', index: 0, noFd: false, fd: errFd });
     // Queue 0: a head index beyond the ring.
-    const queue0 = rig.device.queues[0]!;
+    const queue0 = rig.device.queues[0];
     queue0.driver.postRawHead(9999);
     queue0.publishAndKick();
     await waitFor('queue 0 broken', () => rig.plane.queueStats(0).broken !== 0);
@@ -302,9 +320,9 @@ describe.each(['busy', 'interrupt', 'adaptive'] as const)('a watched fd (worker 
     const [tid] = rig.plane.workerThreadIds;
     const counts = rig.releaseCounts;
     // Idle: interrupt and adaptive workers go to sleep in epoll; a busy one keeps spinning.
-    if (mode !== 'busy') await waitFor('the worker asleep', () => threadState(tid!) === 'S');
+    if (mode !== 'busy') await waitFor('the worker asleep', () => threadState(tid) === 'S');
     native.eventfdWrite(rig.releaseFd, 5);
-    await waitFor('onFdReady', () => counts[EchoReleaseCount.callbacks]! > 0);
+    await waitFor('onFdReady', () => counts[EchoReleaseCount.callbacks] > 0);
     // The worker left the counter alone: the handler read all 5.
     expect(counts[EchoReleaseCount.valueRead]).toBe(5);
     expect(native.eventfdRead(rig.releaseFd)).toBe(0);
@@ -318,7 +336,7 @@ describe.each(['busy', 'interrupt', 'adaptive'] as const)('a watched fd (worker 
       cpu: 0,
     });
     await waitFor('4 requests held', () => rig.plane.queueStats(0).inFlight === 4);
-    const callbacks = counts[EchoReleaseCount.callbacks]!;
+    const callbacks = counts[EchoReleaseCount.callbacks];
     native.eventfdWrite(rig.releaseFd, 2);
     const result = await load.result;
     expect(result.errors, result.firstError).toBe(0);

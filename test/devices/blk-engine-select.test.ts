@@ -88,19 +88,22 @@ describe('engine selection', () => {
     expect(resolveEngine('memory')).toBe('memory');
   });
 
-  it.each(['EPERM', 'EACCES', 'ENOSYS'])('io_uring_setup failing with %s: auto falls back to threads and says why, once', (errno) => {
-    process.env[FAKE_URING_ERRNO_ENV] = errno;
-    const log = recordingLogger();
-    expect(resolveEngine('auto', log)).toBe('threads');
-    expect(log.lines).toHaveLength(1);
-    expect(log.lines[0]!.level).toBe('warn');
-    expect(log.lines[0]!.msg).toContain(`io_uring_setup failed with ${errno}`);
-    expect(log.lines[0]!.msg).toMatch(/seccomp/);
-    expect(log.lines[0]!.fields).toEqual({ errno, engine: 'threads' });
-    // An engine named explicitly is not second-guessed.
-    expect(resolveEngine('io_uring', log)).toBe('io_uring');
-    expect(log.lines).toHaveLength(1);
-  });
+  it.each(['EPERM', 'EACCES', 'ENOSYS'])(
+    'io_uring_setup failing with %s: auto falls back to threads and says why, once',
+    (errno) => {
+      process.env[FAKE_URING_ERRNO_ENV] = errno;
+      const log = recordingLogger();
+      expect(resolveEngine('auto', log)).toBe('threads');
+      expect(log.lines).toHaveLength(1);
+      expect(log.lines[0].level).toBe('warn');
+      expect(log.lines[0].msg).toContain(`io_uring_setup failed with ${errno}`);
+      expect(log.lines[0].msg).toMatch(/seccomp/);
+      expect(log.lines[0].fields).toEqual({ errno, engine: 'threads' });
+      // An engine named explicitly is not second-guessed.
+      expect(resolveEngine('io_uring', log)).toBe('io_uring');
+      expect(log.lines).toHaveLength(1);
+    },
+  );
 
   it('any other io_uring_setup failure is an error, not a silent fallback', () => {
     process.env[FAKE_URING_ERRNO_ENV] = 'ENOMEM';
@@ -117,7 +120,7 @@ describe('engine selection', () => {
     const fallbacks = log.lines.filter((line) => line.level === 'warn' && line.msg.includes('threads engine'));
     expect(fallbacks).toHaveLength(1);
     expect(log.lines.find((line) => line.msg === 'serving')!.fields!.engine).toBe('threads');
-    const guest = await connect(options.socketPath);
+    const guest = await connect(options.socketPath!);
     const data = pattern(256 * 1024, 31);
     expect((await guest.write(128, data)).status).toBe(S.OK);
     expect(mismatch((await guest.read(128, data.length)).data, data)).toBe(-1);
@@ -132,6 +135,8 @@ describe('engine selection', () => {
   it('a daemon with --engine io_uring where io_uring is refused fails to start and says why', async () => {
     process.env[FAKE_URING_ERRNO_ENV] = 'EPERM';
     const { dir, image } = makeImage(16 * MiB);
-    await expect(startBlkBackend(backendOptions(dir, image, 'io_uring'), recordingLogger())).rejects.toThrow(/EPERM.*io_uring_setup/);
+    await expect(startBlkBackend(backendOptions(dir, image, 'io_uring'), recordingLogger())).rejects.toThrow(
+      /EPERM.*io_uring_setup/,
+    );
   });
 });

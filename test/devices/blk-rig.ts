@@ -182,7 +182,7 @@ export class BlkGuest {
         this.finished.delete(token);
         const at = this.statusAt.get(token);
         this.statusAt.delete(token);
-        return { len, status: at === undefined ? -1 : this.bytes(at, 1)[0]! };
+        return { len, status: at === undefined ? -1 : this.bytes(at, 1)[0] };
       }
       if (this.queue.driver.broken) throw new Error(`driver broken: ${this.queue.driver.brokenReason}`);
       if (Date.now() > deadline) throw new Error(`request ${token} did not complete in ${timeoutMs} ms`);
@@ -256,7 +256,7 @@ export class BlkGuest {
 
   private reap(): void {
     const count = this.queue.driver.reapUsed(this.tokens, this.lens);
-    for (let i = 0; i < count; i++) this.finished.set(this.tokens[i]!, this.lens[i]!);
+    for (let i = 0; i < count; i++) this.finished.set(this.tokens[i], this.lens[i]);
   }
 }
 

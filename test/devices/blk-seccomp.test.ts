@@ -44,9 +44,13 @@ describe('under a seccomp filter that refuses io_uring_setup', () => {
     ftruncateSync(fd, 16 * MiB);
     closeSync(fd);
     const socket = join(dir, 'blk.sock');
-    const child: ChildProcess = spawn(wrapper, [process.execPath, BIN, '--socket', socket, '--disk', image, '--cpus', '1', '--poll', 'interrupt'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const child: ChildProcess = spawn(
+      wrapper,
+      [process.execPath, BIN, '--socket', socket, '--disk', image, '--cpus', '1', '--poll', 'interrupt'],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
     let log = '';
     child.stderr!.setEncoding('utf8').on('data', (text: string) => (log += text));
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
@@ -68,7 +72,10 @@ describe('under a seccomp filter that refuses io_uring_setup', () => {
       if (child.exitCode === null) child.kill('SIGTERM');
     }
     expect(await exited, log).toBe(0);
-    const lines = log.split('\n').filter(Boolean).map((line) => JSON.parse(line) as { level: string; msg: string; errno?: string; engine?: string });
+    const lines = log
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as { level: string; msg: string; errno?: string; engine?: string });
     const fallback = lines.filter((line) => line.msg.includes('io_uring is not available'));
     expect(fallback, log).toHaveLength(1);
     expect(fallback[0]).toMatchObject({ level: 'warn', errno: 'EPERM', engine: 'threads' });

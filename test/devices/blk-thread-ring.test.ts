@@ -51,7 +51,15 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function record(sqes: Uint32Array, i: number, op: number, offset: number, userData: number, iovecCount: number, firstIovec: number): void {
+function record(
+  sqes: Uint32Array,
+  i: number,
+  op: number,
+  offset: number,
+  userData: number,
+  iovecCount: number,
+  firstIovec: number,
+): void {
   sqes.set([op, fd, offset, 0, userData, iovecCount, firstIovec, 0], i * 8);
 }
 
@@ -62,7 +70,7 @@ function reapAll(r: ThreadPoolRing, count: number): Map<number, number> {
   while (done.size < count) {
     r.wait(1);
     const n = r.reap(cqes, 64);
-    for (let i = 0; i < n; i++) done.set(cqes[2 * i]!, cqes[2 * i + 1]!);
+    for (let i = 0; i < n; i++) done.set(cqes[2 * i], cqes[2 * i + 1]);
   }
   return done;
 }
@@ -84,17 +92,42 @@ describe('ThreadPoolRing', () => {
     record(sqes, 4, Op.READV, 0, 105, 2, 1); // iovecs beyond the array
     record(sqes, 5, 77, 0, 106, 3, 0); // unknown opcode (its iovec words ignored): the pool's blockIo says EINVAL
     expect(ring.submit(sqes, iovecs, 2)).toBe(2);
-    expect(reapAll(ring, 2)).toEqual(new Map([[101, 8192], [102, 0]]));
+    expect(reapAll(ring, 2)).toEqual(
+      new Map([
+        [101, 8192],
+        [102, 0],
+      ]),
+    );
     expect(ring.submit(sqes.subarray(16), iovecs, 4)).toBe(4);
-    expect(reapAll(ring, 4)).toEqual(new Map([[103, 8192], [104, -EINVAL], [105, -EFAULT], [106, -EINVAL]]));
+    expect(reapAll(ring, 4)).toEqual(
+      new Map([
+        [103, 8192],
+        [104, -EINVAL],
+        [105, -EFAULT],
+        [106, -EINVAL],
+      ]),
+    );
     // A NOP that claims iovecs, then a write on the same lane: the lane still parses the write.
     record(sqes, 0, Op.NOP, 0, 107, 2, 0);
     record(sqes, 1, Op.WRITEV, 65536, 108, 1, 0);
     expect(ring.submit(sqes, iovecs, 2)).toBe(2);
-    expect(reapAll(ring, 2)).toEqual(new Map([[107, 0], [108, 8192]]));
-    expect(readFileSync(path).subarray(65536, 65536 + 8192).every((x) => x === 0x3c)).toBe(true);
+    expect(reapAll(ring, 2)).toEqual(
+      new Map([
+        [107, 0],
+        [108, 8192],
+      ]),
+    );
+    expect(
+      readFileSync(path)
+        .subarray(65536, 65536 + 8192)
+        .every((x) => x === 0x3c),
+    ).toBe(true);
     expect(new Uint8Array(memory, 16384, 8192).every((x) => x === 0x3c)).toBe(true);
-    expect(readFileSync(path).subarray(4096, 4096 + 8192).every((x) => x === 0x3c)).toBe(true);
+    expect(
+      readFileSync(path)
+        .subarray(4096, 4096 + 8192)
+        .every((x) => x === 0x3c),
+    ).toBe(true);
     expect(() => ring!.submit(sqes, iovecs, 7)).toThrow(RangeError);
     expect(() => ring!.reap(new Int32Array(2), 2)).toThrow(RangeError);
   });
@@ -128,7 +161,13 @@ describe('ThreadPoolRing', () => {
     ring.setRegions([]);
     record(sqes, 0, Op.WRITEV, 8192, 3, 1, 0);
     expect(ring.submit(sqes, iovecs, 1)).toBe(1);
-    expect(reapAll(ring, 3)).toEqual(new Map([[1, 4096], [2, 4096], [3, -EFAULT]]));
+    expect(reapAll(ring, 3)).toEqual(
+      new Map([
+        [1, 4096],
+        [2, 4096],
+        [3, -EFAULT],
+      ]),
+    );
     const file = readFileSync(path);
     expect(file.subarray(0, 4096).every((x) => x === 0xaa)).toBe(true);
     expect(file.subarray(4096, 8192).every((x) => x === 0xbb)).toBe(true);
@@ -161,7 +200,10 @@ describe('ThreadPoolRing', () => {
 
   it('a data plane on the threads engine leaves no fd behind once stopped (worker, dispatcher and pool gone)', async () => {
     const baseline = await settledFds();
-    const rig = await BlkRig.start({ engine: { engine: 'threads', path, threads: 3 }, capacityBytes: 1 << 20, mode: 'interrupt' }, dir);
+    const rig = await BlkRig.start(
+      { engine: { engine: 'threads', path, threads: 3 }, capacityBytes: 1 << 20, mode: 'interrupt' },
+      dir,
+    );
     const guest = await rig.connect();
     const data = pattern(65536, 51);
     expect((await guest.write(0, data)).status).toBe(S.OK);

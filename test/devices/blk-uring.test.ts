@@ -89,11 +89,17 @@ describe.each(['io_uring', 'threads'] as const)('%s engine', (engine) => {
       const total = capacity / request;
       const post = (slot: number) => {
         const index = next++;
-        const words = new Uint32Array(guest.memory.regions[0]!.buffer, buffers[slot]!, request / 4);
+        const words = new Uint32Array(guest.memory.regions[0].buffer, buffers[slot], request / 4);
         if (phase === 'write') fillWords(words, (index * request) / 4, seed);
         else words.fill(0);
-        const segments = [{ gpa: guest.header(phase === 'write' ? T.OUT : T.IN, (index * request) / 512, guest.alloc(16, 16)), len: 16, writable: false }];
-        for (let p = 0; p < 4; p++) segments.push({ gpa: buffers[slot]! + p * piece, len: piece, writable: phase === 'read' });
+        const segments = [
+          {
+            gpa: guest.header(phase === 'write' ? T.OUT : T.IN, (index * request) / 512, guest.alloc(16, 16)),
+            len: 16,
+            writable: false,
+          },
+        ];
+        for (let p = 0; p < 4; p++) segments.push({ gpa: buffers[slot] + p * piece, len: piece, writable: phase === 'read' });
         segments.push({ gpa: guest.statusByte(), len: 1, writable: true });
         slotOf.set(guest.post(segments, true), { slot, index });
       };
@@ -106,7 +112,7 @@ describe.each(['io_uring', 'threads'] as const)('%s engine', (engine) => {
         slotOf.delete(completed.token);
         if (phase === 'read') {
           expect(completed.len).toBe(request + 1);
-          const words = new Uint32Array(guest.memory.regions[0]!.buffer, buffers[slot]!, request / 4);
+          const words = new Uint32Array(guest.memory.regions[0].buffer, buffers[slot], request / 4);
           expect(firstMismatch(words, (index * request) / 4, seed), `request ${index}`).toBe(-1);
         }
         done++;
@@ -322,21 +328,23 @@ describe.each(['io_uring', 'threads'] as const)('%s engine', (engine) => {
     // Same regions, new mappings (as QEMU re-sends the table on a memory hotplug).
     await guest.device.client.request({ type: 'SET_MEM_TABLE', regions: guest.memory.describe() });
     for (const token of tokens.keys()) expect((await guest.wait(token)).status).toBe(S.OK);
-    for (let i = 0; i < 48; i += 7) expect(mismatch((await guest.read(i * 2048, MiB)).data, pattern(MiB, 500 + i)), `request ${i}`).toBe(-1);
+    for (let i = 0; i < 48; i += 7)
+      expect(mismatch((await guest.read(i * 2048, MiB)).data, pattern(MiB, 500 + i)), `request ${i}`).toBe(-1);
     expect(rig.plane.queueStats(0).broken).toBe(0);
   });
 
   // SQPOLL is an io_uring feature: the threads engine has no such test to run.
-  if (engine === 'io_uring') it('works with an SQPOLL ring', async () => {
-    const capacity = 16 * MiB;
-    const { dir, image } = makeImage(capacity);
-    const { guest } = await start(engine, image, dir, capacity, { engine: { sqpoll: true, sqpollIdleMs: 10 } });
-    const data = pattern(131072, 27);
-    expect((await guest.write(0, data)).status).toBe(S.OK);
-    expect(mismatch((await guest.read(0, data.length)).data, data)).toBe(-1);
-    expect((await guest.rangeRequest(T.WRITE_ZEROES, 0, 64, 1)).status).toBe(S.OK);
-    expect(allZero((await guest.read(0, 32768)).data)).toBe(true);
-  });
+  if (engine === 'io_uring')
+    it('works with an SQPOLL ring', async () => {
+      const capacity = 16 * MiB;
+      const { dir, image } = makeImage(capacity);
+      const { guest } = await start(engine, image, dir, capacity, { engine: { sqpoll: true, sqpollIdleMs: 10 } });
+      const data = pattern(131072, 27);
+      expect((await guest.write(0, data)).status).toBe(S.OK);
+      expect(mismatch((await guest.read(0, data.length)).data, data)).toBe(-1);
+      expect((await guest.rangeRequest(T.WRITE_ZEROES, 0, 64, 1)).status).toBe(S.OK);
+      expect(allZero((await guest.read(0, 32768)).data)).toBe(true);
+    });
 
   describe.each(['busy', 'interrupt', 'adaptive'] as const)('%s mode', (mode) => {
     it('serves a random read/write load from a load thread, then verified data', async () => {

@@ -21,7 +21,10 @@ afterEach(async () => {
 
 type EngineName = BlkEngineOptions['engine'];
 
-async function start(engine: EngineName, extra: { readOnly?: boolean; logicalBlockSize?: number } = {}): Promise<{ rig: BlkRig; guest: BlkGuest; image?: string }> {
+async function start(
+  engine: EngineName,
+  extra: { readOnly?: boolean; logicalBlockSize?: number } = {},
+): Promise<{ rig: BlkRig; guest: BlkGuest; image?: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vut-blk-'));
   let image: string | undefined;
   if (engine === 'io_uring' || engine === 'threads') {
@@ -188,10 +191,13 @@ describe.each(['null', 'memory', 'io_uring', 'threads'] as const)('%s engine', (
     if (stores) {
       const back = new Uint8Array(data.length);
       let at = 0;
-      pieces.slice().reverse().forEach((length, i) => {
-        back.set(guest.bytes(targets[i]!, length), at);
-        at += length;
-      });
+      pieces
+        .slice()
+        .reverse()
+        .forEach((length, i) => {
+          back.set(guest.bytes(targets[i], length), at);
+          at += length;
+        });
       expect(mismatch(back, data)).toBe(-1);
     }
   });
@@ -216,7 +222,10 @@ describe.each(['null', 'memory', 'io_uring', 'threads'] as const)('%s engine', (
     expected.set(new TextEncoder().encode(SERIAL));
     expect(mismatch(guest.bytes(id, 20), expected)).toBe(-1);
     // A short buffer gets what fits; a long one gets 20 bytes and keeps the rest.
-    for (const [size, written] of [[8, 8], [64, 20]] as const) {
+    for (const [size, written] of [
+      [8, 8],
+      [64, 20],
+    ] as const) {
       const at = guest.alloc(size);
       guest.bytes(at, size).fill(0xee);
       const reply = await guest.run([
@@ -233,7 +242,11 @@ describe.each(['null', 'memory', 'io_uring', 'threads'] as const)('%s engine', (
   it('DISCARD and WRITE_ZEROES (with and without UNMAP) make the range read back as zeroes', async () => {
     const { guest } = await start(engine);
     const data = pattern(64 * 1024, 8);
-    for (const [type, flags] of [[T.DISCARD, 0], [T.WRITE_ZEROES, 0], [T.WRITE_ZEROES, UNMAP]] as const) {
+    for (const [type, flags] of [
+      [T.DISCARD, 0],
+      [T.WRITE_ZEROES, 0],
+      [T.WRITE_ZEROES, UNMAP],
+    ] as const) {
       expect((await guest.write(256, data)).status).toBe(S.OK);
       // Zero the middle 32 KiB (sectors 272..335).
       expect(await guest.rangeRequest(type, 272, 64, flags)).toEqual({ len: 1, status: S.OK });
@@ -305,11 +318,14 @@ describe.each(['null', 'memory', 'io_uring', 'threads'] as const)('%s engine', (
       const sector = i % 3 === 2 ? SECTORS + i : i * 8; // every third is out of range
       const data = guest.alloc(4096);
       guest.bytes(data, 4096).set(pattern(4096, 100 + i));
-      const token = guest.post([
-        { gpa: guest.header(T.OUT, sector), len: 16, writable: false },
-        { gpa: data, len: 4096, writable: false },
-        { gpa: guest.statusByte(), len: 1, writable: true },
-      ], i % 2 === 0);
+      const token = guest.post(
+        [
+          { gpa: guest.header(T.OUT, sector), len: 16, writable: false },
+          { gpa: data, len: 4096, writable: false },
+          { gpa: guest.statusByte(), len: 1, writable: true },
+        ],
+        i % 2 === 0,
+      );
       tokens.set(token, i);
     }
     guest.kick();
@@ -361,30 +377,33 @@ describe('device side', () => {
     expect(mismatch(new Uint8Array(rig.device.ramDisk!, 1000 * 512, 65536), data)).toBe(-1);
   });
 
-  it.each(['io_uring', 'threads'] as const)('%s: write-through when the guest clears the writeback byte or does not negotiate FLUSH', async (engine) => {
-    const { rig, guest } = await start(engine);
-    const flag = new Int32Array(rig.device.writeCacheState);
-    expect(flag[0]).toBe(1);
-    await guest.device.client.request({ type: 'SET_CONFIG', offset: 32, size: 1, flags: 0, payload: Uint8Array.of(0) });
-    expect(flag[0]).toBe(0);
-    expect(rig.device.writebackEnabled).toBe(false);
-    expect((await guest.device.getConfig(32, 1))[0]).toBe(0);
-    // Writes and range operations go through the O_DSYNC / fdatasync paths.
-    const data = pattern(32768, 12);
-    expect((await guest.write(64, data)).status).toBe(S.OK);
-    expect((await guest.rangeRequest(T.WRITE_ZEROES, 64, 8)).status).toBe(S.OK);
-    expect((await guest.rangeRequest(T.DISCARD, 72, 8)).status).toBe(S.OK);
-    const read = await guest.read(64, 32768);
-    expect(allZero(read.data.subarray(0, 8192))).toBe(true);
-    expect(mismatch(read.data.subarray(8192), data.subarray(8192))).toBe(-1);
-    await guest.device.client.request({ type: 'SET_CONFIG', offset: 32, size: 1, flags: 0, payload: Uint8Array.of(1) });
-    expect(flag[0]).toBe(1);
-    guest.close();
-    guests.splice(guests.indexOf(guest), 1);
-    // A driver without FLUSH (bit 9) gets write-through: it could never make writes durable.
-    const noFlush = await rig.connect({ wantedFeatures: ~(1n << 9n) });
-    guests.push(noFlush);
-    expect(flag[0]).toBe(0);
-    expect((await noFlush.write(64, data)).status).toBe(S.OK);
-  });
+  it.each(['io_uring', 'threads'] as const)(
+    '%s: write-through when the guest clears the writeback byte or does not negotiate FLUSH',
+    async (engine) => {
+      const { rig, guest } = await start(engine);
+      const flag = new Int32Array(rig.device.writeCacheState);
+      expect(flag[0]).toBe(1);
+      await guest.device.client.request({ type: 'SET_CONFIG', offset: 32, size: 1, flags: 0, payload: Uint8Array.of(0) });
+      expect(flag[0]).toBe(0);
+      expect(rig.device.writebackEnabled).toBe(false);
+      expect((await guest.device.getConfig(32, 1))[0]).toBe(0);
+      // Writes and range operations go through the O_DSYNC / fdatasync paths.
+      const data = pattern(32768, 12);
+      expect((await guest.write(64, data)).status).toBe(S.OK);
+      expect((await guest.rangeRequest(T.WRITE_ZEROES, 64, 8)).status).toBe(S.OK);
+      expect((await guest.rangeRequest(T.DISCARD, 72, 8)).status).toBe(S.OK);
+      const read = await guest.read(64, 32768);
+      expect(allZero(read.data.subarray(0, 8192))).toBe(true);
+      expect(mismatch(read.data.subarray(8192), data.subarray(8192))).toBe(-1);
+      await guest.device.client.request({ type: 'SET_CONFIG', offset: 32, size: 1, flags: 0, payload: Uint8Array.of(1) });
+      expect(flag[0]).toBe(1);
+      guest.close();
+      guests.splice(guests.indexOf(guest), 1);
+      // A driver without FLUSH (bit 9) gets write-through: it could never make writes durable.
+      const noFlush = await rig.connect({ wantedFeatures: ~(1n << 9n) });
+      guests.push(noFlush);
+      expect(flag[0]).toBe(0);
+      expect((await noFlush.write(64, data)).status).toBe(S.OK);
+    },
+  );
 });

@@ -68,9 +68,13 @@ describe('FrontendDevice negotiation against a back-end offering everything', ()
     const { socketPath } = await everything();
     const frontend = await FrontendDevice.connect({ socketPath, queues: 2, replyTimeoutMs: TIMEOUT_MS });
     try {
-      const transport = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+      const transport =
+        bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
       const protocol =
-        bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
+        bit(ProtocolFeature.MQ) |
+        bit(ProtocolFeature.REPLY_ACK) |
+        bit(ProtocolFeature.CONFIG) |
+        bit(ProtocolFeature.CONFIGURE_MEM_SLOTS);
       expect(frontend.offeredFeatures).toBe(ALL_BITS);
       expect(frontend.offeredProtocolFeatures).toBe(ALL_BITS);
       expect(featureHex(frontend.features)).toBe(featureHex(transport));
@@ -86,7 +90,7 @@ describe('FrontendDevice negotiation against a back-end offering everything', ()
       expect(frontend.protocolFeatures & bit(ProtocolFeature.LOG_SHMFD)).toBe(0n);
       // MQ was negotiated, so both queues were set up; the implemented subset is usable.
       expect(frontend.queues).toHaveLength(2);
-      expect(frontend.queues[0]!.driver.eventIdx).toBe(true);
+      expect(frontend.queues[0].driver.eventIdx).toBe(true);
       expect(Array.from(await frontend.getConfig(4, 2))).toEqual([4, 4]);
     } finally {
       frontend.close();
@@ -98,7 +102,8 @@ describe('FrontendDevice negotiation against a back-end offering everything', ()
     const understood = bit(BlkFeature.SIZE_MAX) | bit(BlkFeature.BLK_SIZE) | bit(BlkFeature.MQ) | bit(55);
     const frontend = await FrontendDevice.connect({ socketPath, deviceFeatures: understood, replyTimeoutMs: TIMEOUT_MS });
     try {
-      const transport = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+      const transport =
+        bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
       expect(frontend.features).toBe(transport | understood);
       expect(device.acked).toBe(transport | understood);
     } finally {
@@ -110,7 +115,12 @@ describe('FrontendDevice negotiation against a back-end offering everything', ()
     const { socketPath } = await everything();
     const wanted = bit(VIRTIO_F_RING_PACKED) | bit(VHOST_F_LOG_ALL) | bit(VIRTIO_F_VERSION_1);
     const wantedProtocol = bit(ProtocolFeature.STATUS) | bit(ProtocolFeature.REPLY_ACK);
-    const frontend = await FrontendDevice.connect({ socketPath, wantedFeatures: wanted, wantedProtocolFeatures: wantedProtocol, replyTimeoutMs: TIMEOUT_MS });
+    const frontend = await FrontendDevice.connect({
+      socketPath,
+      wantedFeatures: wanted,
+      wantedProtocolFeatures: wantedProtocol,
+      replyTimeoutMs: TIMEOUT_MS,
+    });
     try {
       expect(frontend.features).toBe(wanted);
       expect(frontend.protocolFeatures).toBe(wantedProtocol);
@@ -122,14 +132,20 @@ describe('FrontendDevice negotiation against a back-end offering everything', ()
 
   it('refuses transport bits passed as device features, before connecting', async () => {
     const { socketPath } = await everything();
-    await expect(FrontendDevice.connect({ socketPath, deviceFeatures: bit(VIRTIO_F_RING_PACKED) })).rejects.toThrow(/transport bits 0x400000000/);
+    await expect(FrontendDevice.connect({ socketPath, deviceFeatures: bit(VIRTIO_F_RING_PACKED) })).rejects.toThrow(
+      /transport bits 0x400000000/,
+    );
     expect(rig!.daemon.connections).toBe(0);
   });
 
   it('acks nothing the back-end did not offer', async () => {
     // A real offer (our virtio-blk device) is narrower than the library's sets: the ack is the intersection.
     rig = await startTestDaemon(testBlkDevice(1));
-    const frontend = await FrontendDevice.connect({ socketPath: rig.socketPath, deviceFeatures: bit(BlkFeature.RO) | bit(BlkFeature.MQ), replyTimeoutMs: TIMEOUT_MS });
+    const frontend = await FrontendDevice.connect({
+      socketPath: rig.socketPath,
+      deviceFeatures: bit(BlkFeature.RO) | bit(BlkFeature.MQ),
+      replyTimeoutMs: TIMEOUT_MS,
+    });
     try {
       expect(frontend.features & ~frontend.offeredFeatures).toBe(0n);
       expect(frontend.protocolFeatures & ~frontend.offeredProtocolFeatures).toBe(0n);

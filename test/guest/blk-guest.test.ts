@@ -7,7 +7,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnBlkBackend } from '../../dist/guest/blk-process.js';
-import { assertGuestOk, ensureGuestImage, guestRigUnavailable, makePattern, runGuest, type BlkResult, type GuestImage } from '../../dist/guest/qemu.js';
+import {
+  assertGuestOk,
+  ensureGuestImage,
+  guestRigUnavailable,
+  makePattern,
+  runGuest,
+  type BlkResult,
+  type GuestImage,
+} from '../../dist/guest/qemu.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
@@ -51,7 +59,18 @@ describe.each([
     const name = `${mode}-${queues}-${engine}`;
     const disk = join(dir, `${name}.img`);
     const backend = await spawnBlkBackend(join(dir, `${name}.sock`), [
-      '--disk', disk, '--size', String(DISK_BYTES), '--cpus', '1', '--poll', mode, '--queues', String(queues), '--engine', engine,
+      '--disk',
+      disk,
+      '--size',
+      String(DISK_BYTES),
+      '--cpus',
+      '1',
+      '--poll',
+      mode,
+      '--queues',
+      String(queues),
+      '--engine',
+      engine,
     ]);
     let run;
     try {

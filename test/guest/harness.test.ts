@@ -1,13 +1,19 @@
 // The guest harness itself: pattern, result parsing, QEMU command line, timeout hygiene.
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { ensureGuestImage, guestRigUnavailable, makePattern, parseResult, qemuArgs, runGuest, sha256 } from '../../dist/guest/qemu.js';
+import {
+  ensureGuestImage,
+  guestRigUnavailable,
+  makePattern,
+  parseResult,
+  qemuArgs,
+  runGuest,
+  sha256,
+} from '../../dist/guest/qemu.js';
 
 describe('guest harness', () => {
   it('makePattern matches what the guest writes (sha256 printed by a real guest, seed 123)', () => {
-    expect(sha256(makePattern(123, 0, 4 << 20))).toBe(
-      '2af795779d2a76b1484f271bc31c4b05692efb3c6fa2f90d5d1e859556401852',
-    );
+    expect(sha256(makePattern(123, 0, 4 << 20))).toBe('2af795779d2a76b1484f271bc31c4b05692efb3c6fa2f90d5d1e859556401852');
     expect(sha256(makePattern(123, (64 << 20) - 4096, 4096))).toBe(
       '79143ebce61a3146d656183cd11ad9f1b8077fc36df745a893cbdcbae5067189',
     );

@@ -9,7 +9,7 @@ function bucketOf(value: number): number {
   histogram.record(value);
   const buckets = Array.from(histogram.counts.keys()).filter((b) => histogram.counts[b] !== 0);
   expect(buckets).toHaveLength(1);
-  return buckets[0]!;
+  return buckets[0];
 }
 
 function bounds(bucket: number): [number, number] {
@@ -21,7 +21,8 @@ function bounds(bucket: number): [number, number] {
 describe('Histogram.record', () => {
   it('puts each value in the bucket whose bounds hold it', () => {
     const values = [1, 1.5, 2, 3, 31, 32, 33, 1000, 4095.999, 4096, 65535, 1e6, 123456789.5, 2 ** 40 * 1.99];
-    for (let k = 1; k < 47; k++) values.push(2 ** k, 2 ** k * (1 - 2 ** -40), 2 ** k * (1 + 1 / 32), 2 ** k * (1 + 1 / 32) * (1 - 2 ** -45));
+    for (let k = 1; k < 47; k++)
+      values.push(2 ** k, 2 ** k * (1 - 2 ** -40), 2 ** k * (1 + 1 / 32), 2 ** k * (1 + 1 / 32) * (1 - 2 ** -45));
     let seed = 12345;
     for (let i = 0; i < 2000; i++) {
       seed = (seed * 1103515245 + 12345) >>> 0;
@@ -41,7 +42,12 @@ describe('Histogram.record', () => {
   it('reports percentiles within a bucket width of the truth', () => {
     const histogram = new Histogram();
     for (let v = 1; v <= 100_000; v++) histogram.record(v * 10);
-    for (const [q, truth] of [[0.5, 500_000], [0.9, 900_000], [0.99, 990_000], [0.999, 999_000]] as const) {
+    for (const [q, truth] of [
+      [0.5, 500_000],
+      [0.9, 900_000],
+      [0.99, 990_000],
+      [0.999, 999_000],
+    ] as const) {
       const p = histogram.percentile(q);
       expect(p).toBeGreaterThanOrEqual(truth);
       expect(p / truth).toBeLessThan(1 + 1 / 32 + 1e-9);

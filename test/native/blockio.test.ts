@@ -29,8 +29,21 @@ function encode(records: Record[]) {
   let next = 0;
   records.forEach((r, i) => {
     const offset = r.offset ?? 0;
-    sqes.set([r.op, r.fd ?? 0, offset % 2 ** 32, Math.floor(offset / 2 ** 32), i, r.iovecCount ?? r.iovecs?.length ?? 0, r.firstIovec ?? next, r.length ?? 0], i * SQE_WORDS);
-    for (const v of r.iovecs ?? []) iovecs.set([v.region, v.offset % 2 ** 32, Math.floor(v.offset / 2 ** 32), v.length], next++ * IOVEC_WORDS);
+    sqes.set(
+      [
+        r.op,
+        r.fd ?? 0,
+        offset % 2 ** 32,
+        Math.floor(offset / 2 ** 32),
+        i,
+        r.iovecCount ?? r.iovecs?.length ?? 0,
+        r.firstIovec ?? next,
+        r.length ?? 0,
+      ],
+      i * SQE_WORDS,
+    );
+    for (const v of r.iovecs ?? [])
+      iovecs.set([v.region, v.offset % 2 ** 32, Math.floor(v.offset / 2 ** 32), v.length], next++ * IOVEC_WORDS);
   });
   return { sqes, iovecs };
 }
@@ -64,7 +77,20 @@ describe('blockIo', () => {
     const b = new SharedArrayBuffer(8192);
     new Uint8Array(a).fill(0xa1, 0, 4096);
     new Uint8Array(b).fill(0xb2, 4096, 8192);
-    const write = run([a, b], [{ op: Op.WRITEV, fd, offset: 65536, iovecs: [{ region: 0, offset: 0, length: 4096 }, { region: 1, offset: 4096, length: 4096 }] }]);
+    const write = run(
+      [a, b],
+      [
+        {
+          op: Op.WRITEV,
+          fd,
+          offset: 65536,
+          iovecs: [
+            { region: 0, offset: 0, length: 4096 },
+            { region: 1, offset: 4096, length: 4096 },
+          ],
+        },
+      ],
+    );
     expect(write).toEqual([8192]);
     const file = readFileSync(path);
     expect(file.subarray(65536, 65536 + 4096).every((x) => x === 0xa1)).toBe(true);
@@ -81,30 +107,42 @@ describe('blockIo', () => {
 
   it('reports a short read at the end of the file as it is, and 0 past it', () => {
     const into = new SharedArrayBuffer(8192);
-    expect(run([into], [
-      { op: Op.READV, fd, offset: (1 << 20) - 1024, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
-      { op: Op.READV, fd, offset: 2 << 20, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
-    ])).toEqual([1024, 0]);
+    expect(
+      run(
+        [into],
+        [
+          { op: Op.READV, fd, offset: (1 << 20) - 1024, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
+          { op: Op.READV, fd, offset: 2 << 20, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
+        ],
+      ),
+    ).toEqual([1024, 0]);
   });
 
   it('runs NOP, FSYNC, FDATASYNC, PUNCH_HOLE and ZERO_RANGE, and returns -errno for a bad fd', () => {
     const data = new SharedArrayBuffer(65536);
     new Uint8Array(data).fill(7);
     expect(run([data], [{ op: Op.WRITEV, fd, offset: 0, iovecs: [{ region: 0, offset: 0, length: 65536 }] }])).toEqual([65536]);
-    const results = run([], [
-      { op: Op.NOP },
-      { op: Op.FSYNC, fd },
-      { op: Op.FDATASYNC, fd },
-      { op: Op.PUNCH_HOLE, fd, offset: 0, length: 32768 },
-      { op: Op.ZERO_RANGE, fd, offset: 32768, length: 32768 },
-      { op: Op.FDATASYNC, fd: 0x7fffffff },
-    ]);
+    const results = run(
+      [],
+      [
+        { op: Op.NOP },
+        { op: Op.FSYNC, fd },
+        { op: Op.FDATASYNC, fd },
+        { op: Op.PUNCH_HOLE, fd, offset: 0, length: 32768 },
+        { op: Op.ZERO_RANGE, fd, offset: 32768, length: 32768 },
+        { op: Op.FDATASYNC, fd: 0x7fffffff },
+      ],
+    );
     expect(results.slice(0, 3)).toEqual([0, 0, 0]);
     // tmpfs punches holes but may refuse ZERO_RANGE: either works or says EOPNOTSUPP.
     expect(results[3]).toBe(0);
     expect([0, -95]).toContain(results[4]);
     expect(results[5]).toBe(-EBADF);
-    expect(readFileSync(path).subarray(0, 32768).every((x) => x === 0)).toBe(true);
+    expect(
+      readFileSync(path)
+        .subarray(0, 32768)
+        .every((x) => x === 0),
+    ).toBe(true);
     expect(statSync(path).size).toBe(1 << 20); // KEEP_SIZE
   });
 
@@ -139,7 +177,9 @@ describe('blockIo', () => {
     expect(() => native.blockIo([], sqes, iovecs, 3, results)).toThrow(RangeError);
     expect(() => native.blockIo([], sqes, iovecs, 2, new Int32Array(1))).toThrow(RangeError);
     expect(() => native.blockIo([], sqes, iovecs, -1, results)).toThrow(RangeError);
-    expect(() => native.blockIo([new ArrayBuffer(8) as unknown as SharedArrayBuffer], sqes, iovecs, 0, results)).toThrow(TypeError);
+    expect(() => native.blockIo([new ArrayBuffer(8) as unknown as SharedArrayBuffer], sqes, iovecs, 0, results)).toThrow(
+      TypeError,
+    );
     expect(() => native.blockIo([], new Int32Array(8) as unknown as Uint32Array, iovecs, 0, results)).toThrow(TypeError);
     expect(() => native.blockIo([], sqes, iovecs, 0, new Uint32Array(2) as unknown as Int32Array)).toThrow(TypeError);
     native.blockIo([], sqes, iovecs, 2, results); // two NOPs

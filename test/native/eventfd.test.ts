@@ -1,6 +1,5 @@
 // eventfd and epoll.
-import { readFileSync } from 'node:fs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { O_CLOEXEC, O_NONBLOCK, fdFlags, thrown, track } from './preamble.js';
 
@@ -9,7 +8,6 @@ const EPOLLOUT = 4;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
 const EPOLL_CTL_MOD = 3;
-
 
 describe('eventfd', () => {
   it('is non-blocking and close-on-exec', () => {
@@ -36,7 +34,7 @@ describe('eventfd', () => {
     const fd = track(native.eventfdCreate(0));
     expect(thrown(() => native.eventfdWrite(fd, 2 ** 53))).toBeInstanceOf(RangeError);
     expect(thrown(() => native.eventfdWrite(fd, 1.5))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.eventfdRead('x' as any))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.eventfdRead('x' as never))).toBeInstanceOf(TypeError);
   });
 });
 
@@ -68,9 +66,12 @@ describe('epoll', () => {
   it('validates the output array and the arguments', () => {
     const epfd = track(native.epollCreate());
     expect(thrown(() => native.epollWait(epfd, new Uint32Array(7), 4, 0))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.epollWait(epfd, new Int32Array(8) as any, 4, 0))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.epollWait(epfd, new Int32Array(8) as never, 4, 0))).toBeInstanceOf(TypeError);
     expect(thrown(() => native.epollWait(epfd, new Uint32Array(8), 0, 0))).toBeInstanceOf(RangeError);
     expect(thrown(() => native.epollCtl(epfd, 4, epfd, EPOLLIN, 0))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.epollCtl(epfd, EPOLL_CTL_ADD, epfd, EPOLLIN, 0))).toMatchObject({ code: 'EINVAL', syscall: 'epoll_ctl' });
+    expect(thrown(() => native.epollCtl(epfd, EPOLL_CTL_ADD, epfd, EPOLLIN, 0))).toMatchObject({
+      code: 'EINVAL',
+      syscall: 'epoll_ctl',
+    });
   });
 });

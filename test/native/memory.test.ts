@@ -85,10 +85,10 @@ describe('memfdCreate and mmapShared', () => {
     const fd = native.memfdCreate('ring-bad-args', 8192);
     expect(thrown(() => native.mmapShared(fd, 0, 0, true))).toBeInstanceOf(RangeError);
     expect(thrown(() => native.mmapShared(fd, 4096, -4096, true))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.mmapShared(fd, 4096, 0, 1 as any))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.mmapShared(fd, 4096, 0, 1 as never))).toBeInstanceOf(TypeError);
     expect(thrown(() => native.mmapShared(fd, 4096, 100, true))).toMatchObject({ code: 'EINVAL', syscall: 'mmap' });
     expect(thrown(() => native.memfdCreate('x', -1))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.memfdCreate(5 as any, 1))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.memfdCreate(5 as never, 1))).toBeInstanceOf(TypeError);
     native.close(fd);
     expect(thrown(() => native.mmapShared(fd, 4096, 0, true))).toMatchObject({ code: 'EBADF' });
   });

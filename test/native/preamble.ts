@@ -9,7 +9,7 @@ export const O_CLOEXEC = 0o2000000;
 
 /** The open-file flags of `fd`, as /proc/self/fdinfo reports them. */
 export function fdFlags(fd: number): number {
-  return parseInt(/flags:\s+([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1]!, 8);
+  return parseInt(/flags:\s+([0-7]+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))![1], 8);
 }
 
 export const openFdCount = (): number => readdirSync('/proc/self/fd').length;

@@ -1,5 +1,5 @@
 // Unix sockets with fds, and FdWatcher, through the native/ring addon.
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -10,7 +10,6 @@ import { native } from '../../dist/native.js';
 import { O_CLOEXEC, O_NONBLOCK, fdFlags, openFdCount, sleep, thrown, track } from './preamble.js';
 
 const bytes = (...values: number[]) => Uint8Array.from(values);
-
 
 describe('socketPair, sendMsg and recvMsg', () => {
   it('creates non-blocking, close-on-exec sockets', () => {
@@ -106,11 +105,11 @@ describe('socketPair, sendMsg and recvMsg', () => {
     expect(thrown(() => native.recvMsg(b, data, 0, 0, 0))).toBeInstanceOf(RangeError);
     expect(thrown(() => native.recvMsg(b, data, 0.5, 1, 0))).toBeInstanceOf(RangeError);
     expect(thrown(() => native.recvMsg(b, data, 0, 1, 254))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.recvMsg(b, new Uint16Array(4) as any, 0, 1, 0))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.recvMsg(b, new Uint16Array(4) as never, 0, 1, 0))).toBeInstanceOf(TypeError);
     expect(thrown(() => native.sendMsg(a, new Uint8Array(0), [a]))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.sendMsg(a, data, ['3' as any]))).toBeInstanceOf(TypeError);
-    expect(thrown(() => native.sendMsg(a, data, new Array(254).fill(a)))).toBeInstanceOf(RangeError);
-    expect(thrown(() => (native.sendMsg as any)())).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.sendMsg(a, data, ['3' as never]))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.sendMsg(a, data, new Array<number>(254).fill(a)))).toBeInstanceOf(RangeError);
+    expect(thrown(() => (native.sendMsg as unknown as () => void)())).toBeInstanceOf(TypeError);
     expect(thrown(() => native.close(-1))).toBeInstanceOf(RangeError);
   });
 
@@ -228,16 +227,18 @@ describe('FdWatcher', () => {
 
   it('rejects bad arguments', () => {
     const [a] = track(native.socketPair());
-    expect(thrown(() => new native.FdWatcher(a, 'x' as any))).toBeInstanceOf(TypeError);
-    expect(thrown(() => new native.FdWatcher('1' as any, () => {}))).toBeInstanceOf(TypeError);
-    expect(thrown(() => (native.FdWatcher as any)(a, () => {}))).toBeInstanceOf(TypeError);
+    expect(thrown(() => new native.FdWatcher(a, 'x' as never))).toBeInstanceOf(TypeError);
+    expect(thrown(() => new native.FdWatcher('1' as never, () => {}))).toBeInstanceOf(TypeError);
+    expect(thrown(() => (native.FdWatcher as unknown as (fd: number, cb: () => void) => void)(a, () => {}))).toBeInstanceOf(
+      TypeError,
+    );
     const regularFile = thrown(() => new native.FdWatcher(999_999, () => {}));
     expect(regularFile).toBeInstanceOf(Error);
     const watcher = new native.FdWatcher(a, () => {});
     const second = new native.FdWatcher(a, () => {});
     watcher.start(true, false);
     expect(thrown(() => second.start(true, false))).toMatchObject({ code: 'EEXIST', syscall: 'uv_poll_start' });
-    expect(thrown(() => watcher.start(1 as any, false))).toBeInstanceOf(TypeError);
+    expect(thrown(() => watcher.start(1 as never, false))).toBeInstanceOf(TypeError);
     watcher.close();
     second.close();
   });

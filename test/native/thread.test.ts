@@ -5,9 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
 import { thrown } from './preamble.js';
 
-
 const runWorker = (source: string) =>
-  new Promise<any>((done, fail) => {
+  new Promise<{ cpus: number[]; tid: number }>((done, fail) => {
     const worker = new Worker(
       `const { parentPort, workerData } = require('node:worker_threads');
        const native = require(workerData.addon);
@@ -44,8 +43,8 @@ describe('affinity', () => {
   it('rejects cpu numbers outside the cpu set', () => {
     expect(thrown(() => native.setAffinity([1024]))).toBeInstanceOf(RangeError);
     expect(thrown(() => native.setAffinity([-1]))).toBeInstanceOf(RangeError);
-    expect(thrown(() => native.setAffinity(['0' as any]))).toBeInstanceOf(TypeError);
-    expect(thrown(() => native.setAffinity(0 as any))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.setAffinity(['0' as never]))).toBeInstanceOf(TypeError);
+    expect(thrown(() => native.setAffinity(0 as never))).toBeInstanceOf(TypeError);
     expect(thrown(() => native.setAffinity([]))).toMatchObject({ code: 'EINVAL', syscall: 'sched_setaffinity' });
   });
 });

@@ -33,13 +33,23 @@ function encode(requests: Request[]) {
   requests.forEach((request, i) => {
     const offset = request.offset ?? 0;
     sqes.set(
-      [request.op, request.fd ?? 0, offset % 2 ** 32, Math.floor(offset / 2 ** 32), request.userData,
-        request.iovecs?.length ?? 0, nextIovec, request.length ?? 0],
+      [
+        request.op,
+        request.fd ?? 0,
+        offset % 2 ** 32,
+        Math.floor(offset / 2 ** 32),
+        request.userData,
+        request.iovecs?.length ?? 0,
+        nextIovec,
+        request.length ?? 0,
+      ],
       i * SQE_WORDS,
     );
     for (const iovec of request.iovecs ?? []) {
-      iovecs.set([iovec.region, iovec.offset % 2 ** 32, Math.floor(iovec.offset / 2 ** 32), iovec.length],
-        nextIovec++ * IOVEC_WORDS);
+      iovecs.set(
+        [iovec.region, iovec.offset % 2 ** 32, Math.floor(iovec.offset / 2 ** 32), iovec.length],
+        nextIovec++ * IOVEC_WORDS,
+      );
     }
   });
   return { sqes, iovecs };
@@ -114,21 +124,46 @@ describe('Uring', () => {
     writeFileSync(path, Buffer.alloc(1 << 16));
     const fd = openSync(path, 'r+');
     try {
-      const written = run(ring, [{
-        op: Op.WRITEV, fd, offset: 512, userData: 1,
-        iovecs: [{ region: 0, offset: 4096, length: 4096 }, { region: 0, offset: 8192, length: 4096 }],
-      }]);
+      const written = run(ring, [
+        {
+          op: Op.WRITEV,
+          fd,
+          offset: 512,
+          userData: 1,
+          iovecs: [
+            { region: 0, offset: 4096, length: 4096 },
+            { region: 0, offset: 8192, length: 4096 },
+          ],
+        },
+      ]);
       expect(written.get(1)).toBe(8192);
-      expect(run(ring, [{ op: Op.FSYNC, fd, userData: 2 }, { op: Op.FDATASYNC, fd, userData: 3 }]))
-        .toEqual(new Map([[2, 0], [3, 0]]));
+      expect(
+        run(ring, [
+          { op: Op.FSYNC, fd, userData: 2 },
+          { op: Op.FDATASYNC, fd, userData: 3 },
+        ]),
+      ).toEqual(
+        new Map([
+          [2, 0],
+          [3, 0],
+        ]),
+      );
       const file = readFileSync(path);
       expect(file.subarray(512, 512 + 8192).equals(bytes.subarray(4096, 4096 + 8192))).toBe(true);
       expect(file[511]).toBe(0);
 
-      const read = run(ring, [{
-        op: Op.READV, fd, offset: 512 + 100, userData: 4,
-        iovecs: [{ region: 0, offset: 65536, length: 100 }, { region: 0, offset: 70000, length: 50 }],
-      }]);
+      const read = run(ring, [
+        {
+          op: Op.READV,
+          fd,
+          offset: 512 + 100,
+          userData: 4,
+          iovecs: [
+            { region: 0, offset: 65536, length: 100 },
+            { region: 0, offset: 70000, length: 50 },
+          ],
+        },
+      ]);
       expect(read.get(4)).toBe(150);
       expect(bytes.subarray(65536, 65636).equals(file.subarray(612, 712))).toBe(true);
       expect(bytes.subarray(70000, 70050).equals(file.subarray(712, 762))).toBe(true);
@@ -147,8 +182,9 @@ describe('Uring', () => {
     const fd = openSync(path, 'r');
     try {
       const target = size - 4096 + 5;
-      expect(run(ring, [{ op: Op.READV, fd, userData: 9, iovecs: [{ region: 1, offset: target, length: 11 }] }]))
-        .toEqual(new Map([[9, 11]]));
+      expect(run(ring, [{ op: Op.READV, fd, userData: 9, iovecs: [{ region: 1, offset: target, length: 11 }] }])).toEqual(
+        new Map([[9, 11]]),
+      );
       expect(Buffer.from(region, target, 11).toString()).toBe('high memory');
     } finally {
       closeSync(fd);
@@ -165,7 +201,12 @@ describe('Uring', () => {
         { op: Op.PUNCH_HOLE, fd, offset: 4096, length: 8192, userData: 1 },
         { op: Op.ZERO_RANGE, fd, offset: 32768, length: 4096, userData: 2 },
       ]);
-      expect(results).toEqual(new Map([[1, 0], [2, 0]]));
+      expect(results).toEqual(
+        new Map([
+          [1, 0],
+          [2, 0],
+        ]),
+      );
       const file = readFileSync(path);
       expect(fstatSync(fd).size).toBe(1 << 16); // KEEP_SIZE
       expect(file.subarray(4096, 12288).every((b) => b === 0)).toBe(true);
@@ -209,7 +250,10 @@ describe('Uring', () => {
     const eventfd = ring.eventfd();
     expect(ring.eventfd()).toBe(eventfd);
     expect(native.eventfdRead(eventfd)).toBe(0);
-    const { sqes, iovecs } = encode([{ op: Op.NOP, userData: 1 }, { op: Op.NOP, userData: 2 }]);
+    const { sqes, iovecs } = encode([
+      { op: Op.NOP, userData: 1 },
+      { op: Op.NOP, userData: 2 },
+    ]);
     ring.submit(sqes, iovecs, 2);
     ring.wait(2);
     expect(native.eventfdRead(eventfd)).toBeGreaterThan(0);
@@ -254,7 +298,11 @@ describe('Uring', () => {
     const fd = openSync(path, 'r');
     try {
       const requests = Array.from({ length: 8 }, (_, i) => ({
-        op: Op.READV, fd, offset: i << 17, userData: i, iovecs: [{ region: 0, offset: i << 17, length: 1 << 17 }],
+        op: Op.READV,
+        fd,
+        offset: i << 17,
+        userData: i,
+        iovecs: [{ region: 0, offset: i << 17, length: 1 << 17 }],
       }));
       const { sqes, iovecs } = encode(requests);
       expect(ring.submit(sqes, iovecs, 8)).toBe(8);
@@ -271,9 +319,7 @@ describe('Uring', () => {
     ring.setRegions([mapMemfd('ring-uring-cancel', 4096)]);
     const [a, b] = native.socketPair();
     try {
-      const { sqes, iovecs } = encode([
-        { op: Op.READV, fd: b, userData: 1, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
-      ]);
+      const { sqes, iovecs } = encode([{ op: Op.READV, fd: b, userData: 1, iovecs: [{ region: 0, offset: 0, length: 4096 }] }]);
       expect(ring.submit(sqes, iovecs, 1)).toBe(1);
       ring.close();
     } finally {
@@ -324,12 +370,12 @@ describe('Uring', () => {
 
   it('rejects bad arguments and use after close', () => {
     expect(thrown(() => new native.Uring(0))).toBeInstanceOf(RangeError);
-    expect(thrown(() => new native.Uring(8, { sqpoll: 'yes' as any }))).toBeInstanceOf(TypeError);
+    expect(thrown(() => new native.Uring(8, { sqpoll: 'yes' as never }))).toBeInstanceOf(TypeError);
     expect(thrown(() => new native.Uring(8, { sqpoll: true, sqpollCpu: -1 }))).toBeInstanceOf(RangeError);
     const ring = open();
-    expect(thrown(() => ring.setRegions([new ArrayBuffer(8) as any]))).toBeInstanceOf(TypeError);
+    expect(thrown(() => ring.setRegions([new ArrayBuffer(8) as never]))).toBeInstanceOf(TypeError);
     expect(thrown(() => ring.submit(new Uint32Array(8), new Uint32Array(0), 2))).toBeInstanceOf(RangeError);
-    expect(thrown(() => ring.submit(new Int32Array(8) as any, new Uint32Array(0), 1))).toBeInstanceOf(TypeError);
+    expect(thrown(() => ring.submit(new Int32Array(8) as never, new Uint32Array(0), 1))).toBeInstanceOf(TypeError);
     expect(thrown(() => ring.reap(new Int32Array(3), 2))).toBeInstanceOf(RangeError);
     ring.close();
     ring.close();

@@ -6,7 +6,17 @@
 // checkout's node_modules linked in), so its rebuild of dist/ and build/ never races the other
 // test files that load them here.
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,7 +72,10 @@ beforeAll(async () => {
   for (const dir of [source, out, app]) mkdirSync(dir);
   const env = cleanEnv();
 
-  const listed = await run('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: ROOT, maxBuffer: 16 << 20 });
+  const listed = await run('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], {
+    cwd: ROOT,
+    maxBuffer: 16 << 20,
+  });
   for (const file of listed.stdout.split('\0')) {
     if (file && existsSync(join(ROOT, file))) cpSync(join(ROOT, file), join(source, file), { recursive: true });
   }
@@ -74,9 +87,12 @@ beforeAll(async () => {
   await timed('pack', () => run('npm', ['pack', '--ignore-scripts', '--pack-destination', out], { cwd: source, env }));
   const packed = readdirSync(out).filter((name) => name.endsWith('.tgz'));
   expect(packed).toHaveLength(1);
-  tarball = join(out, packed[0]!);
+  tarball = join(out, packed[0]);
   const listing = await run('tar', ['-tzf', tarball], { maxBuffer: 16 << 20 });
-  entries = listing.stdout.split('\n').filter(Boolean).map((entry) => entry.replace(/^package\//, ''));
+  entries = listing.stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((entry) => entry.replace(/^package\//, ''));
 
   // allowScripts: npm 11 skips a dependency's install script unless the project allows it;
   // allowing it here checks that the script itself (node-gyp-build) picks the prebuild.
@@ -84,7 +100,9 @@ beforeAll(async () => {
     join(app, 'package.json'),
     JSON.stringify({ name: 'vut-pack-app', version: '1.0.0', private: true, type: 'module', allowScripts: { [pkg.name]: true } }),
   );
-  await timed('install', () => run('npm', ['install', '--no-audit', '--no-fund', tarball], { cwd: app, env, maxBuffer: 16 << 20 }));
+  await timed('install', () =>
+    run('npm', ['install', '--no-audit', '--no-fund', tarball], { cwd: app, env, maxBuffer: 16 << 20 }),
+  );
   installed = join(app, 'node_modules', pkg.name);
 }, 600_000);
 
@@ -122,7 +140,9 @@ describe('installed into an empty project', () => {
   });
 
   it.each(Object.keys(pkg.bin))('npx %s --help exits 0 with its usage', async (name) => {
-    const { stdout } = await timed(`npx ${name}`, () => run('npx', ['--no', '--', name, '--help'], { cwd: app, env: cleanEnv() }));
+    const { stdout } = await timed(`npx ${name}`, () =>
+      run('npx', ['--no', '--', name, '--help'], { cwd: app, env: cleanEnv() }),
+    );
     expect(stdout).toMatch(/^Usage: /);
   });
 
@@ -133,7 +153,11 @@ describe('installed into an empty project', () => {
       console.log(JSON.stringify(names));`;
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], { cwd: app, env: cleanEnv() });
     const names = JSON.parse(stdout) as Record<string, string[]>;
-    expect(names[pkg.name]).toEqual(expect.arrayContaining(['VhostUserDaemon', 'BlkDevice', 'WorkerDataPlane', 'FrontendDevice']));
-    expect(names[`${pkg.name}/frontend`]).toEqual(expect.arrayContaining(['FrontendDevice', 'VhostUserClient', 'FrontendMemory']));
+    expect(names[pkg.name]).toEqual(
+      expect.arrayContaining(['VhostUserDaemon', 'BlkDevice', 'WorkerDataPlane', 'FrontendDevice']),
+    );
+    expect(names[`${pkg.name}/frontend`]).toEqual(
+      expect.arrayContaining(['FrontendDevice', 'VhostUserClient', 'FrontendMemory']),
+    );
   });
 });

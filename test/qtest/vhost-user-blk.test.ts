@@ -63,8 +63,14 @@ async function buildQosTest(): Promise<QtestBuild | string> {
       resolve({ code, out, err });
     });
   });
-  if (result.code !== 0) return `bash ${script} failed (exit ${result.code}); run it by hand (as root) to see why:\n${result.err.slice(-3000)}`;
-  const vars = Object.fromEntries(result.out.trim().split('\n').map((line) => line.split('=', 2) as [string, string]));
+  if (result.code !== 0)
+    return `bash ${script} failed (exit ${result.code}); run it by hand (as root) to see why:\n${result.err.slice(-3000)}`;
+  const vars = Object.fromEntries(
+    result.out
+      .trim()
+      .split('\n')
+      .map((line) => line.split('=', 2) as [string, string]),
+  );
   if (!vars.QOS_TEST || !existsSync(vars.QOS_TEST)) return `bash ${script} printed no usable QOS_TEST:\n${result.out}`;
   const seconds = (Date.now() - started) / 1000;
   if (seconds > 5) process.stderr.write(`qemu-qtest: built qos-test in ${seconds.toFixed(0)} s\n`);
@@ -143,12 +149,18 @@ afterAll(() => {
 });
 
 describe.each(backEnds)("QEMU's vhost-user-blk qtests: $name", ({ name, binary, poll }) => {
-  it.each(TESTS)('%s', async (test) => {
-    if (typeof build === 'string') throw new Error(`qos-test is not available: ${build}`);
-    expect(existsSync(binary), `${binary} is missing`).toBe(true);
-    const result = await runQtest(build, test, binary, poll);
-    timings.push(`${name.padEnd(32)} ${test.padEnd(45)} ${result.failed === 0 && result.code === 0 ? 'ok' : 'FAIL'} ${result.ms} ms`);
-    const verdict = { exit: result.code, signal: result.signal, passed: result.passed, failed: result.failed };
-    expect(verdict, result.output.slice(-4000)).toEqual({ exit: 0, signal: null, passed: 1, failed: 0 });
-  }, QTEST_TIMEOUT_MS + 10_000);
+  it.each(TESTS)(
+    '%s',
+    async (test) => {
+      if (typeof build === 'string') throw new Error(`qos-test is not available: ${build}`);
+      expect(existsSync(binary), `${binary} is missing`).toBe(true);
+      const result = await runQtest(build, test, binary, poll);
+      timings.push(
+        `${name.padEnd(32)} ${test.padEnd(45)} ${result.failed === 0 && result.code === 0 ? 'ok' : 'FAIL'} ${result.ms} ms`,
+      );
+      const verdict = { exit: result.code, signal: result.signal, passed: result.passed, failed: result.failed };
+      expect(verdict, result.output.slice(-4000)).toEqual({ exit: 0, signal: null, passed: 1, failed: 0 });
+    },
+    QTEST_TIMEOUT_MS + 10_000,
+  );
 });

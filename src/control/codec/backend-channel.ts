@@ -1,6 +1,14 @@
 // The back-end channel (SET_BACKEND_REQ_FD): requests the back-end sends and the front-end's
 // replies (spec: "Back-end message types").
-import { BackendRequestId, HeaderFlag, IotlbType, ProtocolFeature, UUID_SIZE, backendRequestName, type BackendRequestName } from '../protocol.js';
+import {
+  BackendRequestId,
+  HeaderFlag,
+  IotlbType,
+  ProtocolFeature,
+  UUID_SIZE,
+  backendRequestName,
+  type BackendRequestName,
+} from '../protocol.js';
 import { ProtocolError, UnknownRequestError } from '../errors.js';
 import type { BackendRequest as BackendRequestValue, EncodedMessage, FrontendReply } from '../messages.js';
 import { Checker, REPLY_FLAGS, Reader, Writer, checkFd, exactly, type MessageHeader, type Range } from './wire.js';
@@ -18,8 +26,22 @@ export interface BackendRequestSpec {
   readonly protocolFeature: number;
 }
 
-function backendRow(id: number, payload: PayloadKind, protocolFeature: number, fds = exactly(0), replies: 'always' | 'ack' = 'ack'): BackendRequestSpec {
-  return { id, name: backendRequestName(id) as BackendRequestName, payload, size: payloadSizes[payload], fds, replies, protocolFeature };
+function backendRow(
+  id: number,
+  payload: PayloadKind,
+  protocolFeature: number,
+  fds = exactly(0),
+  replies: 'always' | 'ack' = 'ack',
+): BackendRequestSpec {
+  return {
+    id,
+    name: backendRequestName(id) as BackendRequestName,
+    payload,
+    size: payloadSizes[payload],
+    fds,
+    replies,
+    protocolFeature,
+  };
 }
 
 /** Wire properties of every back-end request (spec: "Back-end message types"). */
@@ -87,7 +109,7 @@ export function decodeBackendRequest(header: MessageHeader, payload: Uint8Array,
       return { type: 'CONFIG_CHANGE_MSG' };
     case BackendRequestId.VRING_HOST_NOTIFIER_MSG: {
       const { index, noFd } = decodeVringFd(check, r.u64(), fds.length, 'queue');
-      return { type: 'VRING_HOST_NOTIFIER_MSG', index, noFd, size: r.u64(), offset: r.u64(), fd: noFd ? -1 : fds[0]! };
+      return { type: 'VRING_HOST_NOTIFIER_MSG', index, noFd, size: r.u64(), offset: r.u64(), fd: noFd ? -1 : fds[0] };
     }
     case BackendRequestId.VRING_CALL:
     case BackendRequestId.VRING_ERR: {
@@ -109,7 +131,8 @@ export function encodeFrontendReply(request: number, reply: FrontendReply): Enco
   const name = `BACKEND_${backendRequestName(request)}`;
   const writer = new Writer(name, request, REPLY_FLAGS, 8);
   if (reply.type === 'u64') return { bytes: writer.u64(reply.value, 'value').finish(), fds: [] };
-  if (request !== BackendRequestId.SHARED_OBJECT_LOOKUP) throw new RangeError(`${name}: a 'shared-object' reply does not answer this request`);
+  if (request !== BackendRequestId.SHARED_OBJECT_LOOKUP)
+    throw new RangeError(`${name}: a 'shared-object' reply does not answer this request`);
   if (reply.fd >= 0 && reply.value !== 0n) throw new RangeError(`${name}: "if the operation fails, no fd is sent"`);
   if (reply.fd >= 0) checkFd(name, reply.fd);
   return { bytes: writer.u64(reply.value, 'value').finish(), fds: reply.fd >= 0 ? [reply.fd] : [] };
@@ -133,5 +156,5 @@ export function decodeFrontendReply(
   // QEMU answers a dma-buf lookup that finds nothing with status 0 and no fd, so an fd is
   // optional on success; on failure there must be none.
   check.fds(fds, { min: 0, max: value === 0n ? 1 : 0 });
-  return { type: 'shared-object', value, fd: fds.length > 0 ? fds[0]! : -1 };
+  return { type: 'shared-object', value, fd: fds.length > 0 ? fds[0] : -1 };
 }

@@ -1,7 +1,16 @@
 // Payload layouts shared by several messages (memory regions, ring addresses and fds, IOTLB
 // entries, config space, UUIDs): one decoder, checker and writer each, used by requests, replies
 // and the back-end channel alike.
-import { ConfigFlag, MAX_CONFIG_SIZE, MAX_MEMORY_REGIONS, RING_ALIGN, UUID_SIZE, VRING_IDX_MASK, VRING_NOFD_MASK, VringAddrFlag } from '../protocol.js';
+import {
+  ConfigFlag,
+  MAX_CONFIG_SIZE,
+  MAX_MEMORY_REGIONS,
+  RING_ALIGN,
+  UUID_SIZE,
+  VRING_IDX_MASK,
+  VRING_NOFD_MASK,
+  VringAddrFlag,
+} from '../protocol.js';
 import type { FrontendRequest, IotlbEntry, RegionDescription, RegionDescriptionWithFd } from '../messages.js';
 import { type Checker, type Reader, type Writer, U64_LIMIT, hex } from './wire.js';
 
@@ -20,8 +29,11 @@ export function decodeMemoryTable(check: Checker, r: Reader, size: number, fds: 
   if (count > MAX_MEMORY_REGIONS) check.fail(`${count} regions, at most ${MAX_MEMORY_REGIONS} fit one message`);
   const expected = MEMORY_TABLE_HEADER + REGION_SIZE * count;
   if (size !== expected) check.fail(`payload is ${size} bytes, expected ${expected} for ${count} regions`);
-  if (fds.length !== count) check.fail(`${fds.length} fds for ${count} regions: "the size and ordering of the fds matches the number and ordering of memory regions"`);
-  const regions = Array.from({ length: count }, (_, i): RegionDescriptionWithFd => ({ ...decodeRegion(r), fd: fds[i]! }));
+  if (fds.length !== count)
+    check.fail(
+      `${fds.length} fds for ${count} regions: "the size and ordering of the fds matches the number and ordering of memory regions"`,
+    );
+  const regions = Array.from({ length: count }, (_, i): RegionDescriptionWithFd => ({ ...decodeRegion(r), fd: fds[i] }));
   regions.forEach((region, i) => checkRegion(check, region, `region ${i}`, true));
   checkDisjoint(check, regions, 'guestPhysAddr', 'guest-physical');
   checkDisjoint(check, regions, 'userspaceAddr', 'userspace');
@@ -36,19 +48,29 @@ export function decodeRegion(r: Reader): RegionDescription {
 export function checkRegion(check: Checker, region: RegionDescription, label: string, withOffset: boolean): void {
   const { guestPhysAddr, memorySize, userspaceAddr, mmapOffset } = region;
   if (memorySize === 0n) check.fail(`${label} has size 0`);
-  if (guestPhysAddr + memorySize > U64_LIMIT) check.fail(`${label} guest range ${hex(guestPhysAddr)} + ${hex(memorySize)} wraps past 2^64`);
-  if (userspaceAddr + memorySize > U64_LIMIT) check.fail(`${label} userspace range ${hex(userspaceAddr)} + ${hex(memorySize)} wraps past 2^64`);
-  if (withOffset && mmapOffset + memorySize > U64_LIMIT) check.fail(`${label} mmap offset ${hex(mmapOffset)} + ${hex(memorySize)} wraps past 2^64`);
+  if (guestPhysAddr + memorySize > U64_LIMIT)
+    check.fail(`${label} guest range ${hex(guestPhysAddr)} + ${hex(memorySize)} wraps past 2^64`);
+  if (userspaceAddr + memorySize > U64_LIMIT)
+    check.fail(`${label} userspace range ${hex(userspaceAddr)} + ${hex(memorySize)} wraps past 2^64`);
+  if (withOffset && mmapOffset + memorySize > U64_LIMIT)
+    check.fail(`${label} mmap offset ${hex(mmapOffset)} + ${hex(memorySize)} wraps past 2^64`);
 }
 
 /** Two regions claiming the same guest or userspace bytes would make translation ambiguous. */
-export function checkDisjoint(check: Checker, regions: readonly RegionDescription[], key: 'guestPhysAddr' | 'userspaceAddr', what: string): void {
+export function checkDisjoint(
+  check: Checker,
+  regions: readonly RegionDescription[],
+  key: 'guestPhysAddr' | 'userspaceAddr',
+  what: string,
+): void {
   const sorted = [...regions].sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0));
   for (let i = 1; i < sorted.length; i++) {
-    const previous = sorted[i - 1]!;
-    const current = sorted[i]!;
+    const previous = sorted[i - 1];
+    const current = sorted[i];
     if (previous[key] + previous.memorySize > current[key]) {
-      check.fail(`regions overlap in ${what} addresses: [${hex(previous[key])}, +${hex(previous.memorySize)}) and [${hex(current[key])}, +${hex(current.memorySize)})`);
+      check.fail(
+        `regions overlap in ${what} addresses: [${hex(previous[key])}, +${hex(previous.memorySize)}) and [${hex(current[key])}, +${hex(current.memorySize)})`,
+      );
     }
   }
 }
@@ -68,7 +90,8 @@ export function decodeVringAddr(check: Checker, r: Reader): FrontendRequest {
   const usedUserAddr = r.u64();
   const availUserAddr = r.u64();
   const logGuestAddr = r.u64();
-  if ((flags & ~VringAddrFlag.LOG) !== 0) check.fail(`undefined ring flags 0x${(flags >>> 0).toString(16)} (only bit 0, LOG, exists)`);
+  if ((flags & ~VringAddrFlag.LOG) !== 0)
+    check.fail(`undefined ring flags 0x${(flags >>> 0).toString(16)} (only bit 0, LOG, exists)`);
   // The driver must align the ring parts (virtio 1.2 §2.7); the back-end's atomic accesses
   // rely on it. Packed rings need 16/4/4, which these also accept.
   const parts: [string, bigint, number][] = [
@@ -85,7 +108,8 @@ export function decodeVringAddr(check: Checker, r: Reader): FrontendRequest {
 /** Bits 0–7: index; bit 8: no fd (then the ancillary data must be empty); the rest: zero. */
 export function decodeVringFd(check: Checker, value: bigint, fdCount: number, what: string): { index: number; noFd: boolean } {
   const undefinedBits = value & ~BigInt(VRING_IDX_MASK | VRING_NOFD_MASK);
-  if (undefinedBits !== 0n) check.fail(`undefined bits ${hex(undefinedBits)} in ${hex(value)} (bits 0–7 ${what} index, bit 8 no-fd)`);
+  if (undefinedBits !== 0n)
+    check.fail(`undefined bits ${hex(undefinedBits)} in ${hex(value)} (bits 0–7 ${what} index, bit 8 no-fd)`);
   const noFd = (value & BigInt(VRING_NOFD_MASK)) !== 0n;
   if (noFd && fdCount !== 0) check.fail(`the invalid-fd flag is set but ${fdCount} fd came with the message`);
   if (!noFd && fdCount !== 1) check.fail('no fd came with the message and the invalid-fd flag (bit 8) is not set');
@@ -93,7 +117,8 @@ export function decodeVringFd(check: Checker, value: bigint, fdCount: number, wh
 }
 
 export function vringFdValue(name: string, index: number, noFd: boolean, fd: number): bigint {
-  if (!Number.isInteger(index) || index < 0 || index > VRING_IDX_MASK) throw new RangeError(`${name}: index ${index} does not fit bits 0–7`);
+  if (!Number.isInteger(index) || index < 0 || index > VRING_IDX_MASK)
+    throw new RangeError(`${name}: index ${index} does not fit bits 0–7`);
   if (noFd !== fd < 0) throw new RangeError(`${name}: noFd must be set exactly when fd is -1`);
   return BigInt(index) | (noFd ? BigInt(VRING_NOFD_MASK) : 0n);
 }
@@ -122,18 +147,29 @@ export function writeIotlb(writer: Writer, entry: IotlbEntry): Writer {
 }
 
 /** u32 offset, u32 size, u32 flags, then exactly `size` bytes (≤ 256). */
-export function decodeConfig(check: Checker, r: Reader, payloadSize: number): { offset: number; size: number; flags: number; payload: Uint8Array } {
+export function decodeConfig(
+  check: Checker,
+  r: Reader,
+  payloadSize: number,
+): { offset: number; size: number; flags: number; payload: Uint8Array } {
   const offset = r.u32();
   const size = r.u32();
   const flags = r.u32();
   if (size > MAX_CONFIG_SIZE) check.fail(`config size ${size} exceeds ${MAX_CONFIG_SIZE}`);
-  if (payloadSize !== CONFIG_HEADER + size) check.fail(`payload is ${payloadSize} bytes, expected ${CONFIG_HEADER} + config size ${size}`);
-  if (flags !== ConfigFlag.FRONTEND && flags !== ConfigFlag.MIGRATION) check.fail(`config flags ${flags} are neither 0 (front-end) nor 1 (migration)`);
+  if (payloadSize !== CONFIG_HEADER + size)
+    check.fail(`payload is ${payloadSize} bytes, expected ${CONFIG_HEADER} + config size ${size}`);
+  if (flags !== ConfigFlag.FRONTEND && flags !== ConfigFlag.MIGRATION)
+    check.fail(`config flags ${flags} are neither 0 (front-end) nor 1 (migration)`);
   return { offset, size, flags, payload: r.bytes(size) };
 }
 
-export function writeConfig(w: (size: number) => Writer, name: string, config: { offset: number; size: number; flags: number; payload: Uint8Array }): Uint8Array {
-  if (config.size !== config.payload.length) throw new RangeError(`${name}: size ${config.size} but ${config.payload.length} payload bytes`);
+export function writeConfig(
+  w: (size: number) => Writer,
+  name: string,
+  config: { offset: number; size: number; flags: number; payload: Uint8Array },
+): Uint8Array {
+  if (config.size !== config.payload.length)
+    throw new RangeError(`${name}: size ${config.size} but ${config.payload.length} payload bytes`);
   if (config.size > MAX_CONFIG_SIZE) throw new RangeError(`${name}: config size ${config.size} exceeds ${MAX_CONFIG_SIZE}`);
   return w(CONFIG_HEADER + config.size)
     .u32(config.offset, 'offset')

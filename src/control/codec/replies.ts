@@ -41,8 +41,11 @@ export function encodeReply(request: number, reply: BackendReply): EncodedMessag
       return { bytes, fds: hasFd ? [reply.fd] : [] };
     }
     case 'memory-table': {
-      if (reply.regions.length > MAX_MEMORY_REGIONS) throw new RangeError(`${name}: ${reply.regions.length} regions, at most ${MAX_MEMORY_REGIONS}`);
-      const writer = w(MEMORY_TABLE_HEADER + REGION_SIZE * reply.regions.length).u32(reply.regions.length, 'nregions').skip(4);
+      if (reply.regions.length > MAX_MEMORY_REGIONS)
+        throw new RangeError(`${name}: ${reply.regions.length} regions, at most ${MAX_MEMORY_REGIONS}`);
+      const writer = w(MEMORY_TABLE_HEADER + REGION_SIZE * reply.regions.length)
+        .u32(reply.regions.length, 'nregions')
+        .skip(4);
       for (const region of reply.regions) writeRegion(writer, region);
       return { bytes: writer.finish(), fds: [] };
     }
@@ -69,7 +72,12 @@ export function encodeReply(request: number, reply: BackendReply): EncodedMessag
       // BACKEND_SHARED_OBJECT_LOOKUP.
       const found = reply.fd >= 0;
       if (found) checkFd(name, reply.fd);
-      return { bytes: w(8).u64(found ? 0n : 1n, 'value').finish(), fds: found ? [reply.fd] : [] };
+      return {
+        bytes: w(8)
+          .u64(found ? 0n : 1n, 'value')
+          .finish(),
+        fds: found ? [reply.fd] : [],
+      };
     }
   }
 }
@@ -136,7 +144,7 @@ export function decodeReply(
       const queueSize = r.u16();
       // QEMU takes the fd only when mmap_size is non-zero (vhost_user_get_inflight_fd).
       check.fds(fds, exactly(mmapSize === 0n ? 0 : 1));
-      return { type: 'inflight', mmapSize, mmapOffset, numQueues, queueSize, fd: mmapSize === 0n ? -1 : fds[0]! };
+      return { type: 'inflight', mmapSize, mmapOffset, numQueues, queueSize, fd: mmapSize === 0n ? -1 : fds[0] };
     }
 
     case 'memory-table': {
@@ -163,7 +171,7 @@ export function decodeReply(
       // QEMU: "Received bad msg size" unless the payload is empty; then it takes the fd.
       check.size(size, exactly(0));
       check.fds(fds, exactly(1));
-      return { type: 'userfault-fd', fd: fds[0]! };
+      return { type: 'userfault-fd', fd: fds[0] };
 
     case 'crypto-session':
       check.size(size, payloadSizes['crypto-session']);
@@ -177,8 +185,9 @@ export function decodeReply(
       const status = Number(value & 0xffn);
       const noFd = (value & BigInt(VRING_NOFD_MASK)) !== 0n;
       check.fds(fds, exactly(noFd ? 0 : 1));
-      if (status !== 0 && !noFd) check.fail(`status ${status} with an fd: "the back-end must not both indicate an error and return a file descriptor"`);
-      return { type: 'device-state', status, fd: noFd ? -1 : fds[0]! };
+      if (status !== 0 && !noFd)
+        check.fail(`status ${status} with an fd: "the back-end must not both indicate an error and return a file descriptor"`);
+      return { type: 'device-state', status, fd: noFd ? -1 : fds[0] };
     }
 
     case 'shared-object':
@@ -186,7 +195,7 @@ export function decodeReply(
       // form QEMU itself uses for BACKEND_SHARED_OBJECT_LOOKUP.
       if (size !== 8 && size !== UUID_SIZE) check.fail(`payload is ${size} bytes, expected 8 or ${UUID_SIZE}`);
       check.fds(fds, { min: 0, max: 1 });
-      return { type: 'shared-object', fd: fds.length > 0 ? fds[0]! : -1 };
+      return { type: 'shared-object', fd: fds.length > 0 ? fds[0] : -1 };
   }
 }
 

@@ -1,7 +1,16 @@
 // The request table: one row per front-end request with its wire properties (payload layout
 // and sizes, fds, reply policy, the protocol feature it depends on), checked by generic code
 // before any handler runs (spec: "Front-end message types").
-import { MAX_CONFIG_SIZE, MAX_MEMORY_REGIONS, MAX_PAYLOAD_SIZE, ProtocolFeature, Request, UUID_SIZE, requestName, type RequestName } from '../protocol.js';
+import {
+  MAX_CONFIG_SIZE,
+  MAX_MEMORY_REGIONS,
+  MAX_PAYLOAD_SIZE,
+  ProtocolFeature,
+  Request,
+  UUID_SIZE,
+  requestName,
+  type RequestName,
+} from '../protocol.js';
 import type { BackendReplyType } from '../messages.js';
 import { type Range, exactly } from './wire.js';
 import { CONFIG_HEADER, MEMORY_TABLE_HEADER, REGION_SIZE } from './layouts.js';
@@ -25,7 +34,6 @@ export type PayloadKind =
   | 'vring-area'
   | 'shared-object'
   | 'transfer-state';
-
 
 /** Legal payload sizes of each layout. */
 export const payloadSizes: Record<PayloadKind, Range> = {
@@ -144,14 +152,22 @@ const requestTable: readonly RequestSpec[] = [
   row(Request.RESET_DEVICE, 'none', { feature: ProtocolFeature.RESET_DEVICE }),
   row(Request.VRING_KICK, 'vring-state', { feature: ProtocolFeature.INBAND_NOTIFICATIONS }),
   row(Request.GET_MAX_MEM_SLOTS, 'none', { ...always(), feature: ProtocolFeature.CONFIGURE_MEM_SLOTS }),
-  row(Request.ADD_MEM_REG, 'memory-region', { fds: ONE_FD, reply: 'memory-region', feature: ProtocolFeature.CONFIGURE_MEM_SLOTS }),
+  row(Request.ADD_MEM_REG, 'memory-region', {
+    fds: ONE_FD,
+    reply: 'memory-region',
+    feature: ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  }),
   // "No file descriptors SHOULD be passed ... the back-end MAY accept messages with one": older
   // QEMUs sent the region's fd along.
   row(Request.REM_MEM_REG, 'memory-region', { fds: { min: 0, max: 1 }, feature: ProtocolFeature.CONFIGURE_MEM_SLOTS }),
   row(Request.SET_STATUS, 'u64', { feature: ProtocolFeature.STATUS }),
   row(Request.GET_STATUS, 'none', { ...always(), feature: ProtocolFeature.STATUS }),
   row(Request.GET_SHARED_OBJECT, 'shared-object', { ...always('shared-object'), feature: ProtocolFeature.SHARED_OBJECT }),
-  row(Request.SET_DEVICE_STATE_FD, 'transfer-state', { fds: ONE_FD, ...always('device-state'), feature: ProtocolFeature.DEVICE_STATE }),
+  row(Request.SET_DEVICE_STATE_FD, 'transfer-state', {
+    fds: ONE_FD,
+    ...always('device-state'),
+    feature: ProtocolFeature.DEVICE_STATE,
+  }),
   row(Request.CHECK_DEVICE_STATE, 'none', { ...always(), feature: ProtocolFeature.DEVICE_STATE }),
 ];
 

@@ -62,10 +62,10 @@ export function decodeRequest(header: MessageHeader, payload: Uint8Array, fds: r
       const mmapOffset = r.u64();
       if (mmapSize === 0n) check.fail('the log has size 0');
       if (mmapOffset + mmapSize > U64_LIMIT) check.fail(`log offset ${hex(mmapOffset)} + size ${hex(mmapSize)} wraps past 2^64`);
-      return { type: 'SET_LOG_BASE', mmapSize, mmapOffset, fd: fds[0]! };
+      return { type: 'SET_LOG_BASE', mmapSize, mmapOffset, fd: fds[0] };
     }
     case Request.SET_LOG_FD:
-      return { type: 'SET_LOG_FD', fd: fds[0]! };
+      return { type: 'SET_LOG_FD', fd: fds[0] };
 
     case Request.SET_VRING_NUM:
       return { type: 'SET_VRING_NUM', index: r.u32(), num: r.u32() };
@@ -106,7 +106,7 @@ export function decodeRequest(header: MessageHeader, payload: Uint8Array, fds: r
     case Request.SET_VRING_CALL:
     case Request.SET_VRING_ERR: {
       const { index, noFd } = decodeVringFd(check, r.u64(), fds.length, 'ring');
-      return { type: spec.name, index, noFd, fd: noFd ? -1 : fds[0]! } as FrontendRequest;
+      return { type: spec.name, index, noFd, fd: noFd ? -1 : fds[0] } as FrontendRequest;
     }
 
     case Request.SEND_RARP: {
@@ -118,7 +118,7 @@ export function decodeRequest(header: MessageHeader, payload: Uint8Array, fds: r
       return { type: 'NET_SET_MTU', mtu: r.u64() };
 
     case Request.SET_BACKEND_REQ_FD:
-      return { type: 'SET_BACKEND_REQ_FD', fd: fds[0]! };
+      return { type: 'SET_BACKEND_REQ_FD', fd: fds[0] };
 
     case Request.IOTLB_MSG: {
       const entry = decodeIotlb(r);
@@ -130,8 +130,10 @@ export function decodeRequest(header: MessageHeader, payload: Uint8Array, fds: r
         // Invalidations may cover "everything" with a size that wrapped to 0 (QEMU computes it as
         // addr_mask + 1), so only updates are range-checked.
         if (entry.size === 0n) check.fail('IOTLB update of size 0');
-        if (entry.iova + entry.size > U64_LIMIT) check.fail(`IOTLB update iova ${hex(entry.iova)} + size ${hex(entry.size)} wraps past 2^64`);
-        if (entry.userAddr + entry.size > U64_LIMIT) check.fail(`IOTLB update uaddr ${hex(entry.userAddr)} + size ${hex(entry.size)} wraps past 2^64`);
+        if (entry.iova + entry.size > U64_LIMIT)
+          check.fail(`IOTLB update iova ${hex(entry.iova)} + size ${hex(entry.size)} wraps past 2^64`);
+        if (entry.userAddr + entry.size > U64_LIMIT)
+          check.fail(`IOTLB update uaddr ${hex(entry.userAddr)} + size ${hex(entry.size)} wraps past 2^64`);
       }
       return { type: 'IOTLB_MSG', ...entry };
     }
@@ -155,25 +157,26 @@ export function decodeRequest(header: MessageHeader, payload: Uint8Array, fds: r
     case Request.SET_INFLIGHT_FD: {
       const mmapSize = r.u64();
       const mmapOffset = r.u64();
-      if (mmapOffset + mmapSize > U64_LIMIT) check.fail(`inflight offset ${hex(mmapOffset)} + size ${hex(mmapSize)} wraps past 2^64`);
-      return { type: 'SET_INFLIGHT_FD', mmapSize, mmapOffset, numQueues: r.u16(), queueSize: r.u16(), fd: fds[0]! };
+      if (mmapOffset + mmapSize > U64_LIMIT)
+        check.fail(`inflight offset ${hex(mmapOffset)} + size ${hex(mmapSize)} wraps past 2^64`);
+      return { type: 'SET_INFLIGHT_FD', mmapSize, mmapOffset, numQueues: r.u16(), queueSize: r.u16(), fd: fds[0] };
     }
 
     case Request.GPU_SET_SOCKET:
-      return { type: 'GPU_SET_SOCKET', fd: fds[0]! };
+      return { type: 'GPU_SET_SOCKET', fd: fds[0] };
 
     case Request.ADD_MEM_REG: {
       r.skip(8); // padding
       const region = decodeRegion(r);
       checkRegion(check, region, 'region', true);
-      return { type: 'ADD_MEM_REG', region, fd: fds[0]! };
+      return { type: 'ADD_MEM_REG', region, fd: fds[0] };
     }
     case Request.REM_MEM_REG: {
       r.skip(8); // padding
       const region = decodeRegion(r);
       // "The mmap offset is ignored": only the ranges identify the region.
       checkRegion(check, region, 'region', false);
-      return { type: 'REM_MEM_REG', region, fd: fds.length > 0 ? fds[0]! : -1 };
+      return { type: 'REM_MEM_REG', region, fd: fds.length > 0 ? fds[0] : -1 };
     }
 
     case Request.SET_STATUS: {
@@ -188,7 +191,7 @@ export function decodeRequest(header: MessageHeader, payload: Uint8Array, fds: r
       return { type: 'GET_SHARED_OBJECT', uuid: r.bytes(UUID_SIZE) };
 
     case Request.SET_DEVICE_STATE_FD:
-      return { type: 'SET_DEVICE_STATE_FD', direction: r.u32(), phase: r.u32(), fd: fds[0]! };
+      return { type: 'SET_DEVICE_STATE_FD', direction: r.u32(), phase: r.u32(), fd: fds[0] };
   }
   // Unreachable while every table row has a case above.
   throw new ProtocolError(`${spec.name}: no decoder`, spec.id);
@@ -243,8 +246,11 @@ export function encodeRequest(req: FrontendRequest, needReply: boolean): Encoded
     case 'SET_PROTOCOL_FEATURES':
       return u64(req.features, 'features');
     case 'SET_MEM_TABLE': {
-      if (req.regions.length > MAX_MEMORY_REGIONS) throw new RangeError(`${name}: ${req.regions.length} regions, at most ${MAX_MEMORY_REGIONS}`);
-      const writer = w(MEMORY_TABLE_HEADER + REGION_SIZE * req.regions.length).u32(req.regions.length, 'nregions').skip(4);
+      if (req.regions.length > MAX_MEMORY_REGIONS)
+        throw new RangeError(`${name}: ${req.regions.length} regions, at most ${MAX_MEMORY_REGIONS}`);
+      const writer = w(MEMORY_TABLE_HEADER + REGION_SIZE * req.regions.length)
+        .u32(req.regions.length, 'nregions')
+        .skip(4);
       for (const region of req.regions) {
         writeRegion(writer, region);
         checkFd(name, region.fd);
@@ -292,7 +298,12 @@ export function encodeRequest(req: FrontendRequest, needReply: boolean): Encoded
       return { bytes: writeIotlb(w(32), req).finish(), fds: [] };
     case 'GET_CONFIG': {
       // QEMU sends size bytes of zeroes after the config header.
-      const bytes = w(CONFIG_HEADER + req.size).u32(req.offset, 'offset').u32(req.size, 'size').u32(req.flags, 'flags').skip(req.size).finish();
+      const bytes = w(CONFIG_HEADER + req.size)
+        .u32(req.offset, 'offset')
+        .u32(req.size, 'size')
+        .u32(req.flags, 'flags')
+        .skip(req.size)
+        .finish();
       return { bytes, fds: [] };
     }
     case 'SET_CONFIG':

@@ -51,7 +51,10 @@ export function checkFlags(header: MessageHeader): void {
   }
   const unknown = header.flags & ~KNOWN_HEADER_FLAGS;
   if (unknown !== 0) {
-    throw new ProtocolError(`${requestName(header.request)}: undefined header flag bits 0x${(unknown >>> 0).toString(16)}`, header.request);
+    throw new ProtocolError(
+      `${requestName(header.request)}: undefined header flag bits 0x${(unknown >>> 0).toString(16)}`,
+      header.request,
+    );
   }
 }
 
@@ -94,7 +97,10 @@ export class Checker {
 
   replyHeader(header: MessageHeader, payload: Uint8Array, expectedRequest: number): void {
     if (header.request !== expectedRequest) this.fail(`got a reply to request ${header.request} instead`);
-    if (header.flags !== REPLY_FLAGS) this.fail(`reply flags 0x${(header.flags >>> 0).toString(16)}, expected exactly 0x${REPLY_FLAGS.toString(16)} (version 1 | REPLY)`);
+    if (header.flags !== REPLY_FLAGS)
+      this.fail(
+        `reply flags 0x${(header.flags >>> 0).toString(16)}, expected exactly 0x${REPLY_FLAGS.toString(16)} (version 1 | REPLY)`,
+      );
     this.payloadLength(header, payload);
   }
 
@@ -104,7 +110,11 @@ export class Checker {
 
   size(size: number, range: Range): void {
     if (size < range.min || size > range.max) {
-      this.fail(range.min === range.max ? `payload is ${size} bytes, expected ${range.min}` : `payload is ${size} bytes, expected ${range.min}–${range.max}`);
+      this.fail(
+        range.min === range.max
+          ? `payload is ${size} bytes, expected ${range.min}`
+          : `payload is ${size} bytes, expected ${range.min}–${range.max}`,
+      );
     }
   }
 
@@ -224,7 +234,8 @@ export class Writer {
   }
 
   private unsigned(value: number, max: number, field: string): number {
-    if (!Number.isInteger(value) || value < 0 || value > max) throw new RangeError(`${this.name}: ${field} ${value} does not fit (0–${max})`);
+    if (!Number.isInteger(value) || value < 0 || value > max)
+      throw new RangeError(`${this.name}: ${field} ${value} does not fit (0–${max})`);
     return value;
   }
 }
@@ -234,7 +245,8 @@ export function checkFd(name: string, fd: number): void {
 }
 
 export function checkSize(name: string, size: number, range: Range): void {
-  if (size < range.min || size > range.max) throw new RangeError(`${name}: payload of ${size} bytes, expected ${range.min}–${range.max}`);
+  if (size < range.min || size > range.max)
+    throw new RangeError(`${name}: payload of ${size} bytes, expected ${range.min}–${range.max}`);
 }
 
 export function hex(value: bigint | number): string {

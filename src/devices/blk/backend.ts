@@ -12,7 +12,6 @@ import { resolveEngine } from './engine-select.js';
 import type { BlkEngineChoice } from './options.js';
 export type { BlkEngineChoice, BlkEngineName } from './options.js';
 
-
 export interface BlkBackendOptions {
   /** Socket path to bind (or connect to, with client); or listenFd. */
   socketPath?: string;
@@ -50,7 +49,8 @@ const DEFAULT_RAM_DISK = 64 << 20;
 export async function startBlkBackend(options: BlkBackendOptions, logger?: Logger): Promise<BlkBackend> {
   const log = logger ?? createLogger('vhost-user-blk');
   const engine = resolveEngine(options.engine, log);
-  const capacityBytes = engine === 'io_uring' || engine === 'threads' ? prepareImage(options, log) : (options.sizeBytes ?? DEFAULT_RAM_DISK);
+  const capacityBytes =
+    engine === 'io_uring' || engine === 'threads' ? prepareImage(options, log) : (options.sizeBytes ?? DEFAULT_RAM_DISK);
   if (capacityBytes % 512 !== 0 || capacityBytes === 0) {
     throw new Error(`disk size ${capacityBytes} is not a positive multiple of 512 bytes`);
   }

@@ -59,7 +59,6 @@ const MAX_DATA_SEGMENTS = 254;
 /** Header and status descriptors, plus room for a header or status split in two. */
 const FIXED_SEGMENTS = 4;
 
-
 export class BlkDevice implements VhostUserDevice {
   readonly name = 'virtio-blk';
   readonly numQueues: number;
@@ -81,8 +80,12 @@ export class BlkDevice implements VhostUserDevice {
     if (!Number.isInteger(options.numQueues) || options.numQueues < 1 || options.numQueues > 64) {
       throw new RangeError('queue count must be between 1 and 64');
     }
-    if (!Number.isInteger(options.maxQueueSize) || options.maxQueueSize < 4 || options.maxQueueSize > 32768 ||
-      (options.maxQueueSize & (options.maxQueueSize - 1)) !== 0) {
+    if (
+      !Number.isInteger(options.maxQueueSize) ||
+      options.maxQueueSize < 4 ||
+      options.maxQueueSize > 32768 ||
+      (options.maxQueueSize & (options.maxQueueSize - 1)) !== 0
+    ) {
       throw new RangeError(`queue size must be a power of two between 4 and 32768, got ${options.maxQueueSize}`);
     }
     if (options.serial !== undefined && Buffer.byteLength(options.serial, 'utf8') > VIRTIO_BLK_ID_BYTES) {
@@ -173,7 +176,7 @@ export class BlkDevice implements VhostUserDevice {
     if (offset !== BlkConfigOffset.writeback || data.length !== 1 || (this.features & bit(BlkFeature.CONFIG_WCE)) === 0n) {
       throw new RangeError(`config bytes [${offset}, ${offset + data.length}) are read-only`);
     }
-    if (data[0]! > 1) throw new RangeError(`writeback mode ${data[0]} is neither 0 nor 1`);
+    if (data[0] > 1) throw new RangeError(`writeback mode ${data[0]} is neither 0 nor 1`);
     this.writeback = data[0] === 1;
     this.config = this.buildConfig();
     this.publishWriteCache();

@@ -21,7 +21,9 @@ const ERRNO: Record<string, number> = { EPERM: 1, EACCES: 13, ENOSYS: 38, ENOMEM
 export function openUring(entries: number, options?: ConstructorParameters<UringConstructor>[1]): Uring {
   const fake = process.env[FAKE_URING_ERRNO_ENV];
   if (fake) {
-    const error = new Error(`${fake}: io_uring_setup refused (${FAKE_URING_ERRNO_ENV} is set), io_uring_setup`) as NodeJS.ErrnoException;
+    const error = new Error(
+      `${fake}: io_uring_setup refused (${FAKE_URING_ERRNO_ENV} is set), io_uring_setup`,
+    ) as NodeJS.ErrnoException;
     error.code = fake;
     error.errno = ERRNO[fake] ?? 0;
     error.syscall = 'io_uring_setup';

@@ -78,7 +78,7 @@ export class DataCursor {
     if (request === null) return false;
     while (this.remaining > 0 && this.segment < request.segmentCount) {
       const s = this.segment++;
-      const segLength = request.segLength[s]!;
+      const segLength = request.segLength[s];
       if (this.skip >= segLength) {
         this.skip -= segLength;
         continue;
@@ -86,7 +86,7 @@ export class DataCursor {
       let n = segLength - this.skip;
       if (n > this.remaining) n = this.remaining;
       this.window = request.segWindow[s]!;
-      this.windowOffset = request.segWindowOffset[s]! + this.skip;
+      this.windowOffset = request.segWindowOffset[s] + this.skip;
       this.length = n;
       this.skip = 0;
       this.remaining -= n;

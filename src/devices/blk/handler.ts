@@ -160,7 +160,7 @@ export class BlkQueueHandler implements QueueHandler {
     let total = 0;
     for (;;) {
       const count = this.engine.reap(this.doneSlots, this.doneResults);
-      for (let i = 0; i < count; i++) this.finish(this.doneSlots[i]!, this.doneResults[i]!);
+      for (let i = 0; i < count; i++) this.finish(this.doneSlots[i], this.doneResults[i]);
       total += count;
       if (count < REAP_MAX) return total;
     }
@@ -187,8 +187,10 @@ export class BlkQueueHandler implements QueueHandler {
   private handleRange(queue: WorkerQueue, request: VirtqRequest, type: number, readData: number, writeData: number): void {
     const discard = type === BlkRequestType.DISCARD;
     if (!this.discardSupported) return this.answer(queue, request, BlkStatus.UNSUPP, 'DISCARD/WRITE_ZEROES not offered');
-    if (writeData !== 0) return this.answer(queue, request, BlkStatus.IOERR, 'DISCARD/WRITE_ZEROES request with device-writable data');
-    if (readData !== RANGE_BYTES) return this.answer(queue, request, BlkStatus.UNSUPP, 'DISCARD/WRITE_ZEROES with other than one range');
+    if (writeData !== 0)
+      return this.answer(queue, request, BlkStatus.IOERR, 'DISCARD/WRITE_ZEROES request with device-writable data');
+    if (readData !== RANGE_BYTES)
+      return this.answer(queue, request, BlkStatus.UNSUPP, 'DISCARD/WRITE_ZEROES with other than one range');
     if (this.readOnly) return this.answer(queue, request, BlkStatus.IOERR, 'DISCARD/WRITE_ZEROES on a read-only disk');
     const view = this.scratchView;
     request.gather(this.scratch, 0, BLK_HEADER_BYTES, RANGE_BYTES);
@@ -204,7 +206,8 @@ export class BlkQueueHandler implements QueueHandler {
     }
     const length = sectors * SECTOR_SIZE;
     const offset = this.rangeOffset(sectorLow, sectorHigh, length);
-    if (offset < 0) return this.answer(queue, request, BlkStatus.IOERR, 'DISCARD/WRITE_ZEROES range outside the disk or misaligned');
+    if (offset < 0)
+      return this.answer(queue, request, BlkStatus.IOERR, 'DISCARD/WRITE_ZEROES range outside the disk or misaligned');
     if (length === 0) return this.answer(queue, request, BlkStatus.OK, '');
     const slot = this.takeSlot(queue, request, 1, 1);
     const durable = this.writeThrough();
@@ -252,7 +255,7 @@ export class BlkQueueHandler implements QueueHandler {
 
   private takeSlot(queue: WorkerQueue, request: VirtqRequest, okLength: number, errorLength: number): number {
     if (this.freeCount === 0) this.growSlots();
-    const slot = this.freeSlots[--this.freeCount]!;
+    const slot = this.freeSlots[--this.freeCount];
     this.slotQueue[slot] = queue;
     this.slotRequest[slot] = request;
     this.slotOkLength[slot] = okLength;
@@ -277,11 +280,11 @@ export class BlkQueueHandler implements QueueHandler {
         this.context.log('warn', 'virtio-blk: I/O error', { errno: -result, head: request.head });
       }
       writeStatus(request, BlkStatus.IOERR);
-      queue.complete(request, this.slotErrorLength[slot]!);
+      queue.complete(request, this.slotErrorLength[slot]);
       return;
     }
     writeStatus(request, BlkStatus.OK);
-    queue.complete(request, this.slotOkLength[slot]!);
+    queue.complete(request, this.slotOkLength[slot]);
   }
 
   /** More slots (only when more requests are in flight than ever before). */
@@ -310,12 +313,12 @@ export class BlkQueueHandler implements QueueHandler {
 /** The status is the last device-writable byte (§5.2.6): the end of the last segment. */
 function writeStatus(request: VirtqRequest, status: number): void {
   const last = request.segmentCount - 1;
-  const length = request.segLength[last]!;
+  const length = request.segLength[last];
   if (length === 0) {
     request.writeWritableByte(request.writableBytes - 1, status);
     return;
   }
-  (request.memory as GuestMemory).windowBytesView[request.segWindow[last]!]![request.segWindowOffset[last]! + length - 1] = status;
+  (request.memory as GuestMemory).windowBytesView[request.segWindow[last]][request.segWindowOffset[last] + length - 1] = status;
 }
 
 export function createEngine(options: BlkHandlerOptions): BlkEngine | Promise<BlkEngine> {

@@ -77,10 +77,17 @@ export class MemoryEngine implements BlkEngine {
   setMemory(): void {}
   close(): void {}
 
-  private copy(memory: GuestMemory, window: number, windowOffset: number, diskOffset: number, length: number, toGuest: boolean): void {
-    const guestBytes = memory.windowBytesView[window]!;
-    const guestWords = memory.windowWords[window]!;
-    const skew = memory.windowSkew[window]!;
+  private copy(
+    memory: GuestMemory,
+    window: number,
+    windowOffset: number,
+    diskOffset: number,
+    length: number,
+    toGuest: boolean,
+  ): void {
+    const guestBytes = memory.windowBytesView[window];
+    const guestWords = memory.windowWords[window];
+    const skew = memory.windowSkew[window];
     let guestOffset = windowOffset;
     let left = length;
     while (left > 0) {
@@ -88,13 +95,13 @@ export class MemoryEngine implements BlkEngine {
       const chunkOffset = diskOffset - chunk * CHUNK_BYTES;
       const n = left < CHUNK_BYTES - chunkOffset ? left : CHUNK_BYTES - chunkOffset;
       const guestWordOffset = guestOffset + skew;
-      if ((guestWordOffset % 4 | chunkOffset % 4 | n % 4) === 0) {
-        if (toGuest) copyWords(this.chunkWords[chunk]!, chunkOffset / 4, guestWords, guestWordOffset / 4, n / 4);
-        else copyWords(guestWords, guestWordOffset / 4, this.chunkWords[chunk]!, chunkOffset / 4, n / 4);
+      if (((guestWordOffset % 4) | (chunkOffset % 4) | (n % 4)) === 0) {
+        if (toGuest) copyWords(this.chunkWords[chunk], chunkOffset / 4, guestWords, guestWordOffset / 4, n / 4);
+        else copyWords(guestWords, guestWordOffset / 4, this.chunkWords[chunk], chunkOffset / 4, n / 4);
       } else if (toGuest) {
-        copyBytes(this.chunkBytes[chunk]!, chunkOffset, guestBytes, guestOffset, n);
+        copyBytes(this.chunkBytes[chunk], chunkOffset, guestBytes, guestOffset, n);
       } else {
-        copyBytes(guestBytes, guestOffset, this.chunkBytes[chunk]!, chunkOffset, n);
+        copyBytes(guestBytes, guestOffset, this.chunkBytes[chunk], chunkOffset, n);
       }
       left -= n;
       guestOffset += n;
@@ -109,7 +116,7 @@ export class MemoryEngine implements BlkEngine {
       const chunk = Math.floor(position / CHUNK_BYTES);
       const chunkOffset = position - chunk * CHUNK_BYTES;
       const n = Math.min(end - position, CHUNK_BYTES - chunkOffset);
-      this.chunkBytes[chunk]!.fill(0, chunkOffset, chunkOffset + n);
+      this.chunkBytes[chunk].fill(0, chunkOffset, chunkOffset + n);
       position += n;
     }
   }

@@ -77,10 +77,16 @@ export function validateHandlerOptions(raw: unknown): BlkHandlerOptions {
   if (typeof options.serial !== 'string' || Buffer.byteLength(options.serial, 'utf8') > VIRTIO_BLK_ID_BYTES) {
     throw new RangeError(`the serial must be a string of at most ${VIRTIO_BLK_ID_BYTES} bytes`);
   }
-  if (options.writeCache !== undefined && (!(options.writeCache instanceof SharedArrayBuffer) || options.writeCache.byteLength < 4)) {
+  if (
+    options.writeCache !== undefined &&
+    (!(options.writeCache instanceof SharedArrayBuffer) || options.writeCache.byteLength < 4)
+  ) {
     throw new TypeError('writeCache must be a SharedArrayBuffer of at least 4 bytes');
   }
-  if ((options.engine === 'io_uring' || options.engine === 'threads') && (typeof options.path !== 'string' || options.path === '')) {
+  if (
+    (options.engine === 'io_uring' || options.engine === 'threads') &&
+    (typeof options.path !== 'string' || options.path === '')
+  ) {
     throw new TypeError(`the ${options.engine} engine needs the path of an image file or block device`);
   }
   if (options.engine === 'memory') {

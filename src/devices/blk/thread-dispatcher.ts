@@ -11,7 +11,13 @@ import { Control, PoolState, type DispatcherInit, type LaneTask, type RingShared
 
 const init = workerData as DispatcherInit;
 const control = new Int32Array(init.control);
-const shared: RingShared = { control: init.control, lanes: init.lanes, cq: init.cq, cqEntries: init.cqEntries, completionFd: init.completionFd };
+const shared: RingShared = {
+  control: init.control,
+  lanes: init.lanes,
+  cq: init.cq,
+  cqEntries: init.cqEntries,
+  completionFd: init.completionFd,
+};
 const pool = new Piscina<LaneTask, number>({
   filename: new URL('./thread-task.js', import.meta.url).href,
   minThreads: init.threads,
@@ -27,7 +33,9 @@ function failed(): void {
 }
 
 async function main(): Promise<void> {
-  const lanes = init.regionPorts.map((regionPort, lane) => pool.run({ lane, regionPort }, { transferList: [regionPort] }).catch(failed));
+  const lanes = init.regionPorts.map((regionPort, lane) =>
+    pool.run({ lane, regionPort }, { transferList: [regionPort] }).catch(failed),
+  );
   parentPort!.postMessage('ready');
   await Promise.all(lanes);
   await pool.destroy();

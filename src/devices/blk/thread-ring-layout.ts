@@ -95,7 +95,7 @@ export function publishCompletions(
   for (let i = 0; i < count; i++) {
     const position = (first + i) | 0;
     const entry = (position & mask) * CQ_ENTRY_WORDS;
-    cq[entry + 1] = sqes[i * SQE_WORDS + Sqe.USER_DATA]! | 0;
+    cq[entry + 1] = sqes[i * SQE_WORDS + Sqe.USER_DATA] | 0;
     cq[entry + 2] = results[i]!;
     Atomics.store(cq, entry, (position + 1) | 0);
   }

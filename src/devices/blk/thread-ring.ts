@@ -110,12 +110,17 @@ export class ThreadPoolRing implements Uring {
       threads: options.threads,
       regionPorts: ports.map((channel) => channel.port2),
     };
-    const dispatcher = new Worker(new URL('./thread-dispatcher.js', import.meta.url), { workerData: init, transferList: init.regionPorts });
+    const dispatcher = new Worker(new URL('./thread-dispatcher.js', import.meta.url), {
+      workerData: init,
+      transferList: init.regionPorts,
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         dispatcher.once('message', () => resolve());
         dispatcher.once('error', reject);
-        dispatcher.once('exit', (code) => reject(new Error(`the threads engine's dispatcher exited (code ${code}) before it was ready`)));
+        dispatcher.once('exit', (code) =>
+          reject(new Error(`the threads engine's dispatcher exited (code ${code}) before it was ready`)),
+        );
       });
     } catch (error) {
       // The dispatcher owns the eventfd once ready; before that it is ours to close.
@@ -127,7 +132,11 @@ export class ThreadPoolRing implements Uring {
     dispatcher.removeAllListeners();
     // A stuck dispatcher must not keep the worker alive; it ends with its parent.
     dispatcher.unref();
-    return new ThreadPoolRing(init, dispatcher, ports.map((channel) => channel.port1));
+    return new ThreadPoolRing(
+      init,
+      dispatcher,
+      ports.map((channel) => channel.port1),
+    );
   }
 
   setRegions(regions: SharedArrayBuffer[]): void {
@@ -156,30 +165,30 @@ export class ThreadPoolRing implements Uring {
     const budget = this.cqMask + 1;
     // Each lane's backlog now; records go to the least busy one.
     for (let lane = 0; lane < laneCount; lane++) {
-      this.laneBusy[lane] = (this.laneSubmitted[lane]! - Atomics.load(control, laneWord(lane, LaneWord.COMPLETED))) | 0;
+      this.laneBusy[lane] = (this.laneSubmitted[lane] - Atomics.load(control, laneWord(lane, LaneWord.COMPLETED))) | 0;
     }
     let touched = 0;
     let queued = 0;
     for (; queued < count; queued++) {
       if (this.inFlight + this.immediateCount >= budget) break;
       const record = queued * SQE_WORDS;
-      const opcode = sqes[record + Sqe.OPCODE]!;
+      const opcode = sqes[record + Sqe.OPCODE];
       let iovecCount = 0;
       if (opcode === Opcode.READV || opcode === Opcode.WRITEV) {
         iovecCount = sqes[record + Sqe.IOVEC_COUNT]!;
         if (iovecCount > MAX_IOVECS) {
-          this.refuse(sqes[record + Sqe.USER_DATA]!, -EINVAL);
+          this.refuse(sqes[record + Sqe.USER_DATA], -EINVAL);
           continue;
         }
-        if (sqes[record + Sqe.FIRST_IOVEC]! + iovecCount > iovecRecords) {
-          this.refuse(sqes[record + Sqe.USER_DATA]!, -EFAULT);
+        if (sqes[record + Sqe.FIRST_IOVEC] + iovecCount > iovecRecords) {
+          this.refuse(sqes[record + Sqe.USER_DATA], -EFAULT);
           continue;
         }
       }
       let lane = 0;
-      for (let other = 1; other < laneCount; other++) if (this.laneBusy[other]! < this.laneBusy[lane]!) lane = other;
+      for (let other = 1; other < laneCount; other++) if (this.laneBusy[other] < this.laneBusy[lane]) lane = other;
       const words = MESSAGE_HEADER_WORDS + iovecCount * IOVEC_WORDS;
-      let tail = this.laneTails[lane]!;
+      let tail = this.laneTails[lane];
       let at = tail & (LANE_WORDS - 1);
       const pad = at + words > LANE_WORDS ? LANE_WORDS - at : 0;
       const head = Atomics.load(control, laneWord(lane, LaneWord.HEAD));
@@ -196,12 +205,12 @@ export class ThreadPoolRing implements Uring {
       // The lane parses messages by this count: it must be what was copied (0 unless READV/WRITEV).
       lanes[to + 1 + Sqe.IOVEC_COUNT] = iovecCount;
       if (iovecCount > 0) {
-        const from = sqes[record + Sqe.FIRST_IOVEC]! * IOVEC_WORDS;
+        const from = sqes[record + Sqe.FIRST_IOVEC] * IOVEC_WORDS;
         const end = iovecCount * IOVEC_WORDS;
         for (let w = 0; w < end; w++) lanes[to + MESSAGE_HEADER_WORDS + w] = iovecs[from + w]!;
       }
       this.laneTails[lane] = (tail + words) | 0;
-      this.laneSubmitted[lane] = (this.laneSubmitted[lane]! + 1) | 0;
+      this.laneSubmitted[lane] = (this.laneSubmitted[lane] + 1) | 0;
       this.laneBusy[lane]++;
       touched |= 1 << lane;
       this.inFlight++;
@@ -210,7 +219,7 @@ export class ThreadPoolRing implements Uring {
     for (let lane = 0; touched !== 0; lane++, touched >>>= 1) {
       if ((touched & 1) === 0) continue;
       const tailWord = laneWord(lane, LaneWord.TAIL);
-      Atomics.store(control, tailWord, this.laneTails[lane]!);
+      Atomics.store(control, tailWord, this.laneTails[lane]);
       // The lane's thread stores IDLE, then re-reads TAIL before it waits on it: one of us sees the other.
       if (Atomics.compareExchange(control, laneWord(lane, LaneWord.IDLE), 1, 0) === 1) Atomics.notify(control, tailWord);
     }

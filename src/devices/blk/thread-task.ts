@@ -82,7 +82,7 @@ export default function serveLane(task: LaneTask): number {
         generation = sq[at]!;
         regions = regionsFor(task, generation);
       }
-      const n = sq[at + 1 + Sqe.IOVEC_COUNT]!;
+      const n = sq[at + 1 + Sqe.IOVEC_COUNT];
       if ((iovecCount + n) * IOVEC_WORDS > iovecs.length) {
         if (count > 0) break;
         iovecs = new Uint32Array(Math.max(2 * iovecs.length, n * IOVEC_WORDS));

@@ -116,7 +116,9 @@ export class UringEngine implements BlkEngine {
     let ring: Uring | undefined;
     try {
       if (!options.readOnly) dsyncFd = openImage(options.path, constants.O_RDWR | direct | constants.O_DSYNC, options);
-      ring = openRing ? openRing() : openUring(options.ringEntries, options.sqpoll ? { sqpoll: true, sqpollIdleMs: options.sqpollIdleMs } : undefined);
+      ring = openRing
+        ? openRing()
+        : openUring(options.ringEntries, options.sqpoll ? { sqpoll: true, sqpollIdleMs: options.sqpollIdleMs } : undefined);
       this.completionFd = ring.eventfd();
       const zeroFd = native.memfdCreate('vhost-user-blk-zeroes', ZERO_BYTES);
       try {
@@ -179,13 +181,14 @@ export class UringEngine implements BlkEngine {
   }
 
   writeZeroes(slot: number, offset: number, length: number, unmap: boolean, durable: boolean): number {
-    const phase = unmap && !this.punchUnsupported ? Phase.ZERO_PUNCH : !this.zeroRangeUnsupported ? Phase.ZERO_RANGE : Phase.ZERO_WRITE;
+    const phase =
+      unmap && !this.punchUnsupported ? Phase.ZERO_PUNCH : !this.zeroRangeUnsupported ? Phase.ZERO_RANGE : Phase.ZERO_WRITE;
     return this.start(slot, phase, null, offset, length, durable);
   }
 
   submit(): void {
     while (this.deferredCount > 0) {
-      const slot = this.deferred[this.deferredHead]!;
+      const slot = this.deferred[this.deferredHead];
       if (!this.stage(slot)) break;
       this.deferredHead = this.deferredHead + 1 === this.slotCapacity ? 0 : this.deferredHead + 1;
       this.deferredCount--;
@@ -205,8 +208,8 @@ export class UringEngine implements BlkEngine {
       const want = max - out < REAP_BATCH ? max - out : REAP_BATCH;
       const reaped = this.ring.reap(cqes, want);
       for (let i = 0; i < reaped; i++) {
-        const slot = cqes[2 * i]!;
-        const result = this.advance(slot, cqes[2 * i + 1]!);
+        const slot = cqes[2 * i];
+        const result = this.advance(slot, cqes[2 * i + 1]);
         if (result !== PENDING) {
           slots[out] = slot;
           results[out] = result;
@@ -240,7 +243,14 @@ export class UringEngine implements BlkEngine {
 
   // ---- internals -----------------------------------------------------------------------------
 
-  private start(slot: number, phase: number, request: VirtqRequest | null, offset: number, length: number, durable: boolean): number {
+  private start(
+    slot: number,
+    phase: number,
+    request: VirtqRequest | null,
+    offset: number,
+    length: number,
+    durable: boolean,
+  ): number {
     this.phase[slot] = phase;
     this.requests[slot] = request;
     this.offsets[slot] = offset;
@@ -266,10 +276,10 @@ export class UringEngine implements BlkEngine {
   /** Stages the slot's next record; false if the stage lacks room (never when it is empty). */
   private stage(slot: number): boolean {
     if (this.staged === STAGED_SQES) return false;
-    const phase = this.phase[slot]!;
+    const phase = this.phase[slot];
     let opcode: number;
     let fd = this.fd;
-    let offset = this.offsets[slot]!;
+    let offset = this.offsets[slot];
     let iovecCount = 0;
     let length = 0;
     const firstIovec = this.stagedIovecs;
@@ -283,13 +293,13 @@ export class UringEngine implements BlkEngine {
           this.fail(slot, -Errno.EFAULT);
           return true;
         }
-        const done = this.dones[slot]!;
+        const done = this.dones[slot];
         offset += done;
         if (phase === Phase.READ) {
-          beginReadData(this.cursor, request, done, this.totals[slot]! - done);
+          beginReadData(this.cursor, request, done, this.totals[slot] - done);
           opcode = Opcode.READV;
         } else {
-          beginWriteData(this.cursor, request, done, this.totals[slot]! - done);
+          beginWriteData(this.cursor, request, done, this.totals[slot] - done);
           opcode = Opcode.WRITEV;
           if (this.durable[slot] === 1) fd = this.dsyncFd;
         }
@@ -302,8 +312,8 @@ export class UringEngine implements BlkEngine {
         break;
       }
       case Phase.ZERO_WRITE: {
-        const done = this.dones[slot]!;
-        let left = this.totals[slot]! - done;
+        const done = this.dones[slot];
+        let left = this.totals[slot] - done;
         if (left > MAX_IOVECS * ZERO_BYTES) left = MAX_IOVECS * ZERO_BYTES;
         const count = Math.ceil(left / ZERO_BYTES);
         if (firstIovec + count > STAGED_IOVECS) return false;
@@ -364,7 +374,7 @@ export class UringEngine implements BlkEngine {
     while (cursor.next()) {
       if (count === MAX_IOVECS) return -Errno.EINVAL;
       const window = cursor.window;
-      const bufferOffset = memory.windowBufferStart[window]! + cursor.windowOffset;
+      const bufferOffset = memory.windowBufferStart[window] + cursor.windowOffset;
       const length = cursor.length;
       // Region mappings start page-aligned, so the buffer offset's alignment is the address's.
       if (alignment > 1 && (bufferOffset % alignment !== 0 || length % alignment !== 0)) return -Errno.EINVAL;
@@ -402,9 +412,9 @@ export class UringEngine implements BlkEngine {
       case Phase.ZERO_WRITE: {
         if (res < 0) return this.finish(slot, res);
         if (res === 0) return this.finish(slot, -Errno.EIO);
-        const done = this.dones[slot]! + res;
+        const done = this.dones[slot] + res;
         this.dones[slot] = done;
-        if (done < this.totals[slot]!) {
+        if (done < this.totals[slot]) {
           this.enqueue(slot); // short transfer: the rest
           return PENDING;
         }
@@ -479,7 +489,9 @@ function openImage(path: string, flags: number, options: UringEngineOptions): nu
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     const hint = code === 'EINVAL' && options.direct ? ' (the filesystem may not support O_DIRECT; drop --direct)' : '';
-    throw new Error(`cannot open the disk image ${path}${options.readOnly ? ' read-only' : ''}: ${(error as Error).message}${hint}`);
+    throw new Error(
+      `cannot open the disk image ${path}${options.readOnly ? ' read-only' : ''}: ${(error as Error).message}${hint}`,
+    );
   }
   const stat = fstatSync(fd);
   if (!stat.isFile() && !stat.isBlockDevice()) {

@@ -115,7 +115,7 @@ class EchoHandler implements QueueHandler {
   private release(): number {
     const count = this.held;
     for (let i = count - 1; i >= 0; i--) {
-      this.heldQueues[i]!.complete(this.heldRequests[i]!, this.heldLengths[i]!);
+      this.heldQueues[i]!.complete(this.heldRequests[i]!, this.heldLengths[i]);
       this.heldQueues[i] = null;
       this.heldRequests[i] = null;
     }
@@ -124,4 +124,4 @@ class EchoHandler implements QueueHandler {
   }
 }
 
-export const createQueueHandler: CreateQueueHandler = (options, context) => new EchoHandler((options ?? {}) as EchoHandlerOptions, context);
+export const createQueueHandler: CreateQueueHandler = (options, context) => new EchoHandler(options ?? {}, context);
