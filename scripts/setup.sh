@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential python3 liburing-dev qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio)
+packages=(build-essential python3 liburing-dev qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio dpdk dpdk-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
