@@ -34,11 +34,19 @@ let runs = 0;
  * building its mbuf pool without hugepages), then stops it with SIGINT as an operator would and
  * parses its final port statistics. Forwarding runs on CPU 0; our worker is on CPU 1.
  */
-async function runTestpmd(socket: string, forwardMode: string, enough: () => boolean, extraArgs: string[] = [], maxMs = 25_000): Promise<TestpmdResult> {
+async function runTestpmd(
+  socket: string,
+  forwardMode: string,
+  enough: () => boolean,
+  extraArgs: string[] = [],
+  port: { queues?: number; server?: boolean; lcores?: string } = {},
+  maxMs = 25_000,
+): Promise<TestpmdResult> {
+  const queues = port.queues ?? 1;
   const args = [
-    '--no-huge', '-m', '1024', '--no-pci', '--single-file-segments', '--lcores', '0@1,1@0',
+    '--no-huge', '-m', '1024', '--no-pci', '--single-file-segments', '--lcores', port.lcores ?? '0@1,1@0',
     '--file-prefix', `vut-net-${process.pid}-${runs++}`,
-    '--vdev', `virtio_user0,path=${socket},queues=1,queue_size=${QUEUE_SIZE}`,
+    '--vdev', `virtio_user0,path=${socket},queues=${queues},queue_size=${QUEUE_SIZE}${port.server ? ',server=1' : ''}`,
     '--', `--forward-mode=${forwardMode}`, '--stats-period', '1', '--no-flush-rx', ...extraArgs,
   ];
   const child = spawn(TESTPMD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -126,5 +134,24 @@ describe('DPDK testpmd (virtio-user) against vhost-user-net', () => {
     expect(stats[0]!.packets).toBeGreaterThanOrEqual(result.rxPackets);
     expect(stats[0]!.packets - result.rxPackets).toBeLessThanOrEqual(QUEUE_SIZE);
     healthy(stats, rig);
+  });
+
+  it('txonly on 2 queue pairs, testpmd listening (--client, 2 workers): each pair carries frames and the totals agree', async () => {
+    const rig = await NetRig.start({ backend: 'sink', mode: 'adaptive', queueSize: QUEUE_SIZE, queuePairs: 2, cpus: [1, 0], client: true });
+    rigs.push(rig);
+    const result = await runTestpmd(
+      rig.socketPath,
+      'txonly',
+      () => rig.stats(1).packets >= 20 * MIN_FRAMES && rig.stats(3).packets >= 20 * MIN_FRAMES,
+      ['--rxq=2', '--txq=2', '--nb-cores=2'],
+      { queues: 2, server: true, lcores: '0@1,1@0,2@0' },
+    );
+    expect(result.txPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
+    const stats = await rig.waitStats((s) => s[1]!.packets + s[3]!.packets === result.txPackets);
+    expect(stats[1]!.packets).toBeGreaterThan(0);
+    expect(stats[3]!.packets).toBeGreaterThan(0);
+    expect([0, 1, 2, 3].map((q) => rig.plane.workerFor(q))).toEqual([0, 0, 1, 1]);
+    healthy(stats, rig);
+    for (const queue of [2, 3]) expect(rig.plane.queueStats(queue).broken).toBe(0);
   });
 });

@@ -22,6 +22,8 @@ export interface NetRigOptions {
   mtu?: number;
   frameBytes?: number;
   queueSize?: number;
+  /** Connect to a listening front-end (DPDK server=1) instead of listening. */
+  client?: boolean;
 }
 
 export class NetRig {
@@ -50,7 +52,7 @@ export class NetRig {
       queueToWorker: NetDevice.queueToWorker,
       maxSegments: device.maxSegments,
     });
-    const daemon = new VhostUserDaemon(device, { socketPath, dataPlane: plane });
+    const daemon = new VhostUserDaemon(device, { socketPath, dataPlane: plane, client: options.client, retryIntervalMs: 100 });
     try {
       await daemon.start();
     } catch (error) {
