@@ -36,9 +36,19 @@ const BACKEND_LOOPBACK = 0;
 const BACKEND_SINK = 1;
 const BACKEND_SOURCE = 2;
 
-/** The worker's running queue also says whether a stop is pending (worker-main's QueueRunner). */
+/**
+ * Whether a stop is pending is not part of WorkerQueue today: worker-main's QueueRunner keeps it
+ * in `stopCommand` (-1: running). A `stopping` flag, should WorkerQueue gain one, is read first.
+ */
 interface MaybeStoppingQueue {
+  stopping?: boolean;
   stopCommand?: number;
+}
+
+function isStopping(queue: WorkerQueue): boolean {
+  const q = queue as MaybeStoppingQueue;
+  if (q.stopping !== undefined) return q.stopping;
+  return q.stopCommand !== undefined && q.stopCommand !== -1;
 }
 
 class NetHandler implements QueueHandler {
@@ -103,8 +113,7 @@ class NetHandler implements QueueHandler {
       const pair = this.pairsSeen[i]!;
       const queue = this.rxQueue[pair];
       if (queue === null) continue;
-      const stopCommand = (queue as MaybeStoppingQueue).stopCommand;
-      if (stopCommand === undefined || stopCommand === -1) continue;
+      if (!isStopping(queue)) continue;
       released += this.releaseHeld(pair, queue);
       this.rxQueue[pair] = null;
     }
