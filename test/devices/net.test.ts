@@ -255,6 +255,32 @@ describe('bad input', () => {
     expect(rig.stats(1)).toMatchObject({ packets: 1, drops: 3, badChain: 3 });
   });
 
+  it('a TX header asking for a checksum or segmentation offload (none negotiated) is dropped and counted', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    await rig.offerRx(guest, 4, 2048);
+    const tx = guest.tx();
+    const tokens = [
+      [1, 0], // flags: NEEDS_CSUM
+      [0, 1], // gso_type: TCPV4
+    ].map(([flags, gsoType]) => {
+      const at = guest.alloc(12 + 100);
+      const bytes = guest.bytes(at, 12 + 100);
+      bytes.fill(0, 0, 12);
+      bytes[0] = flags!;
+      bytes[1] = gsoType!;
+      bytes.set(ethernetFrame(100, 9), 12);
+      return guest.post(tx, [{ gpa: at, len: 112, writable: false }]);
+    });
+    tx.publishAndKick();
+    expect(await guest.waitTx(tokens)).toEqual([0, 0]);
+    await rig.waitStats((s) => s[1]!.badChain === 2);
+    const frame = ethernetFrame(100, 10);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got!.frame, frame)).toBe(true);
+    expect(rig.stats(0)).toMatchObject({ packets: 1, drops: 0 });
+  });
+
   it('RX chains shorter than the header or with device-readable descriptors are handed back unused', async () => {
     const { rig, guest } = await start({ backend: 'loopback' });
     const rx = guest.rx();

@@ -12,8 +12,8 @@
 // (loopback: the only copy), counted (sink), and completed with used.len 0.
 //
 // Hostile input (every case counted per queue in NetStat and logged once per queue and reason):
-// a TX chain with a device-writable descriptor, shorter than the header, or carrying a frame
-// above MTU + headers is dropped; an RX chain with device-readable descriptors or shorter than
+// a TX chain with a device-writable descriptor, shorter than the header, whose header asks for
+// an offload, or carrying a frame above MTU + headers is dropped; an RX chain with device-readable descriptors or shorter than
 // the header is handed back unused (used.len 0). The next frame is served as usual.
 //
 // Stopping. Held RX chains would keep a queue from ever draining (GET_VRING_BASE waits for
@@ -191,6 +191,13 @@ class NetHandler implements QueueHandler {
     if (request.writableCount !== 0 || request.readableBytes < headerBytes) {
       queue.complete(request, 0);
       this.count(index, NetStat.badChain, 'TX chain refused: device-writable descriptor or shorter than the virtio-net header');
+      return;
+    }
+    // No offload is offered, so the driver must leave flags and gso_type at 0 (§5.1.6.2): a frame
+    // asking for a checksum or segmentation would reach the other side unfinished.
+    if (request.readableByte(0) !== 0 || request.readableByte(1) !== 0) {
+      queue.complete(request, 0);
+      this.count(index, NetStat.badChain, 'TX header asks for an offload that was not negotiated (flags or gso_type set): dropped');
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;

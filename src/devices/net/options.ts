@@ -45,7 +45,10 @@ export const NetStat = {
   noBuffer: 3,
   /** TX: frame above MTU + headers. RX without MRG_RXBUF: frame larger than the buffer offered. */
   tooBig: 4,
-  /** TX: chain with a device-writable descriptor or shorter than the header; frame under 14 bytes. */
+  /**
+   * TX: chain with a device-writable descriptor or shorter than the header, a header asking for
+   * an offload (flags or gso_type set), or a frame under 14 bytes.
+   */
   badChain: 5,
   /** RX buffers handed back unused: device-readable descriptors, or shorter than the header. */
   badBuffers: 6,
