@@ -34,6 +34,7 @@ Device:
 Data plane:
   --cpus LIST            CPUs for the worker threads, one worker each (default 1; e.g. 0-1).
                          Both queues of a pair run on one worker; pairs go round-robin.
+                         Each port (socket) has its own workers on these CPUs.
   --poll MODE            busy | interrupt | adaptive (default adaptive)
   --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
 

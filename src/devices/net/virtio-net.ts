@@ -30,9 +30,6 @@ export const NET_CONFIG_SIZE = 12;
 /** config.status bits. */
 export const NET_S_LINK_UP = 1;
 
-/** VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX (§5.1.6.5.5): the most queue pairs a device may have. */
-export const MAX_QUEUE_PAIRS = 0x8000;
-
 /**
  * The header before every frame (§5.1.6): struct virtio_net_hdr is 10 bytes (flags, gso_type,
  * hdr_len, gso_size, csum_start, csum_offset); with VERSION_1 or MRG_RXBUF it is followed by
