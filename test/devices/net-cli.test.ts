@@ -104,4 +104,51 @@ describe('vhost-user-net process', () => {
     expect(lines[1]!.trim().split(/\s+/).slice(0, 7)).toEqual(['0', '0', 'rx', '4', String(bytes + 64), String(probes - 1), String(probes - 1)]);
     expect(lines[2]!.trim().split(/\s+/).slice(0, 6)).toEqual(['0', '1', 'tx', String(probes + 3), String(bytes + 64 * probes), '0']);
   });
+
+  it('serves one port per --socket (each its own MAC and counters); frames never cross ports', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vut-net-cli-'));
+    dirs.push(dir);
+    const sockets = [join(dir, 'a.sock'), join(dir, 'b.sock')];
+    const child = spawn(process.execPath, [BIN, '--socket', sockets[0]!, '--socket', sockets[1]!, '--mac', '02:00:00:00:00:10', '--poll', 'interrupt'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    let stdout = '';
+    child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const echoes: number[] = [];
+    for (const [p, socketPath] of sockets.entries()) {
+      const memory = FrontendMemory.simple(16 << 20);
+      const device = await FrontendDevice.connect({ socketPath, memory, queues: 2, connectTimeoutMs: 15_000 });
+      const guest = new NetGuest(device, memory);
+      try {
+        const config = await device.getConfig(0, 6);
+        expect(Array.from(config)).toEqual([2, 0, 0, 0, 0, 0x10 + p]);
+        guest.postRx(4, 2048);
+        const frame = ethernetFrame(100 + p, p);
+        for (let sent = 1; ; sent++) {
+          guest.send(frame);
+          try {
+            const [echo] = await guest.receive(1, 0, 200);
+            expect(sameBytes(echo!.frame, frame)).toBe(true);
+            echoes.push(sent);
+            break;
+          } catch (error) {
+            if (sent >= 50) throw error;
+          }
+        }
+      } finally {
+        guest.close();
+      }
+    }
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    const rows = stdout.trim().split('\n').slice(1).map((line) => line.trim().split(/\s+/));
+    expect(rows.map((r) => r.slice(0, 5))).toEqual([
+      ['0', '0', 'rx', '1', '100'],
+      ['0', '1', 'tx', String(echoes[0]), String(100 * echoes[0]!)],
+      ['1', '0', 'rx', '1', '101'],
+      ['1', '1', 'tx', String(echoes[1]), String(101 * echoes[1]!)],
+    ]);
+  });
 });
