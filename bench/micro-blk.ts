@@ -66,6 +66,7 @@ let badStatus = 0;
 const queue: WorkerQueue = {
   index: 0,
   memory,
+  stopping: false,
   complete(request: VirtqRequest) {
     completed++;
     if (bytes[request.head * 65536 + 12288] !== 0) badStatus++;

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# clang-format: npm run format:native:check (lint of native/ring).
-packages=(build-essential python3 liburing-dev clang-format qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio)
+# clang-format: npm run format:native:check (lint of native/ring). dpdk, dpdk-dev: dpdk-testpmd, the
+# virtio-user front-end the net tests drive our back-end with.
+packages=(build-essential python3 liburing-dev clang-format qemu-system-x86 qemu-utils linux-image-amd64 busybox-static fio dpdk dpdk-dev)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

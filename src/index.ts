@@ -19,6 +19,8 @@ export * as protocol from './control/protocol.js';
 export * as codec from './control/codec/index.js';
 export * from './frontend/index.js';
 export { BlkDevice, type BlkDeviceOptions } from './devices/blk/device.js';
+export { NetDevice, type NetDeviceOptions } from './devices/net/device.js';
+export { startNetBackend, type NetBackend, type NetBackendOptions } from './devices/net/backend.js';
 export { WorkerDataPlane, type WorkerDataPlaneOptions } from './dataplane/pool.js';
 export type { QueueHandler, WorkerQueue, CreateQueueHandler, HandlerContext, HandlerSpec } from './dataplane/device-api.js';
 export { FdEvent, MAX_WATCH_TOKEN } from './dataplane/device-api.js';

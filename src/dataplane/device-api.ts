@@ -19,6 +19,12 @@ export interface WorkerQueue {
    * after handle() — immediately or from poll(). The request object is reused afterwards.
    */
   complete(request: VirtqRequest, writtenLen: number): void;
+  /**
+   * A stop (GET_VRING_BASE) or reset is pending: the worker pops nothing more from this queue and
+   * answers once every request handed out is completed. A handler holding requests that wait on
+   * the guest or an outside event (net RX buffers waiting for frames) completes them now.
+   */
+  readonly stopping: boolean;
 }
 
 export interface QueueHandler {
@@ -69,7 +75,7 @@ export interface HandlerContext {
   /** Queues the device has in all. */
   queueCount: number;
   /** Structured logging through the control thread's logger. */
-  log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void;
+  log: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
   /**
    * Wake this worker when `fd` is ready (FdEvent.READABLE by default, or WRITABLE, or both) and
    * call handler.onFdReady(token, events): in interrupt and adaptive mode the fd joins the set

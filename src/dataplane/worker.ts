@@ -92,6 +92,10 @@ class QueueRunner implements WorkerQueue {
   private dirty = false;
   private brokenReported = false;
 
+  get stopping(): boolean {
+    return this.stopRequest !== StopRequest.None;
+  }
+
   constructor(
     start: QueueStart,
     memory: GuestMemory,

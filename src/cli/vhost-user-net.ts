@@ -1,0 +1,234 @@
+// vhost-user-net: serve virtio-net ports (one per socket) to vhost-user front-ends such as QEMU's
+// virtio-net-pci (-netdev vhost-user) or DPDK's virtio-user, with a loopback, sink or source
+// back-end behind them.
+import { parseArgs } from 'node:util';
+import { createLogger, setLogLevel } from '../log.js';
+import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger } from './common.js';
+import { startNetBackend, type NetBackendOptions, type NetPortQueueStats } from '../devices/net/backend.js';
+import { MAX_MTU, MIN_MTU } from '../devices/net/device.js';
+import { SOURCE_MIN_FRAME } from '../devices/net/frame.js';
+import { NET_BACKENDS, type NetBackendName } from '../devices/net/options.js';
+import { ETH_HEADER_BYTES, parseMac } from '../devices/net/virtio-net.js';
+import type { PollMode } from '../dataplane/commands.js';
+
+const DEFAULT_MAC = '52:54:00:12:34:56';
+
+const HELP = `Usage: vhost-user-net --socket PATH [--socket PATH ...] [options]
+
+Serve virtio-net devices over the vhost-user protocol, one port per socket.
+
+Back-end:
+  --backend NAME         where frames go (default loopback):
+                           loopback  every frame a port transmits comes back on its own RX
+                           sink      count and drop every frame (guest -> back-end)
+                           source    fill every RX buffer with generated frames (back-end -> guest)
+  --frame-size N         source: bytes per frame, Ethernet header onwards, no FCS (default 64;
+                         ${SOURCE_MIN_FRAME} to MTU + 18)
+
+Device:
+  --queues N             queue pairs (RX + TX) per port (default 1; more offers VIRTIO_NET_F_MQ)
+  --queue-size N         largest queue size accepted (default 1024)
+  --mac ADDR             the guest's MAC address (default ${DEFAULT_MAC}; port p adds p to the last byte)
+  --mtu N                MTU offered with VIRTIO_NET_F_MTU; longer TX frames are dropped (default 1500)
+
+Data plane:
+  --cpus LIST            CPUs for the worker threads, one worker each (default 1; e.g. 0-1).
+                         Both queues of a pair run on one worker; pairs go round-robin.
+                         Each port (socket) has its own workers on these CPUs.
+  --poll MODE            busy | interrupt | adaptive (default adaptive)
+  --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
+
+Connection:
+  --socket PATH          Unix socket to listen on (or connect to, with --client); repeat for ports
+  --client               connect to a listening front-end (QEMU server=on, DPDK server=1), reconnecting
+
+Other:
+  --stats-interval SEC   log per-queue frame, byte and drop counters every SEC seconds
+  --verbose              log protocol and lifecycle details (JSON lines on stderr)
+  --help                 show this help
+  --version              show the version
+
+Counters are printed at exit (one line per queue: port, queue, direction, packets, bytes, drops).
+Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad usage.
+
+Examples:
+  vhost-user-net --socket /tmp/vhost-net.sock --backend loopback
+  dpdk-testpmd --no-huge -m 1024 --no-pci --single-file-segments \\
+    --vdev 'virtio_user0,path=/tmp/vhost-net.sock,queues=1' -- --forward-mode=io --tx-first
+  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\
+    -chardev socket,id=c0,path=/tmp/vhost-net.sock -netdev vhost-user,id=n0,chardev=c0 \\
+    -device virtio-net-pci,netdev=n0,mac=${DEFAULT_MAC}
+`;
+
+export interface ParsedNetArgs {
+  help: boolean;
+  version: boolean;
+  verbose: boolean;
+  statsIntervalSec: number;
+  backend: NetBackendOptions;
+}
+
+export function parseNetArgs(argv: string[]): ParsedNetArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        socket: { type: 'string', multiple: true },
+        backend: { type: 'string' },
+        'frame-size': { type: 'string' },
+        queues: { type: 'string' },
+        'queue-size': { type: 'string' },
+        mac: { type: 'string' },
+        mtu: { type: 'string' },
+        cpus: { type: 'string' },
+        poll: { type: 'string' },
+        'idle-budget-us': { type: 'string' },
+        client: { type: 'boolean', default: false },
+        'stats-interval': { type: 'string' },
+        verbose: { type: 'boolean', default: false },
+        help: { type: 'boolean', default: false },
+        version: { type: 'boolean', default: false },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const v = parsed.values;
+  const base = { help: v.help, version: v.version, verbose: v.verbose, statsIntervalSec: 0 };
+  if (v.help || v.version) return { ...base, backend: undefined as unknown as NetBackendOptions };
+  const sockets = v.socket ?? [];
+  if (sockets.length === 0) throw new UsageError('--socket PATH is required');
+  if (new Set(sockets).size !== sockets.length) throw new UsageError('each --socket must be a different path');
+  const backendText = v.backend ?? 'loopback';
+  if (backendText.startsWith('tap') || backendText === 'switch') {
+    throw new UsageError(
+      `--backend ${backendText} is not built yet (it needs the worker event API / cross-port delivery); use ${NET_BACKENDS.join(', ')}`,
+    );
+  }
+  const backend = backendText as NetBackendName;
+  if (!NET_BACKENDS.includes(backend))
+    throw new UsageError(`--backend must be one of ${NET_BACKENDS.join(', ')}, not "${v.backend}"`);
+  const poll = (v.poll ?? 'adaptive') as PollMode;
+  if (!['busy', 'interrupt', 'adaptive'].includes(poll))
+    throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
+  const queueSize = v['queue-size'] === undefined ? 1024 : parseInteger(v['queue-size'], '--queue-size', 2, 32768);
+  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
+  const mtu = v.mtu === undefined ? 1500 : parseInteger(v.mtu, '--mtu', MIN_MTU, MAX_MTU);
+  const maxFrame = mtu + ETH_HEADER_BYTES + 4;
+  const frameBytes =
+    v['frame-size'] === undefined ? 64 : parseInteger(v['frame-size'], '--frame-size', SOURCE_MIN_FRAME, maxFrame);
+  if (v['frame-size'] !== undefined && backend !== 'source')
+    throw new UsageError('--frame-size only applies to --backend source');
+  let mac: Uint8Array;
+  try {
+    mac = parseMac(v.mac ?? DEFAULT_MAC);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if ((mac[0] & 1) !== 0) throw new UsageError(`--mac ${v.mac} is a multicast address (lowest bit of the first byte set)`);
+  return {
+    ...base,
+    statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
+    backend: {
+      socketPaths: sockets,
+      client: v.client,
+      backend,
+      queuePairs: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, 128),
+      queueSize,
+      cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
+      poll,
+      idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+      mac,
+      mtu,
+      frameBytes,
+    },
+  };
+}
+
+/** One line per queue, for the exit summary. */
+export function formatNetStats(stats: NetPortQueueStats[]): string {
+  const header = 'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers\n';
+  return (
+    header +
+    stats
+      .map((s) =>
+        [
+          String(s.port).padStart(4),
+          String(s.queue).padStart(6),
+          s.direction.padStart(4),
+          String(s.packets).padStart(12),
+          String(s.bytes).padStart(15),
+          String(s.drops).padStart(9),
+          String(s.noBuffer).padStart(10),
+          String(s.tooBig).padStart(8),
+          String(s.badChain).padStart(10),
+          String(s.badBuffers).padStart(12),
+        ].join(' '),
+      )
+      .join('\n') +
+    '\n'
+  );
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let args: ParsedNetArgs;
+  try {
+    args = parseNetArgs(argv);
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`vhost-user-net: ${error.message}\nTry 'vhost-user-net --help'.\n`);
+      return ExitCode.USAGE;
+    }
+    throw error;
+  }
+  if (args.help) {
+    process.stdout.write(HELP);
+    return ExitCode.OK;
+  }
+  if (args.version) {
+    process.stdout.write(`vhost-user-net (vhost-user-ts) ${packageVersion()}\n`);
+    return ExitCode.OK;
+  }
+  setLogLevel(args.verbose ? 'debug' : 'info');
+  const log = createLogger('vhost-user-net');
+  let backend;
+  try {
+    backend = await startNetBackend(args.backend, log);
+  } catch (error) {
+    log.error('cannot start', { error });
+    process.stderr.write(`vhost-user-net: ${(error as Error).message}\n`);
+    return ExitCode.FAILURE;
+  }
+  const statsTimer =
+    args.statsIntervalSec > 0
+      ? setInterval(() => {
+          for (const stats of backend.queueStats()) log.info('queue stats', { ...stats });
+        }, args.statsIntervalSec * 1000)
+      : undefined;
+  const stopped = new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info('stopping', { signal });
+      resolve(ExitCode.OK);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    for (const port of backend.ports) {
+      port.daemon.wait().then(
+        () => resolve(ExitCode.OK),
+        (error: Error) => {
+          log.error('daemon failed', { error, socket: port.socketPath });
+          resolve(ExitCode.FAILURE);
+        },
+      );
+    }
+  });
+  const code = await stopped;
+  if (statsTimer) clearInterval(statsTimer);
+  const final = backend.queueStats();
+  await backend.stop();
+  process.stdout.write(formatNetStats(final));
+  return code;
+}

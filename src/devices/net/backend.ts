@@ -1,0 +1,120 @@
+// Assembles a vhost-user-net back-end: per socket (one port each), the device's control-plane
+// face, a worker data plane running the net handler, and the daemon. Ports are independent:
+// each has its own workers (on the CPUs given) because a worker holds one guest memory table
+// and the session numbers queues from 0. Frames never cross ports: a switch between them needs
+// cross-port delivery that the data plane does not have yet (issue 9).
+import { createLogger, type Logger } from '../../log.js';
+import { VhostUserDaemon } from '../../control/daemon.js';
+import { WorkerDataPlane } from '../../dataplane/pool.js';
+import type { PollMode } from '../../dataplane/commands.js';
+import type { QueueStats } from '../../dataplane/stats.js';
+import { NetDevice } from './device.js';
+import type { NetBackendName, NetQueueStats } from './options.js';
+import { formatMac } from './virtio-net.js';
+
+export interface NetBackendOptions {
+  /** One port per socket. */
+  socketPaths: string[];
+  client: boolean;
+  backend: NetBackendName;
+  queuePairs: number;
+  queueSize: number;
+  cpus: number[];
+  poll: PollMode;
+  idleBudgetUs: number;
+  /** Port p gets this MAC with p added to its last byte. */
+  mac: Uint8Array;
+  mtu: number;
+  /** source: bytes per generated frame. */
+  frameBytes: number;
+}
+
+export interface NetPort {
+  socketPath: string;
+  device: NetDevice;
+  plane: WorkerDataPlane;
+  daemon: VhostUserDaemon;
+}
+
+/** One queue's counters: the data plane's (kicks, calls, passes) and the net ones (frames, drops). */
+export type NetPortQueueStats = NetQueueStats & {
+  port: number;
+  direction: 'rx' | 'tx';
+  kicks: number;
+  calls: number;
+  broken: number;
+};
+
+export interface NetBackend {
+  ports: NetPort[];
+  queueStats(): NetPortQueueStats[];
+  stop(): Promise<void>;
+}
+
+export async function startNetBackend(options: NetBackendOptions, logger?: Logger): Promise<NetBackend> {
+  const log = logger ?? createLogger('vhost-user-net');
+  if (options.socketPaths.length === 0) throw new Error('at least one socket is needed');
+  const ports: NetPort[] = [];
+  const stopAll = async () => {
+    for (const port of ports.splice(0).reverse()) {
+      await port.daemon.stop();
+      await port.plane.close();
+    }
+  };
+  try {
+    for (const [p, socketPath] of options.socketPaths.entries()) {
+      const mac = Uint8Array.from(options.mac);
+      mac[5] = (mac[5] + p) & 0xff;
+      const device = new NetDevice({ queuePairs: options.queuePairs, maxQueueSize: options.queueSize, mac, mtu: options.mtu });
+      const plane = await WorkerDataPlane.start({
+        cpus: options.cpus,
+        queueCount: device.numQueues,
+        handler: device.handlerSpec(options.backend, options.frameBytes),
+        mode: options.poll,
+        idleBudgetUs: options.idleBudgetUs,
+        queueToWorker: NetDevice.queueToWorker,
+        maxSegments: device.maxSegments,
+        logger: log.child(`port${p}.dataplane`),
+      });
+      const daemon = new VhostUserDaemon(device, {
+        socketPath,
+        client: options.client,
+        dataPlane: plane,
+        logger: log.child(`port${p}.daemon`),
+      });
+      ports.push({ socketPath, device, plane, daemon });
+      await daemon.start();
+      log.info('serving', {
+        port: p,
+        socket: socketPath,
+        mac: formatMac(mac),
+        backend: options.backend,
+        queuePairs: options.queuePairs,
+        cpus: options.cpus,
+        poll: options.poll,
+      });
+    }
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+  return {
+    ports,
+    queueStats: () => ports.flatMap((port, p) => mergeStats(p, port.device.netStats(), port.plane.allQueueStats())),
+    stop: stopAll,
+  };
+}
+
+function mergeStats(port: number, net: NetQueueStats[], plane: QueueStats[]): NetPortQueueStats[] {
+  return net.map((stats) => {
+    const dataPlane = plane[stats.queue];
+    return {
+      port,
+      direction: stats.queue % 2 === 0 ? 'rx' : 'tx',
+      ...stats,
+      kicks: dataPlane?.kicks ?? 0,
+      calls: dataPlane?.calls ?? 0,
+      broken: dataPlane?.broken ?? 0,
+    };
+  });
+}

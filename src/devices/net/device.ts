@@ -1,0 +1,152 @@
+// The control-plane face of vhost-user-net: features, config space (mac, status,
+// max_virtqueue_pairs, mtu) and queue layout. Frames are moved by the worker-side handler
+// (handler.ts); handlerSpec() describes it, queueToWorker() keeps each RX/TX pair on one worker.
+//
+// Offloads. CSUM/GUEST_CSUM and TSO are not offered: the back-ends here (loopback, sink, source)
+// write a plain header on RX, so a guest that handed us a partial checksum would receive it
+// unfinished. They belong with a back-end that carries the header through (tap, switch).
+//
+// What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
+// the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
+import type { VhostUserDevice } from '../../control/backend.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, bit } from '../../control/protocol.js';
+import type { HandlerSpec } from '../../dataplane/device-api.js';
+import { SOURCE_MIN_FRAME } from './frame.js';
+import {
+  NegotiatedSlot,
+  createNetStatsBuffer,
+  readNetStats,
+  type NetBackendName,
+  type NetHandlerOptions,
+  type NetQueueStats,
+} from './options.js';
+import { ETH_HEADER_BYTES, NET_CONFIG_SIZE, NetFeature, VLAN_TAG_BYTES, encodeNetConfig, netHeaderBytes } from './virtio-net.js';
+
+export interface NetDeviceOptions {
+  /** Queue pairs (RX + TX each); more than 1 offers MQ. */
+  queuePairs: number;
+  maxQueueSize: number;
+  /** Six bytes; the guest's address (config space). */
+  mac: Uint8Array;
+  /** Offered through VIRTIO_NET_F_MTU; frames above it plus headers are dropped on TX. */
+  mtu: number;
+}
+
+/** Segments a net request may span: Linux sends at most MAX_SKB_FRAGS + 2 (19) per frame. */
+const MAX_SEGMENTS = 64;
+/** 68 is the IPv4 minimum MTU (RFC 791); 65535 is what the 16-bit config field holds. */
+export const MIN_MTU = 68;
+export const MAX_MTU = 65535;
+
+export class NetDevice implements VhostUserDevice {
+  readonly name = 'virtio-net';
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  readonly features: bigint;
+  /** Header length and MRG_RXBUF as negotiated, for the workers (NegotiatedSlot). */
+  readonly negotiated = new SharedArrayBuffer(NegotiatedSlot.SLOTS * 4);
+  /** Per-queue net counters (NetStat), written by the workers. */
+  readonly stats: SharedArrayBuffer;
+  private readonly negotiatedView = new Int32Array(this.negotiated);
+  private readonly config: Uint8Array;
+
+  constructor(readonly options: NetDeviceOptions) {
+    const { queuePairs, maxQueueSize, mac, mtu } = options;
+    // 128 pairs (256 queues) is far below the spec's 0x8000 and what QEMU allows per device.
+    if (!Number.isInteger(queuePairs) || queuePairs < 1 || queuePairs > 128) {
+      throw new RangeError(`queue pairs must be between 1 and 128, got ${queuePairs}`);
+    }
+    if (
+      !Number.isInteger(maxQueueSize) ||
+      maxQueueSize < 2 ||
+      maxQueueSize > 32768 ||
+      (maxQueueSize & (maxQueueSize - 1)) !== 0
+    ) {
+      throw new RangeError(`queue size must be a power of two between 2 and 32768, got ${maxQueueSize}`);
+    }
+    if (mac.length !== 6) throw new RangeError('a MAC address has 6 bytes');
+    if ((mac[0] & 1) !== 0) throw new RangeError('the MAC address is a multicast one (lowest bit of the first byte set)');
+    if (!Number.isInteger(mtu) || mtu < MIN_MTU || mtu > MAX_MTU)
+      throw new RangeError(`MTU must be between ${MIN_MTU} and ${MAX_MTU}, got ${mtu}`);
+    this.numQueues = 2 * queuePairs;
+    this.maxQueueSize = maxQueueSize;
+    this.stats = createNetStatsBuffer(this.numQueues);
+    let features =
+      bit(VIRTIO_F_VERSION_1) |
+      bit(VIRTIO_F_EVENT_IDX) |
+      bit(VIRTIO_F_INDIRECT_DESC) |
+      bit(NetFeature.MRG_RXBUF) |
+      bit(NetFeature.MTU) |
+      bit(NetFeature.MAC) |
+      bit(NetFeature.STATUS);
+    if (queuePairs > 1) features |= bit(NetFeature.MQ);
+    this.features = features;
+    this.config = encodeNetConfig({ mac, linkUp: true, maxVirtqueuePairs: queuePairs, mtu });
+    this.setNegotiated(0n);
+  }
+
+  get queuePairs(): number {
+    return this.options.queuePairs;
+  }
+
+  /** Largest TX frame accepted: MTU plus the Ethernet header and one VLAN tag. */
+  get maxFrameBytes(): number {
+    return this.options.mtu + ETH_HEADER_BYTES + VLAN_TAG_BYTES;
+  }
+
+  /** WorkerDataPlaneOptions.maxSegments. */
+  get maxSegments(): number {
+    return Math.min(MAX_SEGMENTS, this.maxQueueSize);
+  }
+
+  /** WorkerDataPlaneOptions.queueToWorker: pair k (queues 2k, 2k+1) on worker k mod n. */
+  static queueToWorker(this: void, queue: number, workers: number): number {
+    return (queue >>> 1) % workers;
+  }
+
+  /** The worker-side handler with the given back-end. */
+  handlerSpec(backend: NetBackendName, frameBytes = 64): HandlerSpec {
+    if (backend === 'source' && (frameBytes < SOURCE_MIN_FRAME || frameBytes > this.maxFrameBytes)) {
+      throw new RangeError(
+        `frame size must be between ${SOURCE_MIN_FRAME} and ${this.maxFrameBytes} bytes (MTU ${this.options.mtu}), got ${frameBytes}`,
+      );
+    }
+    const options: NetHandlerOptions = {
+      backend,
+      negotiated: this.negotiated,
+      stats: this.stats,
+      queuePairs: this.options.queuePairs,
+      maxFrameBytes: this.maxFrameBytes,
+      frameBytes,
+      mac: Array.from(this.options.mac),
+    };
+    return { module: new URL('./handler.js', import.meta.url).href, options };
+  }
+
+  /** A snapshot of every queue's net counters. */
+  netStats(): NetQueueStats[] {
+    return Array.from({ length: this.numQueues }, (_, q) => readNetStats(this.stats, q));
+  }
+
+  setFeatures(features: bigint): void {
+    this.setNegotiated(features);
+  }
+
+  getConfig(offset: number, size: number): Uint8Array {
+    if (offset + size > NET_CONFIG_SIZE) {
+      throw new RangeError(`config range [${offset}, ${offset + size}) is beyond the ${NET_CONFIG_SIZE}-byte virtio-net config`);
+    }
+    return this.config.slice(offset, offset + size);
+  }
+
+  reset(): void {
+    this.setNegotiated(0n);
+  }
+
+  private setNegotiated(features: bigint): void {
+    const version1 = (features & bit(VIRTIO_F_VERSION_1)) !== 0n;
+    const mergeable = (features & bit(NetFeature.MRG_RXBUF)) !== 0n;
+    Atomics.store(this.negotiatedView, NegotiatedSlot.headerBytes, netHeaderBytes(version1, mergeable));
+    Atomics.store(this.negotiatedView, NegotiatedSlot.mergeableRxBuffers, mergeable ? 1 : 0);
+  }
+}

@@ -1,0 +1,373 @@
+// virtio-net through the real daemon, worker data plane and a front-end over a socket: features
+// and config space, the loopback / sink / source back-ends with and without MRG_RXBUF, frames
+// spanning RX chains, drops, every bad-input case of issue 9, stopping rings that hold RX
+// buffers, queue pairs on their own worker, and every poll mode.
+import { afterEach, describe, expect, it } from 'vitest';
+import { setLogSink } from '../../dist/log.js';
+import { NetFeature } from '../../dist/devices/net/virtio-net.js';
+import { SOURCE_MAC, SOURCE_SEQUENCE_OFFSET, ipv4HeaderChecksum } from '../../dist/devices/net/frame.js';
+import { MAC, NetRig, ethernetFrame, sameBytes, type NetGuest, type NetRigOptions } from './net-rig.js';
+
+const rigs: NetRig[] = [];
+const guests: NetGuest[] = [];
+
+afterEach(async () => {
+  for (const guest of guests.splice(0)) guest.close();
+  for (const rig of rigs.splice(0)) await rig.stop();
+});
+
+const bit = (n: number) => 1n << BigInt(n);
+const ALL = ~0n;
+
+async function start(
+  options: NetRigOptions,
+  connect: Parameters<NetRig['connect']>[0] = {},
+): Promise<{ rig: NetRig; guest: NetGuest }> {
+  const rig = await NetRig.start(options);
+  rigs.push(rig);
+  const guest = await rig.connect(connect);
+  guests.push(guest);
+  return { rig, guest };
+}
+
+function zeroHeader(header: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (header[i] !== 0) return false;
+  return true;
+}
+
+describe('features and config space', () => {
+  it('offers VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, MTU, MAC, STATUS; MQ only with several pairs; no offloads', async () => {
+    const { guest } = await start({ backend: 'loopback' });
+    const offered = guest.device.offeredFeatures;
+    for (const feature of [32, 29, 28, NetFeature.MRG_RXBUF, NetFeature.MTU, NetFeature.MAC, NetFeature.STATUS]) {
+      expect(offered & bit(feature), `bit ${feature}`).not.toBe(0n);
+    }
+    for (const feature of [
+      NetFeature.CSUM,
+      NetFeature.GUEST_CSUM,
+      NetFeature.HOST_TSO4,
+      NetFeature.GUEST_TSO4,
+      NetFeature.MQ,
+      NetFeature.CTRL_VQ,
+    ]) {
+      expect(offered & bit(feature), `bit ${feature}`).toBe(0n);
+    }
+    const multi = await start({ backend: 'loopback', queuePairs: 3 }, { queuePairs: 3 });
+    expect(multi.guest.device.offeredFeatures & bit(NetFeature.MQ)).not.toBe(0n);
+    expect(multi.guest.device.backendQueues).toBe(6);
+  });
+
+  it('config space holds the MAC, link up, max_virtqueue_pairs and the MTU', async () => {
+    const { guest } = await start({ backend: 'loopback', queuePairs: 2, mtu: 9000 });
+    const config = await guest.device.getConfig(0, 12);
+    expect(Array.from(config.subarray(0, 6))).toEqual(Array.from(MAC));
+    const view = new DataView(config.buffer, config.byteOffset, 12);
+    expect(view.getUint16(6, true)).toBe(1);
+    expect(view.getUint16(8, true)).toBe(2);
+    expect(view.getUint16(10, true)).toBe(9000);
+    await expect(guest.device.getConfig(8, 8)).rejects.toThrow();
+  });
+});
+
+describe('loopback', () => {
+  it('returns frames byte-exact with MRG_RXBUF, whatever the TX layout', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    expect(guest.mergeable).toBe(true);
+    await rig.offerRx(guest, 16, 2048);
+    const frames = [60, 64, 1514, 1518, 100, 777].map((length, i) => ethernetFrame(length, i + 1));
+    const layouts = ['one', 'two', 'split-header', 'one', 'two', 'split-header'] as const;
+    const tokens = frames.map((frame, i) => guest.send(frame, { layout: layouts[i], indirect: i >= 3 }));
+    expect(await guest.waitTx(tokens)).toEqual(tokens.map(() => 0));
+    const received = await guest.receive(frames.length);
+    for (const [i, got] of received.entries()) {
+      expect(got.numBuffers).toBe(1);
+      expect(zeroHeader(got.header)).toBe(true);
+      expect(sameBytes(got.frame, frames[i]), `frame ${i}`).toBe(true);
+    }
+    const stats = await rig.waitStats((s) => s[0].packets === frames.length);
+    const bytes = frames.reduce((sum, f) => sum + f.length, 0);
+    expect(stats[1]).toMatchObject({ packets: frames.length, bytes, drops: 0 });
+    expect(stats[0]).toMatchObject({ packets: frames.length, bytes, drops: 0 });
+  });
+
+  it('spreads a frame over several RX chains (num_buffers), also when a chain has several descriptors', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    await rig.offerRx(guest, 8, 256);
+    await rig.offerRx(guest, 8, 300, { split: 3 });
+    const big = ethernetFrame(1514, 7);
+    guest.send(big);
+    const [first] = await guest.receive(1);
+    expect(first.numBuffers).toBe(Math.ceil((1514 + 12) / 256));
+    expect(sameBytes(first.frame, big)).toBe(true);
+    // The next frame starts in the next chain: 2 of 256 left, then the 300-byte split ones.
+    const second = ethernetFrame(1400, 8);
+    guest.send(second);
+    const [again] = await guest.receive(1);
+    expect(again.numBuffers).toBe(2 + Math.ceil((1412 - 512) / 300));
+    expect(sameBytes(again.frame, second)).toBe(true);
+  });
+
+  it('without MRG_RXBUF: one chain per frame, num_buffers 1 (VERSION_1), a frame larger than the buffer is dropped', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' }, { wantedFeatures: ALL & ~bit(NetFeature.MRG_RXBUF) });
+    expect(guest.mergeable).toBe(false);
+    expect(guest.headerBytes).toBe(12);
+    await rig.offerRx(guest, 1, 512);
+    guest.send(ethernetFrame(1000, 1));
+    await rig.waitStats((s) => s[0].tooBig === 1);
+    const frame = ethernetFrame(500, 2);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(got.numBuffers).toBe(1);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+    expect(rig.stats(0)).toMatchObject({ packets: 1, drops: 1, tooBig: 1 });
+  });
+
+  it('without VERSION_1 and MRG_RXBUF the header is the 10-byte legacy one', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' }, { wantedFeatures: ALL & ~bit(NetFeature.MRG_RXBUF) & ~bit(32) });
+    expect(guest.headerBytes).toBe(10);
+    await rig.offerRx(guest, 2, 2048);
+    const frame = ethernetFrame(300, 3);
+    guest.send(frame, { layout: 'split-header' });
+    const [got] = await guest.receive(1);
+    expect(got.header.length).toBe(10);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+  });
+
+  it('drops and counts frames that find no RX buffer, and never queues them', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    const tokens = Array.from({ length: 10 }, (_, i) => guest.send(ethernetFrame(100, i)));
+    expect(await guest.waitTx(tokens)).toEqual(tokens.map(() => 0));
+    await rig.waitStats((s) => s[0].noBuffer === 10);
+    await rig.offerRx(guest, 4, 2048);
+    const frame = ethernetFrame(200, 99);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got.frame, frame)).toBe(true); // the new frame, not one of the dropped ones
+    expect(guest.reapRx()).toBe(0);
+    expect(rig.stats(0)).toMatchObject({ packets: 1, drops: 10, noBuffer: 10 });
+    expect(rig.stats(1)).toMatchObject({ packets: 11, drops: 0 });
+  });
+
+  it('a frame needing more RX chains than are offered is dropped whole; the chains serve the next frame', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    await rig.offerRx(guest, 3, 128);
+    guest.send(ethernetFrame(1514, 1));
+    await rig.waitStats((s) => s[0].noBuffer === 1);
+    expect(guest.reapRx()).toBe(0); // nothing half-written
+    const frame = ethernetFrame(300, 2);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(got.numBuffers).toBe(3);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+  });
+});
+
+describe('sink and source', () => {
+  it('sink counts and drops every frame; RX buffers stay with the back-end', async () => {
+    const { rig, guest } = await start({ backend: 'sink' });
+    guest.postRx(8, 2048);
+    const frames = Array.from({ length: 50 }, (_, i) => ethernetFrame(60 + i * 29, i));
+    const tokens = frames.map((frame) => guest.send(frame, { kick: false }));
+    guest.tx().publishAndKick();
+    expect(await guest.waitTx(tokens)).toEqual(tokens.map(() => 0));
+    const bytes = frames.reduce((sum, f) => sum + f.length, 0);
+    const stats = await rig.waitStats((s) => s[1].packets === 50);
+    expect(stats[1]).toMatchObject({ packets: 50, bytes, drops: 0 });
+    expect(stats[0]).toMatchObject({ packets: 0, drops: 0 });
+    expect(guest.reapRx()).toBe(0);
+  });
+
+  it.each([
+    [64, 2048, true],
+    [1514, 2048, true],
+    [1514, 512, true],
+    [200, 2048, false],
+  ])(
+    'source fills RX buffers with valid %i-byte frames (buffers of %i, MRG_RXBUF %s)',
+    async (frameBytes, bufferBytes, mergeable) => {
+      const { rig, guest } = await start(
+        { backend: 'source', frameBytes },
+        mergeable ? {} : { wantedFeatures: ALL & ~bit(NetFeature.MRG_RXBUF) },
+      );
+      guest.postRx(32, bufferBytes);
+      const perFrame = mergeable ? Math.ceil((frameBytes + guest.headerBytes) / bufferBytes) : 1;
+      const count = Math.floor(32 / perFrame);
+      const frames = await guest.receive(count);
+      const sequences = new Set<number>();
+      for (const { frame, numBuffers } of frames) {
+        expect(numBuffers).toBe(perFrame);
+        expect(frame.length).toBe(frameBytes);
+        expect(Array.from(frame.subarray(0, 6))).toEqual(Array.from(MAC));
+        expect(Array.from(frame.subarray(6, 12))).toEqual(Array.from(SOURCE_MAC));
+        expect((frame[12] << 8) | frame[13]).toBe(0x0800);
+        expect((frame[16] << 8) | frame[17]).toBe(frameBytes - 14); // IPv4 total length
+        expect((frame[24] << 8) | frame[25]).toBe(ipv4HeaderChecksum(frame, 14));
+        sequences.add(new DataView(frame.buffer, frame.byteOffset).getUint32(SOURCE_SEQUENCE_OFFSET, true));
+      }
+      expect(sequences.size).toBe(count);
+      const stats = await rig.waitStats((s) => s[0].packets === count);
+      expect(stats[0]).toMatchObject({ packets: count, bytes: count * frameBytes, drops: 0 });
+      // More buffers, more frames: the source keeps up with what the guest offers.
+      guest.postRx(perFrame * 5, bufferBytes);
+      expect((await guest.receive(5)).length).toBe(5);
+    },
+  );
+});
+
+describe('bad input', () => {
+  /** Log lines while `run` runs, up to a worker round trip after it (worker logs arrive in order before the reply). */
+  async function captureWarnings<T>(rig: NetRig, run: () => Promise<T>): Promise<{ result: T; lines: string[] }> {
+    const lines: string[] = [];
+    const previous = setLogSink((line) => lines.push(line));
+    try {
+      const result = await run();
+      await rig.plane.setMode(rig.plane.pollMode);
+      return { result, lines };
+    } finally {
+      setLogSink(previous);
+    }
+  }
+
+  it('a TX frame above MTU + headers is dropped, counted and logged once; the next frame is served', async () => {
+    const { rig, guest } = await start({ backend: 'loopback', mtu: 1500 });
+    await rig.offerRx(guest, 4, 2048);
+    const { lines } = await captureWarnings(rig, async () => {
+      const tokens = [guest.send(ethernetFrame(1519, 1)), guest.send(ethernetFrame(4000, 2)), guest.send(ethernetFrame(1519, 3))];
+      expect(await guest.waitTx(tokens)).toEqual([0, 0, 0]);
+      await rig.waitStats((s) => s[1].tooBig === 3);
+    });
+    expect(lines.filter((l) => l.includes('above MTU')).length).toBe(1);
+    const frame = ethernetFrame(1518, 4); // MTU + Ethernet header + VLAN tag: accepted
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+    expect(rig.stats(1)).toMatchObject({ packets: 1, drops: 3, tooBig: 3 });
+  });
+
+  it('a TX chain with a device-writable descriptor, or shorter than the header, is dropped and counted', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    await rig.offerRx(guest, 4, 2048);
+    const tx = guest.tx();
+    const buffer = guest.alloc(2048);
+    const { lines } = await captureWarnings(rig, async () => {
+      const writable = guest.post(tx, [
+        { gpa: buffer, len: 12, writable: false },
+        { gpa: buffer + 64, len: 100, writable: true },
+      ]);
+      const short = guest.post(tx, [{ gpa: buffer + 256, len: 8, writable: false }]);
+      const runt = guest.post(tx, [{ gpa: buffer + 512, len: 12 + 10, writable: false }]);
+      tx.publishAndKick();
+      expect(await guest.waitTx([writable, short, runt])).toEqual([0, 0, 0]);
+      await rig.waitStats((s) => s[1].badChain === 3);
+    });
+    expect(lines.filter((l) => l.includes('TX chain refused')).length).toBe(1);
+    const frame = ethernetFrame(80, 5);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+    expect(rig.stats(1)).toMatchObject({ packets: 1, drops: 3, badChain: 3 });
+  });
+
+  it('a TX header asking for a checksum or segmentation offload (none negotiated) is dropped and counted', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    await rig.offerRx(guest, 4, 2048);
+    const tx = guest.tx();
+    const tokens = [
+      [1, 0], // flags: NEEDS_CSUM
+      [0, 1], // gso_type: TCPV4
+    ].map(([flags, gsoType]) => {
+      const at = guest.alloc(12 + 100);
+      const bytes = guest.bytes(at, 12 + 100);
+      bytes.fill(0, 0, 12);
+      bytes[0] = flags!;
+      bytes[1] = gsoType!;
+      bytes.set(ethernetFrame(100, 9), 12);
+      return guest.post(tx, [{ gpa: at, len: 112, writable: false }]);
+    });
+    tx.publishAndKick();
+    expect(await guest.waitTx(tokens)).toEqual([0, 0]);
+    await rig.waitStats((s) => s[1].badChain === 2);
+    const frame = ethernetFrame(100, 10);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+    expect(rig.stats(0)).toMatchObject({ packets: 1, drops: 0 });
+  });
+
+  it('RX chains shorter than the header or with device-readable descriptors are handed back unused', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    const rx = guest.rx();
+    const buffer = guest.alloc(4096);
+    guest.post(rx, [{ gpa: buffer, len: 8, writable: true }]);
+    guest.post(rx, [
+      { gpa: buffer + 64, len: 64, writable: false },
+      { gpa: buffer + 128, len: 2048, writable: true },
+    ]);
+    rx.publishAndKick();
+    await rig.waitStats((s) => s[0].badBuffers === 2);
+    let reaped = 0;
+    const deadline = Date.now() + 5000;
+    while (reaped < 2 && Date.now() < deadline) {
+      reaped += guest.reapRx();
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const entries = guest.takeRxEntries();
+    expect(entries.map((e) => e.len)).toEqual([0, 0]);
+    await rig.offerRx(guest, 1, 2048);
+    const frame = ethernetFrame(1000, 6);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+    expect(rig.stats(0)).toMatchObject({ packets: 1, badBuffers: 2, drops: 0 });
+  });
+
+  it('a queue index beyond the negotiated pairs is refused by the session; the device keeps serving', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' });
+    await expect(guest.device.client.request({ type: 'SET_VRING_NUM', index: 2, num: 256 })).rejects.toThrow();
+    await rig.offerRx(guest, 1, 2048);
+    const frame = ethernetFrame(64, 7);
+    guest.send(frame);
+    const [got] = await guest.receive(1);
+    expect(sameBytes(got.frame, frame)).toBe(true);
+  });
+});
+
+describe.each(['busy', 'interrupt', 'adaptive'] as const)('%s mode', (mode) => {
+  it('loops frames back, and GET_VRING_BASE returns although the RX ring holds buffers', async () => {
+    const { rig, guest } = await start({ backend: 'loopback', mode });
+    await rig.offerRx(guest, 64, 2048);
+    for (let round = 0; round < 4; round++) {
+      const frames = Array.from({ length: 8 }, (_, i) => ethernetFrame(64 + 100 * i, round * 8 + i));
+      const tokens = frames.map((f) => guest.send(f, { kick: false }));
+      guest.tx().publishAndKick();
+      await guest.waitTx(tokens);
+      const received = await guest.receive(frames.length);
+      received.forEach((got, i) => expect(sameBytes(got.frame, frames[i])).toBe(true));
+    }
+    // 32 of 64 RX buffers are still held: stopping must hand them back (used.len 0) and return.
+    expect(await guest.device.stopQueue(0)).toBe(64);
+    expect(guest.reapRx()).toBe(32);
+    expect(guest.takeRxEntries().map((e) => e.len)).toEqual(new Array(32).fill(0));
+    expect(await guest.device.stopQueue(1)).toBe(32);
+  });
+});
+
+describe('queue pairs', () => {
+  it('keeps both queues of a pair on one worker and loops each pair back onto itself', async () => {
+    const { rig, guest } = await start(
+      { backend: 'loopback', queuePairs: 2, cpus: [1, 1], mode: 'interrupt' },
+      { queuePairs: 2 },
+    );
+    expect([0, 1, 2, 3].map((q) => rig.plane.workerFor(q))).toEqual([0, 0, 1, 1]);
+    await rig.offerRx(guest, 4, 2048, { pair: 0 });
+    await rig.offerRx(guest, 4, 2048, { pair: 1 });
+    const a = ethernetFrame(100, 1);
+    const b = ethernetFrame(200, 2);
+    guest.send(a, { pair: 0 });
+    guest.send(b, { pair: 1 });
+    const [onPair1] = await guest.receive(1, 1);
+    expect(sameBytes(onPair1.frame, b)).toBe(true);
+    const stats = await rig.waitStats((s) => s[0].packets === 1 && s[2].packets === 1);
+    expect(stats.map((s) => s.packets)).toEqual([1, 1, 1, 1]);
+  });
+});
