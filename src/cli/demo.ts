@@ -1,6 +1,7 @@
 // vhost-user-demo: the project's main job in one command. Serves a sparse disk image with our
-// vhost-user-blk back-end (io_uring engine), boots a tiny Linux guest under QEMU against it,
-// and prints what the guest saw and did, then the back-end's own per-queue statistics.
+// vhost-user-blk back-end (io_uring engine, or threads where io_uring is refused), boots a tiny
+// Linux guest under QEMU against it, and prints what the guest saw and did, then the back-end's
+// own per-queue statistics.
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -87,7 +88,7 @@ export async function main(argv: string[]): Promise<number> {
   const backend = await startBlkBackend({
     socketPath,
     client: false,
-    engine: 'io_uring',
+    engine: 'auto',
     diskPath,
     sizeBytes: size,
     direct: false,
@@ -99,7 +100,7 @@ export async function main(argv: string[]): Promise<number> {
     idleBudgetUs: 50,
   });
   say(
-    `back-end: vhost-user-blk, io_uring engine, ${size / 2 ** 20} MiB sparse image ${diskPath}, ${queues} queue(s), ${poll} polling, worker on CPU 1`,
+    `back-end: vhost-user-blk, ${backend.engine} engine, ${size / 2 ** 20} MiB sparse image ${diskPath}, ${queues} queue(s), ${poll} polling, worker on CPU 1`,
   );
   say('booting the guest (QEMU, TCG)...');
   try {

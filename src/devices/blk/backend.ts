@@ -9,7 +9,7 @@ import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { BlkDevice } from './device.js';
 import { resolveEngine } from './engine-select.js';
-import type { BlkEngineChoice } from './options.js';
+import type { BlkEngineChoice, BlkEngineName } from './options.js';
 export type { BlkEngineChoice, BlkEngineName } from './options.js';
 
 export interface BlkBackendOptions {
@@ -39,6 +39,8 @@ export interface BlkBackend {
   daemon: VhostUserDaemon;
   plane: WorkerDataPlane;
   device: BlkDevice;
+  /** The engine serving the disk (`auto` resolved to io_uring or threads). */
+  engine: BlkEngineName;
   capacityBytes: number;
   queueStats(): QueueStats[];
   stop(): Promise<void>;
@@ -103,6 +105,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     daemon,
     plane,
     device,
+    engine,
     capacityBytes,
     queueStats: () => plane.allQueueStats(),
     async stop() {
