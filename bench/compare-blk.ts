@@ -1,12 +1,13 @@
 // npm run bench:blk [-- --quick] — vhost-user-blk back-ends side by side, in one run, on one
-// image: ours (null and io_uring engines, each poll mode), qemu-storage-daemon (null-co and
-// file with aio=io_uring, O_DIRECT like ours), SPDK's vhost target (null bdev, and aio bdev on
-// the same file — SPDK's aio bdev opens it O_DIRECT) and raw fio on the same file. 4 KiB random
-// reads at QD1 and QD32 on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints
-// the absolute figures, IOPS per back-end CPU-second, the ratios ours/QSD, ours/SPDK and
-// ours/fio, and writes JSON to results/. On the page cache, ours `--engine threads` against QSD
-// `aio=threads`. A "loadgen loopback" row gives the load generator's own
-// ceiling (it completes its own requests in its thread), so a reader can tell which side limits.
+// image: ours (null and io_uring engines, each poll mode), qemu-storage-daemon (null-co in its
+// main loop and in an iothread with polling off and on — compared with our interrupt and adaptive
+// modes —, and file with aio=io_uring, O_DIRECT like ours), SPDK's vhost target (null bdev, and aio
+// bdev on the same file — SPDK's aio bdev opens it O_DIRECT) and raw fio on the same file; on the
+// page cache, ours `--engine threads` against QSD `aio=threads`. 4 KiB random reads at QD1 and QD32
+// on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints the absolute figures,
+// IOPS per back-end CPU-second, the ratios ours/QSD, ours/SPDK and ours/fio, and writes JSON to
+// results/. A "loadgen loopback" row gives the load generator's own ceiling (it completes its own
+// requests in its thread), so a reader can tell which side limits.
 //
 // SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
 // --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
@@ -94,13 +95,23 @@ async function ours(
   return spawnBlkBackend(join(work, `ours-${engine}-${mode}.sock`), args, { taskset: BACKEND_CPU });
 }
 
-async function qsd(engine: 'null-co' | 'file'): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
-  const socket = join(work, `qsd-${engine}.sock`);
+/** The QSD row each of our poll modes is compared with (null engine; others use QSD's main loop). */
+const QSD_MODE_FOR: Record<string, string> = { interrupt: 'iothread no-poll', adaptive: 'iothread poll' };
+
+/** QSD's ways of waiting: its main loop, or an iothread with polling off (pure interrupt) or on. */
+type QsdLoop = 'main' | 'iothread-no-poll' | 'iothread-poll';
+
+async function qsd(
+  engine: 'null-co' | 'file',
+  loop: QsdLoop = 'main',
+): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
+  const socket = join(work, `qsd-${engine}-${loop}.sock`);
   const blockdev =
     engine === 'null-co'
       ? `driver=null-co,node-name=file0,size=${sizeMb * 2 ** 20},read-zeroes=on`
       : `driver=file,node-name=file0,filename=${image},aio=io_uring,cache.direct=on`;
-  const daemon = await startStorageDaemon({ image, socketPath: socket, blockdev, cpus: BACKEND_CPU });
+  const iothread = loop === 'main' ? undefined : loop === 'iothread-no-poll' ? { pollMaxNs: 0 } : {};
+  const daemon = await startStorageDaemon({ image, socketPath: socket, blockdev, cpus: BACKEND_CPU, iothread });
   return { socket, pid: daemon.pid, stop: () => daemon.stop() };
 }
 
@@ -257,6 +268,21 @@ async function main(): Promise<void> {
     });
   }
   configs.push({ name: 'qsd null-co', start: () => qsd('null-co'), backend: 'qsd', engine: 'null', mode: 'event loop' });
+  // Like for like with our interrupt and adaptive modes: QSD in an iothread, polling off and on.
+  configs.push({
+    name: 'qsd null-co iothread no-poll',
+    start: () => qsd('null-co', 'iothread-no-poll'),
+    backend: 'qsd',
+    engine: 'null',
+    mode: QSD_MODE_FOR.interrupt,
+  });
+  configs.push({
+    name: 'qsd null-co iothread poll',
+    start: () => qsd('null-co', 'iothread-poll'),
+    backend: 'qsd',
+    engine: 'null',
+    mode: QSD_MODE_FOR.adaptive,
+  });
   configs.push({ name: 'qsd file', start: () => qsd('file'), backend: 'qsd', engine: 'io_uring', mode: 'event loop' });
   if (spdkDir) {
     configs.push({ name: 'spdk null', start: () => spdk('null'), backend: 'spdk', engine: 'null', mode: 'reactor' });
@@ -333,13 +359,17 @@ async function main(): Promise<void> {
       ...p,
       // Requests per second of back-end CPU time: what a polling back-end's 100 % costs it.
       iops_per_cpu_s: p.backend_cpu_s ? Math.round((p.iops * p.seconds) / p.backend_cpu_s) : null,
-      vs_qsd: isOurs ? ratio(p, find('qsd', p.engine, p.qd)) : null,
+      // Against QSD waiting the same way where it can (an iothread with polling off for our
+      // interrupt mode, on for adaptive), else against its main loop.
+      vs_qsd: isOurs
+        ? ratio(p, find('qsd', p.engine, p.qd, QSD_MODE_FOR[p.mode]) ?? find('qsd', p.engine, p.qd, 'event loop'))
+        : null,
       vs_spdk: isOurs ? ratio(p, find('spdk', spdkEngine[p.engine], p.qd)) : null,
       vs_fio: isOurs && p.engine === 'io_uring' ? ratio(p, find('fio', 'io_uring', p.qd)) : null,
     };
   });
   const header =
-    'back-end  engine    mode        QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
+    'back-end  engine    mode              QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
   const lines = [header];
   const fixed = (value: number | null) => (value === null ? '-' : value.toFixed(2));
   for (const r of rows) {
@@ -349,7 +379,7 @@ async function main(): Promise<void> {
       [
         r.backend.padEnd(8),
         r.engine.padEnd(9),
-        r.mode.padEnd(10),
+        r.mode.padEnd(16),
         String(r.qd).padStart(3),
         String(r.iops).padStart(8),
         r.lat_us.p50.toFixed(1).padStart(7),

@@ -18,6 +18,11 @@ export interface StorageDaemonOptions {
   discard?: 'unmap' | 'ignore';
   /** Full --blockdev value instead of the file node built from the options above (node-name must be file0). */
   blockdev?: string;
+  /**
+   * Serve the export from an iothread instead of the main loop; `pollMaxNs` 0 turns its adaptive
+   * polling off (pure interrupt), undefined keeps QEMU's default (adaptive polling, 32 µs max).
+   */
+  iothread?: { pollMaxNs?: number };
   /** Pin the daemon to these CPUs (taskset -c LIST). */
   cpus?: string;
   /** Binary (default qemu-storage-daemon, or $VUT_QSD). */
@@ -54,7 +59,14 @@ export async function startStorageDaemon(o: StorageDaemonOptions): Promise<Stora
     `num-queues=${o.numQueues ?? 1}`,
   ];
   if (o.logicalBlockSize) exp.push(`logical-block-size=${o.logicalBlockSize}`);
-  const args = ['--blockdev', o.blockdev ?? blockdev.join(','), '--export', exp.join(',')];
+  const args = ['--blockdev', o.blockdev ?? blockdev.join(',')];
+  if (o.iothread) {
+    const object = ['iothread', 'id=iothread0'];
+    if (o.iothread.pollMaxNs !== undefined) object.push(`poll-max-ns=${o.iothread.pollMaxNs}`);
+    args.push('--object', object.join(','));
+    exp.push('iothread=iothread0');
+  }
+  args.push('--export', exp.join(','));
   const { child, kill, argv } = o.cpus ? spawnTracked('taskset', ['-c', o.cpus, bin, ...args]) : spawnTracked(bin, args);
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
