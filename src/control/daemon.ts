@@ -31,7 +31,7 @@ export interface DaemonOptions {
    * kernel caps it at net.core.somaxconn). Beyond it a non-blocking connect fails with EAGAIN.
    */
   listenBacklog?: number;
-  /** Stop reading a front-end's requests while this many reply bytes wait unread (default 1 MiB). */
+  /** Stop reading a front-end's requests while this many reply bytes wait unread (default 64 KiB). */
   maxQueuedReplyBytes?: number;
   /**
    * Drop a front-end that sends part of a message and then nothing for this long (default
@@ -45,6 +45,10 @@ export interface DaemonOptions {
 
 export { DaemonError };
 
+/**
+ * Room for a burst of front-ends connecting at once (200 at once were measured): waiting in the
+ * backlog costs the daemon nothing, while a refusal is an EAGAIN the front-end must handle.
+ */
 export const DEFAULT_LISTEN_BACKLOG = 256;
 
 export class VhostUserDaemon {

@@ -51,7 +51,11 @@ class RequestFdList implements RequestFds {
   }
 }
 
-/** Replies one front-end may leave unread before the session stops reading its requests. */
+/**
+ * Replies one front-end may leave unread before the session stops reading its requests. A
+ * front-end that waits for each reply never has more than one queued (the largest is a few
+ * KiB); a front-end that never reads costs this much plus the kernel's socket buffers.
+ */
 export const DEFAULT_MAX_QUEUED_REPLY_BYTES = 64 << 10;
 /** How long a request that started arriving may take to finish. */
 export const DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS = 5000;
@@ -59,7 +63,7 @@ export const DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS = 5000;
 export interface SessionOptions {
   logger?: Logger;
   onClosed?: (error?: Error) => void;
-  /** Stop reading requests while this many reply bytes wait unread (default 1 MiB). */
+  /** Stop reading requests while this many reply bytes wait unread (default 64 KiB). */
   maxQueuedReplyBytes?: number;
   /** Drop a front-end that sends part of a message and stops for this long (default 5000 ms). */
   partialMessageTimeoutMs?: number;
