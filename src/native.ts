@@ -22,15 +22,17 @@ export interface FdWatcher {
   /**
    * (Re)start watching. Level-triggered (uv_poll): the callback fires on every loop pass while
    * the fd is ready. One watcher per fd: a second one on the same fd fails with EEXIST.
+   * `hangup` (EPOLLRDHUP) reports a peer that closed or shut down writing, even while not
+   * watching for readable: the callback's `hangup` is then true, on every pass until stopped.
    */
-  start(readable: boolean, writable: boolean): void;
+  start(readable: boolean, writable: boolean, hangup?: boolean): void;
   stop(): void;
   /** Stops and frees the poll handle. Does not close the fd. Idempotent. */
   close(): void;
 }
 
 export interface FdWatcherConstructor {
-  new (fd: number, onEvent: (status: number, readable: boolean, writable: boolean) => void): FdWatcher;
+  new (fd: number, onEvent: (status: number, readable: boolean, writable: boolean, hangup: boolean) => void): FdWatcher;
 }
 
 export interface Uring {
@@ -65,6 +67,17 @@ export interface NativeRing {
   socketAccept(listenFd: number): number;
   /** Connects (blocking connect, then non-blocking). Throws ENOENT / ECONNREFUSED etc. */
   socketConnect(path: string): number;
+  /**
+   * Non-blocking connect: never waits. Returns -1 when a listener exists but its backlog is full
+   * (EAGAIN); throws ENOENT / ECONNREFUSED etc. like socketConnect.
+   */
+  socketTryConnect(path: string): number;
+  /**
+   * getsockopt(SO_ERROR): the pending socket error as a positive errno (0 if none), cleared by
+   * reading it. A watcher's negative status (libuv reports POLLERR as EBADF) says only that
+   * there is one.
+   */
+  socketError(fd: number): number;
   /** A connected pair, for tests and in-process transports. */
   socketPair(): [number, number];
   /** sendmsg with SCM_RIGHTS (MSG_NOSIGNAL). Returns bytes sent, or -1 if it would block. */

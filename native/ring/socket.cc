@@ -153,6 +153,46 @@ Napi::Value SocketConnect(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// Non-blocking connect. A Unix stream connect completes at once or fails; it never returns
+// EINPROGRESS. EAGAIN means a listener exists but its backlog is full: reported as -1 rather
+// than waited for, so a caller on the event loop is never held up by a busy peer.
+Napi::Value SocketTryConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path;
+  sockaddr_un addr;
+  if (!ArgString(info, 0, "path", &path) || !ToSockaddr(env, path, "connect", &addr)) {
+    return env.Undefined();
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return ThrowErrno(env, errno, "socket");
+  int result;
+  do {
+    result = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  } while (result != 0 && errno == EINTR);
+  if (result != 0) {
+    int err = errno;
+    close(fd);
+    if (err == EAGAIN) return Napi::Number::New(env, -1);
+    return ThrowErrno(env, err, "connect", path.c_str());
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// getsockopt(SO_ERROR): the socket's pending error (0 if none; reading it clears it). libuv
+// reports any POLLERR as EBADF; this tells what actually happened (ECONNRESET: the peer
+// closed with data of ours unread).
+Napi::Value SocketError(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  int error = 0;
+  socklen_t len = sizeof(error);
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0) {
+    return ThrowErrno(env, errno, "getsockopt");
+  }
+  return Napi::Number::New(env, error);
+}
+
 Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fds[2];
@@ -341,15 +381,18 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    bool readable, writable;
-    if (!ArgBool(info, 0, "readable", &readable) || !ArgBool(info, 1, "writable", &writable)) {
+    bool readable, writable, hangup = false;
+    if (!ArgBool(info, 0, "readable", &readable) || !ArgBool(info, 1, "writable", &writable) ||
+        (!info[2].IsUndefined() && !ArgBool(info, 2, "hangup", &hangup))) {
       return env.Undefined();
     }
     if (handle_ == nullptr) {
       Napi::Error::New(env, "FdWatcher.start: the watcher is closed").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    int events = (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0);
+    // UV_DISCONNECT (EPOLLRDHUP): the peer shut down or closed, seen even while not reading.
+    int events =
+        (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0) | (hangup ? UV_DISCONNECT : 0);
     if (events == 0) return Stop(info);
     int err = uv_poll_start(handle_, events, OnPoll);
     if (err != 0) return ThrowErrno(env, -err, "uv_poll_start");
@@ -385,7 +428,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     onEvent.MakeCallback(
         self->Value(),
         {Napi::Number::New(env, status), Napi::Boolean::New(env, (events & UV_READABLE) != 0),
-         Napi::Boolean::New(env, (events & UV_WRITABLE) != 0)},
+         Napi::Boolean::New(env, (events & UV_WRITABLE) != 0),
+         Napi::Boolean::New(env, (events & UV_DISCONNECT) != 0)},
         self->asyncContext_);
     // Nothing above us catches: report a throwing callback as an uncaught exception, as Node
     // does for its own handles.
@@ -434,6 +478,8 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("socketAdopt", Napi::Function::New<SocketAdopt>(env, "socketAdopt"));
   exports.Set("socketAccept", Napi::Function::New<SocketAccept>(env, "socketAccept"));
   exports.Set("socketConnect", Napi::Function::New<SocketConnect>(env, "socketConnect"));
+  exports.Set("socketTryConnect", Napi::Function::New<SocketTryConnect>(env, "socketTryConnect"));
+  exports.Set("socketError", Napi::Function::New<SocketError>(env, "socketError"));
   exports.Set("socketPair", Napi::Function::New<SocketPair>(env, "socketPair"));
   exports.Set("sendMsg", Napi::Function::New<SendMsg>(env, "sendMsg"));
   exports.Set("recvMsg", Napi::Function::New<RecvMsg>(env, "recvMsg"));

@@ -26,12 +26,30 @@ export interface DaemonOptions {
   retryIntervalMs?: number;
   /** Client mode: give up after this long without a front-end (0 = never). */
   connectTimeoutMs?: number;
+  /**
+   * Front-ends that may wait to be served while one is (the listen backlog; default 256, the
+   * kernel caps it at net.core.somaxconn). Beyond it a non-blocking connect fails with EAGAIN.
+   */
+  listenBacklog?: number;
+  /** Stop reading a front-end's requests while this many reply bytes wait unread (default 64 KiB). */
+  maxQueuedReplyBytes?: number;
+  /**
+   * Drop a front-end that sends part of a message and then nothing for this long (default
+   * 5000 ms), so that the front-ends waiting behind it are served.
+   */
+  partialMessageTimeoutMs?: number;
   /** Processes the rings; owned by the daemon, reset between connections. */
   dataPlane: DataPlane;
   logger?: Logger;
 }
 
 export { DaemonError };
+
+/**
+ * Room for a burst of front-ends connecting at once (200 at once were measured): waiting in the
+ * backlog costs the daemon nothing, while a refusal is an EAGAIN the front-end must handle.
+ */
+export const DEFAULT_LISTEN_BACKLOG = 256;
 
 export class VhostUserDaemon {
   private readonly log: Logger;
@@ -100,7 +118,7 @@ export class VhostUserDaemon {
       this.listenFd = listenFd;
     } else {
       removeStaleSocket(socketPath!);
-      this.listenFd = native.socketListen(socketPath!, this.options.socketMode ?? 0o600, 1);
+      this.listenFd = native.socketListen(socketPath!, this.options.socketMode ?? 0o600, this.backlog);
       this.ownsSocketFile = true;
       where = socketPath!;
     }
@@ -109,7 +127,17 @@ export class VhostUserDaemon {
       else this.acceptOne();
     });
     this.listenWatcher.start(true, false);
-    this.log.info('listening', { socket: where, inherited: listenFd !== undefined, device: this.device.name });
+    this.log.info('listening', {
+      socket: where,
+      inherited: listenFd !== undefined,
+      // An inherited socket keeps the backlog its owner chose.
+      backlog: listenFd === undefined ? this.backlog : undefined,
+      device: this.device.name,
+    });
+  }
+
+  private get backlog(): number {
+    return this.options.listenBacklog ?? DEFAULT_LISTEN_BACKLOG;
   }
 
   /** Disconnect the front-end, close the socket, release the data plane. Idempotent. */
@@ -168,6 +196,8 @@ export class VhostUserDaemon {
     this.session = new VhostUserSession(fd, this.device, this.options.dataPlane, {
       logger: this.log.child(`conn${connectionId}`),
       onClosed: (error) => this.onSessionClosed(connectionId, error),
+      maxQueuedReplyBytes: this.options.maxQueuedReplyBytes,
+      partialMessageTimeoutMs: this.options.partialMessageTimeoutMs,
     });
   }
 
@@ -189,7 +219,10 @@ export class VhostUserDaemon {
       this.retryTimer = undefined;
       if (this.stopped || this.session) return;
       try {
-        const fd = native.socketConnect(this.options.socketPath!);
+        // Never a blocking connect on the event loop: a front-end whose backlog is full is
+        // tried again later, like one that is not listening yet.
+        const fd = native.socketTryConnect(this.options.socketPath!);
+        if (fd < 0) throw new Error(`the front-end's listen backlog is full`);
         this.serve(fd);
       } catch (error) {
         const timeout = this.options.connectTimeoutMs ?? 0;
@@ -233,7 +266,9 @@ function removeStaleSocket(path: string): void {
   if (!isSocket) throw new DaemonError(`${path} exists and is not a socket; refusing to replace it`);
   let fd = -1;
   try {
-    fd = native.socketConnect(path);
+    // Non-blocking: a live daemon whose backlog is full answers EAGAIN at once, where a
+    // blocking connect would wait until it accepts someone (or forever).
+    fd = native.socketTryConnect(path);
   } catch (error) {
     // Only "connection refused" proves nobody listens; anything else (no permission, ...) may
     // hide a live daemon, whose socket must not be pulled from under it.
@@ -243,6 +278,7 @@ function removeStaleSocket(path: string): void {
     unlinkSync(path); // Nobody listens: stale.
     return;
   }
+  if (fd < 0) throw new DaemonError(`another process is already listening on ${path} (its backlog is full)`);
   native.close(fd);
   throw new DaemonError(`another process is already listening on ${path}`);
 }

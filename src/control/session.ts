@@ -20,7 +20,7 @@ import {
   type BackendReply,
   type MessageHeader,
 } from './codec/index.js';
-import { VhostUserConnection, closeAll } from './connection.js';
+import { HangUpError, VhostUserConnection, closeAll } from './connection.js';
 import { SessionError, VhostUserError } from './errors.js';
 import { requestHandler, type RequestFds, type RingAddresses, type SessionContext, type VringState } from './handlers.js';
 import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
@@ -51,9 +51,22 @@ class RequestFdList implements RequestFds {
   }
 }
 
+/**
+ * Replies one front-end may leave unread before the session stops reading its requests. A
+ * front-end that waits for each reply never has more than one queued (the largest is a few
+ * KiB); a front-end that never reads costs this much plus the kernel's socket buffers.
+ */
+export const DEFAULT_MAX_QUEUED_REPLY_BYTES = 64 << 10;
+/** How long a request that started arriving may take to finish. */
+export const DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS = 5000;
+
 export interface SessionOptions {
   logger?: Logger;
   onClosed?: (error?: Error) => void;
+  /** Stop reading requests while this many reply bytes wait unread (default 64 KiB). */
+  maxQueuedReplyBytes?: number;
+  /** Drop a front-end that sends part of a message and stops for this long (default 5000 ms). */
+  partialMessageTimeoutMs?: number;
 }
 
 export class VhostUserSession {
@@ -63,6 +76,8 @@ export class VhostUserSession {
   private closing: Promise<void> | undefined;
   /** The request being handled (the connection hands over one at a time), if any. */
   private inFlight: Promise<void> | undefined;
+  /** Its name while it is being handled, for the log when the front-end leaves meanwhile. */
+  private inFlightName: string | undefined;
 
   constructor(
     fd: number,
@@ -72,14 +87,26 @@ export class VhostUserSession {
   ) {
     this.log = options.logger ?? createLogger('session');
     this.state = new SessionState(device, dataPlane, this.log);
-    this.connection = new VhostUserConnection(fd, {
-      onMessage: (header, payload, fds) => {
-        const handling = this.onMessage(header, payload, fds);
-        this.inFlight = handling;
-        return handling;
+    this.connection = new VhostUserConnection(
+      fd,
+      {
+        onMessage: (header, payload, fds) => {
+          const handling = this.onMessage(header, payload, fds);
+          this.inFlight = handling;
+          return handling;
+        },
+        onClose: (error) => void this.shutdown(error),
       },
-      onClose: (error) => void this.shutdown(error),
-    });
+      {
+        maxQueuedBytes: options.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
+        partialMessageTimeoutMs: options.partialMessageTimeoutMs ?? DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS,
+      },
+    );
+  }
+
+  /** Reply bytes queued for a front-end that has not read them yet. */
+  get queuedReplyBytes(): number {
+    return this.connection.queuedBytes;
   }
 
   /** Virtio features this back-end offers: the device's plus the vhost-user bit. */
@@ -137,6 +164,7 @@ export class VhostUserSession {
         );
       }
       this.log.debug('request', { request: name, flags: header.flags, fds: rawFds.length });
+      this.inFlightName = name;
       const reply = await row.handle(this.state, request, fds);
       if (this.connection.isClosed) return;
       if (spec?.replies === 'always') {
@@ -149,6 +177,7 @@ export class VhostUserSession {
     } catch (error) {
       this.answerFailure(header, name, this.ackExpected(needReply, replyAckBefore), spec, error);
     } finally {
+      this.inFlightName = undefined;
       fds.closeRest();
     }
   }
@@ -198,6 +227,14 @@ export class VhostUserSession {
 
   private shutdown(error?: Error): Promise<void> {
     if (!this.closing) {
+      if (this.inFlightName !== undefined && error instanceof HangUpError) {
+        // Typically a drain (GET_VRING_BASE) waiting for in-flight requests: the socket is
+        // closed now, the request runs to its end, then everything is released.
+        this.log.warn('front-end left while a request was in progress; resetting once it finishes', {
+          request: this.inFlightName,
+          error,
+        });
+      }
       this.closing = (async () => {
         // A request still in the data plane (a ring starting or draining) finishes first:
         // resetting under it would let it start a ring after the reset, or store an fd

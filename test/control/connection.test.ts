@@ -3,8 +3,8 @@
 // a message that never completes are closed (checked in /proc/self/fd).
 import { afterEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
-import { VhostUserConnection, closeAll } from '../../dist/control/connection.js';
-import { encodeMessage, type MessageHeader } from '../../dist/control/codec/index.js';
+import { HangUpError, VhostUserConnection, closeAll, type ConnectionLimits } from '../../dist/control/connection.js';
+import { HEADER_SIZE, encodeMessage, type MessageHeader } from '../../dist/control/codec/index.js';
 import { HeaderFlag, MAX_PAYLOAD_SIZE, Request } from '../../dist/control/protocol.js';
 import { fdSet, fdsBackTo, openFds, until } from './helpers.js';
 
@@ -28,18 +28,22 @@ afterEach(() => {
 const received: Received[] = [];
 
 /** A connection on one end of a socket pair; the test writes raw bytes into `peer`. */
-function framed(onMessage?: (message: Received) => void | Promise<void>) {
+function framed(onMessage?: (message: Received) => void | Promise<void>, limits?: ConnectionLimits) {
   const [local, peer] = native.socketPair();
   toClose.push(peer);
   const closes: (Error | undefined)[] = [];
-  const connection = new VhostUserConnection(local, {
-    onMessage: (header, payload, fds) => {
-      const message = { header, payload: payload.slice(), fds };
-      received.push(message);
-      return onMessage?.(message);
+  const connection = new VhostUserConnection(
+    local,
+    {
+      onMessage: (header, payload, fds) => {
+        const message = { header, payload: payload.slice(), fds };
+        received.push(message);
+        return onMessage?.(message);
+      },
+      onClose: (error) => closes.push(error),
     },
-    onClose: (error) => closes.push(error),
-  });
+    limits,
+  );
   connections.push(connection);
   return { connection, peer, closes };
 }
@@ -260,5 +264,165 @@ describe('sending', () => {
     }
     // (Buffer comparison: a deep equality over 4 Mi elements would take seconds.)
     expect(Buffer.compare(got, big)).toBe(0);
+  });
+});
+
+// ---- bounds on what a peer can make us hold ---------------------------------------------------------
+
+/** A GET_FEATURES reply's size: what each request in the floods below costs the connection. */
+const REPLY = encodeMessage(Request.GET_FEATURES, HeaderFlag.VERSION | HeaderFlag.REPLY, patterned(8));
+
+/** Writes GET_FEATURES headers into `peer` until its socket is full; returns the whole requests written. */
+function flood(peer: number): number {
+  const header = encodeMessage(Request.GET_FEATURES, VERSION);
+  const chunk = new Uint8Array(HEADER_SIZE * 4096);
+  for (let offset = 0; offset < chunk.length; offset += HEADER_SIZE) chunk.set(header, offset);
+  let bytes = 0;
+  for (;;) {
+    const sent = native.sendMsg(peer, chunk, []);
+    if (sent < 0) return Math.floor(bytes / HEADER_SIZE);
+    bytes += sent;
+  }
+}
+
+/** Reads and discards whatever the peer has been sent; returns the byte count. */
+function drain(peer: number): number {
+  const buffer = new Uint8Array(1 << 16);
+  let total = 0;
+  for (;;) {
+    const result = native.recvMsg(peer, buffer, 0, buffer.length, 0);
+    if (result.bytes <= 0) return total;
+    total += result.bytes;
+  }
+}
+
+/** Waits until `value()` stops changing for a few loop passes (the connection has gone quiet). */
+async function settles(value: () => number): Promise<number> {
+  let last = -1;
+  let stable = 0;
+  while (stable < 10) {
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const now = value();
+    stable = now === last ? stable + 1 : 0;
+    last = now;
+  }
+  return last;
+}
+
+describe('a peer that sends requests and never reads the replies', () => {
+  const BOUND = 4096;
+
+  function replying(limits: ConnectionLimits) {
+    const rig = framed(() => void rig.connection.send(REPLY), limits);
+    return rig;
+  }
+
+  it('is read no further while its unsent replies exceed the bound, and again once it drains them', async () => {
+    const { connection, peer, closes } = replying({ maxQueuedBytes: BOUND });
+    const requests = flood(peer);
+    expect(requests * REPLY.length, 'the flood asks for far more than the bound').toBeGreaterThan(10 * BOUND);
+    const handled = await settles(() => received.length);
+    expect(handled).toBeLessThan(requests);
+    expect(connection.queuedBytes).toBeGreaterThanOrEqual(BOUND);
+    expect(connection.queuedBytes).toBeLessThan(BOUND + REPLY.length);
+    // The peer reads: every request is answered, in bounded steps.
+    let answered = 0;
+    let mostQueued = 0;
+    const deadline = Date.now() + 5000;
+    while (answered < requests * REPLY.length && Date.now() < deadline) {
+      answered += drain(peer);
+      mostQueued = Math.max(mostQueued, connection.queuedBytes);
+      await tick();
+    }
+    expect(answered).toBe(requests * REPLY.length);
+    expect(received).toHaveLength(requests);
+    expect(mostQueued).toBeLessThan(BOUND + REPLY.length);
+    expect(connection.queuedBytes).toBe(0);
+    expect(closes).toEqual([]);
+  });
+
+  it('hanging up while its replies are backed up closes the connection and lets go of them', async () => {
+    const { connection, peer, closes } = replying({ maxQueuedBytes: BOUND });
+    flood(peer);
+    await settles(() => received.length);
+    expect(connection.queuedBytes).toBeGreaterThanOrEqual(BOUND);
+    toClose.splice(toClose.indexOf(peer), 1);
+    native.close(peer);
+    await until(() => closes.length === 1, 2000, 'the connection to close');
+    expect(closes[0]).toBeInstanceOf(HangUpError);
+    expect(closes[0]?.message).toMatch(/without reading its replies/);
+    expect(connection.queuedBytes).toBe(0);
+  });
+});
+
+describe('a message that stops half-way', () => {
+  it('is dropped after the partial-message timeout, with what arrived in the reason', async () => {
+    const { peer, closes } = framed(undefined, { partialMessageTimeoutMs: 100 });
+    const started = performance.now();
+    sendAll(peer, encodeMessage(Request.GET_FEATURES, VERSION).subarray(0, 5));
+    await until(() => closes.length === 1, 2000, 'the connection to close');
+    expect(performance.now() - started).toBeGreaterThanOrEqual(100);
+    expect(closes[0]?.message).toBe('peer sent 5 of 12 header bytes and nothing more for 100 ms');
+    expect(received).toHaveLength(0);
+  });
+
+  it('a peer trickling a byte at a time is dropped too: the clock runs per message, not per byte', async () => {
+    const { peer, closes } = framed(undefined, { partialMessageTimeoutMs: 100 });
+    const message = encodeMessage(Request.SET_VRING_ADDR, VERSION, patterned(40));
+    sendAll(peer, message.subarray(0, HEADER_SIZE));
+    for (let i = HEADER_SIZE; i < message.length && closes.length === 0; i++) {
+      native.sendMsg(peer, message.subarray(i, i + 1), []);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(closes).toHaveLength(1);
+    expect(closes[0]?.message).toMatch(/^peer sent 12 header bytes and \d+ of 40 payload bytes \(request 9\)/);
+    expect(received).toHaveLength(0);
+  });
+
+  it('messages that each finish within the bound are kept, however long the pauses add up to', async () => {
+    const { peer, closes } = framed(undefined, { partialMessageTimeoutMs: 100 });
+    const message = encodeMessage(Request.SET_VRING_ADDR, VERSION, patterned(40));
+    for (let i = 0; i < 4; i++) {
+      sendAll(peer, message.subarray(0, 20));
+      await new Promise((resolve) => setTimeout(resolve, 60));
+      sendAll(peer, message.subarray(20));
+      await until(() => received.length === i + 1, 2000, `message ${i + 1}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    expect(closes).toEqual([]);
+  });
+});
+
+describe('a peer that hangs up while its request is being handled', () => {
+  it('is seen at once, not when the handler finishes', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const { peer, closes, connection } = framed(() => gate);
+    sendAll(peer, encodeMessage(Request.GET_VRING_BASE, VERSION, new Uint8Array(8)));
+    await until(() => received.length === 1, 2000, 'the request');
+    toClose.splice(toClose.indexOf(peer), 1);
+    native.close(peer);
+    await until(() => closes.length === 1, 2000, 'the hang-up to be seen while the handler runs');
+    expect(closes[0]).toBeInstanceOf(HangUpError);
+    expect(closes[0]?.message).toMatch(/while its request was being handled/);
+    expect(connection.isClosed).toBe(true);
+    release();
+    await gate;
+    await tick();
+    expect(closes).toHaveLength(1);
+  });
+
+  it('requests sent behind the busy one are not taken for a hang-up', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const { peer, closes } = framed((message) => (message.header.request === Request.SET_OWNER ? gate : undefined));
+    sendAll(peer, encodeMessage(Request.SET_OWNER, VERSION));
+    await until(() => received.length === 1, 2000, 'the first request');
+    sendAll(peer, encodeMessage(Request.GET_FEATURES, VERSION));
+    for (let i = 0; i < 20; i++) await tick();
+    expect(closes).toEqual([]);
+    release();
+    await until(() => received.length === 2, 2000, 'the second request');
+    expect(closes).toEqual([]);
   });
 });

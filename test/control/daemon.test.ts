@@ -1,15 +1,20 @@
 // VhostUserDaemon: the socket it owns, one front-end at a time with a reset in between, client
 // mode (QEMU `server=on`, the daemon connects), and a clean stop. Every test ends with the
 // process holding the fds it held before the daemon started.
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { native } from '../../dist/native.js';
-import { DaemonError, VhostUserDaemon } from '../../dist/control/daemon.js';
+import { DaemonError, VhostUserDaemon, type DaemonOptions } from '../../dist/control/daemon.js';
 import { FrontendDevice, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
-import { RecordingDataPlane, captureLogs, fdsBackTo, openFds, testBlkDevice, u64At, until } from './helpers.js';
+import { closeAll } from '../../dist/control/connection.js';
+import { HEADER_SIZE, encodeMessage } from '../../dist/control/codec/index.js';
+import { HeaderFlag, Request } from '../../dist/control/protocol.js';
+import { GatedDataPlane, RecordingDataPlane, captureLogs, fdsBackTo, openFds, testBlkDevice, u64At, until } from './helpers.js';
 
 const TIMEOUT_MS = 2000;
 const DISK_SECTORS = BigInt((64 << 20) / 512);
@@ -38,18 +43,21 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function daemonAt(
+function daemonAt<Plane extends RecordingDataPlane = RecordingDataPlane>(
   socketPath: string,
-  options: { client?: boolean; socketMode?: number; retryIntervalMs?: number; connectTimeoutMs?: number } = {},
+  options: Omit<DaemonOptions, 'socketPath' | 'dataPlane'> & { dataPlane?: Plane } = {},
 ) {
-  const dataPlane = new RecordingDataPlane();
-  const daemon = new VhostUserDaemon(testBlkDevice(1), { socketPath, dataPlane, ...options });
+  const dataPlane = options.dataPlane ?? (new RecordingDataPlane() as Plane);
+  const daemon = new VhostUserDaemon(testBlkDevice(1), { ...options, socketPath, dataPlane });
   cleanups.push(() => daemon.stop());
   return { daemon, dataPlane };
 }
 
-async function listening(socketPath = join(dir, 'blk.sock')) {
-  const rig = daemonAt(socketPath);
+async function listening<Plane extends RecordingDataPlane = RecordingDataPlane>(
+  socketPath = join(dir, 'blk.sock'),
+  options: Parameters<typeof daemonAt<Plane>>[1] = {},
+) {
+  const rig = daemonAt(socketPath, options);
   await rig.daemon.start();
   return { ...rig, socketPath };
 }
@@ -72,6 +80,28 @@ function settled<T>(promise: Promise<T>, ms: number): Promise<boolean> {
     ),
     new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms)),
   ]);
+}
+
+/** Starts a daemon on `socketPath` in a child process; resolves with how start() ended. */
+async function startDaemonInChild(socketPath: string, timeoutMs: number): Promise<string> {
+  const daemonModule = new URL('../../dist/control/daemon.js', import.meta.url).href;
+  const script = `
+    const { VhostUserDaemon } = await import(${JSON.stringify(daemonModule)});
+    const idle = () => Promise.resolve(0);
+    const dataPlane = { setMemory: idle, startQueue: idle, stopQueue: idle, setNotifyFds: idle, reset: idle };
+    const device = { name: 'probe', features: 0n, numQueues: 1, maxQueueSize: 256 };
+    const daemon = new VhostUserDaemon(device, { socketPath: process.argv[1], dataPlane });
+    try {
+      await daemon.start();
+      console.log('started');
+    } catch (error) {
+      console.log('refused: ' + error.message);
+    }
+    await daemon.stop();`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script, socketPath], {
+    timeout: timeoutMs,
+  });
+  return stdout.trim();
 }
 
 describe('the listening socket', () => {
@@ -103,6 +133,23 @@ describe('the listening socket', () => {
     await second.daemon.stop();
     expect(existsSync(live.socketPath)).toBe(true);
     await servedAt(live.socketPath);
+  });
+
+  it('a live daemon whose backlog is full is detected at once, not waited on', async () => {
+    const socketPath = join(dir, 'busy.sock');
+    const listenFd = native.socketListen(socketPath, 0o600, 0);
+    const queued: number[] = [];
+    cleanups.push(() => closeAll([listenFd, ...queued]));
+    for (let fd = native.socketTryConnect(socketPath); fd >= 0 && queued.length < 64; fd = native.socketTryConnect(socketPath)) {
+      queued.push(fd);
+    }
+    expect(native.socketTryConnect(socketPath), 'the backlog is full').toBe(-1);
+    // In a child process: a connect that waits for room in the backlog would hang it, not the test.
+    const started = performance.now();
+    const outcome = await startDaemonInChild(socketPath, 10 * TIMEOUT_MS);
+    expect(outcome).toMatch(/^refused: another process is already listening on .*busy\.sock \(its backlog is full\)$/);
+    expect(performance.now() - started).toBeLessThan(10 * TIMEOUT_MS);
+    expect(existsSync(socketPath)).toBe(true);
   });
 
   it('a file that is not a socket is refused and left untouched', async () => {
@@ -150,6 +197,107 @@ describe('one front-end at a time', () => {
   });
 });
 
+describe('front-ends that misbehave do not hold up the ones behind them', () => {
+  const REPLY_BYTES = HEADER_SIZE + 8; // a GET_FEATURES reply
+
+  it('one that floods requests and never reads the replies: its queued replies stay bounded, and the next is served once it leaves', async () => {
+    const bound = 8 * 1024;
+    const { daemon, socketPath } = await listening(undefined, { maxQueuedReplyBytes: bound });
+    const flooder = native.socketConnect(socketPath);
+    const open = [flooder];
+    cleanups.push(() => closeAll(open.splice(0)));
+    const second = await VhostUserClient.connect(socketPath, { replyTimeoutMs: 5 * TIMEOUT_MS });
+    cleanups.push(() => second.close());
+    const features = second.getFeatures();
+    features.catch(() => undefined); // awaited below; a test failing before then must not leave it unhandled
+
+    const header = encodeMessage(Request.GET_FEATURES, HeaderFlag.VERSION);
+    const chunk = new Uint8Array(HEADER_SIZE * 1024);
+    for (let offset = 0; offset < chunk.length; offset += HEADER_SIZE) chunk.set(header, offset);
+    let requested = 0;
+    let mostQueued = 0;
+    const floodEnds = Date.now() + 300;
+    while (Date.now() < floodEnds) {
+      for (let sent; (sent = native.sendMsg(flooder, chunk, [])) > 0;) requested += sent / HEADER_SIZE;
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      mostQueued = Math.max(mostQueued, daemon.currentSession?.queuedReplyBytes ?? 0);
+    }
+    expect(requested * REPLY_BYTES, 'the flood asked for far more than the bound').toBeGreaterThan(10 * bound);
+    expect(mostQueued).toBeGreaterThanOrEqual(bound);
+    expect(mostQueued).toBeLessThan(bound + REPLY_BYTES);
+    expect(daemon.connections).toBe(1);
+
+    closeAll(open.splice(0)); // the flooder leaves
+    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n));
+    expect(daemon.connections).toBe(2);
+  });
+
+  it('one that sends half a header and stops is dropped after the partial-message timeout, and the next is served', async () => {
+    const timeoutMs = 150;
+    const { daemon, socketPath } = await listening(undefined, { partialMessageTimeoutMs: timeoutMs });
+    const logsBefore = logs.lines.length;
+    const stalled = native.socketConnect(socketPath);
+    cleanups.push(() => closeAll([stalled]));
+    native.sendMsg(stalled, encodeMessage(Request.GET_FEATURES, HeaderFlag.VERSION).subarray(0, 6), []);
+    await until(() => daemon.connections === 1, TIMEOUT_MS, 'the stalled front-end to be accepted');
+    const started = performance.now();
+    await servedAt(socketPath);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(timeoutMs - 20);
+    expect(daemon.connections).toBe(2);
+    const dropped = logs.lines
+      .slice(logsBefore)
+      .find((line) => line.includes('front-end disconnected') && line.includes('"connection":1'));
+    expect(dropped).toContain(`peer sent 6 of 12 header bytes and nothing more for ${timeoutMs} ms`);
+  });
+
+  it('200 front-ends connecting at once: none is refused (EAGAIN), each is served in turn', async () => {
+    const { daemon, socketPath } = await listening();
+    const fds = Array.from({ length: 200 }, () => native.socketTryConnect(socketPath));
+    const clients = fds.filter((fd) => fd >= 0).map((fd) => new VhostUserClient(fd, { replyTimeoutMs: 10 * TIMEOUT_MS }));
+    cleanups.push(() => clients.forEach((client) => client.close()));
+    expect(fds.filter((fd) => fd < 0).length, 'connects refused with EAGAIN').toBe(0);
+    const expected = testBlkDevice(1).features | (1n << 30n);
+    await Promise.all(
+      clients.map(async (client) => {
+        expect(await client.getFeatures()).toBe(expected);
+        client.close();
+      }),
+    );
+    expect(daemon.connections).toBe(200);
+  });
+
+  it('one that leaves during a long drain (GET_VRING_BASE) is noticed at once; after the drain the next is served', async () => {
+    const { daemon, dataPlane, socketPath } = await listening(undefined, { dataPlane: new GatedDataPlane() });
+    cleanups.push(() => dataPlane.release()); // a failing test must not leave daemon.stop() waiting on the drain
+    const first = await FrontendDevice.connect({ socketPath, replyTimeoutMs: 5 * TIMEOUT_MS });
+    cleanups.push(() => first.close());
+    dataPlane.hold = 'stop';
+    const draining = first.stopQueue(0).catch((error: Error) => error);
+    await until(() => dataPlane.held !== undefined, TIMEOUT_MS, 'the drain to start');
+    const second = await VhostUserClient.connect(socketPath, { replyTimeoutMs: 5 * TIMEOUT_MS });
+    cleanups.push(() => second.close());
+    const features = second.getFeatures();
+    features.catch(() => undefined); // awaited below; a test failing before then must not leave it unhandled
+    const logsBefore = logs.lines.length;
+
+    first.close();
+    await until(
+      () =>
+        logs.lines
+          .slice(logsBefore)
+          .some((line) => line.includes('while a request was in progress') && line.includes('GET_VRING_BASE')),
+      TIMEOUT_MS,
+      'the hang-up to be logged while the drain is still held',
+    );
+    expect(await draining).toBeInstanceOf(Error);
+    expect(dataPlane.events).not.toContain('reset'); // the drain runs to its end first
+    dataPlane.release();
+    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n));
+    expect(dataPlane.events.slice(-2)).toEqual(['stop:0', 'reset']);
+    expect(daemon.connections).toBe(2);
+  });
+});
+
 describe('client mode (the front-end listens, the daemon connects)', () => {
   /** A front-end listening at `socketPath`, accepting one daemon at a time. */
   function frontendListener(socketPath: string) {
@@ -191,6 +339,25 @@ describe('client mode (the front-end listens, the daemon connects)', () => {
     expect(await second.getFeatures()).toBeGreaterThan(0n);
     expect(daemon.connections).toBe(2);
     expect(dataPlane.events).toContain('reset');
+  });
+
+  it('a front-end whose backlog is full is retried, never waited on', async () => {
+    const socketPath = join(dir, 'qemu.sock');
+    const listenFd = native.socketListen(socketPath, 0o600, 0);
+    const queued: number[] = [];
+    cleanups.push(() => closeAll([listenFd, ...queued]));
+    for (let fd = native.socketTryConnect(socketPath); fd >= 0 && queued.length < 64; fd = native.socketTryConnect(socketPath)) {
+      queued.push(fd);
+    }
+    const { daemon } = daemonAt(socketPath, { client: true, retryIntervalMs: 10 });
+    await daemon.start();
+    await new Promise((resolve) => setTimeout(resolve, 100)); // this loop runs: the daemon is not stuck in connect
+    expect(daemon.connections).toBe(0);
+    // Room in the backlog: the front-end accepts everyone queued, then the daemon.
+    const accepted: number[] = [];
+    cleanups.push(() => closeAll(accepted));
+    for (let fd; (fd = native.socketAccept(listenFd)) >= 0;) accepted.push(fd);
+    await until(() => daemon.connections === 1, TIMEOUT_MS, 'the daemon to connect');
   });
 
   it('gives up after connectTimeoutMs without a front-end: wait() rejects', async () => {

@@ -58,6 +58,31 @@ export class RecordingDataPlane implements DataPlane {
   }
 }
 
+/** A recording data plane that can hold one startQueue or stopQueue call open. */
+export class GatedDataPlane extends RecordingDataPlane implements DataPlane {
+  hold: 'start' | 'stop' | undefined;
+  held: (() => void) | undefined;
+
+  override async startQueue(config: Readonly<VringConfig>): Promise<void> {
+    if (this.hold === 'start') await this.gate();
+    return super.startQueue(config);
+  }
+
+  override async stopQueue(index: number): Promise<number> {
+    if (this.hold === 'stop') await this.gate();
+    return super.stopQueue(index);
+  }
+
+  release(): void {
+    this.hold = undefined;
+    this.held?.();
+  }
+
+  private gate(): Promise<void> {
+    return new Promise<void>((resolve) => (this.held = resolve));
+  }
+}
+
 export function testBlkDevice(queues = 2): BlkDevice {
   return new BlkDevice({
     capacityBytes: 64 << 20,

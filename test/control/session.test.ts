@@ -27,11 +27,11 @@ import {
   bit,
 } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient, splitRingLayout } from '../../dist/frontend/index.js';
-import type { DataPlane, DeviceRequest, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
+import type { DeviceRequest, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { BLK_CONFIG_SIZE, BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import {
-  RecordingDataPlane,
+  GatedDataPlane,
   captureLogs,
   fdsBackTo,
   openFds,
@@ -1436,29 +1436,4 @@ function encodeState(index: number, num: number): Uint8Array {
   view.setUint32(0, index, true);
   view.setUint32(4, num, true);
   return bytes;
-}
-
-/** A recording data plane that can hold one startQueue or stopQueue call open. */
-class GatedDataPlane extends RecordingDataPlane implements DataPlane {
-  hold: 'start' | 'stop' | undefined;
-  held: (() => void) | undefined;
-
-  override async startQueue(config: Readonly<VringConfig>): Promise<void> {
-    if (this.hold === 'start') await this.gate();
-    return super.startQueue(config);
-  }
-
-  override async stopQueue(index: number): Promise<number> {
-    if (this.hold === 'stop') await this.gate();
-    return super.stopQueue(index);
-  }
-
-  release(): void {
-    this.hold = undefined;
-    this.held?.();
-  }
-
-  private gate(): Promise<void> {
-    return new Promise<void>((resolve) => (this.held = resolve));
-  }
 }

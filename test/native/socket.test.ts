@@ -1,6 +1,6 @@
 // Unix sockets with fds, and FdWatcher, through the native/ring addon.
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -164,6 +164,41 @@ describe('socketListen, socketConnect and socketAccept', () => {
     expect(error.message).toContain('ENOENT');
   });
 
+  it('socketTryConnect never waits: -1 while the backlog is full, a socket once there is room', () => {
+    const path = join(dir, 'busy.sock');
+    const listenFd = track(native.socketListen(path, 0o600, 0));
+    const queued: number[] = [];
+    for (let fd = native.socketTryConnect(path); fd >= 0 && queued.length < 64; fd = native.socketTryConnect(path)) {
+      queued.push(track(fd));
+    }
+    expect(queued.length).toBeGreaterThan(0);
+    expect(queued.length).toBeLessThan(64);
+    expect(native.socketTryConnect(path)).toBe(-1);
+    track(native.socketAccept(listenFd));
+    const next = track(native.socketTryConnect(path));
+    expect(fdFlags(next) & (O_NONBLOCK | O_CLOEXEC)).toBe(O_NONBLOCK | O_CLOEXEC);
+  });
+
+  it('socketTryConnect throws what connect reports when nobody listens', () => {
+    expect(thrown(() => native.socketTryConnect(join(dir, 'missing.sock')))).toMatchObject({
+      code: 'ENOENT',
+      syscall: 'connect',
+    });
+    const path = join(dir, 'dead.sock');
+    native.close(native.socketListen(path, 0o600, 1));
+    expect(thrown(() => native.socketTryConnect(path))).toMatchObject({ code: 'ECONNREFUSED' });
+  });
+
+  it('socketError reports a reset once: the peer closed with bytes of ours unread', () => {
+    const [a, b] = native.socketPair();
+    track([a]);
+    expect(native.socketError(a)).toBe(0);
+    native.sendMsg(a, bytes(1, 2, 3), []);
+    native.close(b);
+    expect(native.socketError(a)).toBe(constants.errno.ECONNRESET);
+    expect(native.socketError(a)).toBe(0);
+  });
+
   it('throws ENAMETOOLONG for a path that does not fit sun_path', () => {
     const path = join(dir, 'x'.repeat(120));
     expect(thrown(() => native.socketListen(path, 0o600, 1))).toMatchObject({ code: 'ENAMETOOLONG' });
@@ -186,7 +221,7 @@ describe('FdWatcher', () => {
     watcher.start(true, false);
     native.sendMsg(a, bytes(1), []);
     while (events.length === 0) await sleep(1);
-    expect(events[0]).toEqual([0, true, false]);
+    expect(events[0]).toEqual([0, true, false, false]);
     watcher.close();
     watcher.close();
     const count = events.length;
@@ -197,13 +232,28 @@ describe('FdWatcher', () => {
     watcher.stop(); // harmless when closed
   });
 
+  it('reports a hang-up while not watching for readable, when asked to', async () => {
+    const [a, b] = native.socketPair();
+    track([b]);
+    const events: unknown[][] = [];
+    const watcher = new native.FdWatcher(b, (...event) => events.push(event));
+    watcher.start(false, false, true);
+    native.sendMsg(a, bytes(1), []); // readable, but not asked for: no event
+    await sleep(20);
+    expect(events).toEqual([]);
+    native.close(a);
+    while (events.length === 0) await sleep(1);
+    expect(events[0]).toEqual([0, false, false, true]);
+    watcher.close();
+  });
+
   it('reports writable and stops on stop()', async () => {
     const [a] = track(native.socketPair());
     const events: unknown[][] = [];
     const watcher = new native.FdWatcher(a, (...event) => events.push(event));
     watcher.start(false, true);
     while (events.length === 0) await sleep(1);
-    expect(events[0]).toEqual([0, false, true]);
+    expect(events[0]).toEqual([0, false, true, false]);
     watcher.stop();
     await sleep(5);
     const count = events.length;
