@@ -1,5 +1,6 @@
 // Shared pieces of the command-line tools: size parsing, exit codes, version, fatal errors.
 import { UsageError } from '../control/errors.js';
+import { packageVersion } from '../version.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage (sysexits-like, kept small). */
 export const ExitCode = { OK: 0, FAILURE: 1, USAGE: 2 } as const;
@@ -38,7 +39,7 @@ export function parseInteger(text: string, what: string, min: number, max: numbe
   return value;
 }
 
-export { packageVersion } from '../version.js';
+export { packageVersion };
 
 /** The first fd systemd passes (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;
@@ -82,4 +83,40 @@ export function stopSignal(onRepeat: (signal: NodeJS.Signals, count: number) => 
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+}
+
+/** What every CLI's parsed arguments say about --help and --version. */
+export interface HelpVersionFlags {
+  help: boolean;
+  version: boolean;
+}
+
+/**
+ * The front door every CLI shares: parse, then answer --help / --version. Returns the parsed
+ * arguments to go on with, or the exit code to leave with (a usage error printed as
+ * `tool: message` plus where to find help, exit 2; help or version printed, exit 0).
+ */
+export function parseCommandLine<T extends HelpVersionFlags>(
+  tool: string,
+  parse: () => T,
+  help: string,
+  versionSuffix = '',
+): T | number {
+  let args: T;
+  try {
+    args = parse();
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`${tool}: ${error.message}\nTry '${tool} --help'.\n`);
+    return ExitCode.USAGE;
+  }
+  if (args.help) {
+    process.stdout.write(help);
+    return ExitCode.OK;
+  }
+  if (args.version) {
+    process.stdout.write(`${tool.split(' ')[0]} (vhost-user-ts) ${packageVersion()}${versionSuffix}\n`);
+    return ExitCode.OK;
+  }
+  return args;
 }

@@ -4,7 +4,7 @@
 // (exit 2) rather than silently dropped: a manager must not believe it got what it asked for.
 import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createLogger, setLogLevel } from '../log.js';
-import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger, parseSize } from './common.js';
+import { ExitCode, UsageError, parseCommandLine, parseCpuList, parseInteger, parseSize } from './common.js';
 import type { BlkBackendOptions } from '../devices/blk/backend.js';
 import type { PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
@@ -405,24 +405,8 @@ function parseJsonOption(text: string, what: string): Keyval {
 }
 
 export async function qsdCompatMain(argv: string[], stop: Promise<NodeJS.Signals>): Promise<number> {
-  let args: QsdCompatArgs;
-  try {
-    args = parseQsdArgs(argv);
-  } catch (error) {
-    if (error instanceof UsageError) {
-      process.stderr.write(`vhost-user-blk --qsd-compat: ${error.message}\nTry 'vhost-user-blk --qsd-compat --help'.\n`);
-      return ExitCode.USAGE;
-    }
-    throw error;
-  }
-  if (args.help) {
-    process.stdout.write(HELP);
-    return ExitCode.OK;
-  }
-  if (args.version) {
-    process.stdout.write(`vhost-user-blk (vhost-user-ts) ${packageVersion()} --qsd-compat\n`);
-    return ExitCode.OK;
-  }
+  const args = parseCommandLine('vhost-user-blk --qsd-compat', () => parseQsdArgs(argv), HELP, ' --qsd-compat');
+  if (typeof args === 'number') return args;
   // qemu-storage-daemon opens images, it never creates them: neither do we here.
   const missing = args.backends.find((backend) => backend.diskPath !== undefined && !existsSync(backend.diskPath));
   if (missing) {

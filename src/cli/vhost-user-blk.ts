@@ -2,16 +2,7 @@
 // front-end such as QEMU's vhost-user-blk-pci.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
-import {
-  ExitCode,
-  UsageError,
-  packageVersion,
-  parseCpuList,
-  parseInteger,
-  parseSize,
-  stopSignal,
-  systemdListenFd,
-} from './common.js';
+import { UsageError, parseCommandLine, parseCpuList, parseInteger, parseSize, stopSignal, systemdListenFd } from './common.js';
 import type { BlkBackendOptions, BlkEngineChoice } from '../devices/blk/backend.js';
 import type { PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
@@ -173,24 +164,8 @@ export async function main(argv: string[]): Promise<number> {
   const log = createLogger('vhost-user-blk');
   const stop = stopSignal((signal, count) => log.info('already stopping; signal absorbed', { signal, count }));
   if (argv[0] === '--qsd-compat') return qsdCompatMain(argv.slice(1), stop);
-  let args: ParsedBlkArgs;
-  try {
-    args = parseBlkArgs(argv, systemdListenFd());
-  } catch (error) {
-    if (error instanceof UsageError) {
-      process.stderr.write(`vhost-user-blk: ${error.message}\nTry 'vhost-user-blk --help'.\n`);
-      return ExitCode.USAGE;
-    }
-    throw error;
-  }
-  if (args.help) {
-    process.stdout.write(HELP);
-    return ExitCode.OK;
-  }
-  if (args.version) {
-    process.stdout.write(`vhost-user-blk (vhost-user-ts) ${packageVersion()}\n`);
-    return ExitCode.OK;
-  }
+  const args = parseCommandLine('vhost-user-blk', () => parseBlkArgs(argv, systemdListenFd()), HELP);
+  if (typeof args === 'number') return args;
   setLogLevel(args.verbose ? 'debug' : 'info');
   return serveBlkBackends({ backends: [args.backend], stop, log, statsIntervalSec: args.statsIntervalSec });
 }
