@@ -1,0 +1,314 @@
+// The tap back-end without a VM: our back-end (startNetBackend, in this process) creates a tap,
+// the test moves it into a network namespace of its own and gives it an address there, and a
+// "guest" on the front-end library talks to the namespace's kernel through it: ARP and ICMP
+// echo from the guest are answered by the namespace, the namespace's own ARP requests reach the
+// guest, and frames wait in the tap while the guest has no RX buffer. Needs root (netns, tun).
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startNetBackend, type NetBackend } from '../../dist/devices/net/backend.js';
+import { FrontendDevice } from '../../dist/frontend/device.js';
+import { FrontendMemory } from '../../dist/frontend/memory.js';
+import { ipv4HeaderChecksum } from '../../dist/devices/net/frame.js';
+import { NetFeature } from '../../dist/devices/net/virtio-net.js';
+import type { PollMode } from '../../dist/dataplane/commands.js';
+import { MAC, NET_GUEST_FEATURES, NetGuest, type Received } from './net-rig.js';
+
+const NS = `vut-tap-${process.pid}`;
+const NS_IP = [10, 77, 0, 1];
+const GUEST_IP = [10, 77, 0, 2];
+const BROADCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+function ip(...args: string[]): string {
+  return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** A ping from the namespace to an address nobody has: it fails, after sending ARP requests. */
+function pingNobody(waitSeconds: number): void {
+  try {
+    execFileSync('ip', ['netns', 'exec', NS, 'busybox', 'ping', '-c', '1', '-W', String(waitSeconds), '10.77.0.9'], {
+      stdio: 'ignore',
+    });
+  } catch {
+    // no reply: expected
+  }
+}
+
+function linkExists(name: string, ns?: string): boolean {
+  try {
+    ip(...(ns ? ['-n', ns] : []), 'link', 'show', 'dev', name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The tap's counters as the namespace's kernel sees them (its RX = frames our guest sent). */
+function tapCounters(name: string): { rxPackets: number; txPackets: number } {
+  const info = JSON.parse(ip('-n', NS, '-s', '-j', 'link', 'show', 'dev', name)) as {
+    stats64: { rx: { packets: number }; tx: { packets: number } };
+  }[];
+  return { rxPackets: info[0].stats64.rx.packets, txPackets: info[0].stats64.tx.packets };
+}
+
+function arpRequest(senderIp: number[], targetIp: number[]): Uint8Array {
+  const frame = new Uint8Array(42);
+  frame.set(BROADCAST, 0);
+  frame.set(MAC, 6);
+  frame.set([0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1], 12); // ARP, Ethernet/IPv4, request
+  frame.set(MAC, 22);
+  frame.set(senderIp, 28);
+  frame.set(targetIp, 38);
+  return frame;
+}
+
+function icmpEcho(dstMac: Uint8Array, id: number, sequence: number, payloadBytes: number): Uint8Array {
+  const frame = new Uint8Array(14 + 20 + 8 + payloadBytes);
+  const view = new DataView(frame.buffer);
+  frame.set(dstMac, 0);
+  frame.set(MAC, 6);
+  view.setUint16(12, 0x0800);
+  frame[14] = 0x45;
+  view.setUint16(16, 20 + 8 + payloadBytes);
+  frame[22] = 64;
+  frame[23] = 1; // ICMP
+  frame.set(GUEST_IP, 26);
+  frame.set(NS_IP, 30);
+  view.setUint16(24, ipv4HeaderChecksum(frame, 14));
+  const icmp = 34;
+  frame[icmp] = 8; // echo request
+  view.setUint16(icmp + 4, id);
+  view.setUint16(icmp + 6, sequence);
+  for (let i = 0; i < payloadBytes; i++) frame[icmp + 8 + i] = (i * 7 + sequence) & 0xff;
+  view.setUint16(icmp + 2, internetChecksum(frame, icmp, frame.length));
+  return frame;
+}
+
+function internetChecksum(bytes: Uint8Array, from: number, to: number): number {
+  let sum = 0;
+  for (let i = from; i < to; i += 2) sum += (bytes[i] << 8) | (i + 1 < to ? bytes[i + 1] : 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+const isArp = (r: Received, op: number) => r.frame[12] === 0x08 && r.frame[13] === 0x06 && r.frame[21] === op;
+
+/** Receives until `match` holds for one frame (other traffic, e.g. IPv6 noise, is skipped). */
+async function receiveMatching(guest: NetGuest, match: (r: Received) => boolean, timeoutMs = 10_000): Promise<Received> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [frame] = await guest.receive(1, 0, Math.max(1, deadline - Date.now()));
+    if (match(frame)) return frame;
+  }
+}
+
+let dir = '';
+let backend: NetBackend | undefined;
+let guest: NetGuest | undefined;
+
+beforeAll(() => {
+  ip('netns', 'add', NS);
+  ip('-n', NS, 'link', 'set', 'lo', 'up');
+  dir = mkdtempSync(join(tmpdir(), 'vut-net-tap-'));
+});
+
+afterEach(async () => {
+  guest?.close();
+  guest = undefined;
+  await backend?.stop();
+  backend = undefined;
+});
+
+afterAll(() => {
+  ip('netns', 'del', NS);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function startTap(name: string, mode: PollMode, options: { mtu?: number } = {}): Promise<NetBackend> {
+  backend = await startNetBackend({
+    socketPaths: [join(dir, `${name}.sock`)],
+    client: false,
+    backend: 'tap',
+    tapName: name,
+    queuePairs: 1,
+    queueSize: 256,
+    cpus: [1],
+    poll: mode,
+    idleBudgetUs: 50,
+    mac: MAC,
+    mtu: options.mtu ?? 1500,
+    frameBytes: 64,
+  });
+  return backend;
+}
+
+async function connectGuest(socketPath: string, mergeable = true): Promise<NetGuest> {
+  const memory = FrontendMemory.simple(32 << 20);
+  const features = mergeable ? NET_GUEST_FEATURES : NET_GUEST_FEATURES & ~(1n << BigInt(NetFeature.MRG_RXBUF));
+  const device = await FrontendDevice.connect({ socketPath, memory, queues: 2, queueSize: 256, deviceFeatures: features });
+  guest = new NetGuest(device, memory);
+  return guest;
+}
+
+/** Moves our tap into the namespace and gives it NS_IP/24. */
+function plugIntoNamespace(name: string): void {
+  ip('link', 'set', 'dev', name, 'netns', NS);
+  ip('-n', NS, 'addr', 'add', `${NS_IP.join('.')}/24`, 'dev', name);
+  ip('-n', NS, 'link', 'set', 'dev', name, 'up');
+}
+
+describe('vhost-user-net tap back-end in a network namespace', () => {
+  for (const [mode, mergeable] of [
+    ['interrupt', true],
+    ['busy', false],
+    ['adaptive', true],
+  ] as [PollMode, boolean][]) {
+    it(`${mode} mode${mergeable ? '' : ', no MRG_RXBUF'}: ARP and ping from the guest are answered by the namespace`, async () => {
+      const name = `vt${process.pid % 100000}${mode[0]}`;
+      const net = await startTap(name, mode);
+      expect(net.ports[0].tap?.created).toBe(true);
+      plugIntoNamespace(name);
+      const g = await connectGuest(net.ports[0].socketPath, mergeable);
+      expect(g.mergeable).toBe(mergeable);
+      g.postRx(64, 2048);
+      const before = tapCounters(name);
+
+      g.send(arpRequest(GUEST_IP, NS_IP));
+      const reply = await receiveMatching(g, (r) => isArp(r, 2));
+      expect(Array.from(reply.frame.subarray(0, 6))).toEqual(Array.from(MAC)); // to us
+      expect(Array.from(reply.frame.subarray(28, 32))).toEqual(NS_IP); // "10.77.0.1 is at ..."
+      expect(reply.numBuffers).toBe(1);
+      expect(reply.header[0]).toBe(0); // flags cleared: no GUEST_CSUM
+      const nsMac = reply.frame.slice(6, 12);
+
+      for (let sequence = 1; sequence <= 5; sequence++) {
+        const request = icmpEcho(nsMac, 0x4242, sequence, 1000);
+        g.send(request);
+        const echo = await receiveMatching(g, (r) => r.frame[23] === 1 && r.frame[34] === 0);
+        expect(echo.frame.length).toBe(request.length);
+        expect((echo.frame[40] << 8) | echo.frame[41]).toBe(sequence);
+        expect(Buffer.from(echo.frame.subarray(42)).equals(Buffer.from(request.subarray(42)))).toBe(true);
+        expect(internetChecksum(echo.frame, 34, echo.frame.length)).toBe(0);
+      }
+      const after = tapCounters(name);
+      expect(after.rxPackets - before.rxPackets).toBeGreaterThanOrEqual(6);
+
+      // The namespace asks for a neighbour: its ARP requests reach the guest.
+      pingNobody(1);
+      const who = await receiveMatching(g, (r) => isArp(r, 1) && r.frame[41] === 9);
+      expect(Array.from(who.frame.subarray(0, 6))).toEqual(BROADCAST);
+
+      const stats = net.queueStats();
+      const [rx, tx] = [stats.find((s) => s.queue === 0)!, stats.find((s) => s.queue === 1)!];
+      expect(tx.packets).toBeGreaterThanOrEqual(6);
+      expect(tx.drops).toBe(0);
+      expect(rx.packets).toBeGreaterThanOrEqual(7);
+      expect(rx.backendErrors).toBe(0);
+    });
+  }
+
+  it('leaves frames in the tap while the guest has no RX buffer, without spinning, and delivers them once buffers come', async () => {
+    const name = `vt${process.pid % 100000}q`;
+    const net = await startTap(name, 'interrupt');
+    plugIntoNamespace(name);
+    const g = await connectGuest(net.ports[0].socketPath);
+    // Three ARP requests from the namespace, queued in the tap (no RX buffer yet).
+    pingNobody(1);
+    const plane = net.ports[0].plane;
+    const passesBefore = plane.queueStats(0).idlePasses + plane.queueStats(0).busyPasses;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const passes = plane.queueStats(0).idlePasses + plane.queueStats(0).busyPasses - passesBefore;
+    // A worker spinning on the readable tap would make millions of passes in 300 ms.
+    expect(passes).toBeLessThan(200);
+    expect(net.queueStats().find((s) => s.queue === 0)!.packets).toBe(0);
+    g.postRx(16, 2048);
+    const who = await receiveMatching(g, (r) => isArp(r, 1) && r.frame[41] === 9);
+    expect(Array.from(who.frame.subarray(28, 32))).toEqual(NS_IP);
+    expect(net.queueStats().find((s) => s.queue === 0)!.drops).toBe(0);
+  });
+
+  it('with MRG_RXBUF, spreads a frame over several small RX buffers and sets num_buffers', async () => {
+    const name = `vt${process.pid % 100000}m`;
+    const net = await startTap(name, 'busy');
+    plugIntoNamespace(name);
+    const g = await connectGuest(net.ports[0].socketPath);
+    g.postRx(64, 512, { split: 2 });
+    g.send(arpRequest(GUEST_IP, NS_IP));
+    const reply = await receiveMatching(g, (r) => isArp(r, 2));
+    const request = icmpEcho(reply.frame.slice(6, 12), 7, 1, 1400);
+    g.send(request);
+    const echo = await receiveMatching(g, (r) => r.frame[23] === 1 && r.frame[34] === 0);
+    // 12 + 1442 bytes in 512-byte buffers: three of them.
+    expect(echo.numBuffers).toBe(3);
+    expect(echo.frame.length).toBe(request.length);
+    expect(Buffer.from(echo.frame.subarray(42)).equals(Buffer.from(request.subarray(42)))).toBe(true);
+  });
+
+  it('counts TX frames the tap refuses (link down) as drops and keeps serving', async () => {
+    const name = `vt${process.pid % 100000}d`;
+    const net = await startTap(name, 'interrupt');
+    const g = await connectGuest(net.ports[0].socketPath);
+    const tokens = [g.send(arpRequest(GUEST_IP, NS_IP)), g.send(arpRequest(GUEST_IP, NS_IP))];
+    expect(await g.waitTx(tokens)).toEqual([0, 0]);
+    const tx = await waitFor(() => net.queueStats().find((s) => s.queue === 1 && s.packets + s.drops === 2));
+    // The kernel answers EIO while the tap is down.
+    expect(tx).toMatchObject({ packets: 0, drops: 2, backendErrors: 2, badChain: 0, tooBig: 0 });
+    plugIntoNamespace(name);
+    expect(await g.waitTx([g.send(arpRequest(GUEST_IP, NS_IP))])).toEqual([0]);
+    const served = await waitFor(() => net.queueStats().find((s) => s.queue === 1 && s.packets === 1));
+    expect(served.drops).toBe(2);
+  });
+
+  it('drops (and counts) frames larger than the RX buffers the guest offers', async () => {
+    const name = `vt${process.pid % 100000}b`;
+    const net = await startTap(name, 'interrupt', { mtu: 9000 });
+    plugIntoNamespace(name);
+    const g = await connectGuest(net.ports[0].socketPath, false);
+    g.postRx(8, 1024); // too small for a 1400-byte ping; ARP fits
+    g.send(arpRequest(GUEST_IP, NS_IP));
+    const reply = await receiveMatching(g, (r) => isArp(r, 2));
+    g.send(icmpEcho(reply.frame.slice(6, 12), 1, 1, 1400));
+    const rx = await waitFor(
+      () => net.queueStats().find((s) => s.queue === 0 && s.tooBig > 0),
+      3000,
+      () => JSON.stringify({ stats: net.queueStats(), link: ip('-n', NS, '-s', 'link', 'show', 'dev', name) }),
+    );
+    expect(rx.drops).toBeGreaterThanOrEqual(1);
+    g.reapRx();
+    const entries = g.takeRxEntries();
+    expect(entries.some((e) => e.len === 0)).toBe(true); // the cut frame's buffer came back empty
+  });
+
+  it('attaches to a tap that exists and leaves it at exit; removes the one it created', async () => {
+    const existing = `vt${process.pid % 100000}e`;
+    ip('tuntap', 'add', 'dev', existing, 'mode', 'tap', 'vnet_hdr');
+    try {
+      const net = await startTap(existing, 'interrupt');
+      expect(net.ports[0].tap?.created).toBe(false);
+      await net.stop();
+      backend = undefined;
+      expect(linkExists(existing)).toBe(true);
+    } finally {
+      ip('tuntap', 'del', 'dev', existing, 'mode', 'tap');
+    }
+    const fresh = `vt${process.pid % 100000}f`;
+    const net = await startTap(fresh, 'interrupt');
+    expect(net.ports[0].tap?.created).toBe(true);
+    expect(linkExists(fresh)).toBe(true);
+    await net.stop();
+    backend = undefined;
+    expect(linkExists(fresh)).toBe(false);
+  });
+});
+
+async function waitFor<T>(probe: () => T | undefined, timeoutMs = 10_000, describe = () => ''): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`condition never held ${describe()}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
