@@ -126,13 +126,13 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function startTap(name: string, mode: PollMode, options: { mtu?: number } = {}): Promise<NetBackend> {
+async function startTap(name: string, mode: PollMode, options: { mtu?: number; queuePairs?: number } = {}): Promise<NetBackend> {
   backend = await startNetBackend({
     socketPaths: [join(dir, `${name}.sock`)],
     client: false,
     backend: 'tap',
     tapName: name,
-    queuePairs: 1,
+    queuePairs: options.queuePairs ?? 1,
     queueSize: 256,
     cpus: [1],
     poll: mode,
@@ -144,10 +144,16 @@ async function startTap(name: string, mode: PollMode, options: { mtu?: number } 
   return backend;
 }
 
-async function connectGuest(socketPath: string, mergeable = true): Promise<NetGuest> {
+async function connectGuest(socketPath: string, mergeable = true, queuePairs = 1): Promise<NetGuest> {
   const memory = FrontendMemory.simple(32 << 20);
   const features = mergeable ? NET_GUEST_FEATURES : NET_GUEST_FEATURES & ~(1n << BigInt(NetFeature.MRG_RXBUF));
-  const device = await FrontendDevice.connect({ socketPath, memory, queues: 2, queueSize: 256, deviceFeatures: features });
+  const device = await FrontendDevice.connect({
+    socketPath,
+    memory,
+    queues: 2 * queuePairs,
+    queueSize: 256,
+    deviceFeatures: features,
+  });
   guest = new NetGuest(device, memory);
   return guest;
 }
@@ -246,6 +252,32 @@ describe('vhost-user-net tap back-end in a network namespace', () => {
     expect(Buffer.from(echo.frame.subarray(42)).equals(Buffer.from(request.subarray(42)))).toBe(true);
   });
 
+  it('serves 2 queue pairs on one multi-queue tap (one fd per pair)', async () => {
+    const name = `vt${process.pid % 100000}2`;
+    const net = await startTap(name, 'adaptive', { queuePairs: 2 });
+    expect(net.ports[0].tap?.fds).toHaveLength(2);
+    expect(ip('-d', 'link', 'show', 'dev', name)).toMatch(/multi_queue/);
+    plugIntoNamespace(name);
+    const g = await connectGuest(net.ports[0].socketPath, true, 2);
+    g.postRx(32, 2048, { pair: 0 });
+    g.postRx(32, 2048, { pair: 1 });
+    // One request from each pair's TX; the kernel picks the tap queue (hence our pair) of each reply.
+    for (const pair of [0, 1]) {
+      await g.waitTx([g.send(arpRequest(GUEST_IP, NS_IP), { pair })], pair);
+    }
+    const stats = await waitFor(() => {
+      const all = net.queueStats();
+      return all[1].packets === 1 && all[3].packets === 1 && all[0].packets + all[2].packets >= 2 ? all : undefined;
+    });
+    expect(stats.reduce((sum, s) => sum + s.drops, 0)).toBe(0);
+    let replies = 0;
+    for (const pair of [0, 1]) {
+      g.reapRx(pair);
+      replies += g.takeRxEntries().filter((e) => e.len > 12).length;
+    }
+    expect(replies).toBeGreaterThanOrEqual(2);
+  });
+
   it('counts TX frames the tap refuses (link down) as drops and keeps serving', async () => {
     const name = `vt${process.pid % 100000}d`;
     const net = await startTap(name, 'interrupt');
@@ -265,6 +297,8 @@ describe('vhost-user-net tap back-end in a network namespace', () => {
     const name = `vt${process.pid % 100000}b`;
     const net = await startTap(name, 'interrupt', { mtu: 9000 });
     plugIntoNamespace(name);
+    // A tap we create gets the device's MTU.
+    expect((JSON.parse(ip('-n', NS, '-j', 'link', 'show', 'dev', name)) as { mtu: number }[])[0].mtu).toBe(9000);
     const g = await connectGuest(net.ports[0].socketPath, false);
     g.postRx(8, 1024); // too small for a 1400-byte ping; ARP fits
     g.send(arpRequest(GUEST_IP, NS_IP));

@@ -2,9 +2,9 @@
 // max_virtqueue_pairs, mtu) and queue layout. Frames are moved by the worker-side handler
 // (handler.ts); handlerSpec() describes it, queueToWorker() keeps each RX/TX pair on one worker.
 //
-// Offloads. CSUM/GUEST_CSUM and TSO are not offered: the back-ends here (loopback, sink, source)
-// write a plain header on RX, so a guest that handed us a partial checksum would receive it
-// unfinished. They belong with a back-end that carries the header through (tap, switch).
+// Offloads. CSUM/GUEST_CSUM and TSO are not offered: loopback, sink and source write a plain
+// header on RX, so a guest that handed us a partial checksum would receive it unfinished. The
+// tap back-end could carry them (IFF_VNET_HDR + TUNSETOFFLOAD) but runs without for now.
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
