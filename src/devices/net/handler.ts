@@ -176,7 +176,11 @@ class NetHandler implements QueueHandler {
     for (let pair = 0; pair < this.tapWatching.length; pair++) {
       if (this.tapWatching[pair] === 0) continue;
       this.tapWatching[pair] = 0;
-      this.context.unwatchFd(this.tapFds[pair]);
+      try {
+        this.context.unwatchFd(this.tapFds[pair]);
+      } catch {
+        // The worker already dropped every watch (after a handler failure).
+      }
     }
   }
 
