@@ -4,8 +4,9 @@
 //
 // RX chains are not completed when popped: they are held, oldest first, until a frame arrives
 // for them. A frame takes one chain, or with MRG_RXBUF as many as it needs (num_buffers in the
-// first header says how many). A frame that finds too little room is dropped and counted; it is
-// never queued, so memory stays bounded by the ring sizes.
+// first header says how many). A looped-back frame that finds too little room is dropped and
+// counted; it is never queued, so memory stays bounded by the ring sizes (tap frames wait in the
+// tap instead, see below).
 //
 // TX chains are read at once: the virtio-net header (any layout: it may be split across
 // descriptors), then the frame, copied straight from the TX buffers into held RX buffers
@@ -13,8 +14,9 @@
 //
 // Hostile input (every case counted per queue in NetStat and logged once per queue and reason):
 // a TX chain with a device-writable descriptor, shorter than the header, whose header asks for
-// an offload, or carrying a frame above MTU + headers is dropped; an RX chain with device-readable descriptors or shorter than
-// the header is handed back unused (used.len 0). The next frame is served as usual.
+// an offload, or carrying a frame above MTU + headers is dropped; an RX chain with
+// device-readable descriptors or shorter than the header is handed back unused (used.len 0).
+// The next frame is served as usual.
 //
 // Stopping. Held RX chains would keep a queue from ever draining (GET_VRING_BASE waits for
 // in-flight requests), so poll() hands them back with used.len 0 once the worker marks their
