@@ -47,7 +47,7 @@ for b in /bin/busybox /usr/bin/busybox; do
   fi
 done
 [ -n "$BUSYBOX" ] || die "no statically linked busybox (/bin/busybox): apt-get install -y busybox-static"
-for applet in sh insmod mount awk xxd dd sha256sum blockdev poweroff cpio; do
+for applet in sh insmod mount awk xxd dd sha256sum blockdev poweroff cpio ip ping nc mkfifo timeout usleep; do
   grep -qx "$applet" <<<"$("$BUSYBOX" --list)" || die "busybox at $BUSYBOX lacks '$applet': apt-get install -y busybox-static"
 done
 

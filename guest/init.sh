@@ -2,7 +2,7 @@
 # /init of the vhost-user-ts test guest (busybox initramfs, built by build-initramfs.sh).
 #
 # The job comes from the kernel command line (all optional except vut.test):
-#   vut.test=blk|boot      what to do (boot = load modules, report, power off)
+#   vut.test=blk|net|boot  what to do (boot = load modules, report, power off)
 #   vut.dev=vda            block device under test
 #   vut.bytes=4194304      bytes of pattern written + verified (multiple of 4096)
 #   vut.offset=0           byte offset of the pattern region (multiple of 4096)
@@ -12,6 +12,13 @@
 #   vut.bs=65536           dd block size for the pattern write/read
 #   vut.flush=1            force "write back" caching if the device has VIRTIO_BLK_F_FLUSH, so that
 #                          fsync sends a real FLUSH (0 = leave the device's cache mode alone)
+# net job (the guest's one virtio-net interface; the peer is the host end, e.g. a tap):
+#   vut.ip=10.78.0.2/24    our address        vut.peer=10.78.0.1   the peer's address
+#   vut.bytes=1048576      bytes sent to and received from the peer over TCP (busybox nc)
+#   vut.echos=3            echo requests from the peer to wait for before finishing
+#   Steps: address + up, `ping -c 3` the peer, print "VUT-STEP net-up" (the host may now ping
+#   us), send vut.bytes of /dev/urandom to PEER:5001, receive from PEER:5002 until the peer
+#   closes, wait for vut.echos echo requests (/proc/net/snmp InEchos), report sha256 of both.
 #
 # Output protocol (serial console):
 #   VUT-STEP <step> <detail>          one line per step, so a failing run is diagnosable
@@ -85,6 +92,9 @@ VUT_TAIL=1
 VUT_DISCARD=1048576
 VUT_BS=65536
 VUT_FLUSH=1
+VUT_IP=10.78.0.2/24
+VUT_PEER=10.78.0.1
+VUT_ECHOS=3
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vut.*=*)
@@ -185,6 +195,57 @@ write_verify() {
 job_boot() {
   step boot "modules loaded"
   finish "\"modules\":\"$(lsmod | awk 'NR>1 {print $1}' | tr '\n' ' ' | json_escape)\""
+}
+
+in_echos() {
+  awk '$1 == "Icmp:" { if (!n) { for (i = 2; i <= NF; i++) if ($i == "InEchos") c = i; n = 1 } else print $c }' /proc/net/snmp
+}
+
+job_net() {
+  is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
+  is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
+  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
+  IF=
+  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
+  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
+  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
+  mtu=$(cat "/sys/class/net/$IF/mtu")
+  mac=$(cat "/sys/class/net/$IF/address")
+  ip link set lo up
+  ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
+  ip link set "$IF" up || fail "ip link set $IF up"
+  step net-ping "$IF $mac mtu $mtu: ping $VUT_PEER"
+  ping -c 3 -W 5 "$VUT_PEER" > /tmp/ping.out 2>&1
+  received=$(awk '/packets received/ { print $4 }' /tmp/ping.out)
+  is_uint "$received" || received=0
+  [ "$received" -gt 0 ] || fail "no echo reply from $VUT_PEER: $(cat /tmp/ping.out)"
+  step net-up "$IF $VUT_IP answered $received of 3 pings"
+
+  count=$((VUT_BYTES / 65536)); rest=$((VUT_BYTES % 65536))
+  { dd if=/dev/urandom bs=65536 count=$count 2>/dev/null; dd if=/dev/urandom bs=$rest count=1 2>/dev/null; } > /tmp/tx.bin
+  tx_sha=$(sha256sum < /tmp/tx.bin | cut -d' ' -f1)
+  step net-send "$(stat -c %s /tmp/tx.bin) bytes sha256=$tx_sha to $VUT_PEER:5001"
+  timeout 120 nc "$VUT_PEER" 5001 < /tmp/tx.bin > /dev/null 2>/tmp/nc.err || fail "nc to $VUT_PEER:5001: $(cat /tmp/nc.err)"
+
+  # busybox nc stops reading the socket once its stdin is at EOF: hold stdin open with a fifo.
+  step net-receive "from $VUT_PEER:5002"
+  mkfifo /tmp/hold
+  sleep 600 > /tmp/hold &
+  hold=$!
+  timeout 120 nc "$VUT_PEER" 5002 < /tmp/hold > /tmp/rx.bin 2>/tmp/nc.err
+  rc=$?
+  kill $hold 2>/dev/null
+  [ $rc = 0 ] || fail "nc from $VUT_PEER:5002 (exit $rc): $(cat /tmp/nc.err)"
+  rx_bytes=$(stat -c %s /tmp/rx.bin)
+  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+  step net-received "$rx_bytes bytes sha256=$rx_sha"
+
+  step net-echos "waiting for $VUT_ECHOS echo requests from the peer"
+  waited=0
+  while [ "$(in_echos)" -lt "$VUT_ECHOS" ] && [ $waited -lt 600 ]; do usleep 100000; waited=$((waited + 1)); done
+  echos=$(in_echos)
+  [ "$echos" -ge "$VUT_ECHOS" ] || fail "only $echos echo requests from the peer in 60 s"
+  finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"ping_received\":$received,\"tx\":{\"bytes\":$(stat -c %s /tmp/tx.bin),\"sha256\":\"$tx_sha\"},\"rx\":{\"bytes\":$rx_bytes,\"sha256\":\"$rx_sha\"},\"in_echos\":$echos"
 }
 
 job_blk() {
@@ -321,6 +382,7 @@ job_blk() {
 
 case "$JOB" in
   blk) job_blk ;;
+  net) job_net ;;
   boot) job_boot ;;
   *) fail "unknown job vut.test=$JOB" ;;
 esac

@@ -130,8 +130,59 @@ export interface NativeRing {
    */
   blockIo(regions: SharedArrayBuffer[], sqes: Uint32Array, iovecs: Uint32Array, count: number, results: Int32Array): void;
 
+  // Tap devices (the vhost-user-net `tap` back-end). Iovec records use the recordLayout.iovec layout.
+  /**
+   * Opens /dev/net/tun and attaches to tap `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, and
+   * IFF_MULTI_QUEUE when asked), creating it if missing; sets the virtio-net header size and no
+   * offloads. `created`: no interface of that name existed before (the kernel then removes the tap
+   * when its last fd closes). Throws EPERM without CAP_NET_ADMIN, EINVAL for a non-tap of that name.
+   */
+  tapOpen(name: string, multiQueue: boolean, headerBytes: number): TapOpened;
+  /** TUNSETVNETHDRSZ: the header size (10 or 12) on every read and write of the tap. */
+  tapSetHeaderSize(fd: number, bytes: number): void;
+  /** SIOCSIFMTU on interface `name` (in this process's network namespace). */
+  tapSetMtu(name: string, mtu: number): void;
+  /**
+   * One writev per frame: frame i is iovec records [frames[2i], frames[2i] + frames[2i+1]);
+   * results[i] = bytes written or -errno (-EFAULT: a record outside its region).
+   */
+  tapWriteFrames(
+    fd: number,
+    regions: readonly SharedArrayBuffer[],
+    iovecs: Uint32Array,
+    frames: Uint32Array,
+    count: number,
+    results: Int32Array,
+  ): void;
+  /**
+   * One readv per frame into guest buffers: chain c is iovec records [chains[3c], +chains[3c+1])
+   * holding chains[3c+2] bytes. A frame goes into the next chain, or (mergeable) into as many next
+   * chains as hold `minRoom` bytes (stops when fewer are left). results[2f] = the frame's bytes
+   * (more than the room offered: truncated), results[2f+1] = chains it took. Returns the frames
+   * read; results[2 * frames] = why it stopped: -EAGAIN (tap empty), 0 (out of chains or
+   * maxFrames), or -errno.
+   */
+  tapReadFrames(
+    fd: number,
+    regions: readonly SharedArrayBuffer[],
+    iovecs: Uint32Array,
+    chains: Uint32Array,
+    chainCount: number,
+    minRoom: number,
+    mergeable: boolean,
+    maxFrames: number,
+    results: Int32Array,
+  ): number;
+
   /** The SQE and IOVEC record layout Uring.submit and blockIo read (native/ring/records.h). */
   readonly recordLayout: RecordLayout;
+}
+
+export interface TapOpened {
+  fd: number;
+  /** The interface name as the kernel has it. */
+  name: string;
+  created: boolean;
 }
 
 /** Word counts and word indexes of the request records (native/ring/records.h, uring.cc). */

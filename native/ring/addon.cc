@@ -137,6 +137,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ring::InitThread(env, exports);
   ring::InitUring(env, exports);
   ring::InitBlockIo(env, exports);
+  ring::InitTap(env, exports);
   exports.Set("recordLayout", ring::RecordLayout(env));
   return exports;
 }

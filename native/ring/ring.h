@@ -67,5 +67,6 @@ void InitEventfd(Napi::Env env, Napi::Object exports);
 void InitThread(Napi::Env env, Napi::Object exports);
 void InitUring(Napi::Env env, Napi::Object exports);
 void InitBlockIo(Napi::Env env, Napi::Object exports);
+void InitTap(Napi::Env env, Napi::Object exports);
 
 }  // namespace ring

@@ -1,6 +1,6 @@
 // vhost-user-net: serve virtio-net ports (one per socket) to vhost-user front-ends such as QEMU's
-// virtio-net-pci (-netdev vhost-user) or DPDK's virtio-user, with a loopback, sink or source
-// back-end behind them.
+// virtio-net-pci (-netdev vhost-user) or DPDK's virtio-user, with a loopback, sink, source or
+// tap back-end behind them.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
 import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger } from './common.js';
@@ -8,6 +8,7 @@ import { startNetBackend, type NetBackendOptions, type NetPortQueueStats } from 
 import { MAX_MTU, MIN_MTU } from '../devices/net/device.js';
 import { SOURCE_MIN_FRAME } from '../devices/net/frame.js';
 import { NET_BACKENDS, type NetBackendName } from '../devices/net/options.js';
+import { checkTapName } from '../devices/net/tap.js';
 import { ETH_HEADER_BYTES, parseMac } from '../devices/net/virtio-net.js';
 import type { PollMode } from '../dataplane/commands.js';
 
@@ -22,6 +23,9 @@ Back-end:
                            loopback  every frame a port transmits comes back on its own RX
                            sink      count and drop every frame (guest -> back-end)
                            source    fill every RX buffer with generated frames (back-end -> guest)
+                           tap:NAME  a Linux tap device in our network namespace, created if
+                                     missing (and then removed at exit); one --socket; needs
+                                     CAP_NET_ADMIN. Configure it (address, up) yourself.
   --frame-size N         source: bytes per frame, Ethernet header onwards, no FCS (default 64;
                          ${SOURCE_MIN_FRAME} to MTU + 18)
 
@@ -53,6 +57,7 @@ Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad usage.
 
 Examples:
   vhost-user-net --socket /tmp/vhost-net.sock --backend loopback
+  vhost-user-net --socket /tmp/vhost-net.sock --backend tap:vut0 --poll interrupt
   dpdk-testpmd --no-huge -m 1024 --no-pci --single-file-segments \\
     --vdev 'virtio_user0,path=/tmp/vhost-net.sock,queues=1' -- --forward-mode=io --tx-first
   qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\
@@ -103,14 +108,22 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
   if (sockets.length === 0) throw new UsageError('--socket PATH is required');
   if (new Set(sockets).size !== sockets.length) throw new UsageError('each --socket must be a different path');
   const backendText = v.backend ?? 'loopback';
-  if (backendText.startsWith('tap') || backendText === 'switch') {
+  if (backendText === 'switch') {
     throw new UsageError(
-      `--backend ${backendText} is not built yet (it needs the worker event API / cross-port delivery); use ${NET_BACKENDS.join(', ')}`,
+      `--backend switch is not built yet (it needs cross-port delivery); use loopback, sink, source or tap:NAME`,
     );
   }
-  const backend = backendText as NetBackendName;
-  if (!NET_BACKENDS.includes(backend))
-    throw new UsageError(`--backend must be one of ${NET_BACKENDS.join(', ')}, not "${v.backend}"`);
+  let tapName: string | undefined;
+  let backend = backendText as NetBackendName;
+  if (backendText === 'tap' || backendText.startsWith('tap:')) {
+    backend = 'tap';
+    tapName = backendText.slice(4);
+    const problem = checkTapName(tapName);
+    if (problem) throw new UsageError(`--backend tap:NAME: ${problem}`);
+    if (sockets.length !== 1) throw new UsageError('--backend tap:NAME serves one port: give one --socket');
+  } else if (backend === 'tap' || !NET_BACKENDS.includes(backend)) {
+    throw new UsageError(`--backend must be one of loopback, sink, source, tap:NAME, not "${v.backend}"`);
+  }
   const poll = (v.poll ?? 'adaptive') as PollMode;
   if (!['busy', 'interrupt', 'adaptive'].includes(poll))
     throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
@@ -144,13 +157,15 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
       mac,
       mtu,
       frameBytes,
+      tapName,
     },
   };
 }
 
 /** One line per queue, for the exit summary. */
 export function formatNetStats(stats: NetPortQueueStats[]): string {
-  const header = 'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers\n';
+  const header =
+    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors\n';
   return (
     header +
     stats
@@ -166,6 +181,7 @@ export function formatNetStats(stats: NetPortQueueStats[]): string {
           String(s.tooBig).padStart(8),
           String(s.badChain).padStart(10),
           String(s.badBuffers).padStart(12),
+          String(s.backendErrors).padStart(15),
         ].join(' '),
       )
       .join('\n') +

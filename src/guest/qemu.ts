@@ -136,6 +136,24 @@ export interface BlkResult extends GuestResultBase {
   };
 }
 
+/** VUT-RESULT of the `net` job (ok: true). */
+export interface NetResult extends GuestResultBase {
+  job: 'net';
+  /** The guest's interface, its MAC and MTU. */
+  if: string;
+  mac: string;
+  mtu: number;
+  /** Negotiated virtio feature bits, '0'/'1' per bit, bit 0 first. */
+  features: string;
+  /** Echo replies to the guest's 3 pings of the peer. */
+  ping_received: number;
+  /** What the guest sent to PEER:5001 and received from PEER:5002. */
+  tx: { bytes: number; sha256: string };
+  rx: { bytes: number; sha256: string };
+  /** Echo requests the guest answered (the peer pinging it). */
+  in_echos: number;
+}
+
 export type GuestResult = GuestResultBase;
 
 export interface GuestRun<R extends GuestResultBase = GuestResult> {
@@ -309,6 +327,8 @@ export interface RunGuestOptions {
   blkDeviceProps?: string[];
   /** Extra `-chardev socket` properties, e.g. 'reconnect=1'. */
   chardevProps?: string[];
+  /** A virtio-net-pci on a vhost-user-net socket (the back-end listens, QEMU connects). */
+  net?: { socketPath: string; mac?: string; queuePairs?: number };
   /** Guest job (vut.test=...), default 'blk'. */
   job?: string;
   /** More vut.* kernel args: { bytes: 4194304, seed: 7 } → "vut.bytes=4194304 vut.seed=7". */
@@ -386,6 +406,17 @@ export function qemuArgs(opts: RunGuestOptions & { image: GuestImage }): string[
     if (opts.queueSize) dev.push(`queue-size=${opts.queueSize}`);
     dev.push(...(opts.blkDeviceProps ?? []));
     args.push('-chardev', chardev.join(','), '-device', dev.join(','));
+  }
+  if (opts.net) {
+    const pairs = opts.net.queuePairs ?? 1;
+    const netdev = ['vhost-user', 'id=n0', 'chardev=vn0', ...(pairs > 1 ? [`queues=${pairs}`] : [])];
+    // romfile= : no option ROM to load (a -kernel boot never uses it; spares the ipxe-qemu package).
+    // vectors=0 : INTx instead of MSI-X. QEMU 7.2 under TCG segfaults in vhost_net_start →
+    // msix_set_vector_notifiers when the guest driver starts a vhost-user-net device with MSI-X
+    // (seen here with every back-end, before SET_FEATURES is sent).
+    const dev = ['virtio-net-pci', 'netdev=n0', `mac=${opts.net.mac ?? '52:54:00:12:34:56'}`, 'romfile=', 'vectors=0'];
+    if (pairs > 1) dev.push('mq=on');
+    args.push('-chardev', `socket,id=vn0,path=${opts.net.socketPath}`, '-netdev', netdev.join(','), '-device', dev.join(','));
   }
   args.push(...(opts.qemuArgs ?? []));
   return args;

@@ -56,6 +56,10 @@ describe('vhost-user-net arguments', () => {
       [['--socket', 's', '--frame-size', '100'], /only applies to --backend source/],
       [['--socket', 's', '--socket', 's'], /different path/],
       [['--socket', 's', '--poll', 'sometimes'], /--poll must be/],
+      [['--socket', 's', '--backend', 'tap:'], /tap name has 1 to 15 bytes/],
+      [['--socket', 's', '--backend', 'tap:a-name-far-too-long'], /tap name has 1 to 15 bytes/],
+      [['--socket', 's', '--backend', 'tap:a/b'], /not a valid interface name/],
+      [['--socket', 'a', '--socket', 'b', '--backend', 'tap:vut0'], /serves one port/],
     ];
     for (const [args, message] of cases) {
       const result = run(args);
@@ -95,6 +99,7 @@ describe('vhost-user-net arguments', () => {
       cpus: [0, 1],
     });
     expect(Array.from(parsed.backend.mac)).toEqual([2, 0, 0, 0, 0, 10]);
+    expect(parseNetArgs(['--socket', 'a', '--backend', 'tap:vut0']).backend).toMatchObject({ backend: 'tap', tapName: 'vut0' });
   });
 });
 

@@ -56,6 +56,7 @@ describe('net handler hot path', () => {
       queuePairs: 1,
       maxFrameBytes: 1518,
       frameBytes: 64,
+      tapFds: [],
       mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
     };
     const handler = await createQueueHandler(options, {

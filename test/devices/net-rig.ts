@@ -13,7 +13,7 @@ import type { NetBackendName, NetQueueStats } from '../../dist/devices/net/optio
 import type { PollMode } from '../../dist/dataplane/commands.js';
 import { NetFeature } from '../../dist/devices/net/virtio-net.js';
 
-const NET_GUEST_FEATURES = [NetFeature.MRG_RXBUF, NetFeature.MQ, NetFeature.MTU, NetFeature.MAC, NetFeature.STATUS].reduce(
+export const NET_GUEST_FEATURES = [NetFeature.MRG_RXBUF, NetFeature.MQ, NetFeature.MTU, NetFeature.MAC, NetFeature.STATUS].reduce(
   (mask, feature) => mask | (1n << BigInt(feature)),
   0n,
 );

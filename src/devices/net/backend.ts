@@ -2,13 +2,15 @@
 // face, a worker data plane running the net handler, and the daemon. Ports are independent:
 // each has its own workers (on the CPUs given) because a worker holds one guest memory table
 // and the session numbers queues from 0. Frames never cross ports: a switch between them needs
-// cross-port delivery that the data plane does not have yet (issue 9).
+// cross-port delivery that the data plane does not have yet (issue 9). The tap back-end serves
+// one port: its tap is opened before the workers start and closed after they stopped.
 import { createLogger, type Logger } from '../../log.js';
 import { VhostUserDaemon } from '../../control/daemon.js';
 import { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { NetDevice } from './device.js';
+import { TapDevice } from './tap.js';
 import type { NetBackendName, NetQueueStats } from './options.js';
 import { formatMac } from './virtio-net.js';
 
@@ -27,6 +29,8 @@ export interface NetBackendOptions {
   mtu: number;
   /** source: bytes per generated frame. */
   frameBytes: number;
+  /** tap: the interface name (created if missing). */
+  tapName?: string;
 }
 
 export interface NetPort {
@@ -34,6 +38,7 @@ export interface NetPort {
   device: NetDevice;
   plane: WorkerDataPlane;
   daemon: VhostUserDaemon;
+  tap: TapDevice | null;
 }
 
 /** One queue's counters: the data plane's (kicks, calls, passes) and the net ones (frames, drops). */
@@ -54,22 +59,41 @@ export interface NetBackend {
 export async function startNetBackend(options: NetBackendOptions, logger?: Logger): Promise<NetBackend> {
   const log = logger ?? createLogger('vhost-user-net');
   if (options.socketPaths.length === 0) throw new Error('at least one socket is needed');
+  if (options.backend === 'tap' && (options.tapName === undefined || options.socketPaths.length !== 1)) {
+    throw new Error('the tap back-end serves one port (one socket) and needs a tap name');
+  }
   const ports: NetPort[] = [];
+  let openingTap: TapDevice | null = null;
   const stopAll = async () => {
     for (const port of ports.splice(0).reverse()) {
-      await port.daemon.stop();
-      await port.plane.close();
+      try {
+        await port.daemon.stop();
+        await port.plane.close();
+      } finally {
+        // The workers are gone (or never used the fds): a tap we created disappears here.
+        port.tap?.close();
+      }
     }
+    openingTap?.close();
   };
   try {
     for (const [p, socketPath] of options.socketPaths.entries()) {
       const mac = Uint8Array.from(options.mac);
       mac[5] = (mac[5] + p) & 0xff;
-      const device = new NetDevice({ queuePairs: options.queuePairs, maxQueueSize: options.queueSize, mac, mtu: options.mtu });
+      const tap = options.backend === 'tap' ? TapDevice.open(options.tapName!, options.queuePairs, options.mtu) : null;
+      openingTap = tap;
+      if (tap) log.info(tap.created ? 'tap created' : 'tap attached', { port: p, tap: tap.name, queuePairs: options.queuePairs });
+      const device = new NetDevice({
+        queuePairs: options.queuePairs,
+        maxQueueSize: options.queueSize,
+        mac,
+        mtu: options.mtu,
+        onHeaderBytes: tap ? (bytes) => tap.setHeaderBytes(bytes) : undefined,
+      });
       const plane = await WorkerDataPlane.start({
         cpus: options.cpus,
         queueCount: device.numQueues,
-        handler: device.handlerSpec(options.backend, options.frameBytes),
+        handler: device.handlerSpec(options.backend, options.frameBytes, tap?.fds ?? []),
         mode: options.poll,
         idleBudgetUs: options.idleBudgetUs,
         queueToWorker: NetDevice.queueToWorker,
@@ -82,13 +106,15 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
         dataPlane: plane,
         logger: log.child(`port${p}.daemon`),
       });
-      ports.push({ socketPath, device, plane, daemon });
+      ports.push({ socketPath, device, plane, daemon, tap });
+      openingTap = null;
       await daemon.start();
       log.info('serving', {
         port: p,
         socket: socketPath,
         mac: formatMac(mac),
         backend: options.backend,
+        tap: tap?.name,
         queuePairs: options.queuePairs,
         cpus: options.cpus,
         poll: options.poll,

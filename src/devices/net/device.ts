@@ -2,9 +2,9 @@
 // max_virtqueue_pairs, mtu) and queue layout. Frames are moved by the worker-side handler
 // (handler.ts); handlerSpec() describes it, queueToWorker() keeps each RX/TX pair on one worker.
 //
-// Offloads. CSUM/GUEST_CSUM and TSO are not offered: the back-ends here (loopback, sink, source)
-// write a plain header on RX, so a guest that handed us a partial checksum would receive it
-// unfinished. They belong with a back-end that carries the header through (tap, switch).
+// Offloads. CSUM/GUEST_CSUM and TSO are not offered: loopback, sink and source write a plain
+// header on RX, so a guest that handed us a partial checksum would receive it unfinished. The
+// tap back-end could carry them (IFF_VNET_HDR + TUNSETOFFLOAD) but runs without for now.
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
@@ -30,6 +30,11 @@ export interface NetDeviceOptions {
   mac: Uint8Array;
   /** Offered through VIRTIO_NET_F_MTU; frames above it plus headers are dropped on TX. */
   mtu: number;
+  /**
+   * Called with the virtio-net header length (10 or 12) whenever the negotiated features change
+   * it: a tap back-end sets its own header size to match (TUNSETVNETHDRSZ).
+   */
+  onHeaderBytes?: (bytes: number) => void;
 }
 
 /** Segments a net request may span: Linux sends at most MAX_SKB_FRAGS + 2 (19) per frame. */
@@ -104,8 +109,8 @@ export class NetDevice implements VhostUserDevice {
     return (queue >>> 1) % workers;
   }
 
-  /** The worker-side handler with the given back-end. */
-  handlerSpec(backend: NetBackendName, frameBytes = 64): HandlerSpec {
+  /** The worker-side handler with the given back-end (tap: one tap fd per queue pair). */
+  handlerSpec(backend: NetBackendName, frameBytes = 64, tapFds: number[] = []): HandlerSpec {
     if (backend === 'source' && (frameBytes < SOURCE_MIN_FRAME || frameBytes > this.maxFrameBytes)) {
       throw new RangeError(
         `frame size must be between ${SOURCE_MIN_FRAME} and ${this.maxFrameBytes} bytes (MTU ${this.options.mtu}), got ${frameBytes}`,
@@ -119,6 +124,7 @@ export class NetDevice implements VhostUserDevice {
       maxFrameBytes: this.maxFrameBytes,
       frameBytes,
       mac: Array.from(this.options.mac),
+      tapFds,
     };
     return { module: new URL('./handler.js', import.meta.url).href, options };
   }
@@ -146,7 +152,9 @@ export class NetDevice implements VhostUserDevice {
   private setNegotiated(features: bigint): void {
     const version1 = (features & bit(VIRTIO_F_VERSION_1)) !== 0n;
     const mergeable = (features & bit(NetFeature.MRG_RXBUF)) !== 0n;
-    Atomics.store(this.negotiatedView, NegotiatedSlot.headerBytes, netHeaderBytes(version1, mergeable));
+    const headerBytes = netHeaderBytes(version1, mergeable);
+    const changed = Atomics.exchange(this.negotiatedView, NegotiatedSlot.headerBytes, headerBytes) !== headerBytes;
+    if (changed) this.options.onHeaderBytes?.(headerBytes);
     Atomics.store(this.negotiatedView, NegotiatedSlot.mergeableRxBuffers, mergeable ? 1 : 0);
   }
 }

@@ -4,8 +4,9 @@
 //
 // RX chains are not completed when popped: they are held, oldest first, until a frame arrives
 // for them. A frame takes one chain, or with MRG_RXBUF as many as it needs (num_buffers in the
-// first header says how many). A frame that finds too little room is dropped and counted; it is
-// never queued, so memory stays bounded by the ring sizes.
+// first header says how many). A looped-back frame that finds too little room is dropped and
+// counted; it is never queued, so memory stays bounded by the ring sizes (tap frames wait in the
+// tap instead, see below).
 //
 // TX chains are read at once: the virtio-net header (any layout: it may be split across
 // descriptors), then the frame, copied straight from the TX buffers into held RX buffers
@@ -13,21 +14,37 @@
 //
 // Hostile input (every case counted per queue in NetStat and logged once per queue and reason):
 // a TX chain with a device-writable descriptor, shorter than the header, whose header asks for
-// an offload, or carrying a frame above MTU + headers is dropped; an RX chain with device-readable descriptors or shorter than
-// the header is handed back unused (used.len 0). The next frame is served as usual.
+// an offload, or carrying a frame above MTU + headers is dropped; an RX chain with
+// device-readable descriptors or shorter than the header is handed back unused (used.len 0).
+// The next frame is served as usual.
 //
 // Stopping. Held RX chains would keep a queue from ever draining (GET_VRING_BASE waits for
 // in-flight requests), so poll() hands them back with used.len 0 once the worker marks their
 // queue as stopping. Drivers treat a zero-length RX buffer as an empty one (Linux counts a
 // length error, DPDK a dropped packet) and the front-end is stopping the ring anyway.
 //
+// Tap (one fd per pair, opened by the control thread). TX frames are batched per pass and
+// written by flush() with their virtio-net header, which the tap (IFF_VNET_HDR) takes as it is.
+// RX: the worker watches the pair's tap fd only while it holds RX chains with room, and reads
+// frames straight into them (header included; flags cleared, num_buffers set). Without room
+// it stops watching and leaves the frames in the tap: the kernel's queue is the bound, and the
+// worker does not spin on a readable fd it cannot serve. New RX chains resume reading.
+//
 // Nothing here allocates per frame: the held rings are preallocated per pair on first use,
 // copies walk the requests' segment arrays, and source frames come from one template.
-import type { CreateQueueHandler, HandlerContext, QueueHandler, WorkerQueue } from '../../dataplane/device-api.js';
+import { constants as osConstants } from 'node:os';
+import {
+  FdEvent,
+  type CreateQueueHandler,
+  type HandlerContext,
+  type QueueHandler,
+  type WorkerQueue,
+} from '../../dataplane/device-api.js';
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 import { buildSourceFrame, SOURCE_SEQUENCE_OFFSET } from './frame.js';
-import { NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
+import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
+import { TapRxBatch, TapTxBatch } from './tap-io.js';
 import { ETH_HEADER_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
@@ -35,6 +52,10 @@ const HELD_CAPACITY = 32768;
 const BACKEND_LOOPBACK = 0;
 const BACKEND_SINK = 1;
 const BACKEND_SOURCE = 2;
+const BACKEND_TAP = 3;
+const EAGAIN = osConstants.errno.EAGAIN;
+/** virtio_net_hdr.flags bit: the checksum is left to the receiver (needs GUEST_CSUM). */
+const HDR_F_NEEDS_CSUM = 1;
 
 class NetHandler implements QueueHandler {
   readonly completionFd = -1;
@@ -61,9 +82,23 @@ class NetHandler implements QueueHandler {
   private readonly sourceFrame: Uint8Array;
   private sourceSequence = 0;
 
+  // tap, per pair: its fd, whether the worker watches it, whether the last read stopped with
+  // frames possibly left (out of chains), the held count at which a read made no progress (-1:
+  // none), and whether reading failed for good.
+  private readonly context: HandlerContext;
+  private readonly tapFds: Int32Array;
+  private readonly tapWatching: Uint8Array;
+  private readonly tapMaybeReady: Uint8Array;
+  private readonly tapBlockedAt: Int32Array;
+  private readonly tapFailed: Uint8Array;
+  private readonly rxArrived: Uint8Array;
+  private readonly txBatch: TapTxBatch | null;
+  private readonly rxBatch: TapRxBatch | null;
+
   constructor(options: NetHandlerOptions, context: HandlerContext) {
-    this.backend = options.backend === 'loopback' ? BACKEND_LOOPBACK : options.backend === 'sink' ? BACKEND_SINK : BACKEND_SOURCE;
-    if (!['loopback', 'sink', 'source'].includes(options.backend)) throw new Error(`unknown net back-end "${options.backend}"`);
+    const backendIndex = NET_BACKENDS.indexOf(options.backend);
+    if (backendIndex < 0) throw new Error(`unknown net back-end "${options.backend}"`);
+    this.backend = [BACKEND_LOOPBACK, BACKEND_SINK, BACKEND_SOURCE, BACKEND_TAP][backendIndex];
     this.negotiated = new Int32Array(options.negotiated);
     this.stats = new Float64Array(options.stats);
     this.maxFrameBytes = options.maxFrameBytes;
@@ -76,6 +111,19 @@ class NetHandler implements QueueHandler {
     this.pairsSeen = new Int32Array(pairs);
     this.logged = new Uint8Array(2 * pairs * NET_STAT_SLOTS);
     this.sourceFrame = this.backend === BACKEND_SOURCE ? buildSourceFrame(options.frameBytes, options.mac) : new Uint8Array(0);
+    this.context = context;
+    const tap = this.backend === BACKEND_TAP;
+    if (tap && options.tapFds.length !== pairs) {
+      throw new Error(`the tap back-end needs one fd per queue pair (${pairs}), got ${options.tapFds.length}`);
+    }
+    this.tapFds = Int32Array.from(tap ? options.tapFds : []);
+    this.tapWatching = new Uint8Array(pairs);
+    this.tapMaybeReady = new Uint8Array(pairs);
+    this.tapBlockedAt = new Int32Array(pairs).fill(-1);
+    this.tapFailed = new Uint8Array(pairs);
+    this.rxArrived = new Uint8Array(pairs);
+    this.txBatch = tap ? new TapTxBatch() : null;
+    this.rxBatch = tap ? new TapRxBatch() : null;
   }
 
   handle(queue: WorkerQueue, request: VirtqRequest): void {
@@ -89,7 +137,18 @@ class NetHandler implements QueueHandler {
     else this.handleTx(pair, queue, request);
   }
 
-  flush(): void {}
+  /** tap: writes the pass's TX frames, reads into RX chains that just arrived, (un)watches fds. */
+  flush(): void {
+    if (this.backend !== BACKEND_TAP) return;
+    if (this.txBatch!.count > 0) this.writeTxBatch();
+    for (let i = 0; i < this.pairsSeenCount; i++) {
+      const pair = this.pairsSeen[i];
+      if (this.rxArrived[pair] === 0) continue;
+      this.rxArrived[pair] = 0;
+      if (this.tapMaybeReady[pair] !== 0) this.readTap(pair);
+      this.updateTapWatch(pair);
+    }
+  }
 
   /** Hands back the held RX chains of queues that are stopping (see the header comment). */
   poll(): number {
@@ -101,13 +160,31 @@ class NetHandler implements QueueHandler {
       if (!queue.stopping) continue;
       released += this.releaseHeld(pair, queue);
       this.rxQueue[pair] = null;
+      if (this.backend === BACKEND_TAP) this.updateTapWatch(pair);
     }
     return released;
   }
 
+  /** tap: the pair's fd (token = pair) is readable, or in error (the read says which). */
+  onFdReady(token: number, _events: number): void {
+    if (token >= this.tapFds.length) return;
+    this.readTap(token);
+    this.updateTapWatch(token);
+  }
+
   setMemory(_memory: GuestMemory): void {}
 
-  close(): void {}
+  close(): void {
+    for (let pair = 0; pair < this.tapWatching.length; pair++) {
+      if (this.tapWatching[pair] === 0) continue;
+      this.tapWatching[pair] = 0;
+      try {
+        this.context.unwatchFd(this.tapFds[pair]);
+      } catch {
+        // The worker already dropped every watch (after a handler failure).
+      }
+    }
+  }
 
   // ---- RX --------------------------------------------------------------------------------------
 
@@ -123,6 +200,7 @@ class NetHandler implements QueueHandler {
     ring[(this.heldHead[pair] + this.heldCount[pair]) & (HELD_CAPACITY - 1)] = request;
     this.heldCount[pair]++;
     if (this.backend === BACKEND_SOURCE) this.fillFromSource(pair);
+    else if (this.backend === BACKEND_TAP) this.rxArrived[pair] = 1;
   }
 
   /** A (re)started RX queue: remember it, and set up the pair's held ring the first time. */
@@ -200,6 +278,13 @@ class NetHandler implements QueueHandler {
       this.count(index, NetStat.badChain, 'TX frame shorter than an Ethernet header: dropped');
       return;
     }
+    if (this.backend === BACKEND_TAP) {
+      // Completed by flush() once written: one native call for the pass's frames.
+      const batch = this.txBatch!;
+      if (!batch.accepts(pair, request)) this.writeTxBatch();
+      batch.add(queue, pair, request, frameBytes);
+      return;
+    }
     const stats = this.stats;
     const base = index * NET_STAT_SLOTS;
     stats[base + NetStat.packets]++;
@@ -211,6 +296,128 @@ class NetHandler implements QueueHandler {
       else this.count(pair << 1, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
     }
     queue.complete(request, 0);
+  }
+
+  // ---- tap -----------------------------------------------------------------------------------
+
+  /** Writes the batched TX frames to their pair's tap and completes them. */
+  private writeTxBatch(): void {
+    const batch = this.txBatch!;
+    const pair = batch.pair;
+    const queue = batch.queue!;
+    batch.write(this.tapFds[pair]);
+    const stats = this.stats;
+    const index = (pair << 1) | 1;
+    const base = index * NET_STAT_SLOTS;
+    for (let i = 0; i < batch.count; i++) {
+      const result = batch.results[i];
+      if (result >= 0) {
+        stats[base + NetStat.packets]++;
+        stats[base + NetStat.bytes] += batch.frameBytes[i];
+      } else {
+        this.countTapError(index, 'TX frame refused by the tap: dropped', -result);
+      }
+      queue.complete(batch.requests[i]!, 0);
+    }
+    batch.clear();
+  }
+
+  /** Reads frames from the pair's tap into its held RX chains (one native call). */
+  private readTap(pair: number): void {
+    const queue = this.rxQueue[pair];
+    if (queue === null || queue.stopping || this.heldCount[pair] === 0 || this.tapFailed[pair] !== 0) return;
+    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
+    const mergeable = this.negotiated[NegotiatedSlot.mergeableRxBuffers] !== 0;
+    const ring = this.held[pair]!;
+    const batch = this.rxBatch!;
+    batch.begin();
+    let head = this.heldHead[pair];
+    for (let i = this.heldCount[pair]; i > 0; i--) {
+      if (!batch.offer(ring[head]!)) break;
+      head = (head + 1) & (HELD_CAPACITY - 1);
+    }
+    const frames = batch.read(this.tapFds[pair], headerBytes + this.maxFrameBytes, mergeable);
+    const results = batch.results;
+    const base = (pair << 1) * NET_STAT_SLOTS;
+    let chain = 0;
+    for (let f = 0; f < frames; f++) {
+      const bytes = results[2 * f];
+      const used = results[2 * f + 1];
+      let room = 0;
+      for (let c = chain; c < chain + used; c++) room += batch.room[c];
+      const first = ring[this.heldHead[pair]]!;
+      let keep = true;
+      if (bytes > room || bytes < headerBytes) {
+        keep = false;
+        this.count(pair << 1, NetStat.tooBig, 'frame from the tap larger than the RX buffers offered: dropped');
+      } else if (writableByte(first, 1) !== 0 || (writableByte(first, 0) & HDR_F_NEEDS_CSUM) !== 0) {
+        // The tap has no offloads enabled, so this should not happen; the guest could not take it.
+        keep = false;
+        this.countTapError(pair << 1, 'frame from the tap asks for checksum or segmentation offload: dropped', 0);
+      } else {
+        // DATA_VALID may be set; without GUEST_CSUM the device must leave flags at 0 (§5.1.6.4).
+        first.writeWritableByte(0, 0);
+        if (headerBytes > NET_HDR_NUM_BUFFERS) {
+          first.writeWritableByte(NET_HDR_NUM_BUFFERS, used & 0xff);
+          first.writeWritableByte(NET_HDR_NUM_BUFFERS + 1, used >>> 8);
+        }
+        this.stats[base + NetStat.packets]++;
+        this.stats[base + NetStat.bytes] += bytes - headerBytes;
+      }
+      let left = keep ? bytes : 0;
+      for (let c = chain; c < chain + used; c++) {
+        const h = this.heldHead[pair];
+        const take = left < batch.room[c] ? left : batch.room[c];
+        queue.complete(ring[h]!, take);
+        left -= take;
+        ring[h] = null;
+        this.heldHead[pair] = (h + 1) & (HELD_CAPACITY - 1);
+      }
+      this.heldCount[pair] -= used;
+      chain += used;
+    }
+    const stop = results[2 * frames];
+    if (frames > 0) this.tapBlockedAt[pair] = -1;
+    if (stop === -EAGAIN) {
+      this.tapMaybeReady[pair] = 0;
+    } else if (stop === 0) {
+      // Out of chains (or of room for a whole frame): frames may be left in the tap.
+      this.tapMaybeReady[pair] = 1;
+      if (frames === 0) this.tapBlockedAt[pair] = this.heldCount[pair];
+    } else {
+      this.tapFailed[pair] = 1;
+      this.countTapError(pair << 1, 'reading the tap failed: this queue pair no longer receives', -stop);
+    }
+  }
+
+  /** Watches the pair's tap fd exactly while a read could make progress. */
+  private updateTapWatch(pair: number): void {
+    const queue = this.rxQueue[pair];
+    const want =
+      queue !== null &&
+      !queue.stopping &&
+      this.heldCount[pair] > 0 &&
+      this.heldCount[pair] !== this.tapBlockedAt[pair] &&
+      this.tapFailed[pair] === 0;
+    if (want === (this.tapWatching[pair] !== 0)) return;
+    this.tapWatching[pair] = want ? 1 : 0;
+    if (want) this.context.watchFd(this.tapFds[pair], pair, FdEvent.READABLE);
+    else this.context.unwatchFd(this.tapFds[pair]);
+  }
+
+  /** Counts a tap error as a drop on `queue`, logging the first one with its errno. */
+  private countTapError(queue: number, message: string, errno: number): void {
+    const base = queue * NET_STAT_SLOTS;
+    this.stats[base + NetStat.backendErrors]++;
+    this.stats[base + NetStat.drops]++;
+    const flag = base + NetStat.backendErrors;
+    if (this.logged[flag] !== 0) return;
+    this.logged[flag] = 1;
+    this.log('warn', message, {
+      queue,
+      errno: errno === 0 ? undefined : errnoName(errno),
+      note: 'logged once per queue; see the net statistics for counts',
+    });
   }
 
   // ---- delivery into held RX chains ----------------------------------------------------------
@@ -305,6 +512,22 @@ class NetHandler implements QueueHandler {
     this.logged[flag] = 1;
     this.log('warn', message, { queue, note: 'logged once per queue; see the net statistics for counts' });
   }
+}
+
+/** The device-writable byte at `position` of `rx`, or -1 past the end. */
+function writableByte(rx: VirtqRequest, position: number): number {
+  let skip = position;
+  for (let s = rx.readableCount; s < rx.segmentCount; s++) {
+    const length = rx.segLength[s];
+    if (skip < length) return rx.memory!.windowBytesView[rx.segWindow[s]][rx.segWindowOffset[s] + skip];
+    skip -= length;
+  }
+  return -1;
+}
+
+function errnoName(errno: number): string {
+  for (const [name, value] of Object.entries(osConstants.errno)) if (value === errno) return name;
+  return `errno ${errno}`;
 }
 
 /** The RX header: no offloads (flags, gso_type, ... all 0) and num_buffers when it has the field. */

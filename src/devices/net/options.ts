@@ -1,9 +1,9 @@
 // What the control thread tells the net handler in each worker (plain data: it crosses into
 // worker threads through workerData), and the shared counters both sides read.
 
-/** Where frames go. */
-export type NetBackendName = 'loopback' | 'sink' | 'source';
-export const NET_BACKENDS: readonly NetBackendName[] = ['loopback', 'sink', 'source'];
+/** Where frames go. `tap` is given as `tap:NAME` on the command line. */
+export type NetBackendName = 'loopback' | 'sink' | 'source' | 'tap';
+export const NET_BACKENDS: readonly NetBackendName[] = ['loopback', 'sink', 'source', 'tap'];
 
 export interface NetHandlerOptions {
   backend: NetBackendName;
@@ -18,6 +18,8 @@ export interface NetHandlerOptions {
   frameBytes: number;
   /** source: destination MAC of generated frames (the guest's own, so it accepts them). */
   mac: number[];
+  /** tap: one fd per queue pair (the same tap, IFF_MULTI_QUEUE when more than one), owned by the control thread. */
+  tapFds: number[];
 }
 
 /** Int32 slots of NetHandlerOptions.negotiated. */
@@ -52,6 +54,11 @@ export const NetStat = {
   badChain: 5,
   /** RX buffers handed back unused: device-readable descriptors, or shorter than the header. */
   badBuffers: 6,
+  /**
+   * tap: frames the tap refused (TX write error, e.g. the link is down) or that came from it
+   * asking for an offload the guest did not negotiate (RX), and failed reads.
+   */
+  backendErrors: 7,
 } as const;
 export const NET_STAT_SLOTS = 8;
 

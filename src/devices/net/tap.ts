@@ -1,0 +1,68 @@
+// The tap back-end's control side: the tap device a port's frames go to. It is opened (and
+// created if missing) in this process's network namespace, with one fd per queue pair
+// (IFF_MULTI_QUEUE when there are several), IFF_VNET_HDR and no offloads. A tap we created is
+// not persistent: the kernel removes it when the last fd closes, so close() (or our exit, or a
+// crash) removes it; a tap that already existed (e.g. `ip tuntap add`) is left as it was.
+import { native } from '../../native.js';
+
+/** Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..". */
+export function checkTapName(name: string): string | undefined {
+  if (name.length === 0 || Buffer.byteLength(name) > 15) return 'a tap name has 1 to 15 bytes';
+  if (/[/:\s]/.test(name) || name === '.' || name === '..') return `"${name}" is not a valid interface name`;
+  return undefined;
+}
+
+export class TapDevice {
+  private closed = false;
+
+  private constructor(
+    /** The interface name as the kernel has it. */
+    readonly name: string,
+    /** One fd per queue pair (the workers read and write them; this object closes them). */
+    readonly fds: number[],
+    /** We created it (it disappears with our last fd). */
+    readonly created: boolean,
+  ) {}
+
+  /**
+   * Opens tap `name` for `queuePairs` pairs. A tap we create gets `mtu`; an existing one keeps
+   * its own (frames longer than the guest's buffers are dropped and counted).
+   */
+  static open(name: string, queuePairs: number, mtu: number): TapDevice {
+    const problem = checkTapName(name);
+    if (problem) throw new RangeError(problem);
+    const fds: number[] = [];
+    try {
+      const first = native.tapOpen(name, queuePairs > 1, 12);
+      fds.push(first.fd);
+      for (let pair = 1; pair < queuePairs; pair++) fds.push(native.tapOpen(first.name, true, 12).fd);
+      if (first.created) native.tapSetMtu(first.name, mtu);
+      return new TapDevice(first.name, fds, first.created);
+    } catch (error) {
+      for (const fd of fds) native.close(fd);
+      throw new Error(`cannot open tap ${name}: ${(error as Error).message}${hint(error)}`, { cause: error });
+    }
+  }
+
+  /** The virtio-net header length the guest negotiated (the tap's is per device). */
+  setHeaderBytes(bytes: number): void {
+    if (!this.closed) native.tapSetHeaderSize(this.fds[0], bytes);
+  }
+
+  /** Closes every fd (after the workers stopped using them); a tap we created goes away. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const fd of this.fds) native.close(fd);
+  }
+}
+
+function hint(error: unknown): string {
+  const code = (error as { code?: string }).code;
+  if (code === 'EPERM') return ' (creating or attaching a tap needs CAP_NET_ADMIN, or a tap owned by this user)';
+  if (code === 'EINVAL') {
+    return ' (an interface of that name exists but is not a tap, or its multi_queue setting differs from --queues)';
+  }
+  if (code === 'ENOENT') return ' (no /dev/net/tun: load the tun module)';
+  return '';
+}
