@@ -3,7 +3,7 @@
 // tap back-end behind them.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
-import { ExitCode, UsageError, packageVersion, parseCpuList, parseInteger } from './common.js';
+import { ExitCode, UsageError, parseCommandLine, parseCpuList, parseInteger } from './common.js';
 import { startNetBackend, type NetBackendOptions, type NetPortQueueStats } from '../devices/net/backend.js';
 import { MAX_MTU, MIN_MTU } from '../devices/net/device.js';
 import { SOURCE_MIN_FRAME } from '../devices/net/frame.js';
@@ -190,24 +190,8 @@ export function formatNetStats(stats: NetPortQueueStats[]): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let args: ParsedNetArgs;
-  try {
-    args = parseNetArgs(argv);
-  } catch (error) {
-    if (error instanceof UsageError) {
-      process.stderr.write(`vhost-user-net: ${error.message}\nTry 'vhost-user-net --help'.\n`);
-      return ExitCode.USAGE;
-    }
-    throw error;
-  }
-  if (args.help) {
-    process.stdout.write(HELP);
-    return ExitCode.OK;
-  }
-  if (args.version) {
-    process.stdout.write(`vhost-user-net (vhost-user-ts) ${packageVersion()}\n`);
-    return ExitCode.OK;
-  }
+  const args = parseCommandLine('vhost-user-net', () => parseNetArgs(argv), HELP);
+  if (typeof args === 'number') return args;
   setLogLevel(args.verbose ? 'debug' : 'info');
   const log = createLogger('vhost-user-net');
   let backend;
