@@ -1,0 +1,246 @@
+// npm run bench:net [-- --quick] — vhost-user-net back-ends side by side, in one run, with one
+// front-end: DPDK's testpmd with a virtio-user port (forwarding on CPU 0) drives ours
+// (`vhost-user-net`, each poll mode, on CPU 1) and DPDK's own vhost PMD (`net_vhost`, testpmd
+// forwarding on CPU 1) in the same three roles:
+//   guest → back-end   front-end txonly   ours --backend sink       DPDK rxonly
+//   back-end → guest   front-end rxonly   ours --backend source     DPDK txonly
+//   loopback           front-end io --tx-first  ours --backend loopback  DPDK io
+// at 64-byte and 1514-byte frames (1518 on the wire with the FCS). The rate is what the front-end's
+// own counters say it moved (Tx-pps for txonly, Rx-pps otherwise): the median of its per-second
+// samples once traffic flows. Prints the table with ours/DPDK for each point and the back-end's CPU
+// share, and writes JSON to results/.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    seconds: { type: 'string' },
+    only: { type: 'string' },
+  },
+});
+const quick = values.quick;
+const seconds = Number(values.seconds ?? (quick ? 4 : 10));
+const only = values.only ? new RegExp(values.only) : undefined;
+
+const FRONTEND_CPU = 0;
+const BACKEND_CPU = 1;
+const REPO_ROOT = fileURLToPath(new URL('..', import.meta.url));
+const NET_BIN = join(REPO_ROOT, 'bin', 'vhost-user-net');
+const TESTPMD = 'dpdk-testpmd';
+const QUEUE_SIZE = 256;
+/** testpmd takes ~5 s to start without hugepages on this machine; traffic must appear within this. */
+const START_TIMEOUT_MS = 40_000;
+
+type Direction = 'guest-to-backend' | 'backend-to-guest' | 'loopback';
+const ROLES: Record<Direction, { frontend: string; ours: string; dpdk: string; counter: 'Tx-pps' | 'Rx-pps' }> = {
+  'guest-to-backend': { frontend: 'txonly', ours: 'sink', dpdk: 'rxonly', counter: 'Tx-pps' },
+  'backend-to-guest': { frontend: 'rxonly', ours: 'source', dpdk: 'txonly', counter: 'Rx-pps' },
+  loopback: { frontend: 'io', ours: 'loopback', dpdk: 'io', counter: 'Rx-pps' },
+};
+
+interface Point {
+  backend: 'ours' | 'dpdk';
+  mode: string;
+  direction: Direction;
+  frameBytes: number;
+  pps: number;
+  samples: number[];
+  backend_cpu_pct: number | null;
+}
+
+const work = mkdtempSync(join(tmpdir(), 'vut-bench-net-'));
+let prefixes = 0;
+
+function testpmdArgs(lcores: string, vdev: string, forwardMode: string, extra: string[]): string[] {
+  return [
+    '--no-huge',
+    '-m',
+    '1024',
+    '--no-pci',
+    '--single-file-segments',
+    '--lcores',
+    lcores,
+    '--file-prefix',
+    `vut-bench-net-${process.pid}-${prefixes++}`,
+    '--vdev',
+    vdev,
+    '--',
+    `--forward-mode=${forwardMode}`,
+    '--stats-period',
+    '1',
+    '--no-flush-rx',
+    ...extra,
+  ];
+}
+
+/** testpmd writes its statistics through stdio: line-buffer it (stdbuf) so each second arrives on time. */
+function spawnTestpmd(args: string[]): ChildProcess {
+  return spawn('stdbuf', ['-oL', TESTPMD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function collect(child: ChildProcess): () => string {
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  return () => output;
+}
+
+async function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGINT'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill(signal);
+  const killer = setTimeout(() => child.kill('SIGKILL'), 8000);
+  await exited;
+  clearTimeout(killer);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Per-second samples of `counter` for port 0 (the front-end has one port). */
+function samplesOf(output: string, counter: string): number[] {
+  const pattern = new RegExp(`${counter}:\\s+(\\d+)`, 'g');
+  const samples: number[] = [];
+  for (let match = pattern.exec(output); match; match = pattern.exec(output)) samples.push(Number(match[1]));
+  return samples;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0 ? 0 : sorted[Math.floor(sorted.length / 2)];
+}
+
+/** Starts the back-end under test on BACKEND_CPU; resolves once its socket exists. */
+async function startBackend(backend: 'ours' | 'dpdk', mode: string, direction: Direction, frameBytes: number, socket: string) {
+  const role = ROLES[direction];
+  let child: ChildProcess;
+  if (backend === 'ours') {
+    const args = [NET_BIN, '--socket', socket, '--backend', role.ours, '--poll', mode, '--cpus', String(BACKEND_CPU)];
+    if (role.ours === 'source') args.push('--frame-size', String(frameBytes));
+    child = spawn('taskset', ['-c', String(BACKEND_CPU), process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  } else {
+    const extra = role.dpdk === 'txonly' ? [`--txpkts=${frameBytes}`] : [];
+    const args = testpmdArgs(`0@${FRONTEND_CPU},1@${BACKEND_CPU}`, `net_vhost0,iface=${socket},queues=1`, role.dpdk, extra);
+    // The vhost PMD needs no shared memory of its own: drop --single-file-segments.
+    child = spawnTestpmd(args.filter((a) => a !== '--single-file-segments'));
+  }
+  const output = collect(child);
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  while (!existsSync(socket)) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stop(child, 'SIGKILL');
+      throw new Error(`${backend} back-end did not create ${socket}:\n${output().slice(-2000)}`);
+    }
+    await sleep(50);
+  }
+  return { child, output };
+}
+
+async function measure(backend: 'ours' | 'dpdk', mode: string, direction: Direction, frameBytes: number): Promise<Point> {
+  const role = ROLES[direction];
+  const socket = join(work, `${backend}-${mode}-${direction}-${frameBytes}.sock`);
+  const server = await startBackend(backend, mode, direction, frameBytes, socket);
+  const extra = [
+    ...(role.frontend === 'txonly' ? [`--txpkts=${frameBytes}`] : []),
+    ...(role.frontend === 'io' ? ['--tx-first', `--txpkts=${frameBytes}`] : []),
+  ];
+  const frontend = spawnTestpmd(
+    testpmdArgs(
+      `0@${BACKEND_CPU},1@${FRONTEND_CPU}`,
+      `virtio_user0,path=${socket},queues=1,queue_size=${QUEUE_SIZE}`,
+      role.frontend,
+      extra,
+    ),
+  );
+  const output = collect(frontend);
+  try {
+    // Wait for traffic, then measure `seconds` of per-second samples.
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    while (!samplesOf(output(), role.counter).some((pps) => pps > 0)) {
+      if (frontend.exitCode !== null) throw new Error(`front-end testpmd exited:\n${output().slice(-2000)}`);
+      if (Date.now() > deadline) throw new Error(`no traffic within ${START_TIMEOUT_MS} ms:\n${output().slice(-2000)}`);
+      await sleep(100);
+    }
+    const cpuBefore = server.child.pid === undefined ? 0 : cpuSeconds(server.child.pid);
+    const started = Date.now();
+    const skip = samplesOf(output(), role.counter).length; // the first busy second (already seen) is a ramp
+    await sleep(seconds * 1000 + 500);
+    const elapsed = (Date.now() - started) / 1000;
+    const cpuPct =
+      server.child.pid === undefined ? null : Math.round(((cpuSeconds(server.child.pid) - cpuBefore) / elapsed) * 100);
+    const samples = samplesOf(output(), role.counter).slice(skip);
+    if (samples.length < 2)
+      throw new Error(`only ${samples.length} samples in ${seconds} s:\n${output().slice(-2000)}`);
+    return { backend, mode, direction, frameBytes, pps: median(samples), samples, backend_cpu_pct: cpuPct };
+  } finally {
+    await stop(frontend);
+    await stop(server.child, backend === 'ours' ? 'SIGTERM' : 'SIGINT');
+  }
+}
+
+async function main(): Promise<void> {
+  const points: Point[] = [];
+  const runs: { backend: 'ours' | 'dpdk'; mode: string }[] = [
+    { backend: 'dpdk', mode: 'poll' },
+    { backend: 'ours', mode: 'busy' },
+    { backend: 'ours', mode: 'adaptive' },
+    { backend: 'ours', mode: 'interrupt' },
+  ];
+  for (const direction of Object.keys(ROLES) as Direction[]) {
+    for (const frameBytes of [64, 1514]) {
+      for (const run of runs) {
+        const name = `${run.backend} ${run.mode} ${direction} ${frameBytes}`;
+        if (only && !only.test(name)) continue;
+        process.stderr.write(`${name}...\n`);
+        points.push(await measure(run.backend, run.mode, direction, frameBytes));
+      }
+    }
+  }
+  const find = (direction: Direction, frameBytes: number) =>
+    points.find((p) => p.backend === 'dpdk' && p.direction === direction && p.frameBytes === frameBytes);
+  const rows = points.map((p) => {
+    const dpdk = find(p.direction, p.frameBytes);
+    const ratio = p.backend === 'ours' && dpdk && dpdk.pps > 0 ? Math.round((p.pps / dpdk.pps) * 100) / 100 : null;
+    return { ...p, vs_dpdk: ratio };
+  });
+  const lines = ['back-end  mode       direction          frame       Mpps  be-CPU%  ours/DPDK'];
+  for (const r of rows) {
+    lines.push(
+      [
+        r.backend.padEnd(9),
+        r.mode.padEnd(10),
+        r.direction.padEnd(18),
+        `${r.frameBytes} B`.padStart(6),
+        (r.pps / 1e6).toFixed(2).padStart(10),
+        (r.backend_cpu_pct === null ? '-' : String(r.backend_cpu_pct)).padStart(8),
+        (r.vs_dpdk === null ? '-' : r.vs_dpdk.toFixed(2)).padStart(10),
+      ].join(' '),
+    );
+  }
+  const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
+  const header = `Measured ${new Date().toISOString()} on ${machine} with \`npm run bench:net${quick ? ' -- --quick' : ''}\` (${seconds} s per point; front-end: dpdk-testpmd virtio-user forwarding on CPU ${FRONTEND_CPU}; back-end on CPU ${BACKEND_CPU}):`;
+  process.stdout.write(`${header}\n\n${lines.join('\n')}\n`);
+  process.stdout.write(
+    "Mpps: median of the front-end's per-second counter (Tx-pps for txonly, Rx-pps otherwise); be-CPU%: back-end process CPU over the window.\n",
+  );
+  mkdirSync(join(REPO_ROOT, 'results'), { recursive: true });
+  const file = join(REPO_ROOT, 'results', `net-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  writeFileSync(file, JSON.stringify({ header, machine, seconds, rows }, null, 2));
+  process.stderr.write(`JSON: ${file}\n`);
+}
+
+try {
+  await main();
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
