@@ -179,8 +179,7 @@ async function measure(backend: 'ours' | 'dpdk', mode: string, direction: Direct
     const cpuPct =
       server.child.pid === undefined ? null : Math.round(((cpuSeconds(server.child.pid) - cpuBefore) / elapsed) * 100);
     const samples = samplesOf(output(), role.counter).slice(skip);
-    if (samples.length < 2)
-      throw new Error(`only ${samples.length} samples in ${seconds} s:\n${output().slice(-2000)}`);
+    if (samples.length < 2) throw new Error(`only ${samples.length} samples in ${seconds} s:\n${output().slice(-2000)}`);
     return { backend, mode, direction, frameBytes, pps: median(samples), samples, backend_cpu_pct: cpuPct };
   } finally {
     await stop(frontend);
