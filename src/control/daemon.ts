@@ -38,6 +38,13 @@ export interface DaemonOptions {
    * 5000 ms), so that the front-ends waiting behind it are served.
    */
   partialMessageTimeoutMs?: number;
+  /** Refuse memory regions not sealed against shrinking (default: accept them with a warning). */
+  requireSealedMemory?: boolean;
+  /**
+   * Disconnect a front-end whose GET_VRING_BASE drain takes longer than this (a hung backing
+   * device), abandoning its in-flight requests, and serve the next one. Default: no bound.
+   */
+  drainTimeoutMs?: number;
   /** Processes the rings; owned by the daemon, reset between connections. */
   dataPlane: DataPlane;
   logger?: Logger;
@@ -198,6 +205,8 @@ export class VhostUserDaemon {
       onClosed: (error) => this.onSessionClosed(connectionId, error),
       maxQueuedReplyBytes: this.options.maxQueuedReplyBytes,
       partialMessageTimeoutMs: this.options.partialMessageTimeoutMs,
+      requireSealedMemory: this.options.requireSealedMemory,
+      drainTimeoutMs: this.options.drainTimeoutMs,
     });
   }
 
