@@ -52,6 +52,12 @@ export interface DaemonOptions {
 
 export { DaemonError };
 
+/** The daemon's bounds and policies a command line sets (each optional: the defaults apply). */
+export type DaemonLimits = Pick<
+  DaemonOptions,
+  'listenBacklog' | 'maxQueuedReplyBytes' | 'partialMessageTimeoutMs' | 'requireSealedMemory' | 'drainTimeoutMs'
+>;
+
 /**
  * Room for a burst of front-ends connecting at once (200 at once were measured): waiting in the
  * backlog costs the daemon nothing, while a refusal is an EAGAIN the front-end must handle.

@@ -466,7 +466,10 @@ describe('sealed memory (a region fd the front-end could shrink later would SIGB
     const client = await negotiated(socketPath);
     const before = logs.lines.length;
     await expect(
-      client.request({ type: 'SET_MEM_TABLE', regions: [region(memfd(true), 0), region(memfd(false), 4 * MiB)] }, { needReply: true }),
+      client.request(
+        { type: 'SET_MEM_TABLE', regions: [region(memfd(true), 0), region(memfd(false), 4 * MiB)] },
+        { needReply: true },
+      ),
     ).rejects.toThrow('SET_MEM_TABLE failed (back-end replied 1)');
     expect(logs.lines.slice(before).join('\n')).toMatch(/region\(s\) at guest address 0x400000 not sealed against shrinking/);
     expect(client.isClosed).toBe(false);
@@ -510,7 +513,10 @@ describe('drain timeout (a hung backing device must not hang GET_VRING_BASE for 
   });
 
   it('a drain that finishes within drainTimeoutMs answers GET_VRING_BASE as usual', async () => {
-    const { daemon, dataPlane, socketPath } = await listening(undefined, { dataPlane: new GatedDataPlane(), drainTimeoutMs: 2000 });
+    const { daemon, dataPlane, socketPath } = await listening(undefined, {
+      dataPlane: new GatedDataPlane(),
+      drainTimeoutMs: 2000,
+    });
     cleanups.push(() => dataPlane.release());
     const first = await FrontendDevice.connect({ socketPath, replyTimeoutMs: 5 * TIMEOUT_MS });
     cleanups.push(() => first.close());
