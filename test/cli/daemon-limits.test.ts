@@ -70,7 +70,7 @@ describe.each(parsers)('%s limit flags', (_tool, limits) => {
       drainTimeoutMs: 3000,
       requireSealedMemory: true,
     });
-    expect(limits(['--max-queued-reply-bytes', '8192']).maxQueuedReplyBytes).toBe(8192);
+    expect(limits(['--max-queued-reply-bytes', '8192'])?.maxQueuedReplyBytes).toBe(8192);
   });
 
   it('out of range or not numbers are usage errors naming the flag', () => {
