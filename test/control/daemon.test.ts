@@ -482,6 +482,28 @@ describe('sealed memory (a region fd the front-end could shrink later would SIGB
     expect(dataPlane.memory).toHaveLength(1);
   });
 
+  it('what the seal buys: a sealed memfd cannot be shrunk (EPERM); an unsealed one shrunk under a mapping kills the process that touches it (SIGBUS)', async () => {
+    // In a child: the SIGBUS would take the test runner down with it.
+    const nativeUrl = new URL('../../dist/native.js', import.meta.url).href;
+    const script = (sealed: boolean) => `
+      import { ftruncateSync } from 'node:fs';
+      import { native, FileSeal } from '${nativeUrl}';
+      const fd = native.memfdCreate('shrink', ${MiB});
+      if (${sealed}) native.addFileSeals(fd, FileSeal.SHRINK | FileSeal.GROW);
+      const view = new Uint8Array(native.mmapShared(fd, ${MiB}, 0, true));
+      try { ftruncateSync(fd, 0); console.log('truncated'); } catch (error) { console.log(error.code); }
+      view[${MiB} - 1] = 1;
+      console.log('touched');`;
+    const runScript = (sealed: boolean) =>
+      new Promise<{ stdout: string; signal: NodeJS.Signals | null }>((resolve) => {
+        execFile(process.execPath, ['--input-type=module', '-e', script(sealed)], (error, stdout) =>
+          resolve({ stdout, signal: (error as { signal?: NodeJS.Signals } | null)?.signal ?? null }),
+        );
+      });
+    expect(await runScript(true)).toEqual({ stdout: 'EPERM\ntouched\n', signal: null });
+    expect(await runScript(false)).toEqual({ stdout: 'truncated\n', signal: 'SIGBUS' });
+  });
+
   it("the front-end library's memory is sealed like QEMU's, so it is served under requireSealedMemory", async () => {
     const { socketPath } = await listening(undefined, { requireSealedMemory: true });
     const before = logs.lines.length;
