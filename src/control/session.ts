@@ -510,14 +510,9 @@ class SessionState implements SessionContext {
   /** The connection is gone: stop the data plane and let go of every fd and mapping. */
   async release(): Promise<void> {
     try {
-      const reset = this.dataPlane.reset();
-      if ((await within(reset, this.policy.drainTimeoutMs)) === TIMED_OUT) {
-        // A hung device still holds requests: the next front-end is served regardless.
-        reset.catch(() => undefined);
-        this.log.error('data plane reset outlived the drain timeout; abandoning its in-flight requests', {
-          drainTimeoutMs: this.policy.drainTimeoutMs,
-        });
-      }
+      // Unbounded even with drainTimeoutMs: until the data plane has let go of every queue, a late
+      // completion could still land in memory, so the next front-end must not be served before.
+      await this.dataPlane.reset();
     } catch (resetError) {
       this.log.error('data plane reset failed', { error: resetError });
     }
