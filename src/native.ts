@@ -89,8 +89,15 @@ export interface NativeRing {
   FdWatcher: FdWatcherConstructor;
 
   // Memory.
-  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size); sparse, size may exceed 4 GiB. */
+  /**
+   * memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING) + ftruncate(size); sparse, size may
+   * exceed 4 GiB. Unsealed: the creator seals it (addFileSeals) once it is sized.
+   */
   memfdCreate(name: string, size: number): number;
+  /** fcntl(F_GET_SEALS): the FileSeal bits, or -1 for a file that cannot carry seals (EINVAL). */
+  fileSeals(fd: number): number;
+  /** fcntl(F_ADD_SEALS). Throws EPERM once F_SEAL_SEAL is set, EBUSY for F_SEAL_WRITE over a writable mapping. */
+  addFileSeals(fd: number, seals: number): void;
   /**
    * mmap(MAP_SHARED) of fd[offset, offset+length) as a SharedArrayBuffer. The mapping lives
    * until every isolate holding the buffer has dropped it (munmap in the backing-store deleter).
@@ -240,3 +247,11 @@ function loadAddon(): NativeRing {
 }
 
 export const native: NativeRing = loadAddon();
+
+/** File seal bits of fcntl(F_ADD_SEALS / F_GET_SEALS) (linux/fcntl.h). */
+export const FileSeal = {
+  SEAL: 0x1,
+  SHRINK: 0x2,
+  GROW: 0x4,
+  WRITE: 0x8,
+} as const;

@@ -1,11 +1,15 @@
 // Shared memory: memfd for guest RAM in tests and the front-end library, and mmap of any fd as
 // a SharedArrayBuffer that every isolate of the process can hold.
 //
+// memfds allow sealing, so that their creator can seal them against shrinking as QEMU does; a
+// back-end reads the seals of a region it is given (fileSeals) before trusting its size.
+//
 // Ownership: memfdCreate returns an fd the caller closes. A mapping belongs to its V8 backing
 // store, shared by every SharedArrayBuffer over it in any isolate; the store's deleter munmaps
 // it when the last one is collected. The fd may be closed as soon as mmapShared returns.
 #include "ring.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -22,7 +26,7 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
       !ArgInteger(info, 1, "size", 0, kMaxSafeInteger, &size)) {
     return env.Undefined();
   }
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return ThrowErrno(env, errno, "memfd_create", name.c_str());
   if (ftruncate(fd, size) != 0) {
     int err = errno;
@@ -30,6 +34,34 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
     return ThrowErrno(env, err, "ftruncate", name.c_str());
   }
   return Napi::Number::New(env, fd);
+}
+
+// fcntl(F_GET_SEALS). A file that cannot carry seals (not a memfd or tmpfs/hugetlbfs file) gives
+// EINVAL: reported as -1, since "no seals possible" is an answer, not an error.
+Napi::Value FileSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) {
+    if (errno == EINVAL) return Napi::Number::New(env, -1);
+    return ThrowErrno(env, errno, "fcntl(F_GET_SEALS)");
+  }
+  return Napi::Number::New(env, seals);
+}
+
+// fcntl(F_ADD_SEALS).
+Napi::Value AddFileSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  int64_t seals;
+  if (!ArgFd(info, 0, &fd) || !ArgInteger(info, 1, "seals", 0, 0xffff, &seals)) {
+    return env.Undefined();
+  }
+  if (fcntl(fd, F_ADD_SEALS, static_cast<int>(seals)) != 0) {
+    return ThrowErrno(env, errno, "fcntl(F_ADD_SEALS)");
+  }
+  return env.Undefined();
 }
 
 // Runs wherever the last holder of the buffer drops it: any thread, any isolate.
@@ -61,6 +93,8 @@ Napi::Value MmapShared(const Napi::CallbackInfo& info) {
 
 void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New<MemfdCreate>(env, "memfdCreate"));
+  exports.Set("fileSeals", Napi::Function::New<FileSeals>(env, "fileSeals"));
+  exports.Set("addFileSeals", Napi::Function::New<AddFileSeals>(env, "addFileSeals"));
   exports.Set("mmapShared", Napi::Function::New<MmapShared>(env, "mmapShared"));
 }
 

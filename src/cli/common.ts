@@ -1,5 +1,6 @@
 // Shared pieces of the command-line tools: size parsing, exit codes, version, fatal errors.
 import { UsageError } from '../control/errors.js';
+import type { DaemonLimits } from '../control/daemon.js';
 import { packageVersion } from '../version.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage (sysexits-like, kept small). */
@@ -40,6 +41,61 @@ export function parseInteger(text: string, what: string, min: number, max: numbe
 }
 
 export { packageVersion };
+
+/** parseArgs options for the daemon's limits, shared by every CLI that runs a daemon. */
+export const DAEMON_LIMIT_OPTIONS = {
+  'max-queued-reply-bytes': { type: 'string' },
+  'partial-message-timeout-ms': { type: 'string' },
+  'listen-backlog': { type: 'string' },
+  'drain-timeout-ms': { type: 'string' },
+  'require-sealed-memory': { type: 'boolean', default: false },
+} as const;
+
+/** The --help lines of DAEMON_LIMIT_OPTIONS. */
+export const DAEMON_LIMITS_HELP = `Limits (README "Reliability"):
+  --max-queued-reply-bytes SIZE
+                         stop reading a front-end's requests while this many reply bytes
+                         wait unread (default 64K)
+  --partial-message-timeout-ms N
+                         drop a front-end that sends part of a message and then nothing for
+                         N ms (default 5000)
+  --listen-backlog N     front-ends that may wait to be served while one is (default 256;
+                         the kernel caps it at net.core.somaxconn)
+  --drain-timeout-ms N   disconnect a front-end whose GET_VRING_BASE waits more than N ms for
+                         in-flight requests (a hung device), abandoning them (default: wait)
+  --require-sealed-memory
+                         refuse guest memory not sealed against shrinking (F_SEAL_SHRINK, as
+                         QEMU's memory-backend-memfd seals it); default: accept it with a
+                         warning (a front-end that shrinks it would crash the daemon)
+`;
+
+/** The values parseArgs gave for DAEMON_LIMIT_OPTIONS. */
+export interface DaemonLimitValues {
+  'max-queued-reply-bytes'?: string;
+  'partial-message-timeout-ms'?: string;
+  'listen-backlog'?: string;
+  'drain-timeout-ms'?: string;
+  'require-sealed-memory'?: boolean;
+}
+
+/** Daemon limits from the command line; options not given stay undefined (the daemon's defaults). */
+export function parseDaemonLimits(v: DaemonLimitValues): DaemonLimits {
+  const optional = (text: string | undefined, parse: (text: string) => number) => (text === undefined ? undefined : parse(text));
+  return {
+    maxQueuedReplyBytes: optional(v['max-queued-reply-bytes'], (text) => {
+      const bytes = parseSize(text, '--max-queued-reply-bytes');
+      if (bytes < 4096 || bytes > 2 ** 30)
+        throw new UsageError(`--max-queued-reply-bytes must be between 4K and 1G, got ${bytes}`);
+      return bytes;
+    }),
+    partialMessageTimeoutMs: optional(v['partial-message-timeout-ms'], (text) =>
+      parseInteger(text, '--partial-message-timeout-ms', 1, 3_600_000),
+    ),
+    listenBacklog: optional(v['listen-backlog'], (text) => parseInteger(text, '--listen-backlog', 1, 65535)),
+    drainTimeoutMs: optional(v['drain-timeout-ms'], (text) => parseInteger(text, '--drain-timeout-ms', 1, 3_600_000)),
+    requireSealedMemory: v['require-sealed-memory'] ?? false,
+  };
+}
 
 /** The first fd systemd passes (SD_LISTEN_FDS_START). */
 export const SD_LISTEN_FDS_START = 3;

@@ -2,7 +2,18 @@
 // front-end such as QEMU's vhost-user-blk-pci.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
-import { UsageError, parseCommandLine, parseCpuList, parseInteger, parseSize, stopSignal, systemdListenFd } from './common.js';
+import {
+  DAEMON_LIMITS_HELP,
+  DAEMON_LIMIT_OPTIONS,
+  UsageError,
+  parseCommandLine,
+  parseCpuList,
+  parseDaemonLimits,
+  parseInteger,
+  parseSize,
+  stopSignal,
+  systemdListenFd,
+} from './common.js';
 import type { BlkBackendOptions, BlkEngineChoice } from '../devices/blk/backend.js';
 import type { PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
@@ -42,6 +53,7 @@ Connection:
   Under systemd socket activation (LISTEN_FDS=1, LISTEN_PID = this process) neither option
   is needed: fd 3 is served.
 
+${DAEMON_LIMITS_HELP}
 Compatibility:
   --qsd-compat ARGS...   take qemu-storage-daemon's --blockdev/--export arguments instead
                          (must come first; --qsd-compat --help lists what maps)
@@ -98,6 +110,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
         verbose: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
         version: { type: 'boolean', default: false },
+        ...DAEMON_LIMIT_OPTIONS,
       },
     });
   } catch (error) {
@@ -155,6 +168,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
       cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
       poll,
       idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+      limits: parseDaemonLimits(v),
     },
   };
 }

@@ -3,7 +3,16 @@
 // tap back-end behind them.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
-import { ExitCode, UsageError, parseCommandLine, parseCpuList, parseInteger } from './common.js';
+import {
+  DAEMON_LIMITS_HELP,
+  DAEMON_LIMIT_OPTIONS,
+  ExitCode,
+  UsageError,
+  parseCommandLine,
+  parseCpuList,
+  parseDaemonLimits,
+  parseInteger,
+} from './common.js';
 import { startNetBackend, type NetBackendOptions, type NetPortQueueStats } from '../devices/net/backend.js';
 import { MAX_MTU, MIN_MTU } from '../devices/net/device.js';
 import { SOURCE_MIN_FRAME } from '../devices/net/frame.js';
@@ -46,6 +55,7 @@ Connection:
   --socket PATH          Unix socket to listen on (or connect to, with --client); repeat for ports
   --client               connect to a listening front-end (QEMU server=on, DPDK server=1), reconnecting
 
+${DAEMON_LIMITS_HELP}
 Other:
   --stats-interval SEC   log per-queue frame, byte and drop counters every SEC seconds
   --verbose              log protocol and lifecycle details (JSON lines on stderr)
@@ -96,6 +106,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
         verbose: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
         version: { type: 'boolean', default: false },
+        ...DAEMON_LIMIT_OPTIONS,
       },
     });
   } catch (error) {
@@ -157,6 +168,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
       mac,
       mtu,
       frameBytes,
+      limits: parseDaemonLimits(v),
       tapName,
     },
   };

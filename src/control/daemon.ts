@@ -38,12 +38,25 @@ export interface DaemonOptions {
    * 5000 ms), so that the front-ends waiting behind it are served.
    */
   partialMessageTimeoutMs?: number;
+  /** Refuse memory regions not sealed against shrinking (default: accept them with a warning). */
+  requireSealedMemory?: boolean;
+  /**
+   * Disconnect a front-end whose GET_VRING_BASE drain takes longer than this (a hung backing
+   * device), abandoning its in-flight requests, and serve the next one. Default: no bound.
+   */
+  drainTimeoutMs?: number;
   /** Processes the rings; owned by the daemon, reset between connections. */
   dataPlane: DataPlane;
   logger?: Logger;
 }
 
 export { DaemonError };
+
+/** The daemon's bounds and policies a command line sets (each optional: the defaults apply). */
+export type DaemonLimits = Pick<
+  DaemonOptions,
+  'listenBacklog' | 'maxQueuedReplyBytes' | 'partialMessageTimeoutMs' | 'requireSealedMemory' | 'drainTimeoutMs'
+>;
 
 /**
  * Room for a burst of front-ends connecting at once (200 at once were measured): waiting in the
@@ -198,6 +211,8 @@ export class VhostUserDaemon {
       onClosed: (error) => this.onSessionClosed(connectionId, error),
       maxQueuedReplyBytes: this.options.maxQueuedReplyBytes,
       partialMessageTimeoutMs: this.options.partialMessageTimeoutMs,
+      requireSealedMemory: this.options.requireSealedMemory,
+      drainTimeoutMs: this.options.drainTimeoutMs,
     });
   }
 

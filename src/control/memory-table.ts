@@ -4,7 +4,7 @@
 // still reads through the old table keeps its mappings alive until it lets go (the mapping is
 // unmapped when the last isolate drops the buffer).
 import { fstatSync } from 'node:fs';
-import { native } from '../native.js';
+import { FileSeal, native } from '../native.js';
 import type { MemoryRegion } from '../dataplane/memory.js';
 import { MemoryTableError } from './errors.js';
 import type { RegionDescription } from './messages.js';
@@ -19,6 +19,12 @@ const MAX_SAFE_ADDRESS = 2 ** 52;
 /** A region of the table: what the data plane reads through, plus where it came from in the fd. */
 export interface MappedRegion extends MemoryRegion {
   mmapOffset: number;
+  /**
+   * The fd carried F_SEAL_SHRINK when it was mapped (QEMU's memfd backends do). Without it the
+   * front-end can truncate the file later, and the next touch of a vanished page raises SIGBUS,
+   * which kills the whole daemon: the size check below only holds at mapping time.
+   */
+  sealedAgainstShrink: boolean;
 }
 
 export { MemoryTableError };
@@ -26,7 +32,8 @@ export { MemoryTableError };
 /**
  * Maps one region from its fd. The fd is always closed (the mapping keeps the memory alive),
  * so a failed map leaks nothing. The fd's size is checked first: touching a mapping past the end
- * of a file raises SIGBUS, which would kill the whole daemon.
+ * of a file raises SIGBUS, which would kill the whole daemon. Its seals are recorded (the
+ * session warns about, or refuses, regions that may shrink later).
  */
 export function mapRegion(description: RegionDescription, fd: number): MappedRegion {
   try {
@@ -47,6 +54,13 @@ export function mapRegion(description: RegionDescription, fd: number): MappedReg
     if (mmapOffset + size > fileSize) {
       throw new MemoryTableError(`memory region [offset ${mmapOffset}, size ${size}] exceeds its file (${fileSize} bytes)`);
     }
+    let seals: number;
+    try {
+      seals = native.fileSeals(fd);
+    } catch (error) {
+      throw new MemoryTableError(`memory region fd ${fd}: cannot read its seals: ${(error as Error).message}`);
+    }
+    const sealedAgainstShrink = seals >= 0 && (seals & FileSeal.SHRINK) !== 0;
     // mmap needs a page-aligned file offset; the region starts bufferOffset bytes into the mapping.
     const alignedOffset = Math.floor(mmapOffset / PAGE_SIZE) * PAGE_SIZE;
     const bufferOffset = mmapOffset - alignedOffset;
@@ -56,7 +70,7 @@ export function mapRegion(description: RegionDescription, fd: number): MappedReg
     } catch (error) {
       throw new MemoryTableError(`mmap of memory region failed: ${(error as Error).message}`);
     }
-    return { guestPhysAddr, size, userspaceAddr, mmapOffset, buffer, bufferOffset };
+    return { guestPhysAddr, size, userspaceAddr, mmapOffset, buffer, bufferOffset, sealedAgainstShrink };
   } finally {
     try {
       native.close(fd);

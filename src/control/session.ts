@@ -21,7 +21,7 @@ import {
   type MessageHeader,
 } from './codec/index.js';
 import { HangUpError, VhostUserConnection, closeAll } from './connection.js';
-import { SessionError, VhostUserError } from './errors.js';
+import { DaemonError, MemoryTableError, SessionError, VhostUserError } from './errors.js';
 import { requestHandler, type RequestFds, type RingAddresses, type SessionContext, type VringState } from './handlers.js';
 import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
 import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
@@ -67,7 +67,22 @@ export interface SessionOptions {
   maxQueuedReplyBytes?: number;
   /** Drop a front-end that sends part of a message and stops for this long (default 5000 ms). */
   partialMessageTimeoutMs?: number;
+  /**
+   * Refuse memory regions whose fd is not sealed against shrinking (F_SEAL_SHRINK). Without
+   * the seal such regions are accepted with a warning: a front-end that truncates the file
+   * afterwards makes the daemon die of SIGBUS on the next touch of a vanished page.
+   */
+  requireSealedMemory?: boolean;
+  /**
+   * Give up on a queue drain (GET_VRING_BASE waiting for in-flight requests) after this long:
+   * the front-end is disconnected, as if the back-end had gone, and its in-flight requests are
+   * abandoned. Default: wait as long as it takes, which the spec needs for correctness.
+   */
+  drainTimeoutMs?: number;
 }
+
+/** A drain that outlived drainTimeoutMs (code VU_ERR_DAEMON): not a refusal, the connection is dropped. */
+export class DrainTimeoutError extends DaemonError {}
 
 export class VhostUserSession {
   private readonly log: Logger;
@@ -86,7 +101,7 @@ export class VhostUserSession {
     private readonly options: SessionOptions = {},
   ) {
     this.log = options.logger ?? createLogger('session');
-    this.state = new SessionState(device, dataPlane, this.log);
+    this.state = new SessionState(device, dataPlane, this.log, options);
     this.connection = new VhostUserConnection(
       fd,
       {
@@ -266,6 +281,7 @@ class SessionState implements SessionContext {
     readonly device: VhostUserDevice,
     private readonly dataPlane: DataPlane,
     private readonly log: Logger,
+    private readonly policy: Pick<SessionOptions, 'requireSealedMemory' | 'drainTimeoutMs'>,
   ) {
     this.vrings = Array.from({ length: device.numQueues }, () => newVring());
   }
@@ -344,7 +360,16 @@ class SessionState implements SessionContext {
   async stopRing(index: number): Promise<number> {
     const vring = this.vring(index);
     if (vring.running) {
-      vring.lastAvailIdx = await this.dataPlane.stopQueue(index);
+      const timeoutMs = this.policy.drainTimeoutMs;
+      const stopped = await within(this.dataPlane.stopQueue(index), timeoutMs);
+      if (stopped === TIMED_OUT) {
+        // The ring stays marked running: release() resets the data plane, bounded the same way.
+        throw new DrainTimeoutError(
+          `queue ${index}: in-flight requests did not finish within the drain timeout (${timeoutMs} ms); ` +
+            'disconnecting the front-end and abandoning them',
+        );
+      }
+      vring.lastAvailIdx = stopped;
       vring.running = false;
       this.log.info('queue stopped', { queue: index, lastAvailIdx: vring.lastAvailIdx });
     }
@@ -386,6 +411,21 @@ class SessionState implements SessionContext {
 
   async installMemory(next: MappedRegion[]): Promise<void> {
     checkNoOverlap(next);
+    // Only the regions this request adds: REM_MEM_REG or a repeated table does not warn again.
+    const unsealed = next.filter((region) => !region.sealedAgainstShrink && !this.regions.includes(region));
+    if (unsealed.length > 0) {
+      const where = unsealed.map((region) => `0x${region.guestPhysAddr.toString(16)}`).join(', ');
+      if (this.policy.requireSealedMemory) {
+        throw new MemoryTableError(
+          `${unsealed.length} memory region(s) at guest address ${where} not sealed against shrinking (F_SEAL_SHRINK), ` +
+            'and sealed memory is required',
+        );
+      }
+      this.log.warn('memory regions not sealed against shrinking: a front-end that truncates them kills the daemon (SIGBUS)', {
+        regions: unsealed.length,
+        guestPhysAddr: where,
+      });
+    }
     await this.dataPlane.setMemory(next);
     this.regions = next;
     this.log.info('memory table', {
@@ -470,6 +510,8 @@ class SessionState implements SessionContext {
   /** The connection is gone: stop the data plane and let go of every fd and mapping. */
   async release(): Promise<void> {
     try {
+      // Unbounded even with drainTimeoutMs: until the data plane has let go of every queue, a late
+      // completion could still land in memory, so the next front-end must not be served before.
       await this.dataPlane.reset();
     } catch (resetError) {
       this.log.error('data plane reset failed', { error: resetError });
@@ -516,6 +558,20 @@ function failureReply(spec: RequestSpec): BackendReply | undefined {
       return { type: 'shared-object', fd: -1 };
     default:
       return undefined;
+  }
+}
+
+const TIMED_OUT = Symbol('timed out');
+
+/** The promise's value, or TIMED_OUT after timeoutMs (undefined: no bound). */
+async function within<T>(promise: Promise<T>, timeoutMs: number | undefined): Promise<T | typeof TIMED_OUT> {
+  if (timeoutMs === undefined) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  const expiry = new Promise<typeof TIMED_OUT>((resolve) => (timer = setTimeout(() => resolve(TIMED_OUT), timeoutMs)));
+  try {
+    return await Promise.race([promise, expiry]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

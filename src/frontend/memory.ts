@@ -1,7 +1,7 @@
 // Guest memory created by the front-end library: memfd regions that the back-end maps through
 // SET_MEM_TABLE / ADD_MEM_REG, as QEMU's memory-backend-memfd would. The front-end keeps one
 // mapping of each region to build rings and buffers in.
-import { native } from '../native.js';
+import { FileSeal, native } from '../native.js';
 import { GuestMemory, type MemoryRegion } from '../dataplane/memory.js';
 import type { RegionDescriptionWithFd } from '../control/messages.js';
 
@@ -40,6 +40,8 @@ export class FrontendMemory {
         const fd = native.memfdCreate(`vhost-user-ts-guest@${spec.guestPhysAddr.toString(16)}`, spec.size);
         let buffer: SharedArrayBuffer;
         try {
+          // Sealed like QEMU's memory-backend-memfd: a back-end can then trust the size it maps.
+          native.addFileSeals(fd, FileSeal.SHRINK | FileSeal.GROW);
           buffer = native.mmapShared(fd, spec.size, 0, true);
         } catch (error) {
           native.close(fd);

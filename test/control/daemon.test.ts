@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { native } from '../../dist/native.js';
+import { FileSeal, native } from '../../dist/native.js';
 import { DaemonError, VhostUserDaemon, type DaemonOptions } from '../../dist/control/daemon.js';
 import { FrontendDevice, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
@@ -393,5 +393,166 @@ describe('stop()', () => {
     await daemon.stop();
     await daemon.stop();
     await daemon.wait();
+  });
+});
+
+describe('sealed memory (a region fd the front-end could shrink later would SIGBUS the daemon)', () => {
+  const MiB = 1 << 20;
+  const NOT_SEALED = 'not sealed against shrinking';
+
+  /** A 1 MiB memfd, sealed against shrinking and growing as QEMU's memfd backend does, or not. */
+  function memfd(sealed: boolean): number {
+    const fd = native.memfdCreate(sealed ? 'sealed' : 'unsealed', MiB);
+    cleanups.push(() => native.close(fd));
+    if (sealed) native.addFileSeals(fd, FileSeal.SHRINK | FileSeal.GROW);
+    return fd;
+  }
+
+  function region(fd: number, guestPhysAddr: number) {
+    return {
+      guestPhysAddr: BigInt(guestPhysAddr),
+      memorySize: BigInt(MiB),
+      userspaceAddr: BigInt(0x7f00_0000_0000 + guestPhysAddr),
+      mmapOffset: 0n,
+      fd,
+    };
+  }
+
+  async function negotiated(socketPath: string): Promise<VhostUserClient> {
+    const client = await VhostUserClient.connect(socketPath, { replyTimeoutMs: TIMEOUT_MS });
+    cleanups.push(() => client.close());
+    const features = await client.getFeatures();
+    await client.setProtocolFeatures(await client.getProtocolFeatures());
+    await client.request({ type: 'SET_OWNER' });
+    await client.setFeatures(features);
+    return client;
+  }
+
+  function warnings(since: number): number {
+    return logs.lines.slice(since).filter((line) => line.includes(NOT_SEALED)).length;
+  }
+
+  it('a sealed memfd is accepted quietly', async () => {
+    const { daemon, dataPlane, socketPath } = await listening();
+    const client = await negotiated(socketPath);
+    const before = logs.lines.length;
+    await client.request({ type: 'SET_MEM_TABLE', regions: [region(memfd(true), 0)] }, { needReply: true });
+    expect(dataPlane.memory).toHaveLength(1);
+    expect(daemon.currentSession?.memoryRegions[0].sealedAgainstShrink).toBe(true);
+    expect(warnings(before)).toBe(0);
+  });
+
+  it('unsealed memfds are accepted with one warning per table, naming the regions', async () => {
+    const { daemon, dataPlane, socketPath } = await listening();
+    const client = await negotiated(socketPath);
+    const before = logs.lines.length;
+    await client.request(
+      { type: 'SET_MEM_TABLE', regions: [region(memfd(false), 0), region(memfd(false), 4 * MiB)] },
+      { needReply: true },
+    );
+    expect(dataPlane.memory).toHaveLength(2);
+    expect(daemon.currentSession?.memoryRegions.map((r) => r.sealedAgainstShrink)).toEqual([false, false]);
+    expect(warnings(before)).toBe(1);
+    expect(logs.lines.slice(before).find((line) => line.includes(NOT_SEALED))).toMatch(/0x0, 0x400000/);
+    // Adding a sealed region does not repeat the warning about the ones already there.
+    const { fd, ...added } = region(memfd(true), 8 * MiB);
+    await client.request({ type: 'ADD_MEM_REG', region: added, fd }, { needReply: true });
+    expect(dataPlane.memory).toHaveLength(3);
+    expect(warnings(before)).toBe(1);
+  });
+
+  it('under requireSealedMemory an unsealed region is refused with a failure ack, a sealed one accepted', async () => {
+    const { dataPlane, socketPath } = await listening(undefined, { requireSealedMemory: true });
+    const client = await negotiated(socketPath);
+    const before = logs.lines.length;
+    await expect(
+      client.request(
+        { type: 'SET_MEM_TABLE', regions: [region(memfd(true), 0), region(memfd(false), 4 * MiB)] },
+        { needReply: true },
+      ),
+    ).rejects.toThrow('SET_MEM_TABLE failed (back-end replied 1)');
+    expect(logs.lines.slice(before).join('\n')).toMatch(/region\(s\) at guest address 0x400000 not sealed against shrinking/);
+    expect(client.isClosed).toBe(false);
+    expect(dataPlane.memory).toHaveLength(0);
+    const { fd, ...unsealed } = region(memfd(false), 0);
+    await expect(client.request({ type: 'ADD_MEM_REG', region: unsealed, fd }, { needReply: true })).rejects.toThrow(
+      'ADD_MEM_REG failed (back-end replied 1)',
+    );
+    await client.request({ type: 'SET_MEM_TABLE', regions: [region(memfd(true), 0)] }, { needReply: true });
+    expect(dataPlane.memory).toHaveLength(1);
+  });
+
+  it('what the seal buys: a sealed memfd cannot be shrunk (EPERM); an unsealed one shrunk under a mapping kills the process that touches it (SIGBUS)', async () => {
+    // In a child: the SIGBUS would take the test runner down with it.
+    const nativeUrl = new URL('../../dist/native.js', import.meta.url).href;
+    const script = (sealed: boolean) => `
+      import { ftruncateSync } from 'node:fs';
+      import { native, FileSeal } from '${nativeUrl}';
+      const fd = native.memfdCreate('shrink', ${MiB});
+      if (${sealed}) native.addFileSeals(fd, FileSeal.SHRINK | FileSeal.GROW);
+      const view = new Uint8Array(native.mmapShared(fd, ${MiB}, 0, true));
+      try { ftruncateSync(fd, 0); console.log('truncated'); } catch (error) { console.log(error.code); }
+      view[${MiB} - 1] = 1;
+      console.log('touched');`;
+    const runScript = (sealed: boolean) =>
+      new Promise<{ stdout: string; signal: NodeJS.Signals | null }>((resolve) => {
+        execFile(process.execPath, ['--input-type=module', '-e', script(sealed)], (error, stdout) =>
+          resolve({ stdout, signal: (error as { signal?: NodeJS.Signals } | null)?.signal ?? null }),
+        );
+      });
+    expect(await runScript(true)).toEqual({ stdout: 'EPERM\ntouched\n', signal: null });
+    expect(await runScript(false)).toEqual({ stdout: 'truncated\n', signal: 'SIGBUS' });
+  });
+
+  it("the front-end library's memory is sealed like QEMU's, so it is served under requireSealedMemory", async () => {
+    const { socketPath } = await listening(undefined, { requireSealedMemory: true });
+    const before = logs.lines.length;
+    await servedAt(socketPath);
+    expect(warnings(before)).toBe(0);
+    expect(logs.lines.slice(before).join('\n')).not.toMatch(/request refused/);
+  });
+});
+
+describe('drain timeout (a hung backing device must not hang GET_VRING_BASE for ever)', () => {
+  it('a drain that outlives drainTimeoutMs disconnects the front-end and is logged; the next one is served once the device lets go', async () => {
+    const drainTimeoutMs = 100;
+    const { daemon, dataPlane, socketPath } = await listening(undefined, { dataPlane: new GatedDataPlane(), drainTimeoutMs });
+    cleanups.push(() => dataPlane.release());
+    const first = await FrontendDevice.connect({ socketPath, replyTimeoutMs: 5 * TIMEOUT_MS });
+    cleanups.push(() => first.close());
+    dataPlane.hold = 'stop'; // the stop never resolves: a device whose requests never complete
+    const before = logs.lines.length;
+    const started = Date.now();
+    const draining = await first.stopQueue(0).catch((error: Error) => error);
+    expect(draining).toBeInstanceOf(Error);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(drainTimeoutMs - 5);
+    expect(logs.lines.slice(before).join('\n')).toMatch(/did not finish within the drain timeout \(100 ms\)/);
+    // The drain is still held (the device never answered): the next front-end waits, because a
+    // late completion could still land in memory until the data plane lets go.
+    expect(dataPlane.held).toBeDefined();
+    const next = servedAt(socketPath);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(daemon.connections).toBe(1);
+    dataPlane.release();
+    await next;
+    expect(daemon.connections).toBe(2);
+    expect(dataPlane.events).toContain('reset');
+  });
+
+  it('a drain that finishes within drainTimeoutMs answers GET_VRING_BASE as usual', async () => {
+    const { daemon, dataPlane, socketPath } = await listening(undefined, {
+      dataPlane: new GatedDataPlane(),
+      drainTimeoutMs: 2000,
+    });
+    cleanups.push(() => dataPlane.release());
+    const first = await FrontendDevice.connect({ socketPath, replyTimeoutMs: 5 * TIMEOUT_MS });
+    cleanups.push(() => first.close());
+    dataPlane.hold = 'stop';
+    const draining = first.stopQueue(0);
+    await until(() => dataPlane.held !== undefined, TIMEOUT_MS, 'the drain to start');
+    dataPlane.release();
+    expect(typeof (await draining)).toBe('number');
+    expect(first.client.isClosed).toBe(false);
+    expect(daemon.connections).toBe(1);
   });
 });

@@ -73,13 +73,22 @@ export class GatedDataPlane extends RecordingDataPlane implements DataPlane {
     return super.stopQueue(index);
   }
 
+  /** Like the worker data plane: a reset waits for a stop still draining. */
+  override async reset(): Promise<void> {
+    if (this.pending) await this.pending;
+    return super.reset();
+  }
+
   release(): void {
     this.hold = undefined;
     this.held?.();
   }
 
+  private pending: Promise<void> | undefined;
+
   private gate(): Promise<void> {
-    return new Promise<void>((resolve) => (this.held = resolve));
+    this.pending = new Promise<void>((resolve) => (this.held = resolve));
+    return this.pending;
   }
 }
 

@@ -3,7 +3,7 @@
 // daemon. Used by the CLI, the demo and tests.
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, statSync, ftruncateSync } from 'node:fs';
 import { createLogger, type Logger } from '../../log.js';
-import { VhostUserDaemon } from '../../control/daemon.js';
+import { VhostUserDaemon, type DaemonLimits } from '../../control/daemon.js';
 import { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
@@ -18,6 +18,8 @@ export interface BlkBackendOptions {
   /** An inherited listening socket to serve instead of binding socketPath (see DaemonOptions). */
   listenFd?: number;
   client: boolean;
+  /** Bounds and policies of the daemon (the daemon's defaults where undefined). */
+  limits?: DaemonLimits;
   engine: BlkEngineChoice;
   diskPath?: string;
   /** Disk size; required to create a missing image, and for memory/null (default 64 MiB). */
@@ -80,6 +82,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     logger: log.child('dataplane'),
   });
   const daemon = new VhostUserDaemon(device, {
+    ...options.limits,
     socketPath: options.socketPath,
     listenFd: options.listenFd,
     client: options.client,

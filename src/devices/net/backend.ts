@@ -5,7 +5,7 @@
 // cross-port delivery that the data plane does not have yet (issue 9). The tap back-end serves
 // one port: its tap is opened before the workers start and closed after they stopped.
 import { createLogger, type Logger } from '../../log.js';
-import { VhostUserDaemon } from '../../control/daemon.js';
+import { VhostUserDaemon, type DaemonLimits } from '../../control/daemon.js';
 import { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
@@ -27,6 +27,8 @@ export interface NetBackendOptions {
   /** Port p gets this MAC with p added to its last byte. */
   mac: Uint8Array;
   mtu: number;
+  /** Bounds and policies of each port's daemon (the daemon's defaults where undefined). */
+  limits?: DaemonLimits;
   /** source: bytes per generated frame. */
   frameBytes: number;
   /** tap: the interface name (created if missing). */
@@ -101,6 +103,7 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
         logger: log.child(`port${p}.dataplane`),
       });
       const daemon = new VhostUserDaemon(device, {
+        ...options.limits,
         socketPath,
         client: options.client,
         dataPlane: plane,
