@@ -132,7 +132,7 @@ async function roundTrips(rounds: number): Promise<void> {
   native.setAffinity([KICKER_CPU]);
   const ctl = new Int32Array(new SharedArrayBuffer(4 * Ctl.SIZE));
   const kickFd = native.eventfdCreate(0);
-  const data: SleeperData = { ctl: ctl.buffer as SharedArrayBuffer, kickFd };
+  const data: SleeperData = { ctl: ctl.buffer, kickFd };
   const thread = new Worker(new URL(import.meta.url), { workerData: data });
   const exited = new Promise((resolve) => thread.once('exit', resolve));
   console.log(`(1) kick → sleeper ran, wall-clock round trip, ${rounds} wake-ups per variant (µs)`);
