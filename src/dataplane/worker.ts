@@ -18,6 +18,10 @@
 // them, an awake one polls the set without blocking every FD_POLL_PASSES passes or FD_POLL_WORK
 // requests, whichever comes first. A ready fd is handed to handler.onFdReady; the worker never
 // reads it.
+// The worker's own eventfds (kicks, mailbox, completions) are edge-triggered and never read:
+// every write is a new edge, so an unread counter (it only grows, 2^64 writes from overflow)
+// still wakes the worker on the next write, and a wake-up costs one syscall (epoll_wait) rather
+// than one plus a read per ready fd (bench/micro-wake.ts: 0.35–0.55 µs of CPU less per wake-up here).
 // Nothing in the loop allocates: requests come from a per-queue pool, completions reuse them.
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -58,6 +62,8 @@ const FD_POLL_PASSES = 16;
 const FD_POLL_WORK = 256;
 const EPOLL_ADD = 1;
 const EPOLL_DEL = 2;
+/** EPOLLIN | EPOLLET (as a u32: `|` would make it negative). */
+const OWN_EVENTFD_EVENTS = FdEvent.READABLE + 0x80000000;
 /** epoll data values: queue index (< 2^16) for kick fds, these two, or WATCH_TAG + token. */
 const WAKE_MAILBOX = 0x10000;
 const WAKE_COMPLETION = 0x10001;
@@ -327,9 +333,9 @@ export class DataPlaneWorker {
     if (this.watched.size > 0 && typeof this.handler.onFdReady !== 'function') {
       throw new Error('the queue handler watches fds but has no onFdReady');
     }
-    native.epollCtl(this.epollFd, EPOLL_ADD, this.init.mailboxFd, FdEvent.READABLE, WAKE_MAILBOX);
+    native.epollCtl(this.epollFd, EPOLL_ADD, this.init.mailboxFd, OWN_EVENTFD_EVENTS, WAKE_MAILBOX);
     const completionFd = this.handler.completionFd;
-    if (completionFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, completionFd, FdEvent.READABLE, WAKE_COMPLETION);
+    if (completionFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, completionFd, OWN_EVENTFD_EVENTS, WAKE_COMPLETION);
     Atomics.store(this.mailbox, Mailbox.MODE, POLL_MODE_CODE[this.mode]);
   }
 
@@ -421,7 +427,7 @@ export class DataPlaneWorker {
           const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
           const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
           this.queues.push(queue);
-          if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, FdEvent.READABLE, queue.index);
+          if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);
           if (this.mode === 'interrupt') queue.vq.enableNotification();
           else queue.vq.disableNotification();
           // A ring broken from the start (addresses outside memory, bad size) is reported now.
@@ -539,8 +545,9 @@ export class DataPlaneWorker {
   }
 
   /**
-   * Serves `count` epoll events from this.events: drains the worker's own eventfds (kicks,
-   * mailbox, completions) and calls the handler back for its watched fds. Returns the callbacks.
+   * Serves `count` epoll events from this.events: counts kicks (the worker's own eventfds are
+   * edge-triggered, nothing to read) and calls the handler back for its watched fds. Returns the
+   * callbacks.
    */
   private dispatch(count: number): number {
     const events = this.events;
@@ -550,16 +557,9 @@ export class DataPlaneWorker {
       if (data >= WATCH_TAG) {
         callbacks++;
         this.handler.onFdReady!(data - WATCH_TAG, events[2 * e]);
-      } else if (data === WAKE_MAILBOX) {
-        native.eventfdRead(this.init.mailboxFd);
-      } else if (data === WAKE_COMPLETION) {
-        native.eventfdRead(this.handler.completionFd);
-      } else {
+      } else if (data < WAKE_MAILBOX) {
         const position = this.findQueue(data);
-        if (position >= 0) {
-          const queue = this.queues[position];
-          if (native.eventfdRead(queue.kickFd) > 0) queue.stats[QueueStat.kicks]++;
-        }
+        if (position >= 0) this.queues[position].stats[QueueStat.kicks]++;
       }
     }
     return callbacks;
