@@ -44,6 +44,8 @@ const ROLES: Record<Direction, { frontend: string; ours: string; dpdk: string; c
 };
 
 interface Point {
+  /** Why this point has no rate (the run goes on; the exit code is 1 at the end). */
+  failure?: string;
   backend: 'ours' | 'dpdk';
   mode: string;
   direction: Direction;
@@ -201,7 +203,22 @@ async function main(): Promise<void> {
         const name = `${run.backend} ${run.mode} ${direction} ${frameBytes}`;
         if (only && !only.test(name)) continue;
         process.stderr.write(`${name}...\n`);
-        points.push(await measure(run.backend, run.mode, direction, frameBytes));
+        try {
+          points.push(await measure(run.backend, run.mode, direction, frameBytes));
+        } catch (error) {
+          const failure = (error as Error).message.split('\n')[0];
+          process.stderr.write(`${name}: FAILED: ${(error as Error).message}\n`);
+          points.push({
+            backend: run.backend,
+            mode: run.mode,
+            direction,
+            frameBytes,
+            pps: 0,
+            samples: [],
+            backend_cpu_pct: null,
+            failure,
+          });
+        }
       }
     }
   }
@@ -209,7 +226,10 @@ async function main(): Promise<void> {
     points.find((p) => p.backend === 'dpdk' && p.direction === direction && p.frameBytes === frameBytes);
   const rows = points.map((p) => {
     const dpdk = find(p.direction, p.frameBytes);
-    const ratio = p.backend === 'ours' && dpdk && dpdk.pps > 0 ? Math.round((p.pps / dpdk.pps) * 100) / 100 : null;
+    const ratio =
+      p.backend === 'ours' && !p.failure && dpdk && !dpdk.failure && dpdk.pps > 0
+        ? Math.round((p.pps / dpdk.pps) * 100) / 100
+        : null;
     return { ...p, vs_dpdk: ratio };
   });
   const lines = ['back-end  mode       direction          frame       Mpps  be-CPU%  ours/DPDK'];
@@ -223,6 +243,7 @@ async function main(): Promise<void> {
         (r.pps / 1e6).toFixed(2).padStart(10),
         (r.backend_cpu_pct === null ? '-' : String(r.backend_cpu_pct)).padStart(8),
         (r.vs_dpdk === null ? '-' : r.vs_dpdk.toFixed(2)).padStart(10),
+        r.failure ? `  FAILED: ${r.failure}` : '',
       ].join(' '),
     );
   }
@@ -236,6 +257,7 @@ async function main(): Promise<void> {
   const file = join(REPO_ROOT, 'results', `net-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, JSON.stringify({ header, machine, seconds, rows }, null, 2));
   process.stderr.write(`JSON: ${file}\n`);
+  if (points.some((p) => p.failure)) process.exitCode = 1;
 }
 
 try {
