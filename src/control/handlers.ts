@@ -28,6 +28,24 @@ export interface VringState {
   running: boolean;
 }
 
+/** A ring as it is before the front-end configures it (and after a reset). */
+export function newVring(): VringState {
+  return {
+    size: 0,
+    descUserAddr: 0,
+    availUserAddr: 0,
+    usedUserAddr: 0,
+    addressesSet: false,
+    lastAvailIdx: 0,
+    kickFd: -1,
+    callFd: -1,
+    errFd: -1,
+    kicked: false,
+    enabled: false,
+    running: false,
+  };
+}
+
 export type RingAddresses = Pick<VringState, 'size' | 'descUserAddr' | 'availUserAddr' | 'usedUserAddr'>;
 
 /** The fds that came with a request; a handler takes the ones it keeps, the rest are closed afterwards. */

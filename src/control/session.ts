@@ -22,7 +22,14 @@ import {
 } from './codec/index.js';
 import { HangUpError, VhostUserConnection, closeAll } from './connection.js';
 import { DaemonError, MemoryTableError, SessionError, VhostUserError } from './errors.js';
-import { requestHandler, type RequestFds, type RingAddresses, type SessionContext, type VringState } from './handlers.js';
+import {
+  newVring,
+  requestHandler,
+  type RequestFds,
+  type RingAddresses,
+  type SessionContext,
+  type VringState,
+} from './handlers.js';
 import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
 import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
 
@@ -573,23 +580,6 @@ async function within<T>(promise: Promise<T>, timeoutMs: number | undefined): Pr
   } finally {
     clearTimeout(timer);
   }
-}
-
-function newVring(): VringState {
-  return {
-    size: 0,
-    descUserAddr: 0,
-    availUserAddr: 0,
-    usedUserAddr: 0,
-    addressesSet: false,
-    lastAvailIdx: 0,
-    kickFd: -1,
-    callFd: -1,
-    errFd: -1,
-    kicked: false,
-    enabled: false,
-    running: false,
-  };
 }
 
 function closeVringFds(vring: VringState): void {

@@ -7,6 +7,7 @@ import { native } from '../../dist/native.js';
 import { closeAll } from '../../dist/control/connection.js';
 import { SessionError } from '../../dist/control/errors.js';
 import {
+  newVring,
   requestHandler,
   type DeviceView,
   type RequestFds,
@@ -21,7 +22,7 @@ import type { FrontendRequest } from '../../dist/control/codec/index.js';
 /** Records what a row asks of the session. */
 class FakeSession implements SessionContext {
   readonly calls: string[] = [];
-  readonly rings: VringState[] = [newRing(), newRing()];
+  readonly rings: VringState[] = [newVring(), newVring()];
   readonly offeredFeatures = 0b1011n;
   readonly offeredProtocolFeatures = 0n;
   features = 0n;
@@ -84,23 +85,6 @@ class FakeSession implements SessionContext {
   setLogFd(fd: number): void {
     this.calls.push(`log:${fd}`);
   }
-}
-
-function newRing(): VringState {
-  return {
-    size: 0,
-    descUserAddr: 0,
-    availUserAddr: 0,
-    usedUserAddr: 0,
-    addressesSet: false,
-    lastAvailIdx: 0,
-    kickFd: -1,
-    callFd: -1,
-    errFd: -1,
-    kicked: false,
-    enabled: false,
-    running: false,
-  };
 }
 
 const device: DeviceView = { numQueues: 2, maxQueueSize: 256 };
