@@ -11,7 +11,6 @@
 //
 // SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
 // --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
-import { execFile } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,6 +20,7 @@ import { startStorageDaemon } from '../dist/guest/qsd.js';
 import { spawnBlkBackend } from '../dist/guest/blk-process.js';
 import { runLoopbackLoad } from '../dist/loadgen/load.js';
 import { firstFioJob } from './fio-output.js';
+import { fillImage, run } from './shell.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const BACKEND_CPU = '1';
@@ -60,29 +60,12 @@ const image = values.image ?? join(REPO, '.cache', 'bench', `blk-${sizeMb}M.img`
 /** The SPDK peer's scripts: ../shared/peers/spdk relative to the repository root (CI has ../shared beside the clone). */
 const spdkDir = values['no-spdk'] ? undefined : (values.spdk ?? join(REPO, '..', 'shared', 'peers', 'spdk'));
 
-function run(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) =>
-      error ? reject(new Error(`${cmd} failed: ${stderr || error.message}`)) : resolve(stdout),
-    ),
-  );
-}
-
 async function prepareImage(): Promise<void> {
   if (existsSync(image)) return;
   mkdirSync(join(REPO, '.cache', 'bench'), { recursive: true });
   // Real data, not a sparse file: reading holes would flatter every back-end.
   process.stderr.write(`writing a ${sizeMb} MiB image at ${image}...\n`);
-  await run('fio', [
-    '--name=fill',
-    `--filename=${image}`,
-    '--rw=write',
-    '--bs=1M',
-    `--size=${sizeMb}M`,
-    '--ioengine=io_uring',
-    '--direct=1',
-    '--output-format=terse',
-  ]);
+  await fillImage(image, sizeMb);
 }
 
 async function ours(

@@ -5,7 +5,6 @@
 // back-end CPU with rings running and no I/O; QD1 latency next to raw fio (io_uring, same file,
 // same core; --invalidate=0 keeps the warm page cache). Back-end on CPU 1, load generator on
 // CPU 0. Writes results/tuning-*.json.
-import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +13,7 @@ import { FrontendDevice } from '../dist/frontend/device.js';
 import { processCpuSeconds, randRead4k, runBench, type BenchResult } from '../dist/loadgen/run.js';
 import { spawnBlkBackend } from '../dist/guest/blk-process.js';
 import { firstFioJob } from './fio-output.js';
+import { fillImage, run } from './shell.js';
 
 const REPO = new URL('..', import.meta.url).pathname;
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
@@ -37,14 +37,6 @@ const loads = [
   { name: '100K', rate: 100_000, qd: 64 },
   { name: 'saturation', rate: 0, qd: 32 },
 ];
-
-function run(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) =>
-    execFile(cmd, args, { maxBuffer: 64 << 20 }, (error, stdout, stderr) =>
-      error ? reject(new Error(`${cmd}: ${stderr || error.message}`)) : resolve(stdout),
-    ),
-  );
-}
 
 function startOurs(poll: string, budgetUs: number) {
   const args = ['--disk', image, '--cpus', '1', '--poll', poll];
@@ -100,16 +92,7 @@ async function fioQd1(): Promise<{ p50: number; p99: number; mean: number; iops:
 async function main(): Promise<void> {
   if (!existsSync(image)) {
     mkdirSync(join(REPO, '.cache', 'bench'), { recursive: true });
-    await run('fio', [
-      '--name=fill',
-      `--filename=${image}`,
-      '--rw=write',
-      '--bs=1M',
-      `--size=${sizeMb}M`,
-      '--ioengine=io_uring',
-      '--direct=1',
-      '--output-format=terse',
-    ]);
+    await fillImage(image, sizeMb);
   }
   // Warm the page cache so every mode reads the same cached data.
   await run('dd', [`if=${image}`, 'of=/dev/null', 'bs=1M']);

@@ -8,6 +8,7 @@ import { GuestMemory } from '../../dist/dataplane/memory.js';
 import { VirtqRequest } from '../../dist/dataplane/request.js';
 import type { WorkerQueue } from '../../dist/dataplane/device-api.js';
 import { createQueueHandler } from '../../dist/devices/net/handler.js';
+import { oneSegmentRequest } from './net-rig.js';
 import {
   NET_STAT_SLOTS,
   NegotiatedSlot,
@@ -22,21 +23,6 @@ const RX_BYTES = 2048;
 const TX_BATCH = 32;
 const FRAME = 64;
 const HEADER = 12;
-
-function request(memory: GuestMemory, offset: number, length: number, writable: boolean, head: number): VirtqRequest {
-  const r = new VirtqRequest(4);
-  r.memory = memory;
-  r.head = head;
-  r.segWindow[0] = 0;
-  r.segWindowOffset[0] = offset;
-  r.segLength[0] = length;
-  r.segmentCount = 1;
-  r.readableCount = writable ? 0 : 1;
-  r.writableCount = writable ? 1 : 0;
-  r.readableBytes = writable ? 0 : length;
-  r.writableBytes = writable ? length : 0;
-  return r;
-}
 
 describe('net handler hot path', () => {
   it('loops 200k frames back byte-exact without a garbage collection', async () => {
@@ -68,10 +54,10 @@ describe('net handler hot path', () => {
     });
 
     // RX buffers at 1 MiB + i·2 KiB; TX frames at i·128 (header, then a frame tagged with i).
-    const rx = Array.from({ length: RX_BUFFERS }, (_, i) => request(memory, MiB + i * RX_BYTES, RX_BYTES, true, i));
+    const rx = Array.from({ length: RX_BUFFERS }, (_, i) => oneSegmentRequest(memory, MiB + i * RX_BYTES, RX_BYTES, true, i));
     const tx = Array.from({ length: TX_BATCH }, (_, i) => {
       for (let b = 0; b < FRAME; b++) bytes[i * 128 + HEADER + b] = (i * 7 + b) & 0xff;
-      return request(memory, i * 128, HEADER + FRAME, false, i);
+      return oneSegmentRequest(memory, i * 128, HEADER + FRAME, false, i);
     });
     // Returned RX buffers, offered again (preallocated FIFO: the harness allocates nothing either).
     const returned: (VirtqRequest | null)[] = new Array<VirtqRequest | null>(RX_BUFFERS).fill(null);

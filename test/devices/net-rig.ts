@@ -12,6 +12,8 @@ import { NetDevice } from '../../dist/devices/net/device.js';
 import type { NetBackendName, NetQueueStats } from '../../dist/devices/net/options.js';
 import type { PollMode } from '../../dist/dataplane/commands.js';
 import { NetFeature } from '../../dist/devices/net/virtio-net.js';
+import type { GuestMemory } from '../../dist/dataplane/memory.js';
+import { VirtqRequest } from '../../dist/dataplane/request.js';
 
 export const NET_GUEST_FEATURES = [NetFeature.MRG_RXBUF, NetFeature.MQ, NetFeature.MTU, NetFeature.MAC, NetFeature.STATUS].reduce(
   (mask, feature) => mask | (1n << BigInt(feature)),
@@ -317,4 +319,26 @@ export function ethernetFrame(length: number, seed: number): Uint8Array {
 
 export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
+}
+
+/** A request of one descriptor at `offset` (readable, or writable for RX), for handler tests without rings. */
+export function oneSegmentRequest(
+  memory: GuestMemory,
+  offset: number,
+  length: number,
+  writable: boolean,
+  head: number,
+): VirtqRequest {
+  const r = new VirtqRequest(4);
+  r.memory = memory;
+  r.head = head;
+  r.segWindow[0] = 0;
+  r.segWindowOffset[0] = offset;
+  r.segLength[0] = length;
+  r.segmentCount = 1;
+  r.readableCount = writable ? 0 : 1;
+  r.writableCount = writable ? 1 : 0;
+  r.readableBytes = writable ? 0 : length;
+  r.writableBytes = writable ? length : 0;
+  return r;
 }

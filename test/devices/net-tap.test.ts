@@ -21,7 +21,7 @@ import { VirtqRequest } from '../../dist/dataplane/request.js';
 import { createQueueHandler } from '../../dist/devices/net/handler.js';
 import { NET_STAT_SLOTS, NegotiatedSlot, NetStat, createNetStatsBuffer } from '../../dist/devices/net/options.js';
 import { native } from '../../dist/native.js';
-import { MAC, NET_GUEST_FEATURES, NetGuest, type Received } from './net-rig.js';
+import { MAC, NET_GUEST_FEATURES, NetGuest, oneSegmentRequest, type Received } from './net-rig.js';
 
 const NS = `vut-tap-${process.pid}`;
 const NS_IP = [10, 77, 0, 1];
@@ -352,21 +352,6 @@ async function waitFor<T>(probe: () => T | undefined, timeoutMs = 10_000, descri
     if (Date.now() > deadline) throw new Error(`condition never held ${describe()}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
-}
-
-function oneSegmentRequest(memory: GuestMemory, offset: number, length: number, writable: boolean, head: number): VirtqRequest {
-  const r = new VirtqRequest(4);
-  r.memory = memory;
-  r.head = head;
-  r.segWindow[0] = 0;
-  r.segWindowOffset[0] = offset;
-  r.segLength[0] = length;
-  r.segmentCount = 1;
-  r.readableCount = writable ? 0 : 1;
-  r.writableCount = writable ? 1 : 0;
-  r.readableBytes = writable ? 0 : length;
-  r.writableBytes = writable ? length : 0;
-  return r;
 }
 
 describe('tap hot path (handler in-process, no rings)', () => {
