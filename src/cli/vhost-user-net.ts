@@ -1,6 +1,6 @@
 // vhost-user-net: serve virtio-net ports (one per socket) to vhost-user front-ends such as QEMU's
-// virtio-net-pci (-netdev vhost-user) or DPDK's virtio-user, with a loopback, sink, source or
-// tap back-end behind them.
+// virtio-net-pci (-netdev vhost-user) or DPDK's virtio-user, with a loopback, sink, source,
+// switch or tap back-end behind them.
 import { parseArgs } from 'node:util';
 import { createLogger, setLogLevel } from '../log.js';
 import {
@@ -32,6 +32,9 @@ Back-end:
                            loopback  every frame a port transmits comes back on its own RX
                            sink      count and drop every frame (guest -> back-end)
                            source    fill every RX buffer with generated frames (back-end -> guest)
+                           switch    a learning L2 switch between the ports (two or more --socket):
+                                     unknown, broadcast and multicast destinations are flooded;
+                                     answers SEND_RARP (after a migration) by flooding a RARP
                            tap:NAME  a Linux tap device in our network namespace, created if
                                      missing (and then removed at exit); one --socket; needs
                                      CAP_NET_ADMIN. Configure it (address, up) yourself.
@@ -119,10 +122,8 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
   if (sockets.length === 0) throw new UsageError('--socket PATH is required');
   if (new Set(sockets).size !== sockets.length) throw new UsageError('each --socket must be a different path');
   const backendText = v.backend ?? 'loopback';
-  if (backendText === 'switch') {
-    throw new UsageError(
-      `--backend switch is not built yet (it needs cross-port delivery); use loopback, sink, source or tap:NAME`,
-    );
+  if (backendText === 'switch' && sockets.length < 2) {
+    throw new UsageError('--backend switch connects ports: give at least two --socket paths');
   }
   let tapName: string | undefined;
   let backend = backendText as NetBackendName;
@@ -133,7 +134,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
     if (problem) throw new UsageError(`--backend tap:NAME: ${problem}`);
     if (sockets.length !== 1) throw new UsageError('--backend tap:NAME serves one port: give one --socket');
   } else if (backend === 'tap' || !NET_BACKENDS.includes(backend)) {
-    throw new UsageError(`--backend must be one of loopback, sink, source, tap:NAME, not "${v.backend}"`);
+    throw new UsageError(`--backend must be one of loopback, sink, source, switch, tap:NAME, not "${v.backend}"`);
   }
   const poll = (v.poll ?? 'adaptive') as PollMode;
   if (!['busy', 'interrupt', 'adaptive'].includes(poll))

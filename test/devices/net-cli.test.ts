@@ -47,7 +47,7 @@ describe('vhost-user-net arguments', () => {
     const cases: [string[], RegExp][] = [
       [[], /--socket PATH is required/],
       [['--socket', 's', '--backend', 'bogus'], /--backend must be one of/],
-      [['--socket', 's', '--backend', 'switch'], /not built yet/],
+      [['--socket', 's', '--backend', 'switch'], /at least two --socket/],
       [['--socket', 's', '--mac', '01:00:5e:00:00:01'], /multicast/],
       [['--socket', 's', '--mac', 'zz'], /not a MAC address/],
       [['--socket', 's', '--mtu', '20'], /--mtu must be between/],

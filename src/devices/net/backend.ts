@@ -1,15 +1,17 @@
 // Assembles a vhost-user-net back-end: per socket (one port each), the device's control-plane
 // face, a worker data plane running the net handler, and the daemon. Ports are independent:
 // each has its own workers (on the CPUs given) because a worker holds one guest memory table
-// and the session numbers queues from 0. Frames never cross ports: a switch between them needs
-// cross-port delivery that the data plane does not have yet (issue 9). The tap back-end serves
-// one port: its tap is opened before the workers start and closed after they stopped.
+// and the session numbers queues from 0. Frames cross ports only in the switch back-end,
+// through the frame rings and MAC table of a SwitchFabric made before any port starts (and
+// closed after they all stopped). The tap back-end serves one port: its tap is opened before
+// the workers start and closed after they stopped.
 import { createLogger, type Logger } from '../../log.js';
 import { VhostUserDaemon, type DaemonLimits } from '../../control/daemon.js';
 import { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { NetDevice } from './device.js';
+import { SwitchFabric } from './switch-fabric.js';
 import { TapDevice } from './tap.js';
 import type { NetBackendName, NetQueueStats } from './options.js';
 import { formatMac } from './virtio-net.js';
@@ -54,6 +56,8 @@ export type NetPortQueueStats = NetQueueStats & {
 
 export interface NetBackend {
   ports: NetPort[];
+  /** switch: the rings and MAC table the ports share; null for the other back-ends. */
+  fabric: SwitchFabric | null;
   queueStats(): NetPortQueueStats[];
   stop(): Promise<void>;
 }
@@ -66,6 +70,8 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
   }
   const ports: NetPort[] = [];
   let openingTap: TapDevice | null = null;
+  const fabric =
+    options.backend === 'switch' ? new SwitchFabric(options.socketPaths.length, options.cpus.length, options.queuePairs) : null;
   const stopAll = async () => {
     for (const port of ports.splice(0).reverse()) {
       try {
@@ -77,6 +83,7 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
       }
     }
     openingTap?.close();
+    fabric?.close();
   };
   try {
     for (const [p, socketPath] of options.socketPaths.entries()) {
@@ -91,11 +98,12 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
         mac,
         mtu: options.mtu,
         onHeaderBytes: tap ? (bytes) => tap.setHeaderBytes(bytes) : undefined,
+        sendRarp: fabric ? (rarpMac) => fabric.sendRarp(p, rarpMac) : undefined,
       });
       const plane = await WorkerDataPlane.start({
         cpus: options.cpus,
         queueCount: device.numQueues,
-        handler: device.handlerSpec(options.backend, options.frameBytes, tap?.fds ?? []),
+        handler: fabric ? fabric.handlerSpec(p, device) : device.handlerSpec(options.backend, options.frameBytes, tap?.fds ?? []),
         mode: options.poll,
         idleBudgetUs: options.idleBudgetUs,
         queueToWorker: NetDevice.queueToWorker,
@@ -129,6 +137,7 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
   }
   return {
     ports,
+    fabric,
     queueStats: () => ports.flatMap((port, p) => mergeStats(p, port.device.netStats(), port.plane.allQueueStats())),
     stop: stopAll,
   };

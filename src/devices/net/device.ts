@@ -8,8 +8,21 @@
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
-import type { VhostUserDevice } from '../../control/backend.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, bit } from '../../control/protocol.js';
+//
+// Device requests (handleRequest, the session's device hook). NET_SET_MTU (PROTOCOL_F_NET_MTU):
+// QEMU sends its host_mtu when the guest acked VIRTIO_NET_F_MTU; we accept 68 up to the MTU we
+// offered and drop TX frames above it from then on (until the device is reset). SEND_RARP
+// (PROTOCOL_F_RARP, offered only when the back-end can send a frame of its own: the switch):
+// QEMU sends it after a migration when the guest cannot announce itself; GUEST_ANNOUNCE is
+// offered so that a guest can (QEMU then asks the guest driver, through its control queue).
+import type { DeviceRequest, VhostUserDevice } from '../../control/backend.js';
+import {
+  ProtocolFeature,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  bit,
+} from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { SOURCE_MIN_FRAME } from './frame.js';
 import {
@@ -20,7 +33,15 @@ import {
   type NetHandlerOptions,
   type NetQueueStats,
 } from './options.js';
-import { ETH_HEADER_BYTES, NET_CONFIG_SIZE, NetFeature, VLAN_TAG_BYTES, encodeNetConfig, netHeaderBytes } from './virtio-net.js';
+import {
+  ETH_HEADER_BYTES,
+  NET_CONFIG_SIZE,
+  NetFeature,
+  VLAN_TAG_BYTES,
+  encodeNetConfig,
+  formatMac,
+  netHeaderBytes,
+} from './virtio-net.js';
 
 export interface NetDeviceOptions {
   /** Queue pairs (RX + TX each); more than 1 offers MQ. */
@@ -35,6 +56,11 @@ export interface NetDeviceOptions {
    * it: a tap back-end sets its own header size to match (TUNSETVNETHDRSZ).
    */
   onHeaderBytes?: (bytes: number) => void;
+  /**
+   * SEND_RARP: broadcast a RARP for this (unicast) MAC out of the back-end. Without it the device
+   * does not offer PROTOCOL_F_RARP.
+   */
+  sendRarp?: (mac: Uint8Array) => void;
 }
 
 /** Segments a net request may span: Linux sends at most MAX_SKB_FRAGS + 2 (19) per frame. */
@@ -48,6 +74,7 @@ export class NetDevice implements VhostUserDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
+  readonly protocolFeatures: bigint;
   /** Header length and MRG_RXBUF as negotiated, for the workers (NegotiatedSlot). */
   readonly negotiated = new SharedArrayBuffer(NegotiatedSlot.SLOTS * 4);
   /** Per-queue net counters (NetStat), written by the workers. */
@@ -83,11 +110,14 @@ export class NetDevice implements VhostUserDevice {
       bit(NetFeature.MRG_RXBUF) |
       bit(NetFeature.MTU) |
       bit(NetFeature.MAC) |
-      bit(NetFeature.STATUS);
+      bit(NetFeature.STATUS) |
+      bit(NetFeature.GUEST_ANNOUNCE);
     if (queuePairs > 1) features |= bit(NetFeature.MQ);
     this.features = features;
+    this.protocolFeatures = bit(ProtocolFeature.MTU) | (options.sendRarp ? bit(ProtocolFeature.RARP) : 0n);
     this.config = encodeNetConfig({ mac, linkUp: true, maxVirtqueuePairs: queuePairs, mtu });
     this.setNegotiated(0n);
+    Atomics.store(this.negotiatedView, NegotiatedSlot.maxFrameBytes, this.maxFrameBytes);
   }
 
   get queuePairs(): number {
@@ -111,6 +141,7 @@ export class NetDevice implements VhostUserDevice {
 
   /** The worker-side handler with the given back-end (tap: one tap fd per queue pair). */
   handlerSpec(backend: NetBackendName, frameBytes = 64, tapFds: number[] = []): HandlerSpec {
+    if (backend === 'switch') throw new Error('the switch back-end has its own handler (SwitchFabric.handlerSpec)');
     if (backend === 'source' && (frameBytes < SOURCE_MIN_FRAME || frameBytes > this.maxFrameBytes)) {
       throw new RangeError(
         `frame size must be between ${SOURCE_MIN_FRAME} and ${this.maxFrameBytes} bytes (MTU ${this.options.mtu}), got ${frameBytes}`,
@@ -147,6 +178,37 @@ export class NetDevice implements VhostUserDevice {
 
   reset(): void {
     this.setNegotiated(0n);
+    Atomics.store(this.negotiatedView, NegotiatedSlot.maxFrameBytes, this.maxFrameBytes);
+  }
+
+  /** The MTU TX frames are held to now (NET_SET_MTU lowers it until reset). */
+  get currentMtu(): number {
+    return Atomics.load(this.negotiatedView, NegotiatedSlot.maxFrameBytes) - ETH_HEADER_BYTES - VLAN_TAG_BYTES;
+  }
+
+  handleRequest(request: DeviceRequest): boolean {
+    switch (request.type) {
+      case 'NET_SET_MTU': {
+        const { mtu } = request;
+        if (!Number.isInteger(mtu) || mtu < MIN_MTU || mtu > this.options.mtu) {
+          throw new RangeError(`MTU ${mtu} is outside ${MIN_MTU}..${this.options.mtu} (the MTU this device offers)`);
+        }
+        Atomics.store(this.negotiatedView, NegotiatedSlot.maxFrameBytes, mtu + ETH_HEADER_BYTES + VLAN_TAG_BYTES);
+        return true;
+      }
+      case 'SEND_RARP': {
+        const send = this.options.sendRarp;
+        if (!send) return false;
+        const { mac } = request;
+        if (mac.length !== 6 || (mac[0] & 1) !== 0 || mac.every((b) => b === 0)) {
+          throw new RangeError(`${formatMac(mac)} is not a unicast MAC address`);
+        }
+        send(mac);
+        return true;
+      }
+      default:
+        return false;
+    }
   }
 
   private setNegotiated(features: bigint): void {

@@ -268,7 +268,7 @@ class NetHandler implements QueueHandler {
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;
-    if (frameBytes > this.maxFrameBytes) {
+    if (frameBytes > this.negotiated[NegotiatedSlot.maxFrameBytes]) {
       queue.complete(request, 0);
       this.count(index, NetStat.tooBig, 'TX frame above MTU + headers: dropped');
       return;
@@ -531,7 +531,7 @@ function errnoName(errno: number): string {
 }
 
 /** The RX header: no offloads (flags, gso_type, ... all 0) and num_buffers when it has the field. */
-function writeHeader(rx: VirtqRequest, headerBytes: number, numBuffers: number): void {
+export function writeHeader(rx: VirtqRequest, headerBytes: number, numBuffers: number): void {
   const s = rx.readableCount;
   if (rx.segLength[s] >= headerBytes) {
     const view = rx.memory!.windowBytesView[rx.segWindow[s]];

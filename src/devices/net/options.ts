@@ -2,8 +2,8 @@
 // worker threads through workerData), and the shared counters both sides read.
 
 /** Where frames go. `tap` is given as `tap:NAME` on the command line. */
-export type NetBackendName = 'loopback' | 'sink' | 'source' | 'tap';
-export const NET_BACKENDS: readonly NetBackendName[] = ['loopback', 'sink', 'source', 'tap'];
+export type NetBackendName = 'loopback' | 'sink' | 'source' | 'tap' | 'switch';
+export const NET_BACKENDS: readonly NetBackendName[] = ['loopback', 'sink', 'source', 'tap', 'switch'];
 
 export interface NetHandlerOptions {
   backend: NetBackendName;
@@ -28,6 +28,11 @@ export const NegotiatedSlot = {
   headerBytes: 0,
   /** 1 when MRG_RXBUF was negotiated (a frame may span RX chains). */
   mergeableRxBuffers: 1,
+  /**
+   * Largest TX frame accepted now (Ethernet header onwards): the offered MTU + 18 until the
+   * front-end lowers it with NET_SET_MTU, back to the offer at reset.
+   */
+  maxFrameBytes: 2,
   SLOTS: 4,
 } as const;
 

@@ -1,0 +1,451 @@
+// The `switch` back-end's queue handler (runs in the workers): a learning L2 switch between
+// ports. One instance per worker of each port (an "endpoint", see switch-fabric.ts).
+//
+// TX (a frame from our guest): checked like every net back-end does (device-writable
+// descriptor, short chain, offload asked, above MTU, under an Ethernet header: dropped and
+// counted), its source MAC learned for our port, then sent on: to the port the destination was
+// learned on, or flooded to every other port when the destination is unknown, broadcast or
+// multicast; a frame for our own port is filtered (a switch never sends a frame back where it
+// came from). "Sent" means copied once, from the guest's TX buffers into the SPSC frame ring of
+// the destination endpoint, tagged with the RX queue pair it is for; the TX chain completes at
+// once. A copy that finds the ring full, or a port with no RX queue running, is dropped and
+// counted on our TX queue (noBuffer).
+//
+// RX. RX chains are held, oldest first, until a frame arrives for them (as in handler.ts). Every
+// pass poll() takes the records of our inbound rings and copies each into held chains of its
+// pair (the second and last copy: ring → guest); a record whose pair has no room yet stays in
+// its ring (the ring is the port's queue, bounded; senders drop when it is full), one whose
+// pair stopped is dropped and counted. A ring found empty is armed: its next producer wakes
+// us through our eventfd, which the worker watches (context.watchFd) in every poll mode, so an
+// idle worker sleeps in interrupt and adaptive mode and a busy one polls the rings each pass.
+//
+// Destination pair: the sender's pair number if that RX queue runs at the destination, else the
+// next running one; its worker is pair mod workers (the device's queue-to-worker map).
+//
+// Nothing here allocates per frame: rings, held-chain arrays and the header scratch are made
+// once; ring copies are byte loops over the requests' segments.
+import { native } from '../../native.js';
+import { FrameRingConsumer, FrameRingProducer } from '../../dataplane/frame-ring.js';
+import type { CreateQueueHandler, HandlerContext, QueueHandler, WorkerQueue } from '../../dataplane/device-api.js';
+import type { GuestMemory } from '../../dataplane/memory.js';
+import type { VirtqRequest } from '../../dataplane/request.js';
+import { writeHeader } from './handler.js';
+import { MacTable } from './mac-table.js';
+import { NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './options.js';
+import type { SwitchHandlerOptions } from './switch-fabric.js';
+import { ETH_HEADER_BYTES } from './virtio-net.js';
+
+/** Held RX chains per pair: a split ring never has more than 32768 in flight. */
+const HELD_CAPACITY = 32768;
+/** Records taken from one inbound ring per pass: bounds the pass for the other queues. */
+const RECORDS_PER_POLL = 256;
+const WAKE_TOKEN = 0;
+
+class SwitchHandler implements QueueHandler {
+  readonly completionFd = -1;
+  /** TX chains complete inside handle(); held RX chains wait on the guest, not on poll(). */
+  readonly inFlight = 0;
+
+  private readonly negotiated: Int32Array;
+  private readonly stats: Float64Array;
+  private readonly log: HandlerContext['log'];
+  private readonly context: HandlerContext;
+  private readonly port: number;
+  private readonly ports: number;
+  private readonly workers: number;
+  private readonly pairs: number;
+  private readonly worker: number;
+  private readonly macTable: MacTable;
+  private readonly rxRunning: Int32Array;
+  private readonly clockOriginMs: number;
+  private now = 0;
+  private clockFresh = false;
+
+  /** Indexed by destination endpoint: our ring to it (null within our port). */
+  private readonly outbound: (FrameRingProducer | null)[];
+  private readonly inbound: FrameRingConsumer[];
+  /** SEND_RARP frames from the control thread (worker 0 only). */
+  private readonly inject: FrameRingConsumer | null;
+  private readonly wakeFds: Int32Array;
+  private readonly ownWakeFd: number;
+  private readonly wakePending: Uint8Array;
+  private wakeAny = false;
+  private watching = false;
+
+  // Per pair (of our port): the RX queue as last seen, and a ring of held RX chains.
+  private readonly rxQueue: (WorkerQueue | null)[];
+  private readonly held: ((VirtqRequest | null)[] | null)[];
+  private readonly heldHead: Int32Array;
+  private readonly heldCount: Int32Array;
+  private readonly pairsSeen: Int32Array;
+  private pairsSeenCount = 0;
+  /** The Ethernet header of the frame being switched (destination, source, type). */
+  private readonly ethernet = new Uint8Array(ETH_HEADER_BYTES);
+  /** Per queue and NetStat slot: already logged. */
+  private readonly logged: Uint8Array;
+
+  constructor(options: SwitchHandlerOptions, context: HandlerContext) {
+    const { port, ports, workersPerPort, queuePairs } = options;
+    const endpoints = ports * workersPerPort;
+    if (options.rings.length !== endpoints * endpoints || options.wakeFds.length !== endpoints) {
+      throw new Error(`switch: rings and wake fds do not match ${ports} ports of ${workersPerPort} workers`);
+    }
+    if (context.worker >= workersPerPort) throw new Error(`switch: worker ${context.worker} of ${workersPerPort}`);
+    this.negotiated = new Int32Array(options.negotiated);
+    this.stats = new Float64Array(options.stats);
+    this.log = context.log;
+    this.context = context;
+    this.port = port;
+    this.ports = ports;
+    this.workers = workersPerPort;
+    this.pairs = queuePairs;
+    this.worker = context.worker;
+    this.macTable = new MacTable(options.macTable);
+    this.rxRunning = new Int32Array(options.rxRunning);
+    this.clockOriginMs = options.clockOriginMs;
+    const self = port * workersPerPort + context.worker;
+    this.outbound = new Array<FrameRingProducer | null>(endpoints).fill(null);
+    this.inbound = [];
+    for (let other = 0; other < endpoints; other++) {
+      const out = options.rings[self * endpoints + other];
+      if (out) this.outbound[other] = new FrameRingProducer(out);
+      const into = options.rings[other * endpoints + self];
+      if (into) this.inbound.push(new FrameRingConsumer(into));
+    }
+    this.inject = context.worker === 0 ? new FrameRingConsumer(options.injectRings[port]) : null;
+    this.wakeFds = Int32Array.from(options.wakeFds);
+    this.ownWakeFd = options.wakeFds[self];
+    this.wakePending = new Uint8Array(endpoints);
+    this.rxQueue = new Array<WorkerQueue | null>(queuePairs).fill(null);
+    this.held = new Array<(VirtqRequest | null)[] | null>(queuePairs).fill(null);
+    this.heldHead = new Int32Array(queuePairs);
+    this.heldCount = new Int32Array(queuePairs);
+    this.pairsSeen = new Int32Array(queuePairs);
+    this.logged = new Uint8Array(2 * queuePairs * NET_STAT_SLOTS);
+    context.watchFd(this.ownWakeFd, WAKE_TOKEN);
+    this.watching = true;
+  }
+
+  handle(queue: WorkerQueue, request: VirtqRequest): void {
+    const index = queue.index;
+    const pair = index >>> 1;
+    if (pair >= this.pairs) throw new Error(`queue ${index} is beyond the device's ${this.pairs} queue pairs`);
+    if ((index & 1) === 0) this.handleRx(pair, queue, request);
+    else this.handleTx(pair, queue, request);
+  }
+
+  flush(): void {
+    if (this.wakeAny) this.sendWakes();
+  }
+
+  /** Releases held chains of stopping queues, forwards announcements, delivers inbound frames. */
+  poll(): number {
+    this.clockFresh = false;
+    let work = 0;
+    for (let i = 0; i < this.pairsSeenCount; i++) {
+      const pair = this.pairsSeen[i];
+      const queue = this.rxQueue[pair];
+      if (queue === null || !queue.stopping) continue;
+      work += this.releaseHeld(pair, queue);
+      this.rxQueue[pair] = null;
+      Atomics.store(this.rxRunning, this.port * this.pairs + pair, 0);
+    }
+    if (this.inject !== null) work += this.forwardInjected(this.inject);
+    const inbound = this.inbound;
+    for (let r = 0; r < inbound.length; r++) work += this.deliverInbound(inbound[r]);
+    if (this.wakeAny) this.sendWakes();
+    return work;
+  }
+
+  /** Our wake eventfd: reset it; poll() (every pass) takes what arrived. */
+  onFdReady(token: number, _events: number): void {
+    if (token === WAKE_TOKEN) native.eventfdRead(this.ownWakeFd);
+  }
+
+  setMemory(_memory: GuestMemory): void {}
+
+  close(): void {
+    if (!this.watching) return;
+    this.watching = false;
+    try {
+      this.context.unwatchFd(this.ownWakeFd);
+    } catch {
+      // The worker already dropped every watch (after a handler failure).
+    }
+  }
+
+  // ---- TX: from our guest to the other ports -------------------------------------------------
+
+  private handleTx(pair: number, queue: WorkerQueue, request: VirtqRequest): void {
+    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
+    const index = queue.index;
+    if (request.writableCount !== 0 || request.readableBytes < headerBytes) {
+      queue.complete(request, 0);
+      this.count(index, NetStat.badChain, 'TX chain refused: device-writable descriptor or shorter than the virtio-net header');
+      return;
+    }
+    // No offload is offered: a frame asking for a checksum or segmentation would reach the
+    // other guest unfinished (§5.1.6.2).
+    if (request.readableByte(0) !== 0 || request.readableByte(1) !== 0) {
+      queue.complete(request, 0);
+      this.count(index, NetStat.badChain, 'TX header asks for an offload that was not negotiated (flags or gso_type set): dropped');
+      return;
+    }
+    const frameBytes = request.readableBytes - headerBytes;
+    if (frameBytes > this.negotiated[NegotiatedSlot.maxFrameBytes]) {
+      queue.complete(request, 0);
+      this.count(index, NetStat.tooBig, 'TX frame above MTU + headers: dropped');
+      return;
+    }
+    if (frameBytes < ETH_HEADER_BYTES) {
+      queue.complete(request, 0);
+      this.count(index, NetStat.badChain, 'TX frame shorter than an Ethernet header: dropped');
+      return;
+    }
+    const base = index * NET_STAT_SLOTS;
+    this.stats[base + NetStat.packets]++;
+    this.stats[base + NetStat.bytes] += frameBytes;
+    request.gather(this.ethernet, 0, headerBytes, ETH_HEADER_BYTES);
+    this.forward(pair, request, headerBytes, null, 0, frameBytes);
+    queue.complete(request, 0);
+  }
+
+  /** SEND_RARP frames, switched as if our guest had sent them on pair 0. */
+  private forwardInjected(ring: FrameRingConsumer): number {
+    let work = 0;
+    while (ring.next() >= 0) {
+      if (ring.length >= ETH_HEADER_BYTES) {
+        const data = ring.data;
+        for (let i = 0; i < ETH_HEADER_BYTES; i++) this.ethernet[i] = data[ring.offset + i];
+        this.forward(0, null, 0, data, ring.offset, ring.length);
+      }
+      ring.release();
+      work++;
+    }
+    return work;
+  }
+
+  /**
+   * Learns the source of the frame in this.ethernet and sends it where its destination is: from
+   * `request` (its readable bytes from `from`) or from `bytes` (at `from`).
+   */
+  private forward(
+    pair: number,
+    request: VirtqRequest | null,
+    requestFrom: number,
+    bytes: Uint8Array | null,
+    bytesFrom: number,
+    frameBytes: number,
+  ): void {
+    const eth = this.ethernet;
+    if (!this.clockFresh) {
+      this.now = Math.floor((Date.now() - this.clockOriginMs) / 1000);
+      this.clockFresh = true;
+    }
+    this.macTable.learn((eth[6] << 8) | eth[7], (eth[8] << 24) | (eth[9] << 16) | (eth[10] << 8) | eth[11], this.port, this.now);
+    let destination = -1;
+    if ((eth[0] & 1) === 0) {
+      destination = this.macTable.lookup((eth[0] << 8) | eth[1], (eth[2] << 24) | (eth[3] << 16) | (eth[4] << 8) | eth[5], this.now);
+      if (destination === this.port) return; // filtered: the destination is behind the port it came from
+    }
+    if (destination >= 0) {
+      this.sendTo(destination, pair, request, requestFrom, bytes, bytesFrom, frameBytes);
+      return;
+    }
+    for (let port = 0; port < this.ports; port++) {
+      if (port !== this.port) this.sendTo(port, pair, request, requestFrom, bytes, bytesFrom, frameBytes);
+    }
+  }
+
+  /** One copy of the frame into the ring of the endpoint serving `port`'s chosen RX pair. */
+  private sendTo(
+    port: number,
+    pair: number,
+    request: VirtqRequest | null,
+    requestFrom: number,
+    bytes: Uint8Array | null,
+    bytesFrom: number,
+    frameBytes: number,
+  ): void {
+    const txQueue = (pair << 1) | 1;
+    const destinationPair = this.runningPair(port, pair);
+    if (destinationPair < 0) {
+      this.count(txQueue, NetStat.noBuffer, '');
+      return;
+    }
+    const endpoint = port * this.workers + (destinationPair % this.workers);
+    const ring = this.outbound[endpoint]!;
+    const at = ring.reserve(frameBytes, destinationPair);
+    if (at < 0) {
+      this.count(txQueue, NetStat.noBuffer, `frames for port ${port} find its queue full: dropped (counted as no-buffer on this TX queue)`);
+      return;
+    }
+    const data = ring.data;
+    if (request !== null) request.gather(data, at, requestFrom, frameBytes);
+    else for (let i = 0; i < frameBytes; i++) data[at + i] = bytes![bytesFrom + i];
+    if (ring.commit()) {
+      this.wakePending[endpoint] = 1;
+      this.wakeAny = true;
+    }
+  }
+
+  /** `pair` if that RX queue of `port` runs, else the next one that does, else -1. */
+  private runningPair(port: number, pair: number): number {
+    const pairs = this.pairs;
+    const base = port * pairs;
+    let candidate = pair < pairs ? pair : 0;
+    for (let i = 0; i < pairs; i++) {
+      if (this.rxRunning[base + candidate] !== 0) return candidate;
+      candidate = candidate + 1 === pairs ? 0 : candidate + 1;
+    }
+    return -1;
+  }
+
+  private sendWakes(): void {
+    this.wakeAny = false;
+    const pending = this.wakePending;
+    for (let e = 0; e < pending.length; e++) {
+      if (pending[e] === 0) continue;
+      pending[e] = 0;
+      native.eventfdWrite(this.wakeFds[e], 1);
+    }
+  }
+
+  // ---- RX: from the other ports to our guest -------------------------------------------------
+
+  private handleRx(pair: number, queue: WorkerQueue, request: VirtqRequest): void {
+    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
+    if (this.rxQueue[pair] !== queue) this.adoptRxQueue(pair, queue);
+    if (request.readableCount !== 0 || request.writableBytes < headerBytes) {
+      queue.complete(request, 0);
+      this.count(queue.index, NetStat.badBuffers, 'RX buffer refused: device-readable or shorter than the virtio-net header');
+      return;
+    }
+    const ring = this.held[pair]!;
+    ring[(this.heldHead[pair] + this.heldCount[pair]) & (HELD_CAPACITY - 1)] = request;
+    this.heldCount[pair]++;
+  }
+
+  /** A (re)started RX queue: remember it, tell the senders, set up its held ring the first time. */
+  private adoptRxQueue(pair: number, queue: WorkerQueue): void {
+    this.rxQueue[pair] = queue;
+    if (this.held[pair] === null) {
+      this.held[pair] = new Array<VirtqRequest | null>(HELD_CAPACITY).fill(null);
+      this.pairsSeen[this.pairsSeenCount++] = pair;
+    }
+    Atomics.store(this.rxRunning, this.port * this.pairs + pair, 1);
+  }
+
+  private releaseHeld(pair: number, queue: WorkerQueue): number {
+    const ring = this.held[pair]!;
+    const count = this.heldCount[pair];
+    let head = this.heldHead[pair];
+    for (let i = 0; i < count; i++) {
+      queue.complete(ring[head]!, 0);
+      ring[head] = null;
+      head = (head + 1) & (HELD_CAPACITY - 1);
+    }
+    this.heldHead[pair] = head;
+    this.heldCount[pair] = 0;
+    return count;
+  }
+
+  /** Copies records of one inbound ring into held RX chains until it is empty or blocked. */
+  private deliverInbound(ring: FrameRingConsumer): number {
+    let delivered = 0;
+    while (delivered < RECORDS_PER_POLL) {
+      if (ring.next() < 0) {
+        // Empty: ask for a wake-up. A record that slipped in meanwhile counts as work, so the
+        // worker passes again instead of sleeping on it.
+        return ring.arm() ? delivered : delivered + 1;
+      }
+      const pair = ring.tag;
+      const rxIndex = pair << 1;
+      if (pair >= this.pairs || pair % this.workers !== this.worker) {
+        // Senders route by the queue-to-worker map: this would be a bug, never guest input.
+        throw new Error(`switch: a frame for pair ${pair} reached worker ${this.worker}`);
+      }
+      const queue = this.rxQueue[pair];
+      if (queue === null || queue.stopping) {
+        // The pair stopped after the sender chose it.
+        this.count(rxIndex, NetStat.noBuffer, '');
+        ring.release();
+        delivered++;
+        continue;
+      }
+      const chains = this.reserve(pair, ring.length);
+      if (chains === 0) return delivered; // no room yet: the record waits in the ring
+      if (chains < 0) {
+        this.count(rxIndex, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
+      } else {
+        this.deliver(pair, queue, chains, ring.data, ring.offset, ring.length);
+      }
+      ring.release();
+      delivered++;
+    }
+    return delivered;
+  }
+
+  /**
+   * How many held chains a frame of `frameBytes` (header excluded) needs: 0 when there are too
+   * few now, -1 when it can never fit (no MRG_RXBUF and the next buffer is too small).
+   */
+  private reserve(pair: number, frameBytes: number): number {
+    const count = this.heldCount[pair];
+    if (count === 0) return 0;
+    const need = this.negotiated[NegotiatedSlot.headerBytes] + frameBytes;
+    const ring = this.held[pair]!;
+    let head = this.heldHead[pair];
+    if (this.negotiated[NegotiatedSlot.mergeableRxBuffers] === 0) return ring[head]!.writableBytes >= need ? 1 : -1;
+    let room = 0;
+    for (let n = 1; n <= count; n++) {
+      room += ring[head]!.writableBytes;
+      if (room >= need) return n;
+      head = (head + 1) & (HELD_CAPACITY - 1);
+    }
+    return 0;
+  }
+
+  /** Copies bytes[from, from + frameBytes) into `chains` held chains of `pair`, header first. */
+  private deliver(pair: number, queue: WorkerQueue, chains: number, bytes: Uint8Array, from: number, frameBytes: number): void {
+    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
+    const ring = this.held[pair]!;
+    let head = this.heldHead[pair];
+    let copied = 0;
+    for (let c = 0; c < chains; c++) {
+      const rx = ring[head]!;
+      ring[head] = null;
+      head = (head + 1) & (HELD_CAPACITY - 1);
+      let offset = 0;
+      if (c === 0) {
+        writeHeader(rx, headerBytes, chains);
+        offset = headerBytes;
+      }
+      let take = rx.writableBytes - offset;
+      if (take > frameBytes - copied) take = frameBytes - copied;
+      rx.scatter(bytes, from + copied, offset, take);
+      copied += take;
+      queue.complete(rx, offset + take);
+    }
+    this.heldHead[pair] = head;
+    this.heldCount[pair] -= chains;
+    const base = (pair << 1) * NET_STAT_SLOTS;
+    this.stats[base + NetStat.packets]++;
+    this.stats[base + NetStat.bytes] += frameBytes;
+  }
+
+  /** Counts a drop (or a refused buffer) on `queue`, logging the first of each kind. */
+  private count(queue: number, slot: number, message: string): void {
+    const base = queue * NET_STAT_SLOTS;
+    this.stats[base + slot]++;
+    if (slot !== NetStat.badBuffers) this.stats[base + NetStat.drops]++;
+    if (message === '') return;
+    const flag = base + slot;
+    if (this.logged[flag] !== 0) return;
+    this.logged[flag] = 1;
+    this.log('warn', message, { queue, note: 'logged once per queue; see the net statistics for counts' });
+  }
+}
+
+export const createQueueHandler: CreateQueueHandler = (options, context) =>
+  new SwitchHandler(options as SwitchHandlerOptions, context);
