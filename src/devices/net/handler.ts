@@ -268,7 +268,7 @@ class NetHandler implements QueueHandler {
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;
-    if (frameBytes > this.negotiated[NegotiatedSlot.maxFrameBytes]) {
+    if (frameBytes > (this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)) {
       queue.complete(request, 0);
       this.count(index, NetStat.tooBig, 'TX frame above MTU + headers: dropped');
       return;

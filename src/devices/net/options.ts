@@ -30,7 +30,8 @@ export const NegotiatedSlot = {
   mergeableRxBuffers: 1,
   /**
    * Largest TX frame accepted now (Ethernet header onwards): the offered MTU + 18 until the
-   * front-end lowers it with NET_SET_MTU, back to the offer at reset.
+   * front-end lowers it with NET_SET_MTU, back to the offer at reset. 0 (never set): the offer,
+   * NetHandlerOptions.maxFrameBytes.
    */
   maxFrameBytes: 2,
   SLOTS: 4,

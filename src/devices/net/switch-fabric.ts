@@ -26,6 +26,8 @@ export interface SwitchHandlerOptions {
   negotiated: SharedArrayBuffer;
   stats: SharedArrayBuffer;
   queuePairs: number;
+  /** Largest TX frame offered (MTU + 18); NegotiatedSlot.maxFrameBytes, when set, is the one in force. */
+  maxFrameBytes: number;
   port: number;
   ports: number;
   workersPerPort: number;
@@ -92,6 +94,7 @@ export class SwitchFabric {
       negotiated: device.negotiated,
       stats: device.stats,
       queuePairs: device.queuePairs,
+      maxFrameBytes: device.maxFrameBytes,
       port,
       ports: this.ports,
       workersPerPort: this.workersPerPort,

@@ -58,6 +58,7 @@ class SwitchHandler implements QueueHandler {
   private readonly macTable: MacTable;
   private readonly rxRunning: Int32Array;
   private readonly clockOriginMs: number;
+  private readonly maxFrameBytes: number;
   private now = 0;
   private clockFresh = false;
 
@@ -103,6 +104,7 @@ class SwitchHandler implements QueueHandler {
     this.macTable = new MacTable(options.macTable);
     this.rxRunning = new Int32Array(options.rxRunning);
     this.clockOriginMs = options.clockOriginMs;
+    this.maxFrameBytes = options.maxFrameBytes;
     const self = port * workersPerPort + context.worker;
     this.outbound = new Array<FrameRingProducer | null>(endpoints).fill(null);
     this.inbound = [];
@@ -192,7 +194,7 @@ class SwitchHandler implements QueueHandler {
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;
-    if (frameBytes > this.negotiated[NegotiatedSlot.maxFrameBytes]) {
+    if (frameBytes > (this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)) {
       queue.complete(request, 0);
       this.count(index, NetStat.tooBig, 'TX frame above MTU + headers: dropped');
       return;
