@@ -2,7 +2,7 @@
 # /init of the vhost-user-ts test guest (busybox initramfs, built by build-initramfs.sh).
 #
 # The job comes from the kernel command line (all optional except vut.test):
-#   vut.test=blk|net|boot  what to do (boot = load modules, report, power off)
+#   vut.test=blk|net|netserve|boot  what to do (boot = load modules, report, power off)
 #   vut.dev=vda            block device under test
 #   vut.bytes=4194304      bytes of pattern written + verified (multiple of 4096)
 #   vut.offset=0           byte offset of the pattern region (multiple of 4096)
@@ -19,6 +19,11 @@
 #   Steps: address + up, `ping -c 3` the peer, print "VUT-STEP net-up" (the host may now ping
 #   us), send vut.bytes of /dev/urandom to PEER:5001, receive from PEER:5002 until the peer
 #   closes, wait for vut.echos echo requests (/proc/net/snmp InEchos), report sha256 of both.
+#   The first ping is retried for up to 60 s (the peer may be a guest still booting).
+# netserve job (the other side of `net`, for two guests on one switch): the same arguments;
+#   listen on 5001 (receive until the peer closes) and 5002 (send vut.bytes of /dev/urandom),
+#   address + up, ping the peer (retried, then `ping -c 3`), wait for both transfers and for
+#   vut.echos echo requests; the same VUT-RESULT fields as `net` (tx = served, rx = received).
 #
 # Output protocol (serial console):
 #   VUT-STEP <step> <detail>          one line per step, so a failing run is diagnosable
@@ -201,6 +206,74 @@ in_echos() {
   awk '$1 == "Icmp:" { if (!n) { for (i = 2; i <= NF; i++) if ($i == "InEchos") c = i; n = 1 } else print $c }' /proc/net/snmp
 }
 
+# Pings the peer once a second until it answers (60 tries): it may still be booting.
+first_contact() {
+  tries=0
+  until ping -c 1 -W 1 "$VUT_PEER" > /dev/null 2>&1; do
+    tries=$((tries + 1))
+    [ $tries -lt 60 ] || break
+    sleep 1
+  done
+}
+
+# Whether process $1 still runs (a finished background job stays a zombie until waited for).
+alive() {
+  state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# The server side of `net` (two guests on one switch): see the header.
+job_netserve() {
+  is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
+  is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
+  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
+  IF=
+  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
+  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
+  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
+  mtu=$(cat "/sys/class/net/$IF/mtu")
+  mac=$(cat "/sys/class/net/$IF/address")
+  count=$((VUT_BYTES / 65536)); rest=$((VUT_BYTES % 65536))
+  { dd if=/dev/urandom bs=65536 count=$count 2>/dev/null; dd if=/dev/urandom bs=$rest count=1 2>/dev/null; } > /tmp/tx.bin
+  tx_sha=$(sha256sum < /tmp/tx.bin | cut -d' ' -f1)
+  # Listen before the link is up, so the peer finds us once we answer pings. busybox nc -l
+  # stops reading the socket once its stdin is at EOF: the receiver's stdin is a held fifo.
+  ip link set lo up
+  mkfifo /tmp/hold
+  sleep 600 > /tmp/hold &
+  hold=$!
+  nc -l -p 5001 < /tmp/hold > /tmp/rx.bin 2>/tmp/nc-rx.err &
+  receiver=$!
+  nc -l -p 5002 < /tmp/tx.bin > /dev/null 2>/tmp/nc-tx.err &
+  sender=$!
+  ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
+  ip link set "$IF" up || fail "ip link set $IF up"
+  step net-ping "$IF $mac mtu $mtu: ping $VUT_PEER; serving $(stat -c %s /tmp/tx.bin) bytes sha256=$tx_sha on 5002"
+  first_contact
+  ping -c 3 -W 5 "$VUT_PEER" > /tmp/ping.out 2>&1
+  received=$(awk '/packets received/ { print $4 }' /tmp/ping.out)
+  is_uint "$received" || received=0
+  [ "$received" -gt 0 ] || fail "no echo reply from $VUT_PEER: $(cat /tmp/ping.out)"
+  step net-up "$IF $VUT_IP answered $received of 3 pings"
+
+  step net-transfers "waiting for the peer to send to 5001 and fetch from 5002"
+  waited=0
+  while { alive $receiver || alive $sender; } && [ $waited -lt 1200 ]; do usleep 100000; waited=$((waited + 1)); done
+  alive $receiver && fail "the peer did not finish sending to 5001 in 120 s: $(stat -c %s /tmp/rx.bin) bytes so far"
+  alive $sender && fail "the peer did not fetch from 5002 in 120 s: $(cat /tmp/nc-tx.err)"
+  kill $hold 2>/dev/null
+  rx_bytes=$(stat -c %s /tmp/rx.bin)
+  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+  step net-received "$rx_bytes bytes sha256=$rx_sha"
+
+  step net-echos "waiting for $VUT_ECHOS echo requests from the peer"
+  waited=0
+  while [ "$(in_echos)" -lt "$VUT_ECHOS" ] && [ $waited -lt 600 ]; do usleep 100000; waited=$((waited + 1)); done
+  echos=$(in_echos)
+  [ "$echos" -ge "$VUT_ECHOS" ] || fail "only $echos echo requests from the peer in 60 s"
+  finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"ping_received\":$received,\"tx\":{\"bytes\":$(stat -c %s /tmp/tx.bin),\"sha256\":\"$tx_sha\"},\"rx\":{\"bytes\":$rx_bytes,\"sha256\":\"$rx_sha\"},\"in_echos\":$echos"
+}
+
 job_net() {
   is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
   is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
@@ -215,6 +288,7 @@ job_net() {
   ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
   ip link set "$IF" up || fail "ip link set $IF up"
   step net-ping "$IF $mac mtu $mtu: ping $VUT_PEER"
+  first_contact
   ping -c 3 -W 5 "$VUT_PEER" > /tmp/ping.out 2>&1
   received=$(awk '/packets received/ { print $4 }' /tmp/ping.out)
   is_uint "$received" || received=0
@@ -383,6 +457,7 @@ job_blk() {
 case "$JOB" in
   blk) job_blk ;;
   net) job_net ;;
+  netserve) job_netserve ;;
   boot) job_boot ;;
   *) fail "unknown job vut.test=$JOB" ;;
 esac
