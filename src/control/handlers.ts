@@ -161,6 +161,22 @@ const requestHandlers: RequestHandlerTable = {
   GET_MAX_MEM_SLOTS: { handle: () => ({ type: 'u64', value: BigInt(MAX_MEM_SLOTS) }) },
   ADD_MEM_REG: {
     handle: async (s, r, fds) => {
+      // QEMU 7.2 with vhost-user-net queue pairs: each pair is a vhost device with its own copy
+      // of the table, and ADD_MEM_REG (unlike SET_MEM_TABLE) is not one of its once-per-back-end
+      // requests, so every pair after the first adds the same regions again. An exact repeat is
+      // acknowledged and changes nothing.
+      const { guestPhysAddr, memorySize, userspaceAddr, mmapOffset } = r.region;
+      const repeat = s.memoryRegions.some(
+        (m) =>
+          BigInt(m.guestPhysAddr) === guestPhysAddr &&
+          BigInt(m.size) === memorySize &&
+          BigInt(m.userspaceAddr) === userspaceAddr &&
+          BigInt(m.mmapOffset) === mmapOffset,
+      );
+      if (repeat) {
+        closeAll([fds.take(0)]);
+        return;
+      }
       if (s.memoryRegions.length >= MAX_MEM_SLOTS)
         throw new SessionError(`ADD_MEM_REG: all ${MAX_MEM_SLOTS} memory slots are in use`);
       const region = mapRegion(r.region, fds.take(0));

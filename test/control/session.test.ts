@@ -1278,6 +1278,21 @@ describe('VHOST_USER_ADD_MEM_REG (37)', () => {
     expect(rig.dataPlane.memory).toHaveLength(1);
   });
 
+  it('an exact repeat of a mapped region (QEMU 7.2 sends one per net queue pair) is acked; its fd closed, the table unchanged', async () => {
+    const client = await negotiated();
+    const memory = guestMemory({ guestPhysAddr: 0, size: MiB });
+    const [{ fd, ...region }] = memory.describe() as [ReturnType<FrontendMemory['describe']>[number]];
+    await client.request({ type: 'ADD_MEM_REG', region, fd });
+    const before = openFds();
+    await client.request({ type: 'ADD_MEM_REG', region, fd });
+    await fdsBackTo(before, 'the repeated region fd to be closed');
+    expect(rig.dataPlane.events).toEqual(['memory:1']);
+    expect(rig.dataPlane.memory).toHaveLength(1);
+    // Not a repeat: the same guest range at another user address overlaps, and is refused.
+    const moved = { ...region, userspaceAddr: region.userspaceAddr + 0x1000_0000n };
+    await expectFailureAck(client, { type: 'ADD_MEM_REG', region: moved, fd }, /overlap/);
+  });
+
   it('without CONFIGURE_MEM_SLOTS negotiated it is refused', async () => {
     const client = await negotiated({ protocol: bit(ProtocolFeature.REPLY_ACK) });
     const [{ fd, ...region }] = guestMemory().describe() as [ReturnType<FrontendMemory['describe']>[number]];
