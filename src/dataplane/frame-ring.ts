@@ -66,6 +66,8 @@ export function maxFrameRecord(capacity: number): number {
 class FrameRingSide {
   /** The data bytes (records start at 8-aligned offsets). */
   readonly data: Uint8Array;
+  /** The same bytes as u32 words (data[4·i] is the first byte of dataWords[i]), for word copies. */
+  readonly dataWords: Uint32Array;
   readonly capacity: number;
   protected readonly control: Int32Array;
   protected readonly counters: Float64Array;
@@ -83,6 +85,7 @@ class FrameRingSide {
     this.counters = new Float64Array(buffer, 0, FRAME_RING_HEADER_BYTES / 8);
     this.data = new Uint8Array(buffer, FRAME_RING_HEADER_BYTES, capacity);
     this.words = new Int32Array(buffer, FRAME_RING_HEADER_BYTES, capacity / 4);
+    this.dataWords = new Uint32Array(buffer, FRAME_RING_HEADER_BYTES, capacity / 4);
   }
 
   /** Bytes in use (records not yet consumed, wrap gaps included). */

@@ -12,7 +12,10 @@
 // time: the next frame will), stores the fields, and makes it even again. A reader takes the
 // sequence before and after reading the fields and trusts them only when both are the same
 // even value; otherwise it treats the address as unknown (the frame is flooded, which a
-// switch may always do). All accesses are Atomics, so no torn or reordered reads.
+// switch may always do). All accesses are Atomics, so no torn or reordered reads. Every write
+// also bumps a table-wide generation, so a reader may cache an answer for as long as the
+// generation and the second stay the same (the switch does, per worker: a stream of frames
+// then costs one load instead of a group scan).
 
 /** Entries per group (one hash bucket). */
 const GROUP = 8;
@@ -32,21 +35,30 @@ export function createMacTable(entries = DEFAULT_MAC_ENTRIES): SharedArrayBuffer
   if (!Number.isInteger(entries) || entries < GROUP || entries > 1 << 20 || (entries & (entries - 1)) !== 0) {
     throw new RangeError(`MAC table entries must be a power of two from ${GROUP} to ${1 << 20}, got ${entries}`);
   }
-  return new SharedArrayBuffer(entries * WORDS * 4);
+  // One more entry's worth of words at the end: the generation.
+  return new SharedArrayBuffer((entries + 1) * WORDS * 4);
 }
 
 export class MacTable {
   private readonly words: Int32Array;
   private readonly groupMask: number;
+  /** Index of the generation word (after the last entry). */
+  private readonly generationAt: number;
 
   constructor(buffer: SharedArrayBuffer) {
     this.words = new Int32Array(buffer);
-    this.groupMask = this.words.length / WORDS / GROUP - 1;
+    this.generationAt = this.words.length - WORDS;
+    this.groupMask = this.generationAt / WORDS / GROUP - 1;
   }
 
   /** Entries in all (the bound). */
   get capacity(): number {
-    return this.words.length / WORDS;
+    return this.generationAt / WORDS;
+  }
+
+  /** Changes whenever an entry is written: an answer read at the same generation still holds. */
+  get generation(): number {
+    return Atomics.load(this.words, this.generationAt);
   }
 
   /**
@@ -90,6 +102,7 @@ export class MacTable {
     Atomics.store(words, target + PORT, port);
     Atomics.store(words, target + STAMP, now);
     Atomics.store(words, target + SEQ, seq + 2);
+    Atomics.add(words, this.generationAt, 1);
   }
 
   /** The port `hi:lo` was last seen on, or -1 when unknown, expired or being rewritten. */
@@ -115,7 +128,7 @@ export class MacTable {
   /** Learned, unexpired entries (allocates: for statistics and tests). */
   entries(now: number): { mac: string; port: number; age: number }[] {
     const out: { mac: string; port: number; age: number }[] = [];
-    for (let at = 0; at < this.words.length; at += WORDS) {
+    for (let at = 0; at < this.generationAt; at += WORDS) {
       const hi = Atomics.load(this.words, at + HI);
       if ((hi & VALID) === 0) continue;
       const stamp = Atomics.load(this.words, at + STAMP);
