@@ -12,7 +12,7 @@ import { FRONTEND_PROTOCOL_FEATURES } from '../../dist/frontend/features.js';
 import { FrontendDevice } from '../../dist/frontend/device.js';
 import { FrontendMemory } from '../../dist/frontend/memory.js';
 import { startNetBackend, type NetBackend } from '../../dist/devices/net/backend.js';
-import { DEFAULT_SWITCH_RING_BYTES } from '../../dist/devices/net/switch-fabric.js';
+import { DEFAULT_SWITCH_RING_BYTES, switchRingBytes } from '../../dist/devices/net/switch-fabric.js';
 import { FRAME_RECORD_HEADER_BYTES } from '../../dist/dataplane/frame-ring.js';
 import { NetFeature } from '../../dist/devices/net/virtio-net.js';
 import type { PollMode } from '../../dist/dataplane/commands.js';
@@ -230,6 +230,22 @@ describe('switch: flooding and learning', () => {
     const [got] = await b.receive(1);
     expect(got.numBuffers).toBe(Math.ceil((1514 + 12) / 512));
     expect(sameBytes(got.frame, big)).toBe(true);
+  });
+});
+
+describe('switch: jumbo frames', () => {
+  it('carries a frame of the largest MTU (65535 + 18 bytes): the rings grow with the MTU', async () => {
+    const rig = await start({ ports: 2, mtu: 65535 });
+    const a = await rig.connect(0);
+    const b = await rig.connect(1);
+    const length = 65535 + 18;
+    await rig.offerRx(1, b, Math.ceil((length + 12) / 4096), 4096);
+    const jumbo = frame(guestMac(2), guestMac(1), length);
+    a.send(jumbo);
+    const [got] = await b.receive(1);
+    expect(got.numBuffers).toBe(Math.ceil((length + 12) / 4096));
+    expect(sameBytes(got.frame, jumbo)).toBe(true);
+    expect(switchRingBytes(65535)).toBeGreaterThan(DEFAULT_SWITCH_RING_BYTES);
   });
 });
 

@@ -11,7 +11,7 @@ import { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { NetDevice } from './device.js';
-import { SwitchFabric } from './switch-fabric.js';
+import { SwitchFabric, switchRingBytes } from './switch-fabric.js';
 import { TapDevice } from './tap.js';
 import type { NetBackendName, NetQueueStats } from './options.js';
 import { formatMac } from './virtio-net.js';
@@ -71,7 +71,9 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
   const ports: NetPort[] = [];
   let openingTap: TapDevice | null = null;
   const fabric =
-    options.backend === 'switch' ? new SwitchFabric(options.socketPaths.length, options.cpus.length, options.queuePairs) : null;
+    options.backend === 'switch'
+      ? new SwitchFabric(options.socketPaths.length, options.cpus.length, options.queuePairs, switchRingBytes(options.mtu))
+      : null;
   const stopAll = async () => {
     for (const port of ports.splice(0).reverse()) {
       try {

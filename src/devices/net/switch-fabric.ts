@@ -10,14 +10,24 @@
 // handed to the port's worker 0 through a small inject ring (the control thread is its only
 // producer), which floods it as if the guest had sent it.
 import { native } from '../../native.js';
-import { createFrameRing, FrameRingProducer } from '../../dataplane/frame-ring.js';
+import { createFrameRing, FRAME_RECORD_HEADER_BYTES, FrameRingProducer } from '../../dataplane/frame-ring.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { createMacTable, MacTable, macHi, macLo } from './mac-table.js';
 import type { NetDevice } from './device.js';
-import { ETH_HEADER_BYTES, ETH_MIN_FRAME } from './virtio-net.js';
+import { ETH_HEADER_BYTES, ETH_MIN_FRAME, VLAN_TAG_BYTES } from './virtio-net.js';
 
 /** Data bytes of each worker-to-worker ring: ~170 full-size frames or ~3,600 small ones. */
 export const DEFAULT_SWITCH_RING_BYTES = 256 * 1024;
+/** Largest frames a ring holds at least (jumbo MTUs get larger rings). */
+const RING_MIN_LARGEST_FRAMES = 16;
+
+/** Ring size for an MTU: the default, or a power of two holding 16 of the largest records. */
+export function switchRingBytes(mtu: number): number {
+  const largest = FRAME_RECORD_HEADER_BYTES + 3 + mtu + ETH_HEADER_BYTES + VLAN_TAG_BYTES;
+  let bytes = DEFAULT_SWITCH_RING_BYTES;
+  while (bytes < RING_MIN_LARGEST_FRAMES * largest) bytes *= 2;
+  return bytes;
+}
 const INJECT_RING_BYTES = 4096;
 const ETHERTYPE_RARP = 0x8035;
 
