@@ -214,7 +214,7 @@ export class FrameRingConsumer extends FrameRingSide {
    */
   arm(): boolean {
     if (Atomics.load(this.control, ARMED) === 0) Atomics.store(this.control, ARMED, 1);
-    return (Atomics.load(this.control, TAIL) >>> 0) === this.head;
+    return Atomics.load(this.control, TAIL) >>> 0 === this.head;
   }
 
   /** Whether the consumer is armed (for tests). */

@@ -41,10 +41,8 @@ describe('switch handler hot path', () => {
       negotiated[NegotiatedSlot.mergeableRxBuffers] = 1;
     }
     const context = { worker: 0, queueCount: 2, log: () => {}, watchFd: () => {}, unwatchFd: () => {} };
-    const [a, b] = (await Promise.all([0, 1].map((p) => createQueueHandler(fabric.handlerSpec(p, devices[p]).options, context)))) as [
-      QueueHandler,
-      QueueHandler,
-    ];
+    const a: QueueHandler = await createQueueHandler(fabric.handlerSpec(0, devices[0]).options, context);
+    const b: QueueHandler = await createQueueHandler(fabric.handlerSpec(1, devices[1]).options, context);
     try {
       // TX frames of A at i·128: header, then B's MAC, A's MAC, a pattern tagged with i. B's one
       // frame (for A) teaches the switch where B is; it is dropped, A holds no RX buffer.
@@ -148,10 +146,8 @@ describe('switch handler hot path', () => {
     );
     for (const device of devices) new Int32Array(device.negotiated)[NegotiatedSlot.headerBytes] = HEADER;
     const context = { worker: 0, queueCount: 2, log: () => {}, watchFd: () => {}, unwatchFd: () => {} };
-    const [a, b] = (await Promise.all([0, 1].map((p) => createQueueHandler(fabric.handlerSpec(p, devices[p]).options, context)))) as [
-      QueueHandler,
-      QueueHandler,
-    ];
+    const a: QueueHandler = await createQueueHandler(fabric.handlerSpec(0, devices[0]).options, context);
+    const b: QueueHandler = await createQueueHandler(fabric.handlerSpec(1, devices[1]).options, context);
     try {
       const txQueue: WorkerQueue = { index: 1, memory, stopping: false, complete() {} };
       let received: { at: number; len: number } | null = null;
@@ -184,7 +180,9 @@ describe('switch handler hot path', () => {
             expect(received, `${length} bytes, TX skew ${txSkew}, RX skew ${rxSkew}`).toEqual({ at: rxAt, len: HEADER + length });
             const sent = bytes.subarray(txAt + HEADER, txAt + HEADER + length);
             const got = bytes.subarray(rxAt + HEADER, rxAt + HEADER + length);
-            expect(Buffer.from(got).equals(Buffer.from(sent)), `${length} bytes, TX skew ${txSkew}, RX skew ${rxSkew}`).toBe(true);
+            expect(Buffer.from(got).equals(Buffer.from(sent)), `${length} bytes, TX skew ${txSkew}, RX skew ${rxSkew}`).toBe(
+              true,
+            );
             expect(bytes[rxAt + HEADER + length]).toBe(0xee); // nothing written past the frame
             checked++;
           }

@@ -26,7 +26,8 @@ const MiB = 1 << 20;
 const A_IP = '10.79.0.1';
 const B_IP = '10.79.0.2';
 /** What the `netserve` job reports: the same fields as `net`. */
-type ServeResult = Omit<NetResult, 'job'> & GuestResultBase;
+type ServeResult = Pick<NetResult, 'if' | 'mac' | 'mtu' | 'features' | 'ping_received' | 'tx' | 'rx' | 'in_echos'> &
+  GuestResultBase;
 
 let dir: string;
 let image: GuestImage;
@@ -82,7 +83,12 @@ describe('two QEMU guests on vhost-user-net --backend switch', () => {
       const daemonExit = new Promise<number | null>((resolve) => daemon.child.once('exit', (code) => resolve(code)));
       const started = Date.now();
       try {
-        await waitUntil('the daemon listening on both sockets', () => sockets.every((s) => existsSync(s)), 30_000, () => daemonErr);
+        await waitUntil(
+          'the daemon listening on both sockets',
+          () => sockets.every((s) => existsSync(s)),
+          30_000,
+          () => daemonErr,
+        );
         const common = { image, timeoutMs: 240_000, cpus: variant.cpus };
         const jobArgs = { bytes: MiB, echos: 3 };
         const [runA, runB] = await Promise.all([

@@ -16,13 +16,7 @@
 // QEMU sends it after a migration when the guest cannot announce itself; GUEST_ANNOUNCE is
 // offered so that a guest can (QEMU then asks the guest driver, through its control queue).
 import type { DeviceRequest, VhostUserDevice } from '../../control/backend.js';
-import {
-  ProtocolFeature,
-  VIRTIO_F_EVENT_IDX,
-  VIRTIO_F_INDIRECT_DESC,
-  VIRTIO_F_VERSION_1,
-  bit,
-} from '../../control/protocol.js';
+import { ProtocolFeature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, bit } from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { SOURCE_MIN_FRAME } from './frame.js';
 import {

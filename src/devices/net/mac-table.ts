@@ -149,9 +149,9 @@ export class MacTable {
 
 /** The (hi, lo) halves of the 6 bytes at bytes[offset]: hi = bytes 0-1, lo = bytes 2-5 (as i32). */
 export function macHi(bytes: ArrayLike<number>, offset: number): number {
-  return (bytes[offset]! << 8) | bytes[offset + 1]!;
+  return (bytes[offset] << 8) | bytes[offset + 1];
 }
 
 export function macLo(bytes: ArrayLike<number>, offset: number): number {
-  return (bytes[offset + 2]! << 24) | (bytes[offset + 3]! << 16) | (bytes[offset + 4]! << 8) | bytes[offset + 5]!;
+  return (bytes[offset + 2] << 24) | (bytes[offset + 3] << 16) | (bytes[offset + 4] << 8) | bytes[offset + 5];
 }

@@ -215,7 +215,11 @@ class SwitchHandler implements QueueHandler {
     // other guest unfinished (§5.1.6.2).
     if (request.readableByte(0) !== 0 || request.readableByte(1) !== 0) {
       queue.complete(request, 0);
-      this.count(index, NetStat.badChain, 'TX header asks for an offload that was not negotiated (flags or gso_type set): dropped');
+      this.count(
+        index,
+        NetStat.badChain,
+        'TX header asks for an offload that was not negotiated (flags or gso_type set): dropped',
+      );
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;
@@ -326,7 +330,11 @@ class SwitchHandler implements QueueHandler {
     const pad = request !== null ? readableAlignment(request, requestFrom) : 0;
     const at = ring.reserve(pad + frameBytes, destinationPair | (pad << TAG_PAD_SHIFT));
     if (at < 0) {
-      this.count(txQueue, NetStat.noBuffer, `frames for port ${port} find its queue full: dropped (counted as no-buffer on this TX queue)`);
+      this.count(
+        txQueue,
+        NetStat.noBuffer,
+        `frames for port ${port} find its queue full: dropped (counted as no-buffer on this TX queue)`,
+      );
       return;
     }
     const data = ring.data;
@@ -461,7 +469,14 @@ class SwitchHandler implements QueueHandler {
   }
 
   /** Copies source.data[from, from + frameBytes) into `chains` held chains of `pair`, header first. */
-  private deliver(pair: number, queue: WorkerQueue, chains: number, source: FrameRingConsumer, from: number, frameBytes: number): void {
+  private deliver(
+    pair: number,
+    queue: WorkerQueue,
+    chains: number,
+    source: FrameRingConsumer,
+    from: number,
+    frameBytes: number,
+  ): void {
     const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
     const ring = this.held[pair]!;
     let head = this.heldHead[pair];
@@ -517,7 +532,14 @@ function readableAlignment(request: VirtqRequest, position: number): number {
 }
 
 /** Copies `length` readable bytes of `request` from `from` into ring data at `to`. */
-function gatherIntoRing(request: VirtqRequest, from: number, data: Uint8Array, dataWords: Uint32Array, to: number, length: number): void {
+function gatherIntoRing(
+  request: VirtqRequest,
+  from: number,
+  data: Uint8Array,
+  dataWords: Uint32Array,
+  to: number,
+  length: number,
+): void {
   const memory = request.memory!;
   let skip = from;
   let copied = 0;
@@ -547,7 +569,14 @@ function gatherIntoRing(request: VirtqRequest, from: number, data: Uint8Array, d
 }
 
 /** Copies ring data [from, from + length) into the writable bytes of `rx` from `to`. */
-function scatterFromRing(data: Uint8Array, dataWords: Uint32Array, from: number, rx: VirtqRequest, to: number, length: number): void {
+function scatterFromRing(
+  data: Uint8Array,
+  dataWords: Uint32Array,
+  from: number,
+  rx: VirtqRequest,
+  to: number,
+  length: number,
+): void {
   const memory = rx.memory!;
   let skip = to;
   let copied = 0;
