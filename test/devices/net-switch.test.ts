@@ -3,7 +3,7 @@
 // flooding of unknown, broadcast and multicast destinations, MAC learning, filtering, the
 // frame ring dropping and counting when a port stops taking frames, queue pairs on several
 // workers, every poll mode, bad TX chains, SEND_RARP (flooded, and learned), NET_SET_MTU.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -230,6 +230,17 @@ describe('switch: flooding and learning', () => {
     const [got] = await b.receive(1);
     expect(got.numBuffers).toBe(Math.ceil((1514 + 12) / 512));
     expect(sameBytes(got.frame, big)).toBe(true);
+  });
+});
+
+describe('switch: life cycle', () => {
+  it('starting and stopping a 3-port switch leaves no fd behind (wake eventfds, sockets, workers)', async () => {
+    const openFds = () => readdirSync('/proc/self/fd').length;
+    const before = openFds();
+    const rig = await SwitchRig.start({ ports: 3, mode: 'interrupt' });
+    expect(openFds()).toBeGreaterThan(before + 3); // at least one wake eventfd per port
+    await rig.stop();
+    expect(openFds()).toBe(before);
   });
 });
 
