@@ -207,7 +207,7 @@ describe('request handler rows against a fake session', () => {
   });
 
   it('requests the back-end does not implement have no row', () => {
-    for (const type of ['SET_VRING_ENDIAN', 'VRING_KICK', 'IOTLB_MSG', 'GET_INFLIGHT_FD', 'POSTCOPY_ADVISE'] as const) {
+    for (const type of ['SET_VRING_ENDIAN', 'VRING_KICK', 'IOTLB_MSG', 'POSTCOPY_LISTEN', 'POSTCOPY_ADVISE'] as const) {
       expect(requestHandler(type), type).toBeUndefined();
     }
     expect(requestHandler('GET_VRING_BASE')).toBeDefined();
