@@ -215,6 +215,12 @@ export class SplitVirtqueue {
     return recovery;
   }
 
+  /** Resumes reading the avail ring at used->idx (a queue taken over without an in-flight region). */
+  resumeAtUsedIdx(): void {
+    this.lastAvail = this.usedShadow;
+    this.shadowAvail = this.usedShadow;
+  }
+
   /** Recovered heads not yet popped again. */
   get resubmitPending(): number {
     return this.resubmit.length - this.resubmitPos;

@@ -129,6 +129,7 @@ class QueueRunner implements WorkerQueue {
       index: start.index,
     });
     if (start.inflight) this.attachInflight(start);
+    else if (start.resume) this.vq.resumeAtUsedIdx();
     // In-flight requests never exceed the queue size (each holds a distinct head).
     this.pool = [];
     for (let i = 0; i < start.size; i++) this.pool.push(new VirtqRequest(maxSegments));
@@ -156,7 +157,7 @@ class QueueRunner implements WorkerQueue {
     const recovery = this.vq.attachInflight(tracker);
     if (recovery === null || recovery.error !== '') return; // broken: reported by the worker
     this.stats[QueueStat.resubmitted] += recovery.resubmit.length;
-    if (!recovery.fresh) {
+    if (!recovery.fresh || start.resume) {
       this.log('info', 'queue recovered from the in-flight region', {
         queue: this.index,
         resubmitted: recovery.resubmit.length,

@@ -28,6 +28,13 @@ export interface EchoHandlerOptions {
    * the rules above. A back-end killed meanwhile has completed requests out of order. 0: none.
    */
   holdEvery?: number;
+  /**
+   * Fault injection for tests: the worker thread exits (process.exit in a worker ends the
+   * thread) on this request (1-based), once per flag: `exitOnce` is an Int32Array's buffer
+   * shared by every worker and its replacements, so a replacement does not die again.
+   */
+  exitOnRequest?: number;
+  exitOnce?: SharedArrayBuffer;
 }
 
 /** Float64 slots of EchoHandlerOptions.releaseCounts. */
@@ -57,6 +64,8 @@ class EchoHandler implements QueueHandler {
   private readonly releaseFd: number;
   private readonly releaseCounts: Float64Array | null;
   private readonly holdEvery: number;
+  private readonly exitOnRequest: number;
+  private readonly exitOnce: Int32Array | null;
   private readonly parkedQueues: (WorkerQueue | null)[];
   private readonly parkedRequests: (VirtqRequest | null)[];
   private readonly parkedLengths = new Uint32Array(1024);
@@ -67,6 +76,8 @@ class EchoHandler implements QueueHandler {
     this.releaseFd = options.releaseFd ?? -1;
     this.releaseCounts = options.releaseCounts ? new Float64Array(options.releaseCounts, 0, EchoReleaseCount.SLOTS) : null;
     this.holdEvery = Math.max(0, Math.floor(options.holdEvery ?? 0));
+    this.exitOnRequest = options.exitOnRequest ?? 0;
+    this.exitOnce = options.exitOnce ? new Int32Array(options.exitOnce, 0, 1) : null;
     this.parkedQueues = new Array<WorkerQueue | null>(1024).fill(null);
     this.parkedRequests = new Array<VirtqRequest | null>(1024).fill(null);
     const holdDefault = this.releaseFd >= 0 ? 1024 : 1;
@@ -83,6 +94,9 @@ class EchoHandler implements QueueHandler {
 
   handle(queue: WorkerQueue, request: VirtqRequest): void {
     if (++this.handled === this.throwOnRequest) throw new Error(`injected fault on request ${this.handled}`);
+    if (this.handled === this.exitOnRequest && this.exitOnce && Atomics.compareExchange(this.exitOnce, 0, 0, 1) === 0) {
+      process.exit(70);
+    }
     const total = request.readableBytes < request.writableBytes ? request.readableBytes : request.writableBytes;
     let copied = 0;
     while (copied < total) {
