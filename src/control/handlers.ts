@@ -327,7 +327,13 @@ const requestHandlers: RequestHandlerTable = {
   GET_INFLIGHT_FD: {
     handle: (s, r) => {
       const { numQueues, queueSize } = r;
-      checkInflightShape('GET_INFLIGHT_FD', numQueues, queueSize, s.device.numQueues, Math.min(s.device.maxQueueSize, MAX_QUEUE_SIZE));
+      checkInflightShape(
+        'GET_INFLIGHT_FD',
+        numQueues,
+        queueSize,
+        s.device.numQueues,
+        Math.min(s.device.maxQueueSize, MAX_QUEUE_SIZE),
+      );
       const { fd, mmapSize } = s.newInflightFd(numQueues, queueSize);
       return { type: 'inflight', mmapSize: BigInt(mmapSize), mmapOffset: 0n, numQueues, queueSize, fd };
     },

@@ -21,7 +21,13 @@ export interface InflightRegion {
 }
 
 /** Checks a (num_queues, queue_size) pair from the front-end against the device. */
-export function checkInflightShape(what: string, numQueues: number, queueSize: number, maxQueues: number, maxQueueSize: number): void {
+export function checkInflightShape(
+  what: string,
+  numQueues: number,
+  queueSize: number,
+  maxQueues: number,
+  maxQueueSize: number,
+): void {
   if (numQueues < 1 || numQueues > maxQueues) {
     throw new SessionError(`${what}: num_queues ${numQueues} must be between 1 and the device's ${maxQueues}`);
   }
@@ -62,9 +68,12 @@ export function mapInflightFd(
     checkInflightShape('SET_INFLIGHT_FD', numQueues, queueSize, maxQueues, maxQueueSize);
     const needed = numQueues * inflightQueueBytes(queueSize);
     if (request.mmapSize < BigInt(needed)) {
-      throw new SessionError(`SET_INFLIGHT_FD: mmap_size ${request.mmapSize} is smaller than the ${needed} bytes ${numQueues} × ${queueSize} entries need`);
+      throw new SessionError(
+        `SET_INFLIGHT_FD: mmap_size ${request.mmapSize} is smaller than the ${needed} bytes ${numQueues} × ${queueSize} entries need`,
+      );
     }
-    if (request.mmapOffset % 8n !== 0n) throw new SessionError(`SET_INFLIGHT_FD: mmap_offset ${request.mmapOffset} is not 8-byte aligned`);
+    if (request.mmapOffset % 8n !== 0n)
+      throw new SessionError(`SET_INFLIGHT_FD: mmap_offset ${request.mmapOffset} is not 8-byte aligned`);
     let fileSize: number;
     try {
       fileSize = fstatSync(fd).size;

@@ -372,7 +372,9 @@ class SessionState implements SessionContext {
           regionQueues: this.inflight.numQueues,
         });
       } else if (vring.size > this.inflight.queueSize) {
-        throw new SessionError(`queue ${index}: ring size ${vring.size} exceeds the in-flight region's queue_size ${this.inflight.queueSize}`);
+        throw new SessionError(
+          `queue ${index}: ring size ${vring.size} exceeds the in-flight region's queue_size ${this.inflight.queueSize}`,
+        );
       } else {
         config.inflight = slice;
       }
@@ -546,7 +548,9 @@ class SessionState implements SessionContext {
     if (running >= 0) throw new SessionError(`SET_INFLIGHT_FD: queue ${running} is running; stop the rings first`);
     if (region && !region.sealedAgainstShrink) {
       if (this.policy.requireSealedMemory) {
-        throw new MemoryTableError('SET_INFLIGHT_FD: the region is not sealed against shrinking (F_SEAL_SHRINK), and sealed memory is required');
+        throw new MemoryTableError(
+          'SET_INFLIGHT_FD: the region is not sealed against shrinking (F_SEAL_SHRINK), and sealed memory is required',
+        );
       }
       this.log.warn('in-flight region not sealed against shrinking: a front-end that truncates it kills the daemon (SIGBUS)');
     }

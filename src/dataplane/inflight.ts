@@ -161,7 +161,13 @@ export class InflightQueue {
     const u32 = this.u32;
     const ringSize = this.ringSize;
     const none = new Uint16Array(0);
-    const fail = (error: string): InflightRecovery => ({ error, fresh: false, lastAvailIdx: baseAvailIdx, resubmit: none, batchFixedUp: 0 });
+    const fail = (error: string): InflightRecovery => ({
+      error,
+      fresh: false,
+      lastAvailIdx: baseAvailIdx,
+      resubmit: none,
+      batchFixedUp: 0,
+    });
     this.batchCount = 0;
     const version = u16[U16_VERSION];
     if (version === 0) {
@@ -187,7 +193,9 @@ export class InflightQueue {
     if (recordedUsed !== usedIdx) {
       const batchSize = (usedIdx - recordedUsed) & 0xffff;
       if (batchSize > ringSize) {
-        return fail(`in-flight region's last batch (used_idx ${recordedUsed} → used->idx ${usedIdx}) exceeds the ring size ${ringSize}`);
+        return fail(
+          `in-flight region's last batch (used_idx ${recordedUsed} → used->idx ${usedIdx}) exceeds the ring size ${ringSize}`,
+        );
       }
       let head = u16[U16_LAST_BATCH_HEAD];
       for (let k = 0; k < batchSize; k++) {
@@ -252,7 +260,11 @@ export function readInflightQueue(slice: InflightSlice): {
   const entries = [];
   for (let i = 0; i < slice.descNum; i++) {
     const base = INFLIGHT_HEADER_BYTES + INFLIGHT_DESC_BYTES * i;
-    entries.push({ inflight: view.getUint8(base), next: view.getUint16(base + 6, true), counter: view.getBigUint64(base + 8, true) });
+    entries.push({
+      inflight: view.getUint8(base),
+      next: view.getUint16(base + 6, true),
+      counter: view.getBigUint64(base + 8, true),
+    });
   }
   return {
     version: view.getUint16(8, true),

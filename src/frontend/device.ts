@@ -139,12 +139,16 @@ export class FrontendDevice {
     try {
       const offered = await client.getFeatures();
       if (offered !== this.offeredFeatures) {
-        throw new FrontendError(`reconnect: the back-end now offers features ${featureHex(offered)}, not ${featureHex(this.offeredFeatures)}`);
+        throw new FrontendError(
+          `reconnect: the back-end now offers features ${featureHex(offered)}, not ${featureHex(this.offeredFeatures)}`,
+        );
       }
       if (offered & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
         const offeredProtocol = await client.getProtocolFeatures();
         if ((offeredProtocol & this.protocolFeatures) !== this.protocolFeatures) {
-          throw new FrontendError(`reconnect: the back-end no longer offers protocol features ${featureHex(this.protocolFeatures)}`);
+          throw new FrontendError(
+            `reconnect: the back-end no longer offers protocol features ${featureHex(this.protocolFeatures)}`,
+          );
         }
         await client.setProtocolFeatures(this.protocolFeatures);
       }
@@ -300,7 +304,13 @@ async function shareInflight(
 }
 
 /** Per ring: NUM, BASE, ADDR, CALL, KICK, ENABLE — QEMU's vhost_virtqueue_start order. */
-async function startRing(client: VhostUserClient, memory: FrontendMemory, queue: FrontendQueue, base: number, features: bigint): Promise<void> {
+async function startRing(
+  client: VhostUserClient,
+  memory: FrontendMemory,
+  queue: FrontendQueue,
+  base: number,
+  features: bigint,
+): Promise<void> {
   const index = queue.index;
   await client.request({ type: 'SET_VRING_NUM', index, num: queue.driver.size });
   await client.request({ type: 'SET_VRING_BASE', index, num: base });

@@ -1192,7 +1192,14 @@ describe('VHOST_USER_GET_INFLIGHT_FD (31) and VHOST_USER_SET_INFLIGHT_FD (32)', 
       return { client, memory };
     })();
     const reply = await getInflight(client, QUEUES, 64);
-    await client.request({ type: 'SET_INFLIGHT_FD', mmapSize: reply.mmapSize, mmapOffset: 0n, numQueues: QUEUES, queueSize: 64, fd: reply.fd });
+    await client.request({
+      type: 'SET_INFLIGHT_FD',
+      mmapSize: reply.mmapSize,
+      mmapOffset: 0n,
+      numQueues: QUEUES,
+      queueSize: 64,
+      fd: reply.fd,
+    });
     for (const index of [0, 1]) {
       await describeRing(client, memory, index, 64);
       await client.request({ type: 'SET_VRING_KICK', index, noFd: true, fd: -1 });
@@ -1210,10 +1217,21 @@ describe('VHOST_USER_GET_INFLIGHT_FD (31) and VHOST_USER_SET_INFLIGHT_FD (32)', 
     const memory = guestMemory();
     await client.request({ type: 'SET_MEM_TABLE', regions: memory.describe() });
     const reply = await getInflight(client, 1, 16);
-    await client.request({ type: 'SET_INFLIGHT_FD', mmapSize: reply.mmapSize, mmapOffset: 0n, numQueues: 1, queueSize: 16, fd: reply.fd });
+    await client.request({
+      type: 'SET_INFLIGHT_FD',
+      mmapSize: reply.mmapSize,
+      mmapOffset: 0n,
+      numQueues: 1,
+      queueSize: 16,
+      fd: reply.fd,
+    });
     await describeRing(client, memory, 0, 64);
     await client.request({ type: 'SET_VRING_KICK', index: 0, noFd: true, fd: -1 });
-    await expectFailureAck(client, { type: 'SET_VRING_ENABLE', index: 0, num: 1 }, /ring size 64 exceeds the in-flight region's queue_size 16/);
+    await expectFailureAck(
+      client,
+      { type: 'SET_VRING_ENABLE', index: 0, num: 1 },
+      /ring size 64 exceeds the in-flight region's queue_size 16/,
+    );
     expect(rig.dataPlane.running.has(0)).toBe(false);
   });
 

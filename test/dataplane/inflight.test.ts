@@ -165,10 +165,15 @@ describe('in-flight recovery (vu_check_queue_inflights)', () => {
 
   it('wraps indexes at 2^16', () => {
     const { slice, view } = region(1, 4);
-    writeQueue(view, 0, { version: 1, descNum: 4, lastBatchHead: 2, usedIdx: 0xffff }, {
-      2: { inflight: 1, next: 0, counter: 5n },
-      3: { inflight: 1, counter: 6n },
-    });
+    writeQueue(
+      view,
+      0,
+      { version: 1, descNum: 4, lastBatchHead: 2, usedIdx: 0xffff },
+      {
+        2: { inflight: 1, next: 0, counter: 5n },
+        3: { inflight: 1, counter: 6n },
+      },
+    );
     const recovery = new InflightQueue(slice(0), 4).recover(0, 0);
     expect(recovery.batchFixedUp).toBe(1);
     expect(Array.from(recovery.resubmit)).toEqual([3]);
@@ -176,8 +181,18 @@ describe('in-flight recovery (vu_check_queue_inflights)', () => {
   });
 
   const hostile: Array<[string, (view: DataView) => void, number, RegExp]> = [
-    ['an unknown version', (v) => writeQueue(v, 0, { version: 7, descNum: 8, lastBatchHead: 0, usedIdx: 0 }, {}), 8, /unknown version 7/],
-    ['a desc_num that is not the queue_size', (v) => writeQueue(v, 0, { version: 1, descNum: 9, lastBatchHead: 0, usedIdx: 0 }, {}), 8, /9 entries/],
+    [
+      'an unknown version',
+      (v) => writeQueue(v, 0, { version: 7, descNum: 8, lastBatchHead: 0, usedIdx: 0 }, {}),
+      8,
+      /unknown version 7/,
+    ],
+    [
+      'a desc_num that is not the queue_size',
+      (v) => writeQueue(v, 0, { version: 1, descNum: 9, lastBatchHead: 0, usedIdx: 0 }, {}),
+      8,
+      /9 entries/,
+    ],
     [
       'a last batch larger than the ring',
       (v) => writeQueue(v, 0, { version: 1, descNum: 8, lastBatchHead: 0, usedIdx: 0x8000 }, {}),
@@ -192,14 +207,31 @@ describe('in-flight recovery (vu_check_queue_inflights)', () => {
     ],
     [
       'a batch link beyond the ring',
-      (v) => writeQueue(v, 0, { version: 1, descNum: 8, lastBatchHead: 1, usedIdx: 98 }, { 1: { inflight: 1, next: 200, counter: 0n } }),
+      (v) =>
+        writeQueue(
+          v,
+          0,
+          { version: 1, descNum: 8, lastBatchHead: 1, usedIdx: 98 },
+          { 1: { inflight: 1, next: 200, counter: 0n } },
+        ),
       8,
       /head 200/,
     ],
-    ['a flag that is neither 0 nor 1', (v) => writeQueue(v, 0, { version: 1, descNum: 8, lastBatchHead: 0, usedIdx: 100 }, { 3: { inflight: 0xff, counter: 0n } }), 8, /flag 255/],
+    [
+      'a flag that is neither 0 nor 1',
+      (v) => writeQueue(v, 0, { version: 1, descNum: 8, lastBatchHead: 0, usedIdx: 100 }, { 3: { inflight: 0xff, counter: 0n } }),
+      8,
+      /flag 255/,
+    ],
     [
       'flags on more descriptors than the ring has (entries beyond the ring size)',
-      (v) => writeQueue(v, 0, { version: 1, descNum: 8, lastBatchHead: 0, usedIdx: 100 }, { 0: { inflight: 1, counter: 0n }, 6: { inflight: 1, counter: 1n } }),
+      (v) =>
+        writeQueue(
+          v,
+          0,
+          { version: 1, descNum: 8, lastBatchHead: 0, usedIdx: 100 },
+          { 0: { inflight: 1, counter: 0n }, 6: { inflight: 1, counter: 1n } },
+        ),
       4,
       /entry 6 .* ring has 4/,
     ],

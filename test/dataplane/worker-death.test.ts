@@ -43,7 +43,11 @@ async function rig(mode: 'busy' | 'interrupt', inflight: boolean) {
     setLogLevel('warn');
     capture.restore();
   });
-  const logs = { get records() { return capture.lines.map((line) => JSON.parse(line) as Record<string, unknown>); } };
+  const logs = {
+    get records() {
+      return capture.lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+    },
+  };
   const dir = mkdtempSync(join(tmpdir(), 'vut-worker-death-'));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const socketPath = join(dir, 'echo.sock');
@@ -68,7 +72,14 @@ async function rig(mode: 'busy' | 'interrupt', inflight: boolean) {
   cleanups.push(() => daemon.stop());
   const memory = new FrontendMemory([{ guestPhysAddr: 0, size: 4 << 20 }]);
   cleanups.push(() => memory.close());
-  const frontend = await FrontendDevice.connect({ socketPath, memory, queues: 2, queueSize: 64, inflight, replyTimeoutMs: TIMEOUT_MS });
+  const frontend = await FrontendDevice.connect({
+    socketPath,
+    memory,
+    queues: 2,
+    queueSize: 64,
+    inflight,
+    replyTimeoutMs: TIMEOUT_MS,
+  });
   cleanups.push(() => frontend.close());
   return { plane, frontend, memory, logs };
 }

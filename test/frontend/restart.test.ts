@@ -63,7 +63,7 @@ async function startBackend(socketPath: string, holdEvery: number, mode: string,
   children.push(child);
   const logs: Array<Record<string, unknown>> = [];
   let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => {
+  child.stderr.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();
     let newline: number;
     while ((newline = stderr.indexOf('\n')) >= 0) {
@@ -78,7 +78,7 @@ async function startBackend(socketPath: string, holdEvery: number, mode: string,
   });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`back-end did not start: ${JSON.stringify(logs)}`)), TIMEOUT_MS);
-    child.stdout!.on('data', (chunk: Buffer) => {
+    child.stdout.on('data', (chunk: Buffer) => {
       if (chunk.toString().includes('ready')) {
         clearTimeout(timer);
         resolve();
@@ -109,7 +109,12 @@ function post(memory: FrontendMemory, queue: FrontendQueue, token: number): void
 }
 
 /** Reaps until `until` says enough (or the deadline passes); every reaped token is recorded in `seen`. */
-async function reap(memory: FrontendMemory, queues: FrontendQueue[], seen: Map<number, number>, until: () => boolean): Promise<void> {
+async function reap(
+  memory: FrontendMemory,
+  queues: FrontendQueue[],
+  seen: Map<number, number>,
+  until: () => boolean,
+): Promise<void> {
   const tokens = new Float64Array(QUEUE_SIZE);
   const lens = new Uint32Array(QUEUE_SIZE);
   const deadline = Date.now() + TIMEOUT_MS;
@@ -184,7 +189,8 @@ describe('back-end restart with out-of-order completions (front-end library, chi
       await reap(device.memory, device.queues, seen, () => seen.size === expected.length);
       await new Promise((resolve) => setTimeout(resolve, 50));
       await reap(device.memory, device.queues, seen, () => true);
-      for (const queue of device.queues) expect(queue.driver.broken, `queue ${queue.index}: ${queue.driver.brokenReason}`).toBe(false);
+      for (const queue of device.queues)
+        expect(queue.driver.broken, `queue ${queue.index}: ${queue.driver.brokenReason}`).toBe(false);
       expect([...seen.keys()].sort((a, b) => a - b)).toEqual(expected);
       for (const [token, count] of seen) expect(count, `request ${token}`).toBe(1);
       // The restarted back-end resubmitted exactly the parked half of the first 16 per queue.
