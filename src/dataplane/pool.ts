@@ -42,7 +42,7 @@ interface PendingCommand {
 class WorkerHandle {
   readonly mailbox = new SharedArrayBuffer(Mailbox.SLOTS * 4);
   readonly mailboxWords = new Int32Array(this.mailbox);
-  readonly mailboxFd = native.eventfdCreate(0);
+  mailboxFd = native.eventfdCreate(0);
   readonly pending = new Map<number, PendingCommand>();
   worker!: Worker;
   tid = 0;
@@ -175,7 +175,7 @@ export class WorkerDataPlane implements DataPlane {
             else handle.worker.once('exit', () => resolve());
           });
         }
-        native.close(handle.mailboxFd);
+        if (handle.mailboxFd >= 0) native.close(handle.mailboxFd);
       }),
     );
   }
@@ -219,13 +219,18 @@ export class WorkerDataPlane implements DataPlane {
         for (const pending of handle.pending.values()) pending.reject(new Error(`worker ${index} exited (code ${code})`));
         handle.pending.clear();
         if (!ready) reject(new Error(`worker ${index} exited during start-up (code ${code})`));
-        else if (!this.closed && this.workers[index] === handle) void this.replaceWorker(index, cpu, code);
+        else if (!this.closed && this.workers[index] === handle) void this.replaceWorker(index, cpu, code, handle);
       });
     });
   }
 
   /** A worker died: start another on its CPU and hand it the memory table and the dead one's queues. */
-  private async replaceWorker(index: number, cpu: number, code: number): Promise<void> {
+  private async replaceWorker(index: number, cpu: number, code: number, dead: WorkerHandle): Promise<void> {
+    // Its mailbox eventfd has no reader any more (the replacement gets its own). What the dead
+    // thread held natively (its epoll fd, the engine's io_uring) is released only if its
+    // isolate's teardown frees it.
+    native.close(dead.mailboxFd);
+    dead.mailboxFd = -1;
     const now = Date.now();
     const recent = (this.recentRestarts.get(index) ?? []).filter((at) => now - at < RESTART_WINDOW_MS);
     if (recent.length >= MAX_RESTARTS_PER_WINDOW) {
