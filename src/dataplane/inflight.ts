@@ -172,7 +172,9 @@ export class InflightQueue {
     const version = u16[U16_VERSION];
     if (version === 0) {
       // A new region: nothing was ever recorded. used_idx starts in step with the ring, so a
-      // crash before the first publish cannot trigger a fix-up of a batch that never was.
+      // crash before the first publish cannot trigger a fix-up of a batch that never was; flags
+      // a front-end left in it are cleared, or a later recovery would take them for requests.
+      for (let i = 0; i < this.descNum; i++) u8[FLAG_BASE + 16 * i] = 0;
       u16[U16_DESC_NUM] = this.descNum;
       u16[U16_LAST_BATCH_HEAD] = 0;
       u16[U16_USED_IDX] = usedIdx;

@@ -115,12 +115,14 @@ describe('in-flight region layout', () => {
 
 describe('in-flight recovery (vu_check_queue_inflights)', () => {
   it('a fresh region (version 0) is stamped and recovers nothing: the avail ring resumes at SET_VRING_BASE', () => {
-    const { slice } = region(1, 8);
+    const { slice, view } = region(1, 8);
+    view.setUint8(16 + 16 * 3, 1); // a flag left by a front-end in a region never used
     const recovery = new InflightQueue(slice(0), 8).recover(5, 5);
     expect(recovery).toMatchObject({ error: '', fresh: true, lastAvailIdx: 5, batchFixedUp: 0 });
     expect(recovery.resubmit.length).toBe(0);
     const read = readInflightQueue(slice(0));
     expect(read).toMatchObject({ version: 1, descNum: 8, usedIdx: 5 });
+    expect(read.entries.every((entry) => entry.inflight === 0)).toBe(true);
   });
 
   it('resubmits the entries still in flight in ascending counter order, resuming after them', () => {
