@@ -15,6 +15,7 @@ import { GuestMemory } from '../dist/dataplane/memory.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../dist/dataplane/virtqueue.js';
 import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
+import { InflightQueue, inflightRegionBytes } from '../dist/dataplane/inflight.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -24,13 +25,20 @@ const INDIRECT = 4;
 const DATA = 0x40000;
 const TABLE = 0x30000;
 
-function setup(eventIdx: boolean) {
+function setup(eventIdx: boolean, tracked = false) {
   const buffer = new SharedArrayBuffer(MiB);
   const memory = new GuestMemory([{ guestPhysAddr: 0, size: MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 }]);
   const layout = splitRingLayout(SIZE);
   const rings = { descAddr: 0, availAddr: layout.availOffset, usedAddr: layout.usedOffset };
   const driver = new VringDriver({ memory, size: SIZE, ...rings, eventIdx, indirect: { tableAddr: TABLE, maxEntries: 4 } });
   const queue = new SplitVirtqueue({ memory, size: SIZE, ...rings, eventIdx, indirectDesc: true });
+  if (tracked) {
+    // In-flight tracking (PROTOCOL_F_INFLIGHT_SHMFD): every fetch, completion and publish also
+    // writes the shared region.
+    const region = new SharedArrayBuffer(inflightRegionBytes(1, SIZE));
+    const recovery = queue.attachInflight(new InflightQueue({ buffer: region, offset: 0, descNum: SIZE }, SIZE));
+    if (!recovery || recovery.error !== '') throw new Error('in-flight region refused');
+  }
   // A static direct chain at descriptors 0 → 1 → 2 and an indirect one at descriptor 3.
   driver.writeDescriptor(0, DATA, 16, NEXT, 1);
   driver.writeDescriptor(1, DATA + 0x1000, 4096, WRITE | NEXT, 2);
@@ -54,6 +62,8 @@ function setup(eventIdx: boolean) {
 const direct = setup(true);
 const indirect = setup(true);
 const batched = setup(true);
+const directTracked = setup(true, true);
+const batchedTracked = setup(true, true);
 const roundTrip = setup(true);
 roundTrip.driver.disableCallbacks();
 const tokens = new Float64Array(32);
@@ -63,6 +73,15 @@ let sink = 0;
 /** Device side only: the driver re-offers head 0 (one avail store + Atomics.store of avail.idx). */
 function popPushDirect(): void {
   const { driver, queue, req } = direct;
+  driver.postRawHead(0);
+  if (!queue.pop(req)) throw new Error(queue.describeBroken());
+  queue.pushUsed(req.head, req.writableBytes);
+  queue.flushUsed();
+  sink += queue.needsCall() ? 1 : 0;
+}
+
+function popPushDirectTracked(): void {
+  const { driver, queue, req } = directTracked;
   driver.postRawHead(0);
   if (!queue.pop(req)) throw new Error(queue.describeBroken());
   queue.pushUsed(req.head, req.writableBytes);
@@ -81,14 +100,22 @@ function popPushIndirect(): void {
 
 /** 32 requests per call, one avail.idx publish and one used.idx publish per batch. */
 const BATCH = 32;
-for (let b = 1; b < BATCH; b++) {
-  batched.driver.writeDescriptor(4 * b, DATA, 16, NEXT, 4 * b + 1);
-  batched.driver.writeDescriptor(4 * b + 1, DATA + 0x1000, 4096, WRITE | NEXT, 4 * b + 2);
-  batched.driver.writeDescriptor(4 * b + 2, DATA + 0x2000, 1, WRITE, 0);
+for (const { driver } of [batched, batchedTracked]) {
+  for (let b = 1; b < BATCH; b++) {
+    driver.writeDescriptor(4 * b, DATA, 16, NEXT, 4 * b + 1);
+    driver.writeDescriptor(4 * b + 1, DATA + 0x1000, 4096, WRITE | NEXT, 4 * b + 2);
+    driver.writeDescriptor(4 * b + 2, DATA + 0x2000, 1, WRITE, 0);
+  }
 }
 const batchReqs = Array.from({ length: BATCH }, () => new VirtqRequest(8));
 function popPushBatch32(): void {
-  const { driver, queue } = batched;
+  runBatch32(batched);
+}
+function popPushBatch32Tracked(): void {
+  runBatch32(batchedTracked);
+}
+function runBatch32(setupOf: ReturnType<typeof setup>): void {
+  const { driver, queue } = setupOf;
   for (let b = 0; b < BATCH; b++) driver.offerRawHead(4 * b);
   driver.publish();
   for (let b = 0; b < BATCH; b++) if (!queue.pop(batchReqs[b])) throw new Error(queue.describeBroken());
@@ -121,8 +148,10 @@ interface Case {
 }
 const cases: Case[] = [
   { name: 'pop+pushUsed+flush, 3-desc direct chain', fn: popPushDirect, perCall: 1 },
+  { name: 'same, direct, in-flight tracking on', fn: popPushDirectTracked, perCall: 1 },
   { name: 'pop+pushUsed+flush, 3-desc indirect chain', fn: popPushIndirect, perCall: 1 },
   { name: 'pop+pushUsed, 3-desc chains, batches of 32', fn: popPushBatch32, perCall: BATCH },
+  { name: 'same, batches of 32, in-flight tracking on', fn: popPushBatch32Tracked, perCall: BATCH },
   { name: 'driver post + device pop/push + driver reap', fn: fullRoundTrip, perCall: 1 },
 ];
 

@@ -2,7 +2,7 @@
 # /init of the vhost-user-ts test guest (busybox initramfs, built by build-initramfs.sh).
 #
 # The job comes from the kernel command line (all optional except vut.test):
-#   vut.test=blk|net|netserve|boot  what to do (boot = load modules, report, power off)
+#   vut.test=blk|net|netserve|boot|restart  what to do (boot = load modules, report, power off)
 #   vut.dev=vda            block device under test
 #   vut.bytes=4194304      bytes of pattern written + verified (multiple of 4096)
 #   vut.offset=0           byte offset of the pattern region (multiple of 4096)
@@ -12,6 +12,12 @@
 #   vut.bs=65536           dd block size for the pattern write/read
 #   vut.flush=1            force "write back" caching if the device has VIRTIO_BLK_F_FLUSH, so that
 #                          fsync sends a real FLUSH (0 = leave the device's cache mode alone)
+# restart job (the host kills and restarts the back-end meanwhile):
+#   vut.writers=4          concurrent writers; writer w owns vut.bytes at vut.offset + w * vut.bytes
+#   vut.rounds=5           rounds; in round r writer w writes the pattern of seed
+#                          vut.seed + r * vut.writers + w (O_DIRECT, fsync), reads it back
+#                          (O_DIRECT) and compares. `VUT-STEP round-R-io` marks the start of a
+#                          round's I/O (all patterns generated), so the host can kill mid-I/O.
 # net job (the guest's one virtio-net interface; the peer is the host end, e.g. a tap):
 #   vut.ip=10.78.0.2/24    our address        vut.peer=10.78.0.1   the peer's address
 #   vut.bytes=1048576      bytes sent to and received from the peer over TCP (busybox nc)
@@ -100,6 +106,8 @@ VUT_FLUSH=1
 VUT_IP=10.78.0.2/24
 VUT_PEER=10.78.0.1
 VUT_ECHOS=3
+VUT_WRITERS=4
+VUT_ROUNDS=5
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vut.*=*)
@@ -454,8 +462,75 @@ job_blk() {
   finish "$info,\"data\":$data,\"tail\":$tail,\"flush\":$flush,\"discard\":$discard,\"vq_interrupts\":$vqi,\"stat\":$st"
 }
 
+# writer W SEED OFFSET BYTES BS: /tmp/pW (already generated) -> device, read back, compare;
+# the verdict goes to /tmp/sW ("ok" or what failed).
+writer() {
+  w=$1; off=$3; len=$4; bs=$5
+  dd if=/tmp/p$w of="$DEV" bs="$bs" seek="$off" oflag=direct,seek_bytes conv=notrunc,fsync 2>/tmp/e$w ||
+    { echo "write failed: $(cat /tmp/e$w)" > /tmp/s$w; return; }
+  dd if="$DEV" of=/tmp/r$w bs="$bs" skip="$off" count="$len" iflag=direct,skip_bytes,count_bytes 2>/tmp/e$w ||
+    { echo "read failed: $(cat /tmp/e$w)" > /tmp/s$w; return; }
+  if cmp -s /tmp/p$w /tmp/r$w; then
+    echo ok > /tmp/s$w
+  else
+    echo "data mismatch (seed $2): $(first_diff /tmp/p$w /tmp/r$w)" > /tmp/s$w
+  fi
+}
+
+job_restart() {
+  DEV=/dev/$VUT_DEV
+  SYS=/sys/block/$VUT_DEV
+  step wait-device "$DEV"
+  i=0
+  while [ ! -b "$DEV" ] || [ ! -e "$SYS/size" ]; do
+    i=$((i + 1))
+    [ $i -gt 200 ] && fail "$DEV did not appear within 20 s ($(ls /sys/block | tr '\n' ' '))"
+    usleep 100000
+  done
+  for v in VUT_BYTES VUT_OFFSET VUT_SEED VUT_BS VUT_WRITERS VUT_ROUNDS; do
+    eval "val=\$$v"
+    is_uint "$val" || fail "$v=$val is not an unsigned integer"
+  done
+  [ $((VUT_BYTES % 4096)) -eq 0 ] && [ "$VUT_BYTES" -gt 0 ] || fail "vut.bytes must be a positive multiple of 4096"
+  [ $((VUT_OFFSET % 4096)) -eq 0 ] || fail "vut.offset must be a multiple of 4096"
+  disk_bytes=$(($(cat "$SYS/size") * 512))
+  queues=$(ls "$SYS/mq" 2>/dev/null | wc -l)
+  end=$((VUT_OFFSET + VUT_WRITERS * VUT_BYTES))
+  [ $end -le $disk_bytes ] || fail "writers' regions end at $end, beyond the disk ($disk_bytes bytes)"
+  r=1
+  while [ $r -le "$VUT_ROUNDS" ]; do
+    step round-$r-gen "writers=$VUT_WRITERS bytes=$VUT_BYTES"
+    w=0
+    while [ $w -lt "$VUT_WRITERS" ]; do
+      off=$((VUT_OFFSET + w * VUT_BYTES))
+      gen_pattern $((VUT_SEED + r * VUT_WRITERS + w)) $((off / 4096)) $((VUT_BYTES / 4096)) > /tmp/p$w ||
+        fail "pattern generation failed"
+      rm -f /tmp/s$w
+      w=$((w + 1))
+    done
+    step round-$r-io "writers=$VUT_WRITERS"
+    w=0
+    while [ $w -lt "$VUT_WRITERS" ]; do
+      writer $w $((VUT_SEED + r * VUT_WRITERS + w)) $((VUT_OFFSET + w * VUT_BYTES)) "$VUT_BYTES" "$VUT_BS" &
+      w=$((w + 1))
+    done
+    wait
+    w=0
+    while [ $w -lt "$VUT_WRITERS" ]; do
+      st=$(cat /tmp/s$w 2>/dev/null)
+      [ "$st" = ok ] || fail "round $r writer $w: ${st:-no verdict}"
+      w=$((w + 1))
+    done
+    step round-$r-verified "ok"
+    r=$((r + 1))
+  done
+  rm -f /tmp/p* /tmp/r*
+  finish "\"queues\":$queues,\"writers\":$VUT_WRITERS,\"rounds\":$VUT_ROUNDS,\"bytes\":$VUT_BYTES,\"offset\":$VUT_OFFSET,\"seed\":$VUT_SEED"
+}
+
 case "$JOB" in
   blk) job_blk ;;
+  restart) job_restart ;;
   net) job_net ;;
   netserve) job_netserve ;;
   boot) job_boot ;;

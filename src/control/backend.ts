@@ -3,6 +3,7 @@
 // config space) and reacts to a few events; it never sees a socket or a protocol message.
 import type { MappedRegion } from './memory-table.js';
 import type { QueueStats } from '../dataplane/stats.js';
+import type { InflightSlice } from '../dataplane/inflight.js';
 
 export interface VhostUserDevice {
   /** Short name for logs, e.g. 'virtio-blk'. */
@@ -67,6 +68,11 @@ export interface VringConfig {
   errFd: number;
   /** Negotiated virtio features (EVENT_IDX, INDIRECT_DESC decide the ring's behaviour). */
   features: bigint;
+  /**
+   * This ring's part of the in-flight region (SET_INFLIGHT_FD), when the front-end shares one:
+   * the data plane records fetches and completions there and recovers from it at start.
+   */
+  inflight?: InflightSlice;
 }
 
 /**

@@ -8,6 +8,7 @@ import type { BackendReply, FrontendRequest, FrontendRequestType } from './codec
 import { closeAll } from './connection.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
+import { checkInflightShape, mapInflightFd, type InflightRegion } from './inflight-region.js';
 import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, hasFeature } from './protocol.js';
 
 /** What the session keeps for one ring between requests. */
@@ -104,6 +105,13 @@ export interface SessionContext {
   /** The back-end channel (SET_BACKEND_REQ_FD); replaces any previous one. */
   setBackendChannel(fd: number): void;
   setLogFd(fd: number): void;
+  /**
+   * GET_INFLIGHT_FD: a new zero-filled in-flight region for this shape. The session keeps the fd
+   * (the reply carries it) until SET_INFLIGHT_FD or the end of the connection.
+   */
+  newInflightFd(numQueues: number, queueSize: number): { fd: number; mmapSize: number };
+  /** SET_INFLIGHT_FD: rings take their part of the region when they next start (undefined: no tracking). */
+  installInflight(region: InflightRegion | undefined): void;
 }
 
 type RequestOf<T extends FrontendRequestType> = Extract<FrontendRequest, { type: T }>;
@@ -330,6 +338,32 @@ const requestHandlers: RequestHandlerTable = {
       } catch (error) {
         throw new SessionError(`SET_CONFIG: ${(error as Error).message}`);
       }
+    },
+  },
+  GET_INFLIGHT_FD: {
+    handle: (s, r) => {
+      const { numQueues, queueSize } = r;
+      checkInflightShape(
+        'GET_INFLIGHT_FD',
+        numQueues,
+        queueSize,
+        s.device.numQueues,
+        Math.min(s.device.maxQueueSize, MAX_QUEUE_SIZE),
+      );
+      const { fd, mmapSize } = s.newInflightFd(numQueues, queueSize);
+      return { type: 'inflight', mmapSize: BigInt(mmapSize), mmapOffset: 0n, numQueues, queueSize, fd };
+    },
+  },
+  SET_INFLIGHT_FD: {
+    handle: (s, r, fds) => {
+      const fd = fds.take(0);
+      if (r.mmapSize === 0n) {
+        // "No in-flight buffer": the front-end opts out of tracking.
+        closeAll([fd]);
+        s.installInflight(undefined);
+        return;
+      }
+      s.installInflight(mapInflightFd(r, fd, s.device.numQueues, Math.min(s.device.maxQueueSize, MAX_QUEUE_SIZE)));
     },
   },
   SET_STATUS: { handle: (s, r) => s.setStatus(Number(r.status & 0xffn)) },

@@ -31,6 +31,7 @@ import {
   type VringState,
 } from './handlers.js';
 import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
+import { createInflightFd, inflightSlice, type InflightRegion } from './inflight-region.js';
 import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
 
 export { SessionError };
@@ -283,6 +284,10 @@ class SessionState implements SessionContext {
   private readonly vrings: VringState[];
   private backendChannel: VhostUserConnection | undefined;
   private logFd = -1;
+  /** The in-flight region (SET_INFLIGHT_FD), if the front-end shares one. */
+  private inflight: InflightRegion | undefined;
+  /** Our copy of the fd the last GET_INFLIGHT_FD reply carried, until SET_INFLIGHT_FD. */
+  private createdInflightFd = -1;
 
   constructor(
     readonly device: VhostUserDevice,
@@ -359,6 +364,21 @@ class SessionState implements SessionContext {
       errFd: vring.errFd,
       features: this.ackedFeatures,
     };
+    if (this.inflight && this.hasProtocolFeature(ProtocolFeature.INFLIGHT_SHMFD)) {
+      const slice = inflightSlice(this.inflight, index);
+      if (!slice) {
+        this.log.warn('queue has no part in the in-flight region; running it untracked', {
+          queue: index,
+          regionQueues: this.inflight.numQueues,
+        });
+      } else if (vring.size > this.inflight.queueSize) {
+        throw new SessionError(
+          `queue ${index}: ring size ${vring.size} exceeds the in-flight region's queue_size ${this.inflight.queueSize}`,
+        );
+      } else {
+        config.inflight = slice;
+      }
+    }
     await this.dataPlane.startQueue(config);
     vring.running = true;
     this.log.info('queue started', { queue: index, size: vring.size, kick: vring.kickFd >= 0 ? 'eventfd' : 'poll' });
@@ -467,6 +487,8 @@ class SessionState implements SessionContext {
     }
     this.ackedFeatures = 0n;
     this.statusByte = 0;
+    // A reset device starts over: QEMU asks for a new region (GET_INFLIGHT_FD) after one.
+    this.inflight = undefined;
     this.device.reset?.();
   }
 
@@ -509,6 +531,40 @@ class SessionState implements SessionContext {
     });
   }
 
+  newInflightFd(numQueues: number, queueSize: number): { fd: number; mmapSize: number } {
+    this.closeCreatedInflightFd();
+    let created: { fd: number; mmapSize: number };
+    try {
+      created = createInflightFd(numQueues, queueSize);
+    } catch (error) {
+      throw new SessionError(`GET_INFLIGHT_FD: cannot create the region: ${(error as Error).message}`);
+    }
+    this.createdInflightFd = created.fd;
+    return created;
+  }
+
+  installInflight(region: InflightRegion | undefined): void {
+    const running = this.vrings.findIndex((vring) => vring.running);
+    if (running >= 0) throw new SessionError(`SET_INFLIGHT_FD: queue ${running} is running; stop the rings first`);
+    if (region && !region.sealedAgainstShrink) {
+      if (this.policy.requireSealedMemory) {
+        throw new MemoryTableError(
+          'SET_INFLIGHT_FD: the region is not sealed against shrinking (F_SEAL_SHRINK), and sealed memory is required',
+        );
+      }
+      this.log.warn('in-flight region not sealed against shrinking: a front-end that truncates it kills the daemon (SIGBUS)');
+    }
+    // The front-end has the fd we created (it is sending it back): our copy is done with.
+    this.closeCreatedInflightFd();
+    this.inflight = region;
+    if (region) this.log.info('in-flight region', { queues: region.numQueues, queueSize: region.queueSize });
+  }
+
+  private closeCreatedInflightFd(): void {
+    if (this.createdInflightFd >= 0) closeAll([this.createdInflightFd]);
+    this.createdInflightFd = -1;
+  }
+
   setLogFd(fd: number): void {
     if (this.logFd >= 0) closeAll([this.logFd]);
     this.logFd = fd;
@@ -528,6 +584,8 @@ class SessionState implements SessionContext {
     this.backendChannel?.close();
     if (this.logFd >= 0) closeAll([this.logFd]);
     this.logFd = -1;
+    this.inflight = undefined;
+    this.closeCreatedInflightFd();
     this.device.reset?.();
   }
 }

@@ -66,6 +66,8 @@ export const BrokenReason = {
   TOO_MANY_SEGMENTS: 18,
   /** The device's request handler threw (a device bug): the queue stops, the worker goes on. */
   DEVICE_ERROR: 19,
+  /** The in-flight region (PROTOCOL_F_INFLIGHT_SHMFD) failed its checks at queue start. */
+  INFLIGHT_REGION: 20,
 } as const;
 export type BrokenReasonCode = (typeof BrokenReason)[keyof typeof BrokenReason];
 

@@ -9,7 +9,16 @@ import type { MemoryRegion } from './memory.js';
 export type PollMode = 'busy' | 'interrupt' | 'adaptive';
 
 /** A ring as the worker starts it: the session's VringConfig with the features it needs decoded. */
-export type QueueStart = Omit<VringConfig, 'features'> & { eventIdx: boolean; indirectDesc: boolean };
+export type QueueStart = Omit<VringConfig, 'features'> & {
+  eventIdx: boolean;
+  indirectDesc: boolean;
+  /**
+   * The queue ran on a worker that died: resume it where the guest sees it. With an in-flight
+   * region that is recovery as after a restart; without one, at used->idx (what QEMU does after
+   * losing a back-end; requests completed out of order may run twice).
+   */
+  resume?: boolean;
+};
 
 export type WorkerCommand =
   | { id: number; op: 'memory'; regions: MemoryRegion[] }

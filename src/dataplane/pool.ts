@@ -1,13 +1,18 @@
 // The control thread's side of the data plane: starts one pinned worker per configured CPU,
 // maps queues to workers, and turns DataPlane calls into mailbox commands. Implements the
 // DataPlane interface the session drives.
+//
+// A worker thread that dies (an uncaught error, a native call failing where nothing catches it)
+// is replaced: a new worker on the same CPU gets the memory table and the queues the dead one
+// ran, which resume from their in-flight region (or at used->idx without one). The event is
+// logged and counted (workerRestarts). Commands the dead worker had not answered fail.
 import { Worker } from 'node:worker_threads';
 import { native } from '../native.js';
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VringConfig } from '../control/backend.js';
 import type { MappedRegion } from '../control/memory-table.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/protocol.js';
-import { Mailbox, type PollMode, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
+import { Mailbox, type PollMode, type QueueStart, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
 import type { HandlerSpec } from './device-api.js';
 import { brokenReasonName } from './chain.js';
 import { createStatsBuffer, readQueueStats, resetQueueStats, type QueueStats } from './stats.js';
@@ -37,7 +42,7 @@ interface PendingCommand {
 class WorkerHandle {
   readonly mailbox = new SharedArrayBuffer(Mailbox.SLOTS * 4);
   readonly mailboxWords = new Int32Array(this.mailbox);
-  readonly mailboxFd = native.eventfdCreate(0);
+  mailboxFd = native.eventfdCreate(0);
   readonly pending = new Map<number, PendingCommand>();
   worker!: Worker;
   tid = 0;
@@ -52,6 +57,12 @@ export class WorkerDataPlane implements DataPlane {
   private mode: PollMode;
   private idleBudgetUs: number;
   private closed = false;
+  /** What the running queues were started with, and the memory table: what a replacement worker needs. */
+  private readonly queueConfigs = new Map<number, VringConfig>();
+  private memory: WorkerMemoryRegion[] | null = null;
+  private restarts = 0;
+  /** Per worker, when it was last replaced (a worker that keeps dying is given up on). */
+  private readonly recentRestarts = new Map<number, number[]>();
 
   private constructor(private readonly options: WorkerDataPlaneOptions) {
     this.log = options.logger ?? createLogger('dataplane');
@@ -95,6 +106,11 @@ export class WorkerDataPlane implements DataPlane {
     return readQueueStats(this.stats, queue);
   }
 
+  /** Workers replaced after they died. */
+  get workerRestarts(): number {
+    return this.restarts;
+  }
+
   allQueueStats(): QueueStats[] {
     return Array.from({ length: this.options.queueCount }, (_, q) => readQueueStats(this.stats, q));
   }
@@ -107,6 +123,7 @@ export class WorkerDataPlane implements DataPlane {
       buffer,
       bufferOffset,
     }));
+    this.memory = plain;
     await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'memory', regions: plain })));
   }
 
@@ -114,23 +131,20 @@ export class WorkerDataPlane implements DataPlane {
     if (config.index >= this.options.queueCount)
       throw new RangeError(`queue ${config.index} is beyond the device's ${this.options.queueCount}`);
     resetQueueStats(this.stats, config.index);
-    await this.command(this.workerFor(config.index), {
-      op: 'start',
-      queue: {
-        ...config,
-        eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
-        indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
-      },
-    });
+    await this.command(this.workerFor(config.index), { op: 'start', queue: queueStart(config, false) });
+    this.queueConfigs.set(config.index, { ...config });
   }
 
   async stopQueue(index: number): Promise<number> {
     const value = await this.command(this.workerFor(index), { op: 'stop', index });
+    this.queueConfigs.delete(index);
     return value ?? 0;
   }
 
   async setNotifyFds(index: number, callFd: number, errFd: number): Promise<void> {
     await this.command(this.workerFor(index), { op: 'notify-fds', index, callFd, errFd });
+    const config = this.queueConfigs.get(index);
+    if (config) this.queueConfigs.set(index, { ...config, callFd, errFd });
   }
 
   /** Switch poll mode on every worker, under load if need be. */
@@ -142,6 +156,8 @@ export class WorkerDataPlane implements DataPlane {
 
   async reset(): Promise<void> {
     if (this.closed) return;
+    this.queueConfigs.clear();
+    this.memory = null;
     await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'reset' })));
   }
 
@@ -159,7 +175,7 @@ export class WorkerDataPlane implements DataPlane {
             else handle.worker.once('exit', () => resolve());
           });
         }
-        native.close(handle.mailboxFd);
+        if (handle.mailboxFd >= 0) native.close(handle.mailboxFd);
       }),
     );
   }
@@ -203,9 +219,51 @@ export class WorkerDataPlane implements DataPlane {
         for (const pending of handle.pending.values()) pending.reject(new Error(`worker ${index} exited (code ${code})`));
         handle.pending.clear();
         if (!ready) reject(new Error(`worker ${index} exited during start-up (code ${code})`));
-        else if (!this.closed) this.log.error('worker exited unexpectedly', { worker: index, code });
+        else if (!this.closed && this.workers[index] === handle) void this.replaceWorker(index, cpu, code, handle);
       });
     });
+  }
+
+  /** A worker died: start another on its CPU and hand it the memory table and the dead one's queues. */
+  private async replaceWorker(index: number, cpu: number, code: number, dead: WorkerHandle): Promise<void> {
+    // Its mailbox eventfd has no reader any more (the replacement gets its own). What the dead
+    // thread held natively (its epoll fd, the engine's io_uring) is released only if its
+    // isolate's teardown frees it.
+    native.close(dead.mailboxFd);
+    dead.mailboxFd = -1;
+    const now = Date.now();
+    const recent = (this.recentRestarts.get(index) ?? []).filter((at) => now - at < RESTART_WINDOW_MS);
+    if (recent.length >= MAX_RESTARTS_PER_WINDOW) {
+      this.log.error('worker keeps dying; not replacing it again', { worker: index, code, restarts: recent.length });
+      return;
+    }
+    recent.push(now);
+    this.recentRestarts.set(index, recent);
+    this.restarts++;
+    const queues = [...this.queueConfigs.values()].filter((config) => this.workerFor(config.index) === index);
+    this.log.error('worker died; replacing it and resuming its queues', {
+      worker: index,
+      code,
+      queues: queues.map((config) => config.index),
+      restarts: this.restarts,
+    });
+    try {
+      await this.spawn(index, cpu);
+      if (this.closed) return;
+      if (this.memory) await this.command(index, { op: 'memory', regions: this.memory });
+      for (const config of queues) {
+        // Stopped or reset meanwhile: nothing to resume.
+        if (this.queueConfigs.get(config.index) !== config) continue;
+        await this.command(index, { op: 'start', queue: queueStart(config, true) });
+        this.log.info('queue resumed on the replacement worker', {
+          worker: index,
+          queue: config.index,
+          inflight: config.inflight !== undefined,
+        });
+      }
+    } catch (error) {
+      this.log.error('cannot replace the dead worker', { worker: index, error });
+    }
   }
 
   private onMessage(handle: WorkerHandle, index: number, message: WorkerMessage): void {
@@ -253,4 +311,19 @@ export class WorkerDataPlane implements DataPlane {
   }
 }
 
+/** A worker replaced this many times within RESTART_WINDOW_MS is left dead (a fault that repeats). */
+const MAX_RESTARTS_PER_WINDOW = 5;
+const RESTART_WINDOW_MS = 60_000;
+
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+type WorkerMemoryRegion = Extract<WorkerCommand, { op: 'memory' }>['regions'][number];
+
+function queueStart(config: Readonly<VringConfig>, resume: boolean): QueueStart {
+  return {
+    ...config,
+    eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
+    indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
+    resume,
+  };
+}

@@ -24,6 +24,8 @@ export const QueueStat = {
   inFlight: 8,
   /** BrokenReason code, 0 while healthy. */
   broken: 9,
+  /** Requests recovered from the in-flight region at the queue's start and run again. */
+  resubmitted: 10,
 } as const;
 
 export const QUEUE_STAT_SLOTS = 16;

@@ -19,6 +19,7 @@ import { BrokenReason, ChainWalker, brokenReasonName } from './chain.js';
 import { GuestMemory } from './memory.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from './notify.js';
 import type { VirtqRequest } from './request.js';
+import type { InflightQueue, InflightRecovery } from './inflight.js';
 
 export { BrokenReason, brokenReasonName } from './chain.js';
 export type { BrokenReasonCode } from './chain.js';
@@ -86,7 +87,14 @@ export class SplitVirtqueue {
   private readonly inflight: Uint8Array;
   private inFlightCount = 0;
 
+  // In-flight tracking (inflight.ts), when the front-end shares a region: null otherwise.
+  private tracker: InflightQueue | null = null;
+  /** Heads recovered from the in-flight region, run before any new avail entry. */
+  private resubmit: Uint16Array = EMPTY_U16;
+  private resubmitPos = 0;
+
   private reason: number = BrokenReason.NONE;
+  private reasonDetail = '';
   private reasonHead = -1;
   private reasonIndex = -1;
   private reasonInIndirect = false;
@@ -165,6 +173,7 @@ export class SplitVirtqueue {
   describeBroken(): string {
     if (this.reason === BrokenReason.NONE) return `queue ${this.index}: healthy`;
     let text = `queue ${this.index}: ${brokenReasonName(this.reason)}`;
+    if (this.reasonDetail !== '') text += `: ${this.reasonDetail}`;
     if (this.reasonHead >= 0) text += ` (head ${this.reasonHead}`;
     if (this.reasonHead >= 0 && this.reasonIndex >= 0) {
       text += `, ${this.reasonInIndirect ? 'indirect ' : ''}descriptor ${this.reasonIndex}`;
@@ -181,6 +190,59 @@ export class SplitVirtqueue {
     this.reasonIndex = descriptorIndex;
     this.reasonInIndirect = inIndirect;
   }
+
+  /**
+   * ---- in-flight tracking hook: start ----
+   * Attaches the queue's in-flight tracker and recovers from it (at queue start, before the
+   * first pop): resumes the avail ring after the entries still in flight and queues those for
+   * pop() ahead of new ones. A region that fails recovery's checks breaks the queue
+   * (INFLIGHT_REGION, with the reason in describeBroken()).
+   */
+  attachInflight(tracker: InflightQueue): InflightRecovery | null {
+    // A queue already broken (rings outside memory) reads nothing: the region stays as it is.
+    if (this.reason !== BrokenReason.NONE) return null;
+    const recovery = tracker.recover(this.usedShadow, this.lastAvail);
+    if (recovery.error !== '') {
+      this.markBroken(BrokenReason.INFLIGHT_REGION);
+      this.reasonDetail = recovery.error;
+      return recovery;
+    }
+    this.tracker = tracker;
+    this.lastAvail = recovery.lastAvailIdx;
+    this.shadowAvail = this.lastAvail;
+    this.resubmit = recovery.resubmit;
+    this.resubmitPos = 0;
+    return recovery;
+  }
+
+  /** Resumes reading the avail ring at used->idx (a queue taken over without an in-flight region). */
+  resumeAtUsedIdx(): void {
+    this.lastAvail = this.usedShadow;
+    this.shadowAvail = this.usedShadow;
+  }
+
+  /** Recovered heads not yet popped again. */
+  get resubmitPending(): number {
+    return this.resubmit.length - this.resubmitPos;
+  }
+
+  /** pop() for a recovered head: it keeps its counter and flag; lastAvail already counts it. */
+  private popResubmitted(req: VirtqRequest): boolean {
+    const head = this.resubmit[this.resubmitPos++];
+    if (this.inflight[head] !== 0) {
+      this.markBroken(BrokenReason.HEAD_IN_FLIGHT, head);
+      return false;
+    }
+    const reason = this.walker.walk(head, req);
+    if (reason !== BrokenReason.NONE) {
+      this.markBroken(reason, head, this.walker.failIndex, this.walker.failInIndirect);
+      return false;
+    }
+    this.inflight[head] = 1;
+    this.inFlightCount++;
+    return true;
+  }
+  // ---- in-flight tracking hook: end ----
 
   /**
    * New avail entries not yet popped. Loads avail.idx; a jump of more than the queue size
@@ -204,6 +266,7 @@ export class SplitVirtqueue {
    */
   pop(req: VirtqRequest): boolean {
     if (this.reason !== BrokenReason.NONE) return false;
+    if (this.resubmitPos < this.resubmit.length) return this.popResubmitted(req); // in-flight tracking hook
     const lastAvail = this.lastAvail;
     if (lastAvail === this.shadowAvail) {
       const availIdx = Atomics.load(this.availU16, 1);
@@ -230,6 +293,7 @@ export class SplitVirtqueue {
     }
     this.inflight[head] = 1;
     this.inFlightCount++;
+    if (this.tracker !== null) this.tracker.fetched(head); // in-flight tracking hook
     this.lastAvail = (lastAvail + 1) & 0xffff;
     return true;
   }
@@ -246,6 +310,7 @@ export class SplitVirtqueue {
     const slot = this.usedShadow & this.mask;
     this.usedU32[1 + 2 * slot] = head;
     this.usedU32[2 + 2 * slot] = len >>> 0;
+    if (this.tracker !== null) this.tracker.completed(head); // in-flight tracking hook
     this.usedShadow = (this.usedShadow + 1) & 0xffff;
     return true;
   }
@@ -256,6 +321,7 @@ export class SplitVirtqueue {
     if (this.usedShadow === this.publishedUsed) return;
     Atomics.store(this.usedU16, 1, this.usedShadow);
     this.publishedUsed = this.usedShadow;
+    if (this.tracker !== null) this.tracker.published(this.usedShadow); // in-flight tracking hook
   }
 
   /**
@@ -325,6 +391,7 @@ export class SplitVirtqueue {
   enableNotificationAndRecheck(): boolean {
     this.enableNotification();
     if (this.reason !== BrokenReason.NONE) return false;
+    if (this.resubmitPos < this.resubmit.length) return true;
     return Atomics.load(this.availU16, 1) !== this.lastAvail;
   }
 

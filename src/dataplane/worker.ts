@@ -29,6 +29,7 @@ import { native } from '../native.js';
 import { GuestMemory } from './memory.js';
 import { BrokenReason, SplitVirtqueue } from './virtqueue.js';
 import { VirtqRequest } from './request.js';
+import { InflightQueue } from './inflight.js';
 import { QUEUE_STAT_SLOTS, QueueStat } from './stats.js';
 import {
   Mailbox,
@@ -127,6 +128,8 @@ class QueueRunner implements WorkerQueue {
       indirectDesc: start.indirectDesc,
       index: start.index,
     });
+    if (start.inflight) this.attachInflight(start);
+    else if (start.resume) this.vq.resumeAtUsedIdx();
     // In-flight requests never exceed the queue size (each holds a distinct head).
     this.pool = [];
     for (let i = 0; i < start.size; i++) this.pool.push(new VirtqRequest(maxSegments));
@@ -135,6 +138,34 @@ class QueueRunner implements WorkerQueue {
 
   get memory(): GuestMemory {
     return this.vq.memory;
+  }
+
+  /**
+   * In-flight tracking: recover from the region (resubmitting what the previous back-end left in
+   * flight) and kick our own kick fd, as libvhost-user does, so an interrupt-mode worker looks
+   * at the ring even though the front-end will not kick for requests it already sent.
+   */
+  private attachInflight(start: QueueStart): void {
+    let tracker: InflightQueue;
+    try {
+      tracker = new InflightQueue(start.inflight!, start.size);
+    } catch (error) {
+      this.vq.markBroken(BrokenReason.INFLIGHT_REGION);
+      this.log('error', 'in-flight region unusable; queue stopped', { queue: this.index, error: errorMessage(error) });
+      return;
+    }
+    const recovery = this.vq.attachInflight(tracker);
+    if (recovery === null || recovery.error !== '') return; // broken: reported by the worker
+    this.stats[QueueStat.resubmitted] += recovery.resubmit.length;
+    if (!recovery.fresh || start.resume) {
+      this.log('info', 'queue recovered from the in-flight region', {
+        queue: this.index,
+        resubmitted: recovery.resubmit.length,
+        batchFixedUp: recovery.batchFixedUp,
+        lastAvailIdx: recovery.lastAvailIdx,
+      });
+      if (this.kickFd >= 0) native.eventfdWrite(this.kickFd, 1);
+    }
   }
 
   /** Pops and hands out up to `budget` requests; returns how many. */

@@ -14,7 +14,7 @@ import {
 } from '../control/protocol.js';
 import { VhostUserClient, FrontendError } from './client.js';
 import { FrontendMemory, type RegionSpec } from './memory.js';
-import { protocolFeaturesToAck, virtioFeaturesToAck } from './features.js';
+import { featureHex, protocolFeaturesToAck, virtioFeaturesToAck } from './features.js';
 import { VringDriver, indirectTablesBytes, splitRingLayout } from './vring-driver.js';
 
 export interface FrontendDeviceOptions {
@@ -44,6 +44,22 @@ export interface FrontendDeviceOptions {
   /** Give up on any reply after this long (closes the connection); default: wait forever. */
   replyTimeoutMs?: number;
   logger?: Logger;
+  /**
+   * In-flight tracking (PROTOCOL_F_INFLIGHT_SHMFD), acked when the back-end offers it: the
+   * device asks for the region once (GET_INFLIGHT_FD) and hands it back at every connect and
+   * reconnect() (SET_INFLIGHT_FD), as QEMU does, so a restarted back-end resubmits exactly what
+   * was in flight. Default false.
+   */
+  inflight?: boolean;
+}
+
+/** The in-flight region a front-end keeps across back-end restarts (until it closes). */
+export interface FrontendInflight {
+  fd: number;
+  mmapSize: bigint;
+  mmapOffset: bigint;
+  numQueues: number;
+  queueSize: number;
 }
 
 export class FrontendQueue {
@@ -79,9 +95,12 @@ export class FrontendQueue {
 
 export class FrontendDevice {
   private closed = false;
+  private currentClient: VhostUserClient;
+  /** The in-flight region, once the back-end gave one (kept across reconnects). */
+  inflight: FrontendInflight | undefined;
 
   private constructor(
-    readonly client: VhostUserClient,
+    client: VhostUserClient,
     readonly memory: FrontendMemory,
     private readonly ownsMemory: boolean,
     readonly offeredFeatures: bigint,
@@ -90,7 +109,62 @@ export class FrontendDevice {
     readonly protocolFeatures: bigint,
     readonly backendQueues: number,
     readonly queues: FrontendQueue[],
-  ) {}
+    private readonly options: FrontendDeviceOptions,
+  ) {
+    this.currentClient = client;
+  }
+
+  /** The connection to the back-end (a new one after reconnect()). */
+  get client(): VhostUserClient {
+    return this.currentClient;
+  }
+
+  /**
+   * After the back-end went away (killed, restarted): connect again and resume the rings where
+   * the guest left them, as QEMU does with `reconnect=`: the same negotiation (the back-end must
+   * offer the same features), SET_INFLIGHT_FD with the region kept from the first connect, the
+   * memory table, and per ring SET_VRING_BASE = used->idx (split rings), the same addresses and
+   * the same kick and call eventfds. With in-flight tracking the back-end resubmits what was in
+   * flight; without it, requests completed out of order run again and others are lost.
+   */
+  async reconnect(options: { connectTimeoutMs?: number } = {}): Promise<void> {
+    if (this.closed) throw new FrontendError('reconnect: the device is closed');
+    this.currentClient.close();
+    const client = await VhostUserClient.connect(this.options.socketPath, {
+      timeoutMs: options.connectTimeoutMs ?? this.options.connectTimeoutMs ?? 0,
+      replyTimeoutMs: this.options.replyTimeoutMs,
+      logger: this.options.logger,
+    });
+    this.currentClient = client;
+    try {
+      const offered = await client.getFeatures();
+      if (offered !== this.offeredFeatures) {
+        throw new FrontendError(
+          `reconnect: the back-end now offers features ${featureHex(offered)}, not ${featureHex(this.offeredFeatures)}`,
+        );
+      }
+      if (offered & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
+        const offeredProtocol = await client.getProtocolFeatures();
+        if ((offeredProtocol & this.protocolFeatures) !== this.protocolFeatures) {
+          throw new FrontendError(
+            `reconnect: the back-end no longer offers protocol features ${featureHex(this.protocolFeatures)}`,
+          );
+        }
+        await client.setProtocolFeatures(this.protocolFeatures);
+      }
+      if (this.protocolFeatures & bit(ProtocolFeature.MQ)) await client.getU64('GET_QUEUE_NUM');
+      await client.request({ type: 'SET_OWNER' });
+      await client.setFeatures(this.features);
+      await shareInflight(this, this.protocolFeatures, this.queues.length, this.queues[0]?.driver.size ?? 0);
+      await sendMemoryTable(client, this.memory, this.protocolFeatures);
+      for (const queue of this.queues) {
+        await startRing(client, this.memory, queue, queue.driver.deviceUsedIdx, this.features);
+      }
+    } catch (error) {
+      client.close();
+      throw error;
+    }
+  }
 
   static async connect(options: FrontendDeviceOptions): Promise<FrontendDevice> {
     virtioFeaturesToAck(0n, options); // rejects transport bits in deviceFeatures before connecting
@@ -102,6 +176,7 @@ export class FrontendDevice {
     let memory: FrontendMemory | undefined;
     const ownsMemory = !(options.memory instanceof FrontendMemory);
     const queues: FrontendQueue[] = [];
+    const inflightHolder: { client: VhostUserClient; inflight: FrontendInflight | undefined } = { client, inflight: undefined };
     try {
       memory =
         options.memory instanceof FrontendMemory
@@ -115,6 +190,7 @@ export class FrontendDevice {
       if (offered & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
         offeredProtocol = await client.getProtocolFeatures();
         protocol = protocolFeaturesToAck(offeredProtocol, options);
+        if (options.inflight) protocol |= offeredProtocol & bit(ProtocolFeature.INFLIGHT_SHMFD);
         await client.setProtocolFeatures(protocol);
       }
       let backendQueues = 1;
@@ -123,6 +199,7 @@ export class FrontendDevice {
       await client.request({ type: 'SET_OWNER' });
       const features = virtioFeaturesToAck(offered, options);
       await client.setFeatures(features);
+      await shareInflight(inflightHolder, protocol, queueCount, options.queueSize ?? 256);
       await sendMemoryTable(client, memory, protocol);
 
       const size = options.queueSize ?? 256;
@@ -157,25 +234,24 @@ export class FrontendDevice {
             indirect,
           ),
         );
-        await client.request({ type: 'SET_VRING_NUM', index, num: size });
-        await client.request({ type: 'SET_VRING_BASE', index, num: 0 });
-        await client.request({
-          type: 'SET_VRING_ADDR',
-          index,
-          flags: 0,
-          descUserAddr: BigInt(memory.userspaceAddress(ringAddr + layout.descOffset)),
-          usedUserAddr: BigInt(memory.userspaceAddress(ringAddr + layout.usedOffset)),
-          availUserAddr: BigInt(memory.userspaceAddress(ringAddr + layout.availOffset)),
-          logGuestAddr: 0n,
-        });
-        await client.request({ type: 'SET_VRING_CALL', index, noFd: false, fd: callFd });
-        await client.request({ type: 'SET_VRING_KICK', index, noFd: kickFd < 0, fd: kickFd });
-        if (features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
-          await client.request({ type: 'SET_VRING_ENABLE', index, num: 1 });
-        }
+        await startRing(client, memory, queues[index], 0, features);
       }
-      return new FrontendDevice(client, memory, ownsMemory, offered, features, offeredProtocol, protocol, backendQueues, queues);
+      const device = new FrontendDevice(
+        client,
+        memory,
+        ownsMemory,
+        offered,
+        features,
+        offeredProtocol,
+        protocol,
+        backendQueues,
+        queues,
+        options,
+      );
+      device.inflight = inflightHolder.inflight;
+      return device;
     } catch (error) {
+      if (inflightHolder.inflight) closeAllFds([inflightHolder.inflight.fd]);
       for (const queue of queues) closeQueueFds(queue);
       client.close();
       if (ownsMemory) memory?.close();
@@ -198,7 +274,69 @@ export class FrontendDevice {
     this.closed = true;
     this.client.close();
     for (const queue of this.queues) closeQueueFds(queue);
+    if (this.inflight) closeAllFds([this.inflight.fd]);
+    this.inflight = undefined;
     if (this.ownsMemory) this.memory.close();
+  }
+}
+
+/**
+ * With INFLIGHT_SHMFD acked: GET_INFLIGHT_FD the first time (the region is kept in `holder`),
+ * then SET_INFLIGHT_FD with it — vhost_user_blk_start's order, after SET_FEATURES and before
+ * the memory table.
+ */
+async function shareInflight(
+  holder: { client: VhostUserClient; inflight: FrontendInflight | undefined },
+  protocol: bigint,
+  numQueues: number,
+  queueSize: number,
+): Promise<void> {
+  if (!(protocol & bit(ProtocolFeature.INFLIGHT_SHMFD))) return;
+  const client = holder.client;
+  if (!holder.inflight) {
+    const reply = await client.request({ type: 'GET_INFLIGHT_FD', numQueues, queueSize });
+    if (!reply || reply.type !== 'inflight') throw new FrontendError('GET_INFLIGHT_FD: unexpected reply', 'GET_INFLIGHT_FD');
+    if (reply.mmapSize === 0n) return; // the back-end tracks nothing after all
+    holder.inflight = { fd: reply.fd, mmapSize: reply.mmapSize, mmapOffset: reply.mmapOffset, numQueues, queueSize };
+  }
+  const region = holder.inflight;
+  await client.request({ type: 'SET_INFLIGHT_FD', ...region });
+}
+
+/** Per ring: NUM, BASE, ADDR, CALL, KICK, ENABLE — QEMU's vhost_virtqueue_start order. */
+async function startRing(
+  client: VhostUserClient,
+  memory: FrontendMemory,
+  queue: FrontendQueue,
+  base: number,
+  features: bigint,
+): Promise<void> {
+  const index = queue.index;
+  await client.request({ type: 'SET_VRING_NUM', index, num: queue.driver.size });
+  await client.request({ type: 'SET_VRING_BASE', index, num: base });
+  await client.request({
+    type: 'SET_VRING_ADDR',
+    index,
+    flags: 0,
+    descUserAddr: BigInt(memory.userspaceAddress(queue.descAddr)),
+    usedUserAddr: BigInt(memory.userspaceAddress(queue.usedAddr)),
+    availUserAddr: BigInt(memory.userspaceAddress(queue.availAddr)),
+    logGuestAddr: 0n,
+  });
+  await client.request({ type: 'SET_VRING_CALL', index, noFd: false, fd: queue.callFd });
+  await client.request({ type: 'SET_VRING_KICK', index, noFd: queue.kickFd < 0, fd: queue.kickFd });
+  if (features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) {
+    await client.request({ type: 'SET_VRING_ENABLE', index, num: 1 });
+  }
+}
+
+function closeAllFds(fds: number[]): void {
+  for (const fd of fds) {
+    try {
+      native.close(fd);
+    } catch {
+      // Already closed.
+    }
   }
 }
 

@@ -320,6 +320,11 @@ export class VringDriver {
     return (Atomics.load(this.usedU16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
   }
 
+  /** used->idx as the device last published it (what QEMU resumes a split ring from after losing a back-end). */
+  get deviceUsedIdx(): number {
+    return Atomics.load(this.usedU16, 1);
+  }
+
   /** Whether used entries are waiting to be reaped. */
   hasUsed(): boolean {
     return Atomics.load(this.usedU16, 1) !== this.lastUsed;

@@ -13,6 +13,8 @@ export interface SpawnedBackend {
   log(): string;
   /** SIGTERM, then resolves with the exit code. */
   stop(): Promise<number | null>;
+  /** SIGKILL (a crash, for restart tests), then resolves once the process is gone. */
+  kill(): Promise<void>;
 }
 
 /** Runs `vhost-user-blk --socket SOCKET ...args`, under `taskset -c CPUS` when given. */
@@ -41,8 +43,12 @@ export async function spawnBlkBackend(
     pid: child.pid!,
     log: () => log,
     stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       return exited;
+    },
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
     },
   };
 }

@@ -16,6 +16,7 @@ import {
   type VringState,
 } from '../../dist/control/handlers.js';
 import type { MappedRegion } from '../../dist/control/memory-table.js';
+import { inflightQueueBytes } from '../../dist/dataplane/inflight.js';
 import type { DeviceRequest } from '../../dist/control/backend.js';
 import type { FrontendRequest } from '../../dist/control/codec/index.js';
 
@@ -79,6 +80,13 @@ class FakeSession implements SessionContext {
   setStatus(status: number): void {
     this.calls.push(`status:${status}`);
   }
+  newInflightFd(numQueues: number, queueSize: number): { fd: number; mmapSize: number } {
+    this.calls.push(`inflight-new:${numQueues}x${queueSize}`);
+    return { fd: 99, mmapSize: 4096 };
+  }
+  installInflight(region: { numQueues: number; queueSize: number } | undefined): void {
+    this.calls.push(region ? `inflight:${region.numQueues}x${region.queueSize}` : 'inflight:none');
+  }
   setBackendChannel(fd: number): void {
     this.calls.push(`backend:${fd}`);
   }
@@ -134,6 +142,64 @@ describe('request handler rows against a fake session', () => {
     expect(session.calls).toEqual([]);
     await run(session, { type: 'SET_FEATURES', features: 0b0011n });
     expect(session.calls).toEqual(['features:3']);
+  });
+
+  it('GET_INFLIGHT_FD checks num_queues and queue_size against the device before creating a region', async () => {
+    const session = new FakeSession(device);
+    for (const [numQueues, queueSize] of [
+      [0, 64],
+      [3, 64],
+      [1, 0],
+      [1, 512],
+    ]) {
+      expect((await refusal(() => run(session, { type: 'GET_INFLIGHT_FD', numQueues, queueSize }))).message).toMatch(
+        /GET_INFLIGHT_FD: (num_queues|queue_size)/,
+      );
+    }
+    expect(session.calls).toEqual([]);
+    expect(await run(session, { type: 'GET_INFLIGHT_FD', numQueues: 2, queueSize: 256 })).toEqual({
+      type: 'inflight',
+      mmapSize: 4096n,
+      mmapOffset: 0n,
+      numQueues: 2,
+      queueSize: 256,
+      fd: 99,
+    });
+    expect(session.calls).toEqual(['inflight-new:2x256']);
+  });
+
+  it('SET_INFLIGHT_FD maps a region that fits its file; mmap_size 0 turns tracking off; the fd is always closed', async () => {
+    const session = new FakeSession(device);
+    const bytes = 2 * inflightQueueBytes(128);
+    const fdsOf = (fd: number): RequestFds => ({ take: () => fd });
+    const good = native.memfdCreate('inflight-test', bytes);
+    await run(
+      session,
+      { type: 'SET_INFLIGHT_FD', mmapSize: BigInt(bytes), mmapOffset: 0n, numQueues: 2, queueSize: 128, fd: good },
+      fdsOf(good),
+    );
+    expect(isOpen(good)).toBe(false);
+    const short = native.memfdCreate('inflight-test', bytes - 64);
+    expect(
+      (
+        await refusal(() =>
+          run(
+            session,
+            { type: 'SET_INFLIGHT_FD', mmapSize: BigInt(bytes), mmapOffset: 0n, numQueues: 2, queueSize: 128, fd: short },
+            fdsOf(short),
+          ),
+        )
+      ).message,
+    ).toMatch(/exceeds its file/);
+    expect(isOpen(short)).toBe(false);
+    const off = native.eventfdCreate(0);
+    await run(
+      session,
+      { type: 'SET_INFLIGHT_FD', mmapSize: 0n, mmapOffset: 0n, numQueues: 2, queueSize: 128, fd: off },
+      fdsOf(off),
+    );
+    expect(isOpen(off)).toBe(false);
+    expect(session.calls).toEqual(['inflight:2x128', 'inflight:none']);
   });
 
   it("SET_VRING_NUM takes powers of two up to the device's maximum, and never on a running ring", async () => {
@@ -207,7 +273,7 @@ describe('request handler rows against a fake session', () => {
   });
 
   it('requests the back-end does not implement have no row', () => {
-    for (const type of ['SET_VRING_ENDIAN', 'VRING_KICK', 'IOTLB_MSG', 'GET_INFLIGHT_FD', 'POSTCOPY_ADVISE'] as const) {
+    for (const type of ['SET_VRING_ENDIAN', 'VRING_KICK', 'IOTLB_MSG', 'POSTCOPY_LISTEN', 'POSTCOPY_ADVISE'] as const) {
       expect(requestHandler(type), type).toBeUndefined();
     }
     expect(requestHandler('GET_VRING_BASE')).toBeDefined();

@@ -10,7 +10,7 @@ import { BlkDevice } from '../../dist/devices/blk/device.js';
 import { ProtocolFeature, bit } from '../../dist/control/protocol.js';
 import { setLogSink } from '../../dist/log.js';
 
-/** What the library offers a virtio-blk device: its own set, plus CONFIG for the config space. */
+/** What the library offers a virtio-blk device: its own set, plus CONFIG for the config space and blk's INFLIGHT_SHMFD. */
 export const LIBRARY_PROTOCOL_FEATURES = [
   ProtocolFeature.MQ,
   ProtocolFeature.REPLY_ACK,
@@ -19,6 +19,7 @@ export const LIBRARY_PROTOCOL_FEATURES = [
   ProtocolFeature.RESET_DEVICE,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
+  ProtocolFeature.INFLIGHT_SHMFD,
 ].reduce((all, feature) => all | bit(feature), 0n);
 
 export class RecordingDataPlane implements DataPlane {

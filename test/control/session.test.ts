@@ -5,7 +5,9 @@
 // every test the front-end leaves, the daemon's fds return to their baseline, and a fresh
 // front-end negotiates fully and reads the config space.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { native } from '../../dist/native.js';
+import { fstatSync } from 'node:fs';
+import { FileSeal, native } from '../../dist/native.js';
+import { inflightQueueBytes } from '../../dist/dataplane/inflight.js';
 import { closeAll } from '../../dist/control/connection.js';
 import {
   decodeBackendRequest,
@@ -882,10 +884,6 @@ describe('requests for features this back-end does not offer: refused with a fai
   }
 
   const withFd: [number, (fd: number) => FrontendRequest][] = [
-    [
-      Request.SET_INFLIGHT_FD,
-      (fd) => ({ type: 'SET_INFLIGHT_FD', mmapSize: 4096n, mmapOffset: 0n, numQueues: 1, queueSize: 64, fd }),
-    ],
     [Request.GPU_SET_SOCKET, (fd) => ({ type: 'GPU_SET_SOCKET', fd })],
   ];
   for (const [id, make] of withFd) {
@@ -1154,7 +1152,6 @@ describe('requests whose reply has no failure form, for features not offered: th
   const cases: [number, FrontendRequest][] = [
     [Request.CREATE_CRYPTO_SESSION, { type: 'CREATE_CRYPTO_SESSION', payload: new Uint8Array(64) }],
     [Request.POSTCOPY_ADVISE, { type: 'POSTCOPY_ADVISE' }],
-    [Request.GET_INFLIGHT_FD, { type: 'GET_INFLIGHT_FD', numQueues: 1, queueSize: 64 }],
   ];
   for (const [id, request] of cases) {
     covered.add(id);
@@ -1163,6 +1160,133 @@ describe('requests whose reply has no failure form, for features not offered: th
       await expectDisconnect(client, request);
     });
   }
+});
+
+describe('VHOST_USER_GET_INFLIGHT_FD (31) and VHOST_USER_SET_INFLIGHT_FD (32)', () => {
+  covered.add(Request.GET_INFLIGHT_FD);
+  covered.add(Request.SET_INFLIGHT_FD);
+
+  async function getInflight(client: VhostUserClient, numQueues: number, queueSize: number) {
+    const reply = await client.request({ type: 'GET_INFLIGHT_FD', numQueues, queueSize });
+    if (!reply || reply.type !== 'inflight') throw new Error('GET_INFLIGHT_FD: unexpected reply');
+    testFds.push(reply.fd);
+    return reply;
+  }
+
+  it('GET answers a zero-filled memfd sized for the split layout, sealed against resizing', async () => {
+    const client = await negotiated();
+    const reply = await getInflight(client, QUEUES, 64);
+    expect(reply).toMatchObject({ mmapOffset: 0n, numQueues: QUEUES, queueSize: 64 });
+    expect(reply.mmapSize).toBe(BigInt(QUEUES * inflightQueueBytes(64)));
+    expect(fstatSync(reply.fd).size).toBe(Number(reply.mmapSize));
+    expect(native.fileSeals(reply.fd) & (FileSeal.SHRINK | FileSeal.GROW)).toBe(FileSeal.SHRINK | FileSeal.GROW);
+    const bytes = new Uint8Array(native.mmapShared(reply.fd, Number(reply.mmapSize), 0, false));
+    expect(bytes.every((b) => b === 0)).toBe(true);
+  });
+
+  it('SET maps the region and each ring gets its part at start', async () => {
+    const { client, memory } = await (async () => {
+      const client = await negotiated();
+      const memory = guestMemory();
+      await client.request({ type: 'SET_MEM_TABLE', regions: memory.describe() });
+      return { client, memory };
+    })();
+    const reply = await getInflight(client, QUEUES, 64);
+    await client.request({
+      type: 'SET_INFLIGHT_FD',
+      mmapSize: reply.mmapSize,
+      mmapOffset: 0n,
+      numQueues: QUEUES,
+      queueSize: 64,
+      fd: reply.fd,
+    });
+    for (const index of [0, 1]) {
+      await describeRing(client, memory, index, 64);
+      await client.request({ type: 'SET_VRING_KICK', index, noFd: true, fd: -1 });
+      await client.request({ type: 'SET_VRING_ENABLE', index, num: 1 });
+      const slice = rig.dataPlane.running.get(index)?.inflight;
+      expect(slice, `queue ${index}`).toBeDefined();
+      expect(slice!.offset).toBe(index * inflightQueueBytes(64));
+      expect(slice!.descNum).toBe(64);
+      expect(slice!.buffer.byteLength).toBeGreaterThanOrEqual(Number(reply.mmapSize));
+    }
+  });
+
+  it('a ring larger than the region’s queue_size does not start', async () => {
+    const client = await negotiated();
+    const memory = guestMemory();
+    await client.request({ type: 'SET_MEM_TABLE', regions: memory.describe() });
+    const reply = await getInflight(client, 1, 16);
+    await client.request({
+      type: 'SET_INFLIGHT_FD',
+      mmapSize: reply.mmapSize,
+      mmapOffset: 0n,
+      numQueues: 1,
+      queueSize: 16,
+      fd: reply.fd,
+    });
+    await describeRing(client, memory, 0, 64);
+    await client.request({ type: 'SET_VRING_KICK', index: 0, noFd: true, fd: -1 });
+    await expectFailureAck(
+      client,
+      { type: 'SET_VRING_ENABLE', index: 0, num: 1 },
+      /ring size 64 exceeds the in-flight region's queue_size 16/,
+    );
+    expect(rig.dataPlane.running.has(0)).toBe(false);
+  });
+
+  for (const [name, numQueues, queueSize] of [
+    ['no queues', 0, 64],
+    ['more queues than the device has', QUEUES + 1, 64],
+    ['a queue size of 0', 1, 0],
+    ['a queue size above the device maximum', 1, 65535],
+  ] as const) {
+    it(`GET with ${name} has no failure form: the back-end disconnects`, async () => {
+      await expectDisconnect(await negotiated(), { type: 'GET_INFLIGHT_FD', numQueues, queueSize });
+    });
+  }
+
+  it('SET refuses an area larger than its file, a size too small for the shape, or a bad shape; the fd is closed', async () => {
+    const client = await negotiated();
+    const reply = await getInflight(client, 1, 64);
+    const cases: [Partial<{ mmapSize: bigint; mmapOffset: bigint; numQueues: number; queueSize: number }>, RegExp][] = [
+      [{ mmapSize: reply.mmapSize + 4096n }, /exceeds its file/],
+      [{ mmapOffset: 4096n }, /exceeds its file/],
+      [{ mmapSize: 64n }, /smaller than/],
+      [{ numQueues: 2 }, /smaller than/],
+      [{ numQueues: QUEUES + 1 }, /num_queues/],
+      [{ mmapOffset: 4n, mmapSize: 64n }, /smaller than|aligned/],
+    ];
+    for (const [change, message] of cases) {
+      const fd = native.memfdCreate('test-inflight', Number(reply.mmapSize));
+      testFds.push(fd);
+      const before = openFds();
+      await expectFailureAck(
+        client,
+        { type: 'SET_INFLIGHT_FD', mmapSize: reply.mmapSize, mmapOffset: 0n, numQueues: 1, queueSize: 64, ...change, fd },
+        message,
+      );
+      await fdsBackTo(before, 'the refused in-flight fd to be closed');
+    }
+  });
+
+  it('SET with mmap_size 0 turns tracking off; its fd is closed', async () => {
+    const client = await negotiated();
+    const fd = eventfd();
+    const before = openFds();
+    await client.request({ type: 'SET_INFLIGHT_FD', mmapSize: 0n, mmapOffset: 0n, numQueues: 1, queueSize: 64, fd });
+    await fdsBackTo(before, 'the unused fd to be closed');
+  });
+
+  it('SET while a ring runs is refused', async () => {
+    const { client } = await runningRing();
+    const reply = await getInflight(client, 1, 64);
+    await expectFailureAck(
+      client,
+      { type: 'SET_INFLIGHT_FD', mmapSize: reply.mmapSize, mmapOffset: 0n, numQueues: 1, queueSize: 64, fd: reply.fd },
+      /queue 0 is running/,
+    );
+  });
 });
 
 describe('requests that always reply, for features not offered: the failure form of the reply', () => {

@@ -5,7 +5,7 @@
 // (then the guest can never make writes durable itself: §5.2.6.2 write-through), is mirrored
 // into a shared Int32Array that every worker reads per write.
 import type { VhostUserDevice } from '../../control/backend.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../control/protocol.js';
+import { ProtocolFeature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { resolveEngine } from './engine-select.js';
 import { MAX_RANGE_SECTORS, type BlkEngineChoice, type BlkHandlerOptions } from './options.js';
@@ -64,6 +64,11 @@ export class BlkDevice implements VhostUserDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
+  /**
+   * In-flight tracking: the front-end keeps a region in which every request's fetch and
+   * completion is recorded, so a restarted back-end resubmits exactly what was in flight.
+   */
+  readonly protocolFeatures = bit(ProtocolFeature.INFLIGHT_SHMFD);
   /** Int32Array[0]: 1 write-back, 0 write-through; shared with every worker (handlerSpec). */
   readonly writeCacheState = new SharedArrayBuffer(4);
   /** The memory engine's RAM disk, created by the first handlerSpec({ engine: 'memory' }). */
