@@ -26,7 +26,6 @@ struct Region {
 
 thread_local std::vector<std::shared_ptr<v8::BackingStore>> tStores;
 thread_local std::vector<Region> tRegions;
-thread_local std::vector<iovec> tCopyIov;
 
 }  // namespace
 
@@ -68,30 +67,36 @@ int AppendIovecs(std::vector<iovec>* iov, const uint32_t* words, size_t records,
 
 namespace {
 
-// Copies bytes [0, length) of `source` across tCopyIov: false if the iovecs hold less.
-bool CopyAcross(const uint8_t* source, size_t length) {
+// Copies source[0, length) across iovec records [first, first + count), writing `value`
+// little-endian over bytes [patchAt, patchAt + 4) of the copy on the way (patchAt = SIZE_MAX:
+// none). Records are resolved one by one (no iovec array in between: this runs per frame).
+// Returns length, -EFAULT or -EINVAL (the records hold fewer bytes than asked).
+int32_t CopyToRecords(const uint8_t* source, size_t length, const uint32_t* words, size_t records,
+                      uint32_t first, uint32_t count, size_t patchAt, uint32_t value) {
+  if (uint64_t{first} + count > records) return -EFAULT;
+  const Region* regions = tRegions.data();
+  size_t regionCount = tRegions.size();
   size_t done = 0;
-  for (const iovec& piece : tCopyIov) {
-    if (done == length) break;
-    size_t n = std::min(piece.iov_len, length - done);
-    std::memcpy(piece.iov_base, source + done, n);
-    done += n;
-  }
-  return done == length;
-}
-
-// Writes `value` little-endian at byte `at` of the bytes tCopyIov covers (at + 4 <= their total).
-void PatchAcross(size_t at, uint32_t value) {
-  for (int b = 0; b < 4; b++) {
-    size_t skip = at + b;
-    for (const iovec& piece : tCopyIov) {
-      if (skip < piece.iov_len) {
-        static_cast<uint8_t*>(piece.iov_base)[skip] = static_cast<uint8_t>(value >> (8 * b));
-        break;
+  for (uint32_t i = 0; i < count && done < length; i++) {
+    const uint32_t* record = words + (size_t{first} + i) * kIovecWords;
+    if (record[kRegion] >= regionCount) return -EFAULT;
+    const Region& region = regions[record[kRegion]];
+    uint64_t offset = uint64_t{record[kRegionOffsetHigh]} << 32 | record[kRegionOffsetLow];
+    uint32_t segment = record[kIovecLength];
+    if (offset > region.length || segment > region.length - offset) return -EFAULT;
+    size_t take = std::min<size_t>(segment, length - done);
+    uint8_t* target = region.base + offset;
+    std::memcpy(target, source + done, take);
+    if (patchAt < done + take && patchAt + 4 > done) {
+      for (size_t b = 0; b < 4; b++) {
+        size_t at = patchAt + b;
+        if (at >= done && at < done + take)
+          target[at - done] = static_cast<uint8_t>(value >> (8 * b));
       }
-      skip -= piece.iov_len;
     }
+    done += take;
   }
+  return done == length ? static_cast<int32_t>(length) : -EINVAL;
 }
 
 Napi::Value CopyTemplate(const Napi::CallbackInfo& info) {
@@ -120,6 +125,7 @@ Napi::Value CopyTemplate(const Napi::CallbackInfo& info) {
   const uint8_t* bytes = source.Data();
   size_t sourceLength = source.ElementLength();
   int32_t* out = results.Data();
+  size_t patchAt = patchOffset >= 0 ? static_cast<size_t>(patchOffset) : SIZE_MAX;
   for (int64_t t = 0; t < count; t++) {
     const uint32_t* entry = target + 4 * t;
     size_t length = entry[2];
@@ -127,20 +133,9 @@ Napi::Value CopyTemplate(const Napi::CallbackInfo& info) {
       out[t] = -EINVAL;
       continue;
     }
-    tCopyIov.clear();
-    int err = AppendIovecs(&tCopyIov, words, records, entry[0], entry[1]);
-    if (err != 0) {
-      out[t] = err;
-      continue;
-    }
-    if (!CopyAcross(bytes, length)) {
-      out[t] = -EINVAL;
-      continue;
-    }
-    if (patchOffset >= 0 && static_cast<size_t>(patchOffset) + 4 <= length) {
-      PatchAcross(static_cast<size_t>(patchOffset), entry[3]);
-    }
-    out[t] = static_cast<int32_t>(length);
+    // The patch only where it fits whole in the copy (a shorter copy gets none).
+    size_t patch = patchAt != SIZE_MAX && patchAt + 4 <= length ? patchAt : SIZE_MAX;
+    out[t] = CopyToRecords(bytes, length, words, records, entry[0], entry[1], patch, entry[3]);
   }
   ReleaseRegions();
   return env.Undefined();
