@@ -238,7 +238,8 @@ export class SplitVirtqueue {
   /**
    * Takes back the most recently popped chain still in flight as if it had never been popped:
    * last_avail_idx steps back, so a stop (GET_VRING_BASE) leaves the buffer with the driver, as
-   * DPDK and QEMU leave RX buffers they never filled. Nothing is written to the rings. False
+   * DPDK and QEMU leave RX buffers they never filled (libvhost-user's vu_queue_unpop and
+   * vu_queue_rewind are the same step). Nothing is written to the rings. False
    * (nothing changes) unless `req` is that chain: take several back newest first.
    */
   unpop(req: VirtqRequest): boolean {

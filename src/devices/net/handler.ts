@@ -539,13 +539,13 @@ class NetHandler implements QueueHandler {
     const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
     const base = (pair << 1) * NET_STAT_SLOTS;
     let chain = 0;
+    let delivered = 0;
     for (let f = 0; f < batch.frameCount; f++) {
       const chains = batch.frameChains[f];
       const ok = batch.results[f] >= 0;
       if (ok) {
         if (chains > 1) writeHeader(batch.chains[chain]!, headerBytes, chains); // the template says 1
-        this.stats[base + NetStat.packets]++;
-        this.stats[base + NetStat.bytes] += batch.frameBytes;
+        delivered++;
       } else {
         // Chains are checked against guest memory when popped: this is a bug, not guest input.
         this.countTapError(pair << 1, 'generated frame could not be copied into the RX buffers: dropped', -batch.results[f]);
@@ -553,6 +553,8 @@ class NetHandler implements QueueHandler {
       for (let c = chain; c < chain + chains; c++) queue.complete(batch.chains[c]!, ok ? batch.usedLength[c] : 0);
       chain += chains;
     }
+    this.stats[base + NetStat.packets] += delivered;
+    this.stats[base + NetStat.bytes] += delivered * batch.frameBytes;
     batch.clear();
   }
 
