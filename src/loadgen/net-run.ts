@@ -17,11 +17,11 @@ import { NET_HDR_BYTES, NET_HDR_LEGACY_BYTES } from '../devices/net/virtio-net.j
 import { packageVersion } from '../version.js';
 import { startLoad, type LoadReport } from './load.js';
 import { processCpuSeconds } from './run.js';
-import { NET_STAMP_OFFSET, type NetWorkload } from './load-spec.js';
+import type { NetWorkload } from './load-spec.js';
 
 export type NetBenchMode = 'tx' | 'rx' | 'loopback';
 export const NET_BENCH_MODES: readonly NetBenchMode[] = ['tx', 'rx', 'loopback'];
-/** Smallest frame: an Ethernet minimum that still holds the loopback stamp. */
+/** Smallest frame: the Ethernet minimum, which holds the loopback stamp (NET_STAMP_OFFSET + 8 bytes). */
 export const NET_BENCH_MIN_FRAME = 60;
 export const NET_BENCH_MAX_FRAME = 65535;
 /** Destination of the generated frames: a locally administered unicast address. */
@@ -261,6 +261,3 @@ export function formatNetBench(r: NetBenchResult): string {
   );
   return lines.join('\n') + '\n';
 }
-
-/** The stamp must fit the frame: NET_STAMP_OFFSET + 8 bytes. */
-export const NET_BENCH_STAMP_END = NET_STAMP_OFFSET + 8;
