@@ -10,7 +10,8 @@
         "native/ring/thread.cc",
         "native/ring/uring.cc",
         "native/ring/blockio.cc",
-        "native/ring/tap.cc"
+        "native/ring/tap.cc",
+        "native/ring/iovecs.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

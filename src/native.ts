@@ -180,6 +180,22 @@ export interface NativeRing {
     maxFrames: number,
     results: Int32Array,
   ): number;
+  /**
+   * Copies `template` into guest buffers, one target per frame, in one call: target t copies
+   * template[0, targets[4t+2]) across iovec records [targets[4t], +targets[4t+1]) and writes
+   * targets[4t+3] as a little-endian u32 at `patchOffset` of the copy (-1: no patch; skipped
+   * when the copy is shorter). results[t] = bytes copied, -EFAULT (a record outside its region)
+   * or -EINVAL (the records hold fewer bytes than asked).
+   */
+  copyTemplate(
+    regions: readonly SharedArrayBuffer[],
+    iovecs: Uint32Array,
+    targets: Uint32Array,
+    count: number,
+    template: Uint8Array,
+    patchOffset: number,
+    results: Int32Array,
+  ): void;
 
   /** The SQE and IOVEC record layout Uring.submit and blockIo read (native/ring/records.h). */
   readonly recordLayout: RecordLayout;

@@ -138,6 +138,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ring::InitUring(env, exports);
   ring::InitBlockIo(env, exports);
   ring::InitTap(env, exports);
+  ring::InitIovecs(env, exports);
   exports.Set("recordLayout", ring::RecordLayout(env));
   return exports;
 }

@@ -68,5 +68,6 @@ void InitThread(Napi::Env env, Napi::Object exports);
 void InitUring(Napi::Env env, Napi::Object exports);
 void InitBlockIo(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
+void InitIovecs(Napi::Env env, Napi::Object exports);
 
 }  // namespace ring

@@ -21,6 +21,7 @@
 //   results[2f + 1] = chains the frame took (all the chains it was offered when cut). Returns the
 //   frames read and writes the reason it stopped at results[2 * frames]: -EAGAIN (the tap is
 //   empty), 0 (out of chains or maxFrames reached) or -errno of the failed read.
+#include "iovecs.h"
 #include "records.h"
 #include "ring.h"
 
@@ -40,52 +41,10 @@
 namespace ring {
 namespace {
 
-struct Region {
-  uint8_t* base;
-  size_t length;
-};
-
 // Reused by every call on this thread (no allocation once grown).
-thread_local std::vector<std::shared_ptr<v8::BackingStore>> tStores;
-thread_local std::vector<Region> tRegions;
 thread_local std::vector<iovec> tIov;
 // Where a frame longer than the chains offered spills its next byte (tells a cut frame).
 thread_local uint8_t tSpill;
-
-// Resolves the region list into tRegions, holding each backing store for the call.
-bool LoadRegions(Napi::Env env, Napi::Array buffers) {
-  tStores.clear();
-  tRegions.clear();
-  for (uint32_t i = 0; i < buffers.Length(); i++) {
-    Napi::Value buffer = buffers.Get(i);
-    if (buffer.IsEmpty()) return false;  // a throwing getter
-    v8::Local<v8::Value> local = ToV8(buffer);
-    if (!local->IsSharedArrayBuffer()) {
-      ThrowTypeError(env, "regions[" + std::to_string(i) + "] must be a SharedArrayBuffer");
-      return false;
-    }
-    tStores.push_back(local.As<v8::SharedArrayBuffer>()->GetBackingStore());
-    tRegions.push_back(
-        {static_cast<uint8_t*>(tStores.back()->Data()), tStores.back()->ByteLength()});
-  }
-  return true;
-}
-
-// Appends iovec records [first, first + count) to tIov: 0 or -EFAULT / -EINVAL.
-int AppendIovecs(const uint32_t* words, size_t records, uint32_t first, uint32_t count) {
-  if (count >= kMaxIovecs || tIov.size() + count >= kMaxIovecs) return -EINVAL;  // 1 for tSpill
-  if (uint64_t{first} + count > records) return -EFAULT;
-  for (uint32_t i = 0; i < count; i++) {
-    const uint32_t* record = words + (size_t{first} + i) * kIovecWords;
-    if (record[kRegion] >= tRegions.size()) return -EFAULT;
-    const Region& region = tRegions[record[kRegion]];
-    uint64_t offset = uint64_t{record[kRegionOffsetHigh]} << 32 | record[kRegionOffsetLow];
-    uint32_t length = record[kIovecLength];
-    if (offset > region.length || length > region.length - offset) return -EFAULT;
-    tIov.push_back(iovec{region.base + offset, length});
-  }
-  return 0;
-}
 
 bool TapIoctl(int fd, unsigned long request, unsigned long value) {
   return ioctl(fd, request, value) == 0;
@@ -190,7 +149,7 @@ Napi::Value TapWriteFrames(const Napi::CallbackInfo& info) {
   int32_t* out = results.Data();
   for (int64_t i = 0; i < count; i++) {
     tIov.clear();
-    int err = AppendIovecs(words, records, frame[2 * i], frame[2 * i + 1]);
+    int err = AppendIovecs(&tIov, words, records, frame[2 * i], frame[2 * i + 1]);
     if (err != 0) {
       out[i] = err;
       continue;
@@ -201,7 +160,7 @@ Napi::Value TapWriteFrames(const Napi::CallbackInfo& info) {
     } while (written < 0 && errno == EINTR);
     out[i] = written < 0 ? -errno : static_cast<int32_t>(written);
   }
-  tStores.clear();
+  ReleaseRegions();
   return env.Undefined();
 }
 
@@ -242,7 +201,7 @@ Napi::Value TapReadFrames(const Napi::CallbackInfo& info) {
     int err = 0;
     while (next + offered < chainCount) {
       const uint32_t* c = chain + 3 * (next + offered);
-      err = AppendIovecs(words, records, c[0], c[1]);
+      err = AppendIovecs(&tIov, words, records, c[0], c[1]);
       if (err != 0) break;
       room += c[2];
       offered++;
@@ -278,7 +237,7 @@ Napi::Value TapReadFrames(const Napi::CallbackInfo& info) {
     next += used;
   }
   out[2 * frames] = stop;
-  tStores.clear();
+  ReleaseRegions();
   return Napi::Number::New(env, static_cast<double>(frames));
 }
 

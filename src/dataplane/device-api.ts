@@ -25,6 +25,21 @@ export interface WorkerQueue {
    * the guest or an outside event (net RX buffers waiting for frames) completes them now.
    */
   readonly stopping: boolean;
+  /**
+   * Pops up to `budget` available chains now and hands each to handler.handle() before
+   * returning (re-entrant: for use from handle() of another queue, e.g. a frame arriving for an
+   * RX queue whose new buffers this pass has not popped yet). Returns how many; 0 while
+   * stopping or when called from this queue's own handle(). Optional so that test fakes need
+   * not provide it; the worker's queues always do.
+   */
+  popNow?(budget: number): number;
+  /**
+   * Takes back a request the handler never used, as if it had not been popped (the driver keeps
+   * the buffer: GET_VRING_BASE reports it as still available). Only the newest popped request
+   * still held can go back, so give several back newest first. False when `request` is not that
+   * one: complete it instead. Optional like popNow.
+   */
+  giveBack?(request: VirtqRequest): boolean;
 }
 
 export interface QueueHandler {
@@ -87,6 +102,12 @@ export interface HandlerContext {
   watchFd(fd: number, token: number, events?: number): void;
   /** Stop watching `fd` (do it before closing the fd). Throws if it is not watched. */
   unwatchFd(fd: number): void;
+  /**
+   * The queue with this index if it runs on this worker (null otherwise): a handler reaches a
+   * queue it has not been handed a request for yet (to popNow on it). Not for every request:
+   * it searches. Optional so that test fakes need not provide it; the worker always does.
+   */
+  queue?(index: number): WorkerQueue | null;
 }
 
 /** What a handler module exports. */

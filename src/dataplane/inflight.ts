@@ -121,6 +121,11 @@ export class InflightQueue {
     }
   }
 
+  /** A fetched head went back to the avail ring unused (SplitVirtqueue.unpop): no longer in flight. */
+  unfetched(head: number): void {
+    this.u8[FLAG_BASE + 16 * head] = 0;
+  }
+
   /** A head's used element was written (not yet published): link it into the batch. */
   completed(head: number): void {
     // More completions than ring entries between two publishes needs a guest that re-offered

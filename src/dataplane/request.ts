@@ -18,6 +18,8 @@ export class VirtqRequest {
   readonly capacity: number;
   /** Head descriptor index: the id to give pushUsed(). -1 when empty. */
   head = -1;
+  /** Avail ring position (mod 2^16) the chain was popped from: lets the queue take it back unused (unpop). */
+  availIdx = -1;
   /** Memory the segments were translated against (the queue's table at pop time). */
   memory: GuestMemory | null = null;
   segmentCount = 0;
@@ -61,6 +63,7 @@ export class VirtqRequest {
 
   reset(): void {
     this.head = -1;
+    this.availIdx = -1;
     this.segmentCount = 0;
     this.readableCount = 0;
     this.writableCount = 0;

@@ -294,7 +294,26 @@ export class SplitVirtqueue {
     this.inflight[head] = 1;
     this.inFlightCount++;
     if (this.tracker !== null) this.tracker.fetched(head); // in-flight tracking hook
+    req.availIdx = lastAvail;
     this.lastAvail = (lastAvail + 1) & 0xffff;
+    return true;
+  }
+
+  /**
+   * Takes back the most recently popped chain still in flight as if it had never been popped:
+   * last_avail_idx steps back, so a stop (GET_VRING_BASE) leaves the buffer with the driver, as
+   * DPDK and QEMU leave RX buffers they never filled (libvhost-user's vu_queue_unpop and
+   * vu_queue_rewind are the same step). Nothing is written to the rings. False
+   * (nothing changes) unless `req` is that chain: take several back newest first.
+   */
+  unpop(req: VirtqRequest): boolean {
+    const head = req.head;
+    if (head >>> 0 >= this.size || this.inflight[head] === 0) return false;
+    if (req.availIdx !== ((this.lastAvail - 1) & 0xffff)) return false;
+    this.inflight[head] = 0;
+    this.inFlightCount--;
+    if (this.tracker !== null) this.tracker.unfetched(head); // in-flight tracking hook
+    this.lastAvail = req.availIdx;
     return true;
   }
 

@@ -94,10 +94,14 @@ class QueueRunner implements WorkerQueue {
   stopRequest = StopRequest.None;
   /** Command id to answer when stopRequest is Stop. */
   stopReplyId = 0;
+  /** Set by the worker once the queue runs: popNow() hands what it pops to it. */
+  handler: QueueHandler | null = null;
   private readonly pool: VirtqRequest[];
   private free: number;
   private dirty = false;
   private brokenReported = false;
+  /** Inside process(): popNow() from this queue's own handle() would recurse. */
+  private popping = false;
 
   get stopping(): boolean {
     return this.stopRequest !== StopRequest.None;
@@ -170,7 +174,8 @@ class QueueRunner implements WorkerQueue {
 
   /** Pops and hands out up to `budget` requests; returns how many. */
   process(handler: QueueHandler, budget: number): number {
-    if (this.stopRequest !== StopRequest.None) return 0;
+    if (this.stopRequest !== StopRequest.None || this.popping) return 0;
+    this.popping = true;
     let popped = 0;
     while (popped < budget && this.free > 0) {
       const request = this.pool[this.free - 1];
@@ -186,8 +191,21 @@ class QueueRunner implements WorkerQueue {
         break;
       }
     }
+    this.popping = false;
     if (this.vq.broken && !this.brokenReported) this.reportBroken();
     return popped;
+  }
+
+  popNow(budget: number): number {
+    const handler = this.handler;
+    return handler === null ? 0 : this.process(handler, budget);
+  }
+
+  giveBack(request: VirtqRequest): boolean {
+    if (this.inFlight === 0 || !this.vq.unpop(request)) return false;
+    this.pool[this.free++] = request;
+    this.inFlight--;
+    return true;
   }
 
   complete(request: VirtqRequest, writtenLen: number): void {
@@ -359,6 +377,10 @@ export class DataPlaneWorker {
       log: this.logMessage,
       watchFd: (fd, token, events) => this.watchFd(fd, token, events),
       unwatchFd: (fd) => this.unwatchFd(fd),
+      queue: (index) => {
+        const position = this.findQueue(index);
+        return position < 0 ? null : this.queues[position];
+      },
     };
     this.handler = await create(this.init.handlerOptions, context);
     if (this.watched.size > 0 && typeof this.handler.onFdReady !== 'function') {
@@ -457,6 +479,7 @@ export class DataPlaneWorker {
           if (this.findQueue(start.index) >= 0) throw new Error(`queue ${start.index} is already running`);
           const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
           const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
+          queue.handler = this.handler;
           this.queues.push(queue);
           if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);
           if (this.mode === 'interrupt') queue.vq.enableNotification();

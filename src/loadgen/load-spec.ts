@@ -16,6 +16,9 @@ export interface LoadQueue {
   /** Guest memory reserved for this queue's request buffers: [bufferAddr, bufferAddr + bufferBytes). */
   bufferAddr: number;
   bufferBytes: number;
+  /** This queue's own workload and depth instead of the spec's (net loopback: RX and TX differ). */
+  workload?: Workload;
+  queueDepth?: number;
 }
 
 /** Each request carries `bytes` to the echo device in `segments` descriptors and gets them back. */
@@ -45,7 +48,32 @@ export interface BlkWorkload {
   seed: number;
 }
 
-export type Workload = EchoWorkload | BlkWorkload;
+/**
+ * virtio-net frames on one queue: `tx` posts frames (virtio-net header + frame, device-readable),
+ * `rx` posts empty buffers for the device to fill. With `stamp`, a TX frame carries the time it
+ * was posted and an RX frame's time is read back from it (loopback round trips).
+ */
+export interface NetWorkload {
+  kind: 'net';
+  role: 'tx' | 'rx';
+  /** Ethernet bytes per TX frame (header excluded). */
+  frameBytes: number;
+  /** virtio-net header length negotiated (10 or 12). */
+  headerBytes: number;
+  /** RX: bytes per buffer (header included). */
+  rxBufferBytes: number;
+  /** The TX template (Ethernet header onwards); the stamp is written over it. */
+  frame: Uint8Array;
+  /** TX: write the post time at NET_STAMP_OFFSET; RX: time each frame from it. */
+  stamp: boolean;
+  /** Record latencies (TX: post to completion; RX with stamp: round trip). */
+  record: boolean;
+}
+
+/** Where a stamped frame carries its post time (float64 ms, performance.now() of the load thread). */
+export const NET_STAMP_OFFSET = 42;
+
+export type Workload = EchoWorkload | BlkWorkload | NetWorkload;
 
 export interface LoadSpec {
   regions: MemoryRegion[];
@@ -93,4 +121,6 @@ export interface LoadResult {
   firstError: string;
   /** Requests still in flight after the end-of-run drain: the back-end stalled or lost them. */
   inFlightAtEnd: number;
+  /** Per queue over the window: requests completed and their bytes (net: frames, RX frames with data only). */
+  queues: { index: number; requests: number; bytes: number }[];
 }

@@ -29,7 +29,14 @@ function threadCpuSeconds(): number {
 
 function run(): LoadResult {
   if (spec.cpu >= 0) native.setAffinity([spec.cpu]);
-  const loads = spec.queues.map((queue) => new QueueLoad(queue, Math.min(spec.queueDepth, queue.size), context));
+  const loads = spec.queues.map(
+    (queue) =>
+      new QueueLoad(
+        queue,
+        Math.min(queue.queueDepth ?? spec.queueDepth, queue.size),
+        queue.workload ? { ...context, workload: queue.workload } : context,
+      ),
+  );
   const loopbacks = spec.loopback ? loads.map((load) => new LoopbackDevice(spec.regions, load.queue)) : null;
   const eventWait = spec.wait === 'event';
   let epollFd = -1;
@@ -140,8 +147,14 @@ function run(): LoadResult {
   // stopped run or a broken ring gets a shorter wait.
   const drainDeadline = performance.now() + (progress[Progress.STOP] !== 0 || errorLog.count > 0 ? 1000 : DRAIN_MS);
   let inFlightAtEnd = 0;
+  const queues = loads.map((load) => ({
+    index: load.queue.index,
+    requests: recording ? load.completed : 0,
+    bytes: recording ? load.bytes : 0,
+  }));
   for (let q = 0; q < loads.length; q++) {
     const load = loads[q];
+    if (load.holdsAtEnd) continue;
     while (load.freeCount < load.depth && !load.driver.broken && performance.now() < drainDeadline) {
       loopbacks?.[q]!.complete();
       load.reap(performance.now(), false);
@@ -159,6 +172,7 @@ function run(): LoadResult {
     errors: errorLog.count,
     firstError: errorLog.first,
     inFlightAtEnd,
+    queues,
   };
 }
 

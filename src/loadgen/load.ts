@@ -5,12 +5,15 @@ import type { FrontendDevice } from '../frontend/device.js';
 import { splitRingLayout } from '../frontend/vring-driver.js';
 import { Histogram } from './histogram.js';
 import { Progress, type LoadResult, type LoadSpec, type Workload } from './load-spec.js';
+import { netSlotBytes } from './queue-load.js';
 
 export interface LoadOptions {
   workload: Workload;
   queueDepth: number;
   /** Which of the device's queues to drive (default: all). */
   queues?: number[];
+  /** Queues to drive each with its own workload and depth (replaces `queues`). */
+  perQueue?: { queue: number; workload: Workload; queueDepth: number }[];
   requestsPerQueue?: number;
   seconds?: number;
   warmupSeconds?: number;
@@ -33,6 +36,8 @@ export interface LoadReport {
   firstError: string;
   /** Requests the back-end never completed (still in flight after the end-of-run drain). */
   inFlightAtEnd: number;
+  /** Per queue over the window: requests completed and their bytes (net: frames). */
+  queues: { index: number; requests: number; bytes: number }[];
 }
 
 export interface RunningLoad {
@@ -50,14 +55,22 @@ export interface RunningLoad {
  * for later runs) and starts the load thread.
  */
 export function startLoad(device: FrontendDevice, options: LoadOptions): RunningLoad {
-  const indexes = options.queues ?? device.queues.map((q) => q.index);
+  const plan =
+    options.perQueue ??
+    (options.queues ?? device.queues.map((q) => q.index)).map((queue) => ({
+      queue,
+      workload: options.workload,
+      queueDepth: options.queueDepth,
+    }));
   const depth = options.queueDepth;
-  if (!Number.isInteger(depth) || depth < 1) throw new RangeError(`queue depth must be a positive integer, got ${depth}`);
-  const perSlot = slotBytes(options.workload);
-  const queues = indexes.map((index) => {
+  for (const { queueDepth } of [{ queueDepth: depth }, ...plan]) {
+    if (!Number.isInteger(queueDepth) || queueDepth < 1)
+      throw new RangeError(`queue depth must be a positive integer, got ${queueDepth}`);
+  }
+  const queues = plan.map(({ queue: index, workload, queueDepth }) => {
     const queue = device.queues[index];
     if (!queue) throw new RangeError(`queue ${index} is not set up (device has ${device.queues.length})`);
-    const bufferBytes = perSlot * Math.min(depth, queue.driver.size) + 4096;
+    const bufferBytes = slotBytes(workload) * Math.min(queueDepth, queue.driver.size) + 4096;
     const bufferAddr = reserve(device, index, bufferBytes);
     return {
       index,
@@ -71,6 +84,7 @@ export function startLoad(device: FrontendDevice, options: LoadOptions): Running
       indirect: queue.indirect,
       bufferAddr,
       bufferBytes,
+      ...(options.perQueue ? { workload, queueDepth } : {}),
     };
   });
   const progress = new SharedArrayBuffer(Progress.SLOTS * 8);
@@ -207,11 +221,13 @@ function report(raw: LoadResult): LoadReport {
     errors: raw.errors,
     firstError: raw.firstError,
     inFlightAtEnd: raw.inFlightAtEnd,
+    queues: raw.queues,
   };
 }
 
 function slotBytes(workload: Workload): number {
   if (workload.kind === 'echo') return 2 * (Math.ceil(workload.bytes / 64) * 64);
+  if (workload.kind === 'net') return Math.ceil(netSlotBytes(workload) / 64) * 64;
   return 16 + Math.ceil(workload.blockSize / 4096) * 4096 + 4096 + 64;
 }
 

@@ -7,7 +7,7 @@ import { native } from '../native.js';
 import type { GuestMemory } from '../dataplane/memory.js';
 import { VringDriver } from '../frontend/vring-driver.js';
 import type { Histogram } from './histogram.js';
-import type { LoadQueue, Workload } from './load-spec.js';
+import { NET_STAMP_OFFSET, type LoadQueue, type Workload } from './load-spec.js';
 import { BLK_OUTHDR_BYTES, BlkRequestType, BlkStatus } from '../devices/blk/virtio-blk.js';
 
 /** Counts failed requests and keeps the first one's description. */
@@ -56,6 +56,8 @@ export class QueueLoad {
   readonly partA: Float64Array;
   readonly partB: Float64Array;
   readonly partC: Float64Array;
+  /** Net RX: buffers the back-end may rightly keep at the end (they wait for frames): not drained. */
+  readonly holdsAtEnd: boolean;
   /** Per slot: views used to stamp and check requests (built once). */
   readonly viewA: Uint8Array[] = [];
   readonly viewB: Uint8Array[] = [];
@@ -82,6 +84,7 @@ export class QueueLoad {
     this.random = context.random;
     this.queue = queue;
     this.depth = depth;
+    this.holdsAtEnd = workload.kind === 'net' && workload.role === 'rx';
     this.driver = new VringDriver({
       memory,
       size: queue.size,
@@ -116,6 +119,17 @@ export class QueueLoad {
         this.partB[slot] = take(workload.bytes, 64);
         this.viewA.push(view(this.partA[slot], workload.bytes));
         this.viewB.push(view(this.partB[slot], workload.bytes));
+      } else if (workload.kind === 'net') {
+        // One buffer per slot: header + frame (TX, written once here) or an empty RX buffer.
+        const bytes = netSlotBytes(workload);
+        this.partA[slot] = take(bytes, 64);
+        const buffer = view(this.partA[slot], bytes);
+        if (workload.role === 'tx') {
+          buffer.fill(0, 0, workload.headerBytes);
+          buffer.set(workload.frame.subarray(0, workload.frameBytes), workload.headerBytes);
+        }
+        this.viewA.push(buffer);
+        this.headerView.push(new DataView(buffer.buffer, buffer.byteOffset, bytes));
       } else {
         this.partA[slot] = take(BLK_OUTHDR_BYTES, 16);
         this.partB[slot] = take(workload.blockSize, 4096);
@@ -150,6 +164,14 @@ export class QueueLoad {
           const length = Math.min(piece, workload.bytes - offset);
           driver.addSegment(base + offset, length, part === 1);
         }
+      }
+    } else if (workload.kind === 'net') {
+      driver.beginChain(false);
+      if (workload.role === 'tx') {
+        if (workload.stamp) this.headerView[slot].setFloat64(workload.headerBytes + NET_STAMP_OFFSET, startMs, true);
+        driver.addSegment(this.partA[slot], workload.headerBytes + workload.frameBytes, false);
+      } else {
+        driver.addSegment(this.partA[slot], workload.rxBufferBytes, true);
       }
     } else {
       const header = this.headerView[slot];
@@ -200,6 +222,11 @@ export class QueueLoad {
     const workload = this.workload;
     for (let i = 0; i < count; i++) {
       const slot = this.tokens[i];
+      if (workload.kind === 'net') {
+        this.freeSlots[this.freeCount++] = slot;
+        this.reapFrame(workload, slot, this.lens[i], nowMs, recording);
+        continue;
+      }
       if (recording) this.histogram.record((nowMs - this.started[slot]) * 1e6);
       if (workload.kind === 'echo') {
         if (workload.verify) {
@@ -221,6 +248,38 @@ export class QueueLoad {
     }
     return count;
   }
+
+  /** A net completion: a TX frame taken, or an RX buffer back (with a frame, or unused: len 0). */
+  private reapFrame(
+    workload: Extract<Workload, { kind: 'net' }>,
+    slot: number,
+    len: number,
+    nowMs: number,
+    recording: boolean,
+  ): void {
+    if (workload.role === 'tx') {
+      if (recording && workload.record) this.histogram.record((nowMs - this.started[slot]) * 1e6);
+      this.bytes += workload.frameBytes;
+      this.completed++;
+      return;
+    }
+    if (len === 0) return; // handed back without a frame
+    if (len < workload.headerBytes + 14 || len > workload.rxBufferBytes) {
+      this.errors.note(`queue ${this.queue.index}: RX buffer came back with length ${len}`);
+      return;
+    }
+    if (recording && workload.stamp) {
+      const sent = this.headerView[slot].getFloat64(workload.headerBytes + NET_STAMP_OFFSET, true);
+      if (sent > 0 && sent <= nowMs) this.histogram.record((nowMs - sent) * 1e6);
+    }
+    this.bytes += len - workload.headerBytes;
+    this.completed++;
+  }
+}
+
+/** Guest bytes one net slot takes: header + frame (TX) or one RX buffer. */
+export function netSlotBytes(workload: Extract<Workload, { kind: 'net' }>): number {
+  return workload.role === 'tx' ? workload.headerBytes + workload.frameBytes : workload.rxBufferBytes;
 }
 
 /** A view of guest bytes [gpa, gpa + length) (set-up time only: it allocates). */

@@ -1,6 +1,8 @@
 // vhost-user-bench blk fails loudly: the CLI (a child process) against back-ends served from this
 // process — one that works (and offers features the generator must not ack), one whose device
 // answers IOERR, one that never completes anything, and one that goes away mid-run.
+// vhost-user-bench net: short tx / rx / loopback runs against our net back-ends (sink, source,
+// loopback) whose own counters must agree with what the CLI reports, and its usage errors.
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,7 +26,9 @@ import { BlkDevice } from '../../dist/devices/blk/device.js';
 import { BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
 import { EXIT_INVALID_MEASUREMENT } from '../../dist/cli/vhost-user-bench.js';
 import { benchFailures, type BenchResult } from '../../dist/loadgen/run.js';
+import { netBenchFailures, type NetBenchResult } from '../../dist/loadgen/net-run.js';
 import { RecordingDataPlane, captureLogs, until } from '../control/helpers.js';
+import { NetRig } from '../devices/net-rig.js';
 
 const BIN = fileURLToPath(new URL('../../bin/vhost-user-bench', import.meta.url));
 const CAPACITY = 64 << 20;
@@ -246,6 +250,125 @@ describe('benchFailures', () => {
     ]);
     expect(benchFailures({ ...ok, errors: 2, first_error: 'status 1' } as never, { seconds: 2 })).toEqual([
       '2 request(s) failed; first: status 1',
+    ]);
+  });
+});
+
+/** Within 1 % of each other. */
+const near = (a: number, b: number) => Math.abs(a - b) <= 0.01 * Math.max(Math.abs(a), Math.abs(b));
+
+describe('vhost-user-bench net', () => {
+  async function netRig(backend: 'sink' | 'source' | 'loopback', frameBytes = 64): Promise<NetRig> {
+    // Interrupt mode: the tests share two cores with other work.
+    const rig = await NetRig.start({ backend, mode: 'interrupt', cpus: [-1], frameBytes });
+    cleanups.push(() => rig.stop());
+    return rig;
+  }
+
+  it('tx: counts the frames a sink took, as the sink counted them', async () => {
+    const rig = await netRig('sink');
+    const run = await bench(['net', '--socket', rig.socketPath, '--mode', 'tx', '--frame-size', '128', ...QUICK]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const result = JSON.parse(run.stdout) as NetBenchResult;
+    expect(result.device).toBe('net');
+    expect(result.failures).toEqual([]);
+    expect(result.tx_frames).toBeGreaterThan(0);
+    expect(result.rx_frames).toBe(0);
+    // result.seconds is rounded to the millisecond: rates agree to well within 1 %.
+    expect(near(result.tx_pps, result.tx_frames / result.seconds)).toBe(true);
+    expect(near(result.mbps, (result.tx_frames * 128) / result.seconds / 1e6)).toBe(true);
+    // The sink saw at least every frame measured (the window excludes the drain), all of 128 bytes.
+    const sink = rig.stats(1);
+    expect(sink.packets).toBeGreaterThanOrEqual(result.tx_frames);
+    expect(sink.bytes).toBe(sink.packets * 128);
+    expect(result.lat_us!.min).toBeLessThanOrEqual(result.lat_us!.p50);
+    expect(result.lat_us!.p50).toBeLessThanOrEqual(result.lat_us!.max);
+    expect(BigInt(result.features) & bit(VIRTIO_F_VERSION_1)).toBe(bit(VIRTIO_F_VERSION_1));
+    expect(result.settings.headerBytes).toBe(12);
+  });
+
+  it('rx: counts the 1514-byte frames a source wrote, as the source counted them', async () => {
+    const rig = await netRig('source', 1514);
+    const run = await bench(['net', '--socket', rig.socketPath, '--mode', 'rx', '--frame-size', '1514', ...QUICK]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const result = JSON.parse(run.stdout) as NetBenchResult;
+    expect(result.rx_frames).toBeGreaterThan(0);
+    expect(result.tx_frames).toBe(0);
+    expect(result.errors).toBe(0);
+    expect(result.lat_us).toBeNull();
+    expect(near(result.mbps, (result.rx_frames * 1514) / result.seconds / 1e6)).toBe(true);
+    expect(rig.stats(0).packets).toBeGreaterThanOrEqual(result.rx_frames);
+  });
+
+  it('loopback: frames come back and their round trip is timed; the text report says what was measured', async () => {
+    const rig = await netRig('loopback');
+    const run = await bench(['net', '--socket', rig.socketPath, '--mode', 'loopback', '--qd', '4', ...QUICK]);
+    expect(run.code).toBe(0);
+    const result = JSON.parse(run.stdout) as NetBenchResult;
+    expect(result.rx_frames).toBeGreaterThan(0);
+    // Frames sent in the window come back in it, but for the few in flight at its ends.
+    expect(Math.abs(result.tx_frames - result.rx_frames)).toBeLessThanOrEqual(4);
+    expect(result.lat_us!.p50).toBeGreaterThan(0);
+    expect(result.lat_us!.min).toBeLessThanOrEqual(result.lat_us!.p99);
+    expect(rig.stats(0).noBuffer).toBe(0);
+    const text = await bench(['net', '--socket', rig.socketPath, '--mode', 'loopback', '--seconds', '1', '--warmup', '0']);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^vhost-user-bench net: loopback frame=64 B qd=1 /);
+    expect(text.stdout).toMatch(/\nmachine: .+ CPUs, Node v/);
+    expect(text.stdout).toMatch(/\nmethod: RX ring kept full/);
+    expect(text.stdout).toMatch(/round trip us: mean [\d.]+ +min/);
+  });
+
+  it('exits 3 when no frame moves in the measured direction (rx against a sink)', async () => {
+    const rig = await netRig('sink');
+    const run = await bench(['net', '--socket', rig.socketPath, '--mode', 'rx', ...QUICK]);
+    expect(run.code).toBe(EXIT_INVALID_MEASUREMENT);
+    expect(run.stderr).toMatch(/no frame arrived on RX/);
+    expect((JSON.parse(run.stdout) as NetBenchResult).rx_frames).toBe(0);
+  });
+
+  it('bad arguments exit 2 with the reason; no back-end exits 1', async () => {
+    const socket = join(dir, 'nobody.sock');
+    const cases: [string[], RegExp][] = [
+      [['net', '--socket', socket], /--mode is required/],
+      [['net', '--socket', socket, '--mode', 'sideways'], /--mode "sideways"/],
+      [['net', '--mode', 'tx'], /--socket PATH is required/],
+      [['net', '--socket', socket, '--mode', 'tx', '--frame-size', '59'], /--frame-size/],
+      [['net', '--socket', socket, '--mode', 'tx', '--qd', '0'], /--qd/],
+      [['net', '--socket', socket, '--mode', 'tx', '--queue-size', '100'], /power of two/],
+      [['net', '--socket', socket, '--mode', 'tx', '--rw', 'read'], /--rw/],
+      [['disk', '--socket', socket], /unknown device "disk"/],
+    ];
+    for (const [args, reason] of cases) {
+      const run = await bench(args);
+      expect(run.code, args.join(' ')).toBe(2);
+      expect(run.stderr).toMatch(reason);
+    }
+    const missing = await bench(['net', '--socket', socket, '--mode', 'tx', ...QUICK]);
+    expect(missing.code).toBe(1);
+  });
+});
+
+describe('netBenchFailures', () => {
+  const ok = { tx_frames: 10, rx_frames: 10, errors: 0, in_flight_at_end: 0, seconds: 2 };
+  it('accepts a full window in which frames moved', () => {
+    expect(netBenchFailures(ok as never, { seconds: 2, mode: 'loopback' })).toEqual([]);
+    expect(netBenchFailures({ ...ok, rx_frames: 0 } as never, { seconds: 2, mode: 'tx' })).toEqual([]);
+  });
+  it('names each reason a run is not a measurement', () => {
+    expect(netBenchFailures({ ...ok, tx_frames: 0 } as never, { seconds: 2, mode: 'tx' })).toEqual([
+      'the back-end took no frame in the 2 s measured window',
+    ]);
+    expect(netBenchFailures({ ...ok, rx_frames: 0 } as never, { seconds: 2, mode: 'loopback' })).toEqual([
+      'no frame arrived on RX in the 2 s measured window',
+    ]);
+    expect(netBenchFailures({ ...ok, in_flight_at_end: 3 } as never, { seconds: 2, mode: 'tx' })).toEqual([
+      '3 TX frame(s) never taken (the back-end stalled or lost them)',
+    ]);
+    expect(netBenchFailures({ ...ok, errors: 1, first_error: 'len 3' } as never, { seconds: 2, mode: 'rx' })).toEqual([
+      '1 malformed completion(s); first: len 3',
     ]);
   });
 });

@@ -350,6 +350,46 @@ describe('SplitVirtqueue: used ring', () => {
   });
 });
 
+describe('SplitVirtqueue: taking back unused chains (unpop)', () => {
+  it('steps last_avail_idx back over the newest chains still in flight, and pops them again', () => {
+    const { driver, queue } = fixture();
+    for (let i = 0; i < 3; i++) {
+      driver.beginChain();
+      driver.addSegment(DATA + i * 0x100, 64, true);
+      driver.endChain(i);
+    }
+    driver.publish();
+    const [a, b, c] = [new VirtqRequest(4), new VirtqRequest(4), new VirtqRequest(4)];
+    expect(queue.pop(a) && queue.pop(b) && queue.pop(c)).toBe(true);
+    expect(queue.lastAvailIdx).toBe(3);
+    expect(queue.unpop(b)).toBe(false); // not the newest
+    expect(queue.unpop(c)).toBe(true);
+    expect(queue.unpop(c)).toBe(false); // no longer in flight
+    expect(queue.unpop(b)).toBe(true);
+    expect(queue.lastAvailIdx).toBe(1);
+    expect(queue.inFlight).toBe(1);
+    const again = new VirtqRequest(4);
+    expect(queue.pop(again)).toBe(true);
+    expect(again.head).toBe(b.head);
+    expect(again.availIdx).toBe(1);
+  });
+
+  it('cannot step back over a chain already completed: older held chains are completed instead', () => {
+    const { driver, queue } = fixture();
+    for (let i = 0; i < 2; i++) {
+      driver.beginChain();
+      driver.addSegment(DATA + i * 0x100, 64, true);
+      driver.endChain(i);
+    }
+    driver.publish();
+    const [held, used] = [new VirtqRequest(4), new VirtqRequest(4)];
+    expect(queue.pop(held) && queue.pop(used)).toBe(true);
+    expect(queue.pushUsed(used.head, 0)).toBe(true);
+    expect(queue.unpop(held)).toBe(false);
+    expect(queue.lastAvailIdx).toBe(2);
+  });
+});
+
 describe('SplitVirtqueue: notifications', () => {
   function postOne(driver: VringDriver, token: number): void {
     driver.beginChain();

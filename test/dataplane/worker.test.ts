@@ -299,6 +299,71 @@ describe('DataPlaneWorker in-process', () => {
   });
 });
 
+/**
+ * A test handler that holds every request (like net RX buffers waiting for frames): handle()
+ * may pop more on demand, and at a stop it gives them all back, newest first.
+ */
+class Holder implements QueueHandler {
+  readonly completionFd = -1;
+  readonly inFlight = 0;
+  readonly held: VirtqRequest[] = [];
+  /** popNow's answers from inside handle() (re-entry into the same queue must give 0). */
+  readonly reentrantPops: number[] = [];
+  givenBack = 0;
+  completed = 0;
+
+  constructor(readonly context: HandlerContext) {}
+
+  handle(queue: WorkerQueue, request: VirtqRequest): void {
+    this.held.push(request);
+    if (this.held.length === 1) this.reentrantPops.push(queue.popNow!(64));
+  }
+  flush(): void {}
+  poll(): number {
+    const queue = this.context.queue!(0);
+    if (queue === null || !queue.stopping) return 0;
+    const count = this.held.length;
+    while (this.held.length > 0) {
+      const request = this.held.pop()!;
+      if (queue.giveBack!(request)) this.givenBack++;
+      else {
+        queue.complete(request, 0);
+        this.completed++;
+      }
+    }
+    return count;
+  }
+  setMemory(): void {}
+  close(): void {}
+}
+
+describe('popNow, giveBack and context.queue, in-process', () => {
+  it('popNow pops what a pass has not, refuses re-entry; held requests given back rewind the stop index', async () => {
+    let handler!: Holder;
+    const rig = await startWorker('busy', (_options, context) => (handler = new Holder(context)));
+    startQueue(rig, rig.kickFd);
+    expect(handler.context.queue!(0)).not.toBeNull();
+    expect(handler.context.queue!(1)).toBeNull();
+    // The queue's own popNow from inside its pass pops nothing (no recursion)...
+    postEchoChains(rig, 3);
+    stepUntil(rig, () => handler.held.length === 3, 100);
+    expect(handler.reentrantPops).toEqual([0]);
+    // ...while popNow from outside the pass hands new chains to the handler at once.
+    postEchoChains(rig, 2);
+    expect(handler.context.queue!(0)!.popNow!(64)).toBe(2);
+    expect(handler.held.length).toBe(5);
+    // The stop gives all 5 back: last_avail_idx returns to 0 and nothing reaches the used ring.
+    expect(run(rig, { op: 'stop', index: 0 })).toBe(0);
+    expect(handler.givenBack).toBe(5);
+    expect(handler.completed).toBe(0);
+    expect(rig.driver.reapUsed(new Float64Array(8), new Uint32Array(8))).toBe(0);
+    expect(readQueueStats(rig.stats, 0).requests).toBe(0);
+    // Restarted from 0, the same 5 chains are popped again.
+    startQueue(rig, rig.kickFd, 0);
+    stepUntil(rig, () => handler.held.length === 5, 100);
+  });
+});
+
 /** A test handler: no requests, one watched eventfd; records every callback, reads the fd only if told. */
 class FdWatcher implements QueueHandler {
   readonly completionFd = -1;

@@ -4,7 +4,9 @@
 //
 // RX chains are not completed when popped: they are held, oldest first, until a frame arrives
 // for them. A frame takes one chain, or with MRG_RXBUF as many as it needs (num_buffers in the
-// first header says how many). A looped-back frame that finds too little room is dropped and
+// first header says how many). A looped-back frame that finds too little room first pops the
+// RX buffers the guest offered since the worker last looked (WorkerQueue.popNow: the TX queue
+// may be served before the RX queue in a pass, or start first), and only then is dropped and
 // counted; it is never queued, so memory stays bounded by the ring sizes (tap frames wait in the
 // tap instead, see below).
 //
@@ -19,9 +21,16 @@
 // The next frame is served as usual.
 //
 // Stopping. Held RX chains would keep a queue from ever draining (GET_VRING_BASE waits for
-// in-flight requests), so poll() hands them back with used.len 0 once the worker marks their
-// queue as stopping. Drivers treat a zero-length RX buffer as an empty one (Linux counts a
-// length error, DPDK a dropped packet) and the front-end is stopping the ring anyway.
+// in-flight requests), so poll() gives them back untouched once the worker marks their queue as
+// stopping (WorkerQueue.giveBack, newest first): last_avail_idx steps back over them and the
+// driver still owns them, which is what DPDK's vhost library and QEMU's own virtio-net do (they
+// take an RX buffer only with a frame for it). Completing them with used.len 0 instead would
+// consume the guest's buffers as errors (Linux counts a length error, DPDK a bad packet). Only a
+// chain popped before one that was already completed (an RX buffer refused as bad) cannot step
+// back; it alone is completed with used.len 0.
+//
+// Source. Popped RX chains are filled once per pass (flush) with the prebuilt frame, by one
+// native copy for the batch (SourceBatch).
 //
 // Tap (one fd per pair, opened by the control thread). TX frames are batched per pass and
 // written by flush() with their virtio-net header, which the tap (IFF_VNET_HDR) takes as it is.
@@ -32,6 +41,8 @@
 //
 // Nothing here allocates per frame: the held rings are preallocated per pair on first use,
 // copies walk the requests' segment arrays, and source frames come from one template.
+//
+// (Everything above is the handler of the loopback, sink, source and tap back-ends.)
 import { constants as osConstants } from 'node:os';
 import {
   FdEvent,
@@ -42,7 +53,7 @@ import {
 } from '../../dataplane/device-api.js';
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
-import { buildSourceFrame, SOURCE_SEQUENCE_OFFSET } from './frame.js';
+import { SourceBatch } from './source-batch.js';
 import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
 import { ETH_HEADER_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
@@ -56,6 +67,8 @@ const BACKEND_TAP = 3;
 const EAGAIN = osConstants.errno.EAGAIN;
 /** virtio_net_hdr.flags bit: the checksum is left to the receiver (needs GUEST_CSUM). */
 const HDR_F_NEEDS_CSUM = 1;
+/** RX chains popped at most per popNow when a frame finds too few (the worker's own batch). */
+const POP_NOW_BUDGET = 64;
 
 class NetHandler implements QueueHandler {
   readonly completionFd = -1;
@@ -79,7 +92,7 @@ class NetHandler implements QueueHandler {
   /** Per queue and NetStat slot: already logged. */
   private readonly logged: Uint8Array;
 
-  private readonly sourceFrame: Uint8Array;
+  private readonly sourceBatch: SourceBatch | null;
   private sourceSequence = 0;
 
   // tap, per pair: its fd, whether the worker watches it, whether the last read stopped with
@@ -110,7 +123,7 @@ class NetHandler implements QueueHandler {
     this.heldCount = new Int32Array(pairs);
     this.pairsSeen = new Int32Array(pairs);
     this.logged = new Uint8Array(2 * pairs * NET_STAT_SLOTS);
-    this.sourceFrame = this.backend === BACKEND_SOURCE ? buildSourceFrame(options.frameBytes, options.mac) : new Uint8Array(0);
+    this.sourceBatch = this.backend === BACKEND_SOURCE ? new SourceBatch(options.frameBytes, options.mac) : null;
     this.context = context;
     const tap = this.backend === BACKEND_TAP;
     if (tap && options.tapFds.length !== pairs) {
@@ -137,8 +150,17 @@ class NetHandler implements QueueHandler {
     else this.handleTx(pair, queue, request);
   }
 
-  /** tap: writes the pass's TX frames, reads into RX chains that just arrived, (un)watches fds. */
+  /** source: fills the RX chains that arrived. tap: writes the pass's TX frames, reads into RX chains that just arrived, (un)watches fds. */
   flush(): void {
+    if (this.backend === BACKEND_SOURCE) {
+      for (let i = 0; i < this.pairsSeenCount; i++) {
+        const pair = this.pairsSeen[i];
+        if (this.rxArrived[pair] === 0) continue;
+        this.rxArrived[pair] = 0;
+        this.fillFromSource(pair);
+      }
+      return;
+    }
     if (this.backend !== BACKEND_TAP) return;
     if (this.txBatch!.count > 0) this.writeTxBatch();
     for (let i = 0; i < this.pairsSeenCount; i++) {
@@ -199,8 +221,7 @@ class NetHandler implements QueueHandler {
     const ring = this.held[pair]!;
     ring[(this.heldHead[pair] + this.heldCount[pair]) & (HELD_CAPACITY - 1)] = request;
     this.heldCount[pair]++;
-    if (this.backend === BACKEND_SOURCE) this.fillFromSource(pair);
-    else if (this.backend === BACKEND_TAP) this.rxArrived[pair] = 1;
+    if (this.backend === BACKEND_SOURCE || this.backend === BACKEND_TAP) this.rxArrived[pair] = 1;
   }
 
   /** A (re)started RX queue: remember it, and set up the pair's held ring the first time. */
@@ -212,18 +233,28 @@ class NetHandler implements QueueHandler {
     }
   }
 
+  /** Gives the held chains back to the driver, newest first (see the header comment on stopping). */
   private releaseHeld(pair: number, queue: WorkerQueue): number {
     const ring = this.held[pair]!;
     const count = this.heldCount[pair];
-    let head = this.heldHead[pair];
-    for (let i = 0; i < count; i++) {
-      queue.complete(ring[head]!, 0);
-      ring[head] = null;
-      head = (head + 1) & (HELD_CAPACITY - 1);
+    const head = this.heldHead[pair];
+    let givingBack = queue.giveBack !== undefined;
+    for (let i = count - 1; i >= 0; i--) {
+      const slot = (head + i) & (HELD_CAPACITY - 1);
+      const rx = ring[slot]!;
+      ring[slot] = null;
+      if (givingBack && queue.giveBack!(rx)) continue;
+      givingBack = false;
+      queue.complete(rx, 0);
     }
-    this.heldHead[pair] = head;
     this.heldCount[pair] = 0;
     return count;
+  }
+
+  /** Pops the RX buffers the guest offered since the worker last looked; true if any came. */
+  private popRxNow(pair: number): boolean {
+    const queue = this.rxQueue[pair] ?? this.context.queue?.(pair << 1) ?? null;
+    return queue !== null && queue.popNow !== undefined && queue.popNow(POP_NOW_BUDGET) > 0;
   }
 
   /**
@@ -290,7 +321,8 @@ class NetHandler implements QueueHandler {
     stats[base + NetStat.packets]++;
     stats[base + NetStat.bytes] += frameBytes;
     if (this.backend === BACKEND_LOOPBACK) {
-      const chains = this.reserve(pair, frameBytes);
+      let chains = this.reserve(pair, frameBytes);
+      if (chains === 0 && this.popRxNow(pair)) chains = this.reserve(pair, frameBytes);
       if (chains > 0) this.deliverFromRequest(pair, chains, request, headerBytes, frameBytes);
       else if (chains === 0) this.count(pair << 1, NetStat.noBuffer, '');
       else this.count(pair << 1, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
@@ -453,17 +485,17 @@ class NetHandler implements QueueHandler {
 
   /** source: one generated frame per held chain (or group of chains) until they run out. */
   private fillFromSource(pair: number): void {
-    const frame = this.sourceFrame;
-    const frameBytes = frame.length;
-    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
-    const queue = this.rxQueue[pair]!;
+    const batch = this.sourceBatch!;
+    const queue = this.rxQueue[pair];
+    if (queue === null) return;
     const ring = this.held[pair]!;
+    batch.begin(queue.memory, this.negotiated[NegotiatedSlot.headerBytes]);
     while (this.heldCount[pair] > 0) {
-      const chains = this.reserve(pair, frameBytes);
-      if (chains === 0) return; // MRG_RXBUF: wait for more buffers to hold the next frame
+      const chains = this.reserve(pair, batch.frameBytes);
+      if (chains === 0) break; // MRG_RXBUF: wait for more buffers to hold the next frame
+      const head = this.heldHead[pair];
       if (chains < 0) {
         // Without MRG_RXBUF a too-small buffer would block the queue for good: give it back.
-        const head = this.heldHead[pair];
         queue.complete(ring[head]!, 0);
         ring[head] = null;
         this.heldHead[pair] = (head + 1) & (HELD_CAPACITY - 1);
@@ -471,34 +503,59 @@ class NetHandler implements QueueHandler {
         this.count(pair << 1, NetStat.tooBig, 'RX buffer too small for the generated frame (no MRG_RXBUF): handed back unused');
         continue;
       }
-      const sequence = this.sourceSequence++;
-      frame[SOURCE_SEQUENCE_OFFSET] = sequence & 0xff;
-      frame[SOURCE_SEQUENCE_OFFSET + 1] = (sequence >>> 8) & 0xff;
-      frame[SOURCE_SEQUENCE_OFFSET + 2] = (sequence >>> 16) & 0xff;
-      frame[SOURCE_SEQUENCE_OFFSET + 3] = (sequence >>> 24) & 0xff;
-      let head = this.heldHead[pair];
-      let copied = 0;
-      for (let c = 0; c < chains; c++) {
-        const rx = ring[head]!;
-        ring[head] = null;
-        head = (head + 1) & (HELD_CAPACITY - 1);
-        let offset = 0;
-        if (c === 0) {
-          writeHeader(rx, headerBytes, chains);
-          offset = headerBytes;
+      if (!batch.accepts(ring, head, HELD_CAPACITY - 1, chains)) {
+        if (batch.frameCount > 0) {
+          this.completeSourceBatch(pair, queue);
+          batch.begin(queue.memory, this.negotiated[NegotiatedSlot.headerBytes]);
+          continue;
         }
-        let take = rx.writableBytes - offset;
-        if (take > frameBytes - copied) take = frameBytes - copied;
-        rx.scatter(frame, copied, offset, take);
-        copied += take;
-        queue.complete(rx, offset + take);
+        // Alone it fits no batch: chains from before a memory table change, or more chains
+        // (tiny buffers) than a batch holds. Hand them back unused rather than copy wrongly.
+        for (let c = 0; c < chains; c++) {
+          const slot = (head + c) & (HELD_CAPACITY - 1);
+          queue.complete(ring[slot]!, 0);
+          ring[slot] = null;
+        }
+        this.heldHead[pair] = (head + chains) & (HELD_CAPACITY - 1);
+        this.heldCount[pair] -= chains;
+        this.count(
+          pair << 1,
+          NetStat.badBuffers,
+          'RX buffers that fit no copy batch (other memory table, or too many for one frame): handed back unused',
+        );
+        continue;
       }
-      this.heldHead[pair] = head;
+      batch.add(ring, head, HELD_CAPACITY - 1, chains, this.sourceSequence++);
+      this.heldHead[pair] = (head + chains) & (HELD_CAPACITY - 1);
       this.heldCount[pair] -= chains;
-      const base = (pair << 1) * NET_STAT_SLOTS;
-      this.stats[base + NetStat.packets]++;
-      this.stats[base + NetStat.bytes] += frameBytes;
     }
+    this.completeSourceBatch(pair, queue);
+  }
+
+  /** Copies the batch's frames (one native call) and completes their chains. */
+  private completeSourceBatch(pair: number, queue: WorkerQueue): void {
+    const batch = this.sourceBatch!;
+    batch.run();
+    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
+    const base = (pair << 1) * NET_STAT_SLOTS;
+    let chain = 0;
+    let delivered = 0;
+    for (let f = 0; f < batch.frameCount; f++) {
+      const chains = batch.frameChains[f];
+      const ok = batch.results[f] >= 0;
+      if (ok) {
+        if (chains > 1) writeHeader(batch.chains[chain]!, headerBytes, chains); // the template says 1
+        delivered++;
+      } else {
+        // Chains are checked against guest memory when popped: this is a bug, not guest input.
+        this.countTapError(pair << 1, 'generated frame could not be copied into the RX buffers: dropped', -batch.results[f]);
+      }
+      for (let c = chain; c < chain + chains; c++) queue.complete(batch.chains[c]!, ok ? batch.usedLength[c] : 0);
+      chain += chains;
+    }
+    this.stats[base + NetStat.packets] += delivered;
+    this.stats[base + NetStat.bytes] += delivered * batch.frameBytes;
+    batch.clear();
   }
 
   /** Counts a drop (or a refused buffer) on `queue`, logging the first of each kind. */

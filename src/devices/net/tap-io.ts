@@ -23,7 +23,7 @@ export const TAP_RX_BATCH = 64;
 const IOVEC_CAPACITY = 64 * 64;
 
 /** Writes segments [from, to) of `request` as iovec records starting at record `at`. */
-function putIovecs(iovecs: Uint32Array, at: number, request: VirtqRequest, from: number, to: number): void {
+export function putIovecs(iovecs: Uint32Array, at: number, request: VirtqRequest, from: number, to: number): void {
   let word = at * IOVEC_WORDS;
   for (let s = from; s < to; s++) {
     const offset = request.segmentBufferOffset(s);
