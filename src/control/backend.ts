@@ -3,6 +3,7 @@
 // config space) and reacts to a few events; it never sees a socket or a protocol message.
 import type { MappedRegion } from './memory-table.js';
 import type { QueueStats } from '../dataplane/stats.js';
+import type { DirtyLogArea } from '../dataplane/dirty-log.js';
 
 export interface VhostUserDevice {
   /** Short name for logs, e.g. 'virtio-blk'. */
@@ -67,6 +68,11 @@ export interface VringConfig {
   errFd: number;
   /** Negotiated virtio features (EVENT_IDX, INDIRECT_DESC decide the ring's behaviour). */
   features: bigint;
+  /**
+   * Where used-ring writes are marked in the dirty log: log_guest_addr of a SET_VRING_ADDR with
+   * VHOST_VRING_F_LOG, or -1 (absent) for the used ring's own guest-physical address.
+   */
+  logGuestAddr?: number;
 }
 
 /**
@@ -87,4 +93,13 @@ export interface DataPlane {
   reset(): Promise<void>;
   /** Per-queue counters, readable at any time without stopping the rings (if the data plane keeps them). */
   allQueueStats?(): QueueStats[];
+  /**
+   * Dirty-page logging (live migration): from when the promise resolves, every write into guest
+   * memory is marked in `area` (null: logging stops). Switched between batches, like a memory
+   * table. A data plane without it cannot migrate: the session then offers neither
+   * VHOST_F_LOG_ALL nor LOG_SHMFD.
+   */
+  setDirtyLog?(area: DirtyLogArea | null): Promise<void>;
+  /** A running ring's used-ring log address changed (see VringConfig.logGuestAddr). */
+  setRingLog?(index: number, logGuestAddr: number): Promise<void>;
 }

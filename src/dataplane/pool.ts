@@ -10,6 +10,7 @@ import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/prot
 import { Mailbox, type PollMode, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
 import type { HandlerSpec } from './device-api.js';
 import { brokenReasonName } from './chain.js';
+import type { DirtyLogArea } from './dirty-log.js';
 import { createStatsBuffer, readQueueStats, resetQueueStats, type QueueStats } from './stats.js';
 
 export interface WorkerDataPlaneOptions {
@@ -131,6 +132,15 @@ export class WorkerDataPlane implements DataPlane {
 
   async setNotifyFds(index: number, callFd: number, errFd: number): Promise<void> {
     await this.command(this.workerFor(index), { op: 'notify-fds', index, callFd, errFd });
+  }
+
+  async setDirtyLog(area: DirtyLogArea | null): Promise<void> {
+    const plain = area === null ? null : { buffer: area.buffer, offset: area.offset, size: area.size };
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'dirty-log', area: plain })));
+  }
+
+  async setRingLog(index: number, logGuestAddr: number): Promise<void> {
+    await this.command(this.workerFor(index), { op: 'ring-log', index, logGuestAddr });
   }
 
   /** Switch poll mode on every worker, under load if need be. */
