@@ -12,6 +12,15 @@
 #   vut.bs=65536           dd block size for the pattern write/read
 #   vut.flush=1            force "write back" caching if the device has VIRTIO_BLK_F_FLUSH, so that
 #                          fsync sends a real FLUSH (0 = leave the device's cache mode alone)
+# migrate job (blk under live migration; the host migrates the VM while this runs):
+#   vut.bytes=4194304      region at offset 0 filled with random data (multiple of 65536)
+#   vut.seconds=20         how long (guest uptime) to keep re-reading and rewriting it
+#   Steps: fill the region from /dev/urandom (reference copy in /tmp, i.e. guest RAM) with
+#   O_DIRECT, print "VUT-STEP migrate-loop" (the host may now migrate), then until the time is
+#   up: read one 64 KiB chunk with O_DIRECT into a fresh file and compare it with the reference;
+#   every 4th pass also write a new random chunk (O_DIRECT) and update the reference. A
+#   "migrate-tick" step every 2 s. At the end the whole region is read back with O_DIRECT and
+#   compared; the result carries the counts and the region's sha256 (the host checks the image).
 # net job (the guest's one virtio-net interface; the peer is the host end, e.g. a tap):
 #   vut.ip=10.78.0.2/24    our address        vut.peer=10.78.0.1   the peer's address
 #   vut.bytes=1048576      bytes sent to and received from the peer over TCP (busybox nc)
@@ -95,6 +104,7 @@ VUT_FLUSH=1
 VUT_IP=10.78.0.2/24
 VUT_PEER=10.78.0.1
 VUT_ECHOS=3
+VUT_SECONDS=20
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vut.*=*)
@@ -380,8 +390,70 @@ job_blk() {
   finish "$info,\"data\":$data,\"tail\":$tail,\"flush\":$flush,\"discard\":$discard,\"vq_interrupts\":$vqi,\"stat\":$st"
 }
 
+uptime_s() {
+  cut -d. -f1 /proc/uptime
+}
+
+job_migrate() {
+  DEV=/dev/$VUT_DEV
+  step wait-device "$DEV"
+  i=0
+  while [ ! -b "$DEV" ]; do
+    i=$((i + 1))
+    [ $i -gt 200 ] && fail "$DEV did not appear within 20 s"
+    usleep 100000
+  done
+  is_uint "$VUT_BYTES" && is_uint "$VUT_SECONDS" || fail "vut.bytes / vut.seconds must be numbers"
+  chunk=65536
+  n=$((VUT_BYTES / chunk))
+  [ $n -gt 0 ] && [ $((n * chunk)) -eq "$VUT_BYTES" ] || fail "vut.bytes must be a positive multiple of $chunk"
+
+  step migrate-fill "$VUT_BYTES random bytes at offset 0 (O_DIRECT)"
+  dd if=/dev/urandom of=/tmp/ref bs=$chunk count=$n 2>/dev/null || fail "urandom"
+  dd if=/tmp/ref of="$DEV" bs=$chunk count=$n oflag=direct conv=notrunc,fsync 2>/tmp/dd.err ||
+    fail "fill: $(cat /tmp/dd.err)"
+  start=$(uptime_s)
+  end=$((start + VUT_SECONDS))
+  step migrate-loop "chunks=$n until uptime $end"
+  reads=0
+  writes=0
+  pass=0
+  tick=$start
+  while [ "$(uptime_s)" -lt $end ]; do
+    c=$((pass % n))
+    # A fresh file each time: the device's DMA lands in dd's new buffer, never in a page the
+    # guest wrote itself, so a page the back-end wrote but did not log shows up here.
+    rm -f /tmp/rd
+    dd if="$DEV" of=/tmp/rd bs=$chunk skip=$c count=1 iflag=direct 2>/tmp/dd.err || fail "read chunk $c: $(cat /tmp/dd.err)"
+    dd if=/tmp/ref of=/tmp/want bs=$chunk skip=$c count=1 2>/dev/null
+    cmp -s /tmp/rd /tmp/want ||
+      fail "chunk $c differs after $reads good reads and $writes writes: $(first_diff /tmp/want /tmp/rd)"
+    reads=$((reads + 1))
+    if [ $((pass % 4)) -eq 3 ]; then
+      w=$(((pass * 7 + 3) % n))
+      dd if=/dev/urandom of=/tmp/new bs=$chunk count=1 2>/dev/null
+      dd if=/tmp/new of="$DEV" bs=$chunk seek=$w count=1 oflag=direct conv=notrunc 2>/tmp/dd.err ||
+        fail "write chunk $w: $(cat /tmp/dd.err)"
+      dd if=/tmp/new of=/tmp/ref bs=$chunk seek=$w count=1 conv=notrunc 2>/dev/null
+      writes=$((writes + 1))
+    fi
+    pass=$((pass + 1))
+    now=$(uptime_s)
+    if [ $((now - tick)) -ge 2 ]; then
+      tick=$now
+      step migrate-tick "reads=$reads writes=$writes"
+    fi
+  done
+  step migrate-verify "whole region, O_DIRECT"
+  dd if="$DEV" of=/tmp/all bs=$chunk count=$n iflag=direct 2>/tmp/dd.err || fail "final read: $(cat /tmp/dd.err)"
+  cmp -s /tmp/all /tmp/ref || fail "final read differs: $(first_diff /tmp/ref /tmp/all)"
+  sha=$(sha256sum < /tmp/ref | cut -d' ' -f1)
+  finish "\"bytes\":$VUT_BYTES,\"reads\":$reads,\"writes\":$writes,\"sha256\":\"$sha\""
+}
+
 case "$JOB" in
   blk) job_blk ;;
+  migrate) job_migrate ;;
   net) job_net ;;
   boot) job_boot ;;
   *) fail "unknown job vut.test=$JOB" ;;
