@@ -13,13 +13,18 @@
 #   vut.flush=1            force "write back" caching if the device has VIRTIO_BLK_F_FLUSH, so that
 #                          fsync sends a real FLUSH (0 = leave the device's cache mode alone)
 # migrate job (blk under live migration; the host migrates the VM while this runs):
-#   vut.bytes=4194304      region at offset 0 filled with random data (multiple of 65536)
-#   vut.seconds=20         how long (guest uptime) to keep re-reading and rewriting it
-#   Steps: fill the region from /dev/urandom (reference copy in /tmp, i.e. guest RAM) with
-#   O_DIRECT, print "VUT-STEP migrate-loop" (the host may now migrate), then until the time is
-#   up: read one 64 KiB chunk with O_DIRECT into a fresh file and compare it with the reference;
-#   every 4th pass also write a new random chunk (O_DIRECT) and update the reference. A
-#   "migrate-tick" step every 2 s. At the end the whole region is read back with O_DIRECT and
+#   vut.bytes=4194304      region at offset 0 (multiple of 65536)
+#   vut.seconds=20         how long (guest uptime) to keep going
+#   vut.hold=3             seconds of O_DIRECT re-reads per round
+#   Prints "VUT-STEP migrate-loop" (the host may now migrate), then rounds of: new random
+#   contents written with O_DIRECT (reference copy in /tmp, i.e. guest RAM); one buffered read of
+#   the region, so the back-end fills page-cache pages by DMA; vut.hold seconds of O_DIRECT reads
+#   of one chunk after another into fresh files, each compared with the reference; then a second
+#   buffered read, served from those cached pages, compared. That last check is the sharp one:
+#   the guest CPU reads the DMA'd pages only seconds later, likely on the destination, so a page
+#   the back-end wrote without marking it in the dirty log arrives stale and differs. A
+#   "migrate-filled" step after each fill (the host may end the migration while the guest holds),
+#   a "migrate-tick" step every 2 s; at the end the whole region is read back with O_DIRECT and
 #   compared; the result carries the counts and the region's sha256 (the host checks the image).
 # net job (the guest's one virtio-net interface; the peer is the host end, e.g. a tap):
 #   vut.ip=10.78.0.2/24    our address        vut.peer=10.78.0.1   the peer's address
@@ -105,6 +110,7 @@ VUT_IP=10.78.0.2/24
 VUT_PEER=10.78.0.1
 VUT_ECHOS=3
 VUT_SECONDS=20
+VUT_HOLD=3
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vut.*=*)
@@ -403,52 +409,57 @@ job_migrate() {
     [ $i -gt 200 ] && fail "$DEV did not appear within 20 s"
     usleep 100000
   done
-  is_uint "$VUT_BYTES" && is_uint "$VUT_SECONDS" || fail "vut.bytes / vut.seconds must be numbers"
+  is_uint "$VUT_BYTES" && is_uint "$VUT_SECONDS" && is_uint "$VUT_HOLD" || fail "vut.bytes / vut.seconds / vut.hold must be numbers"
   chunk=65536
   n=$((VUT_BYTES / chunk))
   [ $n -gt 0 ] && [ $((n * chunk)) -eq "$VUT_BYTES" ] || fail "vut.bytes must be a positive multiple of $chunk"
 
-  step migrate-fill "$VUT_BYTES random bytes at offset 0 (O_DIRECT)"
-  dd if=/dev/urandom of=/tmp/ref bs=$chunk count=$n 2>/dev/null || fail "urandom"
-  dd if=/tmp/ref of="$DEV" bs=$chunk count=$n oflag=direct conv=notrunc,fsync 2>/tmp/dd.err ||
-    fail "fill: $(cat /tmp/dd.err)"
   start=$(uptime_s)
   end=$((start + VUT_SECONDS))
   step migrate-loop "chunks=$n until uptime $end"
+  rounds=0
   reads=0
   writes=0
-  pass=0
+  cached=0
   tick=$start
   while [ "$(uptime_s)" -lt $end ]; do
-    c=$((pass % n))
-    # A fresh file each time: the device's DMA lands in dd's new buffer, never in a page the
-    # guest wrote itself, so a page the back-end wrote but did not log shows up here.
-    rm -f /tmp/rd
-    dd if="$DEV" of=/tmp/rd bs=$chunk skip=$c count=1 iflag=direct 2>/tmp/dd.err || fail "read chunk $c: $(cat /tmp/dd.err)"
-    dd if=/tmp/ref of=/tmp/want bs=$chunk skip=$c count=1 2>/dev/null
-    cmp -s /tmp/rd /tmp/want ||
-      fail "chunk $c differs after $reads good reads and $writes writes: $(first_diff /tmp/want /tmp/rd)"
-    reads=$((reads + 1))
-    if [ $((pass % 4)) -eq 3 ]; then
-      w=$(((pass * 7 + 3) % n))
-      dd if=/dev/urandom of=/tmp/new bs=$chunk count=1 2>/dev/null
-      dd if=/tmp/new of="$DEV" bs=$chunk seek=$w count=1 oflag=direct conv=notrunc 2>/tmp/dd.err ||
-        fail "write chunk $w: $(cat /tmp/dd.err)"
-      dd if=/tmp/new of=/tmp/ref bs=$chunk seek=$w count=1 conv=notrunc 2>/dev/null
-      writes=$((writes + 1))
-    fi
-    pass=$((pass + 1))
+    # New random contents (O_DIRECT, which also drops the region's cached pages), reference in RAM.
+    dd if=/dev/urandom of=/tmp/ref bs=$chunk count=$n 2>/dev/null || fail "urandom"
+    dd if=/tmp/ref of="$DEV" bs=$chunk count=$n oflag=direct conv=notrunc 2>/tmp/dd.err ||
+      fail "write: $(cat /tmp/dd.err)"
+    writes=$((writes + n))
+    # Fill the page cache: the back-end DMAs the region into pages the guest CPU has not touched.
+    dd if="$DEV" of=/dev/null bs=$chunk count=$n 2>/tmp/dd.err || fail "cached fill: $(cat /tmp/dd.err)"
+    step migrate-filled "round $rounds"
+    # Re-read chunks with O_DIRECT into fresh files for a while, comparing each.
+    hold=$(($(uptime_s) + VUT_HOLD))
+    c=0
+    while [ "$(uptime_s)" -lt $hold ]; do
+      rm -f /tmp/rd
+      dd if="$DEV" of=/tmp/rd bs=$chunk skip=$c count=1 iflag=direct 2>/tmp/dd.err || fail "read chunk $c: $(cat /tmp/dd.err)"
+      dd if=/tmp/ref of=/tmp/want bs=$chunk skip=$c count=1 2>/dev/null
+      cmp -s /tmp/rd /tmp/want ||
+        fail "O_DIRECT read of chunk $c differs (round $rounds, $reads good reads): $(first_diff /tmp/want /tmp/rd)"
+      reads=$((reads + 1))
+      c=$(((c + 1) % n))
+    done
+    # Only now does the CPU read the cached pages: if the VM moved meanwhile and the back-end did
+    # not mark them dirty, the destination has their old contents.
+    dd if="$DEV" of=/tmp/rd bs=$chunk count=$n 2>/tmp/dd.err || fail "cached read: $(cat /tmp/dd.err)"
+    cmp -s /tmp/rd /tmp/ref || fail "page-cache copy differs (round $rounds): $(first_diff /tmp/ref /tmp/rd)"
+    cached=$((cached + 1))
+    rounds=$((rounds + 1))
     now=$(uptime_s)
     if [ $((now - tick)) -ge 2 ]; then
       tick=$now
-      step migrate-tick "reads=$reads writes=$writes"
+      step migrate-tick "rounds=$rounds reads=$reads"
     fi
   done
   step migrate-verify "whole region, O_DIRECT"
   dd if="$DEV" of=/tmp/all bs=$chunk count=$n iflag=direct 2>/tmp/dd.err || fail "final read: $(cat /tmp/dd.err)"
   cmp -s /tmp/all /tmp/ref || fail "final read differs: $(first_diff /tmp/ref /tmp/all)"
   sha=$(sha256sum < /tmp/ref | cut -d' ' -f1)
-  finish "\"bytes\":$VUT_BYTES,\"reads\":$reads,\"writes\":$writes,\"sha256\":\"$sha\""
+  finish "\"bytes\":$VUT_BYTES,\"rounds\":$rounds,\"reads\":$reads,\"writes\":$writes,\"cached_checks\":$cached,\"sha256\":\"$sha\""
 }
 
 case "$JOB" in

@@ -934,6 +934,16 @@ describe('VHOST_USER_SET_VRING_ENABLE (18)', () => {
     expect(vringConfig(1)).toMatchObject({ lastAvailIdx: 17, kickFd });
   });
 
+  it("QEMU's end of migration: SET_VRING_ENABLE(0) drains and stops the ring, GET_VRING_BASE then answers that index", async () => {
+    const { client } = await runningRing();
+    rig.dataPlane.stopIndex.set(0, 42);
+    await client.request({ type: 'SET_VRING_ENABLE', index: 0, num: 0 });
+    expect(rig.dataPlane.events.filter((event) => event === 'stop:0')).toHaveLength(1);
+    expect(await client.request({ type: 'GET_VRING_BASE', index: 0, num: 0 })).toEqual({ type: 'vring-state', index: 0, num: 42 });
+    // Stopped once: the drain happened at the disable, the index is the one it reported.
+    expect(rig.dataPlane.events.filter((event) => event === 'stop:0')).toHaveLength(1);
+  });
+
   it('num other than 0 or 1 is refused', async () => {
     const client = await negotiated();
     client.sendRaw(encodeMessage(Request.SET_VRING_ENABLE, NEED_REPLY, encodeState(0, 2)));

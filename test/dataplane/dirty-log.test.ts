@@ -242,7 +242,7 @@ afterEach(() => {
   }
 });
 
-async function startEchoWorker(): Promise<Rig> {
+async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
   const { port1: control, port2: workerPort } = new MessageChannel();
   const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
   const mailboxFd = native.eventfdCreate(0);
@@ -255,7 +255,7 @@ async function startEchoWorker(): Promise<Rig> {
     mode: 'busy',
     idleBudgetUs: 0,
     handlerModule: EchoDevice.handler().module,
-    handlerOptions: {},
+    handlerOptions,
     queueCount: 1,
     maxSegments: 8,
   };
@@ -310,8 +310,8 @@ function run(rig: Rig, command: DistributiveOmit<WorkerCommand, 'id'>): number |
   throw new Error(`no reply to ${command.op}`);
 }
 
-/** Echo chains: 64 readable bytes at 0x20000 + i·4 KiB, 64 writable bytes straddling a page end. */
-function echo(rig: Rig, first: number, count: number): { readable: number[]; writable: number[] } {
+/** Posts echo chains: 64 readable bytes at 0x20000 + i·4 KiB, 64 writable bytes straddling a page end. */
+function post(rig: Rig, first: number, count: number): { readable: number[]; writable: number[] } {
   const readable: number[] = [];
   const writable: number[] = [];
   for (let i = first; i < first + count; i++) {
@@ -325,6 +325,12 @@ function echo(rig: Rig, first: number, count: number): { readable: number[]; wri
     rig.driver.endChain(i);
   }
   rig.driver.publish();
+  return { readable, writable };
+}
+
+/** Posts echo chains and steps the worker until all of them are used. */
+function echo(rig: Rig, first: number, count: number): { readable: number[]; writable: number[] } {
+  const { readable, writable } = post(rig, first, count);
   const tokens = new Float64Array(count);
   const lens = new Uint32Array(count);
   let reaped = 0;
@@ -369,5 +375,43 @@ describe('dirty log: through a worker and a device', () => {
     expect(markedPages(bits)).toEqual([]);
     // GET_VRING_BASE after all that: every request came back.
     expect(run(rig, { op: 'stop', index: 0 })).toBe(17);
+  });
+});
+
+describe('dirty log: stopping a ring (end of migration)', () => {
+  it('GET_VRING_BASE answers only after the requests in flight completed and were marked', async () => {
+    const releaseFd = native.eventfdCreate(0);
+    try {
+      const rig = await startEchoWorker({ releaseFd });
+      const logBuffer = new SharedArrayBuffer(requiredLogBytes(MiB));
+      const bits = new Uint8Array(logBuffer);
+      run(rig, { op: 'dirty-log', area: { buffer: logBuffer, offset: 0, size: logBuffer.byteLength } });
+      bits.fill(0);
+      const { writable } = post(rig, 0, 6);
+      for (let step = 0; step < 20; step++) rig.worker.step(); // popped and held by the device
+      expect(markedPages(bits)).toEqual([]);
+      // The stop is pending while the device holds them.
+      const id = rig.nextId++;
+      rig.control.postMessage({ op: 'stop', index: 0, id });
+      Atomics.add(rig.mailbox, Mailbox.SEQ, 1);
+      native.eventfdWrite(rig.mailboxFd, 1);
+      const replied = () => {
+        for (let m = receiveMessageOnPort(rig.control); m; m = receiveMessageOnPort(rig.control)) rig.messages.push(m.message as WorkerMessage);
+        return rig.messages.find((m) => m.kind === 'reply' && m.id === id);
+      };
+      for (let step = 0; step < 20; step++) rig.worker.step();
+      expect(replied()).toBeUndefined();
+      native.eventfdWrite(releaseFd, 1);
+      let reply: WorkerMessage | undefined;
+      for (let step = 0; step < 1000 && !(reply = replied()); step++) rig.worker.step();
+      expect(reply).toMatchObject({ kind: 'reply', ok: true, value: 6 });
+      // By the reply, every written page and the used ring are marked.
+      const layout = splitRingLayout(SIZE, 4096);
+      const expected = new Set<number>([(RING_GPA + layout.usedOffset) / LOG_PAGE_BYTES]);
+      for (const gpa of writable) for (const page of pagesOf(gpa, 64)) expected.add(page);
+      expect(markedPages(bits)).toEqual([...expected].sort((a, b) => a - b));
+    } finally {
+      native.close(releaseFd);
+    }
   });
 });
