@@ -37,7 +37,9 @@ function setup(logging: boolean) {
     driver.writeDescriptor(3 * b + 2, data + 0x1000, 1, WRITE, 0);
   }
   queue.disableNotification();
-  const log = logging ? new DirtyLog({ buffer: new SharedArrayBuffer(requiredLogBytes(MiB)), offset: 0, size: requiredLogBytes(MiB) }) : null;
+  const log = logging
+    ? new DirtyLog({ buffer: new SharedArrayBuffer(requiredLogBytes(MiB)), offset: 0, size: requiredLogBytes(MiB) })
+    : null;
   queue.setUsedLog(log);
   const requests = Array.from({ length: BATCH }, () => new VirtqRequest(8));
   return { driver, queue, log, requests };
@@ -121,7 +123,9 @@ async function main(): Promise<void> {
   console.log('\nallocations (heapUsed delta over ~1M requests):');
   for (const c of cases) {
     const { bytesPerOp, gcs, iterations } = await measureAllocations(c);
-    console.log(`${c.name.padEnd(48)} ${bytesPerOp.toFixed(3).padStart(8)} bytes/request  ${gcs} GC events in ${iterations} requests`);
+    console.log(
+      `${c.name.padEnd(48)} ${bytesPerOp.toFixed(3).padStart(8)} bytes/request  ${gcs} GC events in ${iterations} requests`,
+    );
   }
   if (sink === -1) console.log(sink);
 }

@@ -13,18 +13,18 @@
 #   vut.flush=1            force "write back" caching if the device has VIRTIO_BLK_F_FLUSH, so that
 #                          fsync sends a real FLUSH (0 = leave the device's cache mode alone)
 # migrate job (blk under live migration; the host migrates the VM while this runs):
-#   vut.bytes=4194304      region at offset 0 (multiple of 65536)
+#   vut.bytes=1048576      region at offset 0 (multiple of 131072)
 #   vut.seconds=20         how long (guest uptime) to keep going
-#   vut.hold=3             seconds of O_DIRECT re-reads per round
+#   vut.hold=3             seconds the second half of a read waits unread in dd's buffer
 #   Prints "VUT-STEP migrate-loop" (the host may now migrate), then rounds of: new random
-#   contents written with O_DIRECT (reference copy in /tmp, i.e. guest RAM); one buffered read of
-#   the region, so the back-end fills page-cache pages by DMA; vut.hold seconds of O_DIRECT reads
-#   of one chunk after another into fresh files, each compared with the reference; then a second
-#   buffered read, served from those cached pages, compared. That last check is the sharp one:
-#   the guest CPU reads the DMA'd pages only seconds later, likely on the destination, so a page
-#   the back-end wrote without marking it in the dirty log arrives stale and differs. A
-#   "migrate-filled" step after each fill (the host may end the migration while the guest holds),
-#   a "migrate-tick" step every 2 s; at the end the whole region is read back with O_DIRECT and
+#   contents written with O_DIRECT (reference copy in /tmp, i.e. guest RAM); one O_DIRECT read
+#   of the region in two halves into one dd buffer, through a fifo whose reader takes the second
+#   half only vut.hold seconds after it was DMA'd ("VUT-STEP migrate-filled" then: the host lets
+#   the VM switch over during the hold); meanwhile O_DIRECT re-reads of chunks into fresh files,
+#   each compared with the reference; then the held half is compared. That is the sharp check:
+#   the guest CPU reads the DMA'd pages only seconds later, on the destination, so a page the
+#   back-end wrote without marking it in the dirty log arrives with stale bytes.
+#   A "migrate-tick" step every 2 s; at the end the whole region is read back with O_DIRECT and
 #   compared; the result carries the counts and the region's sha256 (the host checks the image).
 # net job (the guest's one virtio-net interface; the peer is the host end, e.g. a tap):
 #   vut.ip=10.78.0.2/24    our address        vut.peer=10.78.0.1   the peer's address
@@ -412,7 +412,8 @@ job_migrate() {
   is_uint "$VUT_BYTES" && is_uint "$VUT_SECONDS" && is_uint "$VUT_HOLD" || fail "vut.bytes / vut.seconds / vut.hold must be numbers"
   chunk=65536
   n=$((VUT_BYTES / chunk))
-  [ $n -gt 0 ] && [ $((n * chunk)) -eq "$VUT_BYTES" ] || fail "vut.bytes must be a positive multiple of $chunk"
+  [ $n -gt 1 ] && [ $((n * chunk)) -eq "$VUT_BYTES" ] && [ $((n % 2)) -eq 0 ] ||
+    fail "vut.bytes must be a positive multiple of $((2 * chunk))"
 
   start=$(uptime_s)
   end=$((start + VUT_SECONDS))
@@ -422,17 +423,41 @@ job_migrate() {
   writes=0
   cached=0
   tick=$start
+  half=$((VUT_BYTES / 2))
+  # Some memory is always being written, even while the loop waits: QEMU then never finds the
+  # guest clean and so never ends the migration on its own; the host decides when (see the test).
+  ( while :; do echo x > /tmp/spin; usleep 20000; done ) &
+  spinner=$!
   while [ "$(uptime_s)" -lt $end ]; do
-    # New random contents (O_DIRECT, which also drops the region's cached pages), reference in RAM.
+    # New random contents (O_DIRECT), reference copy in RAM.
     dd if=/dev/urandom of=/tmp/ref bs=$chunk count=$n 2>/dev/null || fail "urandom"
     dd if=/tmp/ref of="$DEV" bs=$chunk count=$n oflag=direct conv=notrunc 2>/tmp/dd.err ||
       fail "write: $(cat /tmp/dd.err)"
     writes=$((writes + n))
-    # Fill the page cache: the back-end DMAs the region into pages the guest CPU has not touched.
-    dd if="$DEV" of=/dev/null bs=$chunk count=$n 2>/tmp/dd.err || fail "cached fill: $(cat /tmp/dd.err)"
-    step migrate-filled "round $rounds"
-    # Re-read chunks with O_DIRECT into fresh files for a while, comparing each.
-    hold=$(($(uptime_s) + VUT_HOLD))
+    # The held buffer: dd reads the region with O_DIRECT in two halves into ONE buffer and writes
+    # them to a fifo. The reader takes the first half after 3 s (meanwhile QEMU copies dd's
+    # freshly zeroed buffer pages, the guest being idle), so the second half is DMA'd into pages
+    # the guest CPU never writes again; then it waits vut.hold seconds (the host lets the VM
+    # switch over now) before reading the rest out of dd's buffer. A page the back-end wrote
+    # without marking it in the dirty log reaches the destination with the first half's bytes.
+    rm -f /tmp/fifo /tmp/rd1 /tmp/rd2 /tmp/ddw.err
+    mkfifo /tmp/fifo
+    (
+      {
+        sleep 3
+        dd bs=$half count=1 iflag=fullblock of=/tmp/rd1 2>/dev/null
+        usleep 300000
+        echo "VUT-STEP migrate-filled round $rounds"
+        sleep "$VUT_HOLD"
+        cat > /tmp/rd2
+      } < /tmp/fifo
+    ) &
+    reader=$!
+    dd if="$DEV" of=/tmp/fifo bs=$half count=2 iflag=direct 2>/tmp/ddw.err &
+    writer=$!
+    sleep 4
+    # While the second half waits in dd's buffer: O_DIRECT re-reads into fresh files, compared.
+    hold=$(($(uptime_s) + VUT_HOLD - 1))
     c=0
     while [ "$(uptime_s)" -lt $hold ]; do
       rm -f /tmp/rd
@@ -443,10 +468,10 @@ job_migrate() {
       reads=$((reads + 1))
       c=$(((c + 1) % n))
     done
-    # Only now does the CPU read the cached pages: if the VM moved meanwhile and the back-end did
-    # not mark them dirty, the destination has their old contents.
-    dd if="$DEV" of=/tmp/rd bs=$chunk count=$n 2>/tmp/dd.err || fail "cached read: $(cat /tmp/dd.err)"
-    cmp -s /tmp/rd /tmp/ref || fail "page-cache copy differs (round $rounds): $(first_diff /tmp/ref /tmp/rd)"
+    wait $writer || fail "held read: $(cat /tmp/ddw.err)"
+    wait $reader
+    cat /tmp/rd1 /tmp/rd2 > /tmp/rd
+    cmp -s /tmp/rd /tmp/ref || fail "held O_DIRECT buffer differs (round $rounds): $(first_diff /tmp/ref /tmp/rd)"
     cached=$((cached + 1))
     rounds=$((rounds + 1))
     now=$(uptime_s)
@@ -455,11 +480,12 @@ job_migrate() {
       step migrate-tick "rounds=$rounds reads=$reads"
     fi
   done
+  kill $spinner
   step migrate-verify "whole region, O_DIRECT"
   dd if="$DEV" of=/tmp/all bs=$chunk count=$n iflag=direct 2>/tmp/dd.err || fail "final read: $(cat /tmp/dd.err)"
   cmp -s /tmp/all /tmp/ref || fail "final read differs: $(first_diff /tmp/ref /tmp/all)"
   sha=$(sha256sum < /tmp/ref | cut -d' ' -f1)
-  finish "\"bytes\":$VUT_BYTES,\"rounds\":$rounds,\"reads\":$reads,\"writes\":$writes,\"cached_checks\":$cached,\"sha256\":\"$sha\""
+  finish "\"bytes\":$VUT_BYTES,\"rounds\":$rounds,\"reads\":$reads,\"writes\":$writes,\"held_checks\":$cached,\"sha256\":\"$sha\""
 }
 
 case "$JOB" in

@@ -161,7 +161,13 @@ describe('request handler rows against a fake session', () => {
     const session = new FakeSession(device);
     const ring = session.rings[0];
     Object.assign(ring, { size: 64, descUserAddr: 0x1000, availUserAddr: 0x2000, usedUserAddr: 0x3000, running: true });
-    const addr = { type: 'SET_VRING_ADDR', index: 0, descUserAddr: 0x1000n, availUserAddr: 0x2000n, usedUserAddr: 0x3000n } as const;
+    const addr = {
+      type: 'SET_VRING_ADDR',
+      index: 0,
+      descUserAddr: 0x1000n,
+      availUserAddr: 0x2000n,
+      usedUserAddr: 0x3000n,
+    } as const;
     await run(session, { ...addr, flags: 1, logGuestAddr: 0x9000n });
     await run(session, { ...addr, flags: 0, logGuestAddr: 0x9000n });
     expect(session.calls).toEqual(['ring-log:0:36864', 'ring-log:0:-1']);

@@ -477,7 +477,9 @@ describe('VHOST_USER_SET_LOG_BASE (6)', () => {
     expect(front[4096 + 16 + 3]).toBe(0x81);
     // The running ring switches its used-ring logging in place (no stop, no restart).
     const usedGpa = 0x7000; // log_guest_addr: the used ring's guest-physical address, as QEMU gives it
-    await client.request({ ...vringAddr(0, ring), flags: 1, logGuestAddr: BigInt(usedGpa) } as FrontendRequest, { needReply: true });
+    await client.request({ ...vringAddr(0, ring), flags: 1, logGuestAddr: BigInt(usedGpa) } as FrontendRequest, {
+      needReply: true,
+    });
     expect(rig.dataPlane.events).toEqual(['log:32', `ring-log:0:${usedGpa}`]);
     expect(vringConfig().logGuestAddr).toBe(usedGpa);
     // Migration over (or cancelled): LOG_ALL cleared, logging stops; the ring never stopped.
@@ -530,7 +532,11 @@ describe('VHOST_USER_SET_LOG_BASE (6)', () => {
     // Not logging: the table is accepted; turning logging on with the small log is then refused.
     await client.request({ type: 'SET_FEATURES', features: offeredFeatures() & ~LOG_ALL }, { needReply: true });
     await client.request({ type: 'SET_MEM_TABLE', regions: high.describe() }, { needReply: true });
-    await expectFailureAck(client, { type: 'SET_FEATURES', features: offeredFeatures() }, /VHOST_F_LOG_ALL: the dirty log has 32 bytes/);
+    await expectFailureAck(
+      client,
+      { type: 'SET_FEATURES', features: offeredFeatures() },
+      /VHOST_F_LOG_ALL: the dirty log has 32 bytes/,
+    );
     expect(rig.dataPlane.dirtyLog).toBeNull();
     // A log that covers it (QEMU resizes before enabling) is taken.
     await client.request({ type: 'SET_LOG_BASE', mmapSize: 131104n, mmapOffset: 0n, fd: logFd(131104) });
@@ -939,7 +945,11 @@ describe('VHOST_USER_SET_VRING_ENABLE (18)', () => {
     rig.dataPlane.stopIndex.set(0, 42);
     await client.request({ type: 'SET_VRING_ENABLE', index: 0, num: 0 });
     expect(rig.dataPlane.events.filter((event) => event === 'stop:0')).toHaveLength(1);
-    expect(await client.request({ type: 'GET_VRING_BASE', index: 0, num: 0 })).toEqual({ type: 'vring-state', index: 0, num: 42 });
+    expect(await client.request({ type: 'GET_VRING_BASE', index: 0 })).toEqual({
+      type: 'vring-state',
+      index: 0,
+      num: 42,
+    });
     // Stopped once: the drain happened at the disable, the index is the one it reported.
     expect(rig.dataPlane.events.filter((event) => event === 'stop:0')).toHaveLength(1);
   });

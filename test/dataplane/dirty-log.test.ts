@@ -120,7 +120,9 @@ describe('dirty log: sizes and bits', () => {
   it('markWritten marks a request written in a region above 4 GiB, up to used.len, plus a trailing status byte', () => {
     const base = 4 * GiB + 64 * MiB;
     const buffer = new SharedArrayBuffer(MiB);
-    const memory = new GuestMemory([{ guestPhysAddr: base, size: MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 }]);
+    const memory = new GuestMemory([
+      { guestPhysAddr: base, size: MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 },
+    ]);
     const layout = splitRingLayout(8);
     const rings = { descAddr: base, availAddr: base + layout.availOffset, usedAddr: base + layout.usedOffset };
     const driver = new VringDriver({ memory, size: 8, ...rings, eventIdx: false });
@@ -261,7 +263,9 @@ async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
   };
   const worker = await DataPlaneWorker.create(init, workerPort, { maxSleepMs: 5000 });
   const regionBuffer = new SharedArrayBuffer(MiB);
-  const memory = new GuestMemory([{ guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 }]);
+  const memory = new GuestMemory([
+    { guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 },
+  ]);
   const layout = splitRingLayout(SIZE, 4096);
   const driver = new VringDriver({
     memory,
@@ -271,9 +275,22 @@ async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
     usedAddr: RING_GPA + layout.usedOffset,
     eventIdx: true,
   });
-  const rig: Rig = { worker, control, workerPort, mailbox: new Int32Array(mailboxBuffer), mailboxFd, regionBuffer, driver, messages: [], nextId: 1 };
+  const rig: Rig = {
+    worker,
+    control,
+    workerPort,
+    mailbox: new Int32Array(mailboxBuffer),
+    mailboxFd,
+    regionBuffer,
+    driver,
+    messages: [],
+    nextId: 1,
+  };
   rigs.push(rig);
-  run(rig, { op: 'memory', regions: [{ guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 }] });
+  run(rig, {
+    op: 'memory',
+    regions: [{ guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 }],
+  });
   run(rig, {
     op: 'start',
     queue: {
@@ -300,7 +317,8 @@ function run(rig: Rig, command: DistributiveOmit<WorkerCommand, 'id'>): number |
   native.eventfdWrite(rig.mailboxFd, 1);
   for (let step = 0; step < 1000; step++) {
     rig.worker.step();
-    for (let m = receiveMessageOnPort(rig.control); m; m = receiveMessageOnPort(rig.control)) rig.messages.push(m.message as WorkerMessage);
+    for (let m = receiveMessageOnPort(rig.control); m; m = receiveMessageOnPort(rig.control))
+      rig.messages.push(m.message as WorkerMessage);
     const reply = rig.messages.find((m) => m.kind === 'reply' && m.id === id);
     if (reply && reply.kind === 'reply') {
       if (!reply.ok) throw new Error(reply.error);
@@ -396,7 +414,8 @@ describe('dirty log: stopping a ring (end of migration)', () => {
       Atomics.add(rig.mailbox, Mailbox.SEQ, 1);
       native.eventfdWrite(rig.mailboxFd, 1);
       const replied = () => {
-        for (let m = receiveMessageOnPort(rig.control); m; m = receiveMessageOnPort(rig.control)) rig.messages.push(m.message as WorkerMessage);
+        for (let m = receiveMessageOnPort(rig.control); m; m = receiveMessageOnPort(rig.control))
+          rig.messages.push(m.message as WorkerMessage);
         return rig.messages.find((m) => m.kind === 'reply' && m.id === id);
       };
       for (let step = 0; step < 20; step++) rig.worker.step();

@@ -10,10 +10,10 @@
 // The timing is the host's: QEMU is kept iterating (downtime-limit 1 ms, and once it has synced
 // the dirty log `rounds` times, max-bandwidth 1 MiB/s, below what the guest dirties: it cannot
 // converge)
-// until the guest has filled its page cache by DMA after that point (bulk pass done, so those
-// pages were sent before the back-end wrote them); then the limits are lifted and QEMU stops the
-// VM while the guest holds those pages unread. Without dirty logging of the data the
-// destination's page cache is stale and the guest's next check fails.
+// until the guest has had a buffer filled by DMA after that point (its pages sent before, with
+// other bytes); then the limits are lifted and QEMU stops the VM while the guest holds those
+// pages unread. Without dirty logging of the data the destination's copy of the buffer is stale
+// and the guest's check after the hold fails.
 //
 // Quick variant (CI): 32 MiB/s, 2 syncs. `npm run test:migrate:slow` runs the same test with
 // max-bandwidth 2 MiB/s and VUT_MIGRATE_ROUNDS (default 12) syncs under I/O first.
@@ -38,7 +38,7 @@ import { QmpClient } from '../../dist/guest/qmp.js';
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
 const REGION_BYTES = MiB;
-/** Seconds of O_DIRECT re-reads between filling the page cache and reading it back (init.sh). */
+/** Seconds the second half of each O_DIRECT read waits unread in the guest's dd buffer (init.sh). */
 const HOLD_SECONDS = 3;
 const SLOW = process.env.VUT_MIGRATE_SLOW === '1';
 const variant = SLOW
@@ -52,14 +52,22 @@ const variant = SLOW
       destination: 'adaptive',
       timeoutMs: 600_000,
     }
-  : { name: 'quick', guestSeconds: 25, bandwidth: 32 * MiB, rounds: 2, source: 'busy', destination: 'adaptive', timeoutMs: 180_000 };
+  : {
+      name: 'quick',
+      guestSeconds: 25,
+      bandwidth: 32 * MiB,
+      rounds: 2,
+      source: 'busy',
+      destination: 'adaptive',
+      timeoutMs: 180_000,
+    };
 const HOLD_BANDWIDTH = MiB;
 const FINAL_BANDWIDTH = 1024 * MiB;
 
 interface MigrateResult extends GuestResultBase {
   bytes: number;
   rounds: number;
-  cached_checks: number;
+  held_checks: number;
   reads: number;
   writes: number;
   sha256: string;
@@ -161,7 +169,9 @@ describe(`live migration of a QEMU guest on vhost-user-blk (${variant.name})`, (
         const destinationQmpPath = join(dir, `${variant.name}-dst.qmp`);
         const source = startQemu(guest(sourceBackend.socket, sourceQmpPath));
         qemus.push(source);
-        const destination = startQemu(guest(destinationBackend.socket, destinationQmpPath, ['-incoming', `unix:${migrationSocket}`]));
+        const destination = startQemu(
+          guest(destinationBackend.socket, destinationQmpPath, ['-incoming', `unix:${migrationSocket}`]),
+        );
         qemus.push(destination);
         const sourceQmp = await QmpClient.connect(sourceQmpPath);
         clients.push(sourceQmp);
@@ -172,7 +182,12 @@ describe(`live migration of a QEMU guest on vhost-user-blk (${variant.name})`, (
           `--- source back-end ---\n${tail(sourceBackend.log(), 15)}\n--- destination back-end ---\n${tail(destinationBackend.log(), 15)}`;
 
         // The guest is running its loop on the source: migrate it now.
-        await waitFor('the guest loop on the source', () => source.console().includes('VUT-STEP migrate-loop'), 120_000, consoles);
+        await waitFor(
+          'the guest loop on the source',
+          () => source.console().includes('VUT-STEP migrate-loop'),
+          120_000,
+          consoles,
+        );
         await sourceQmp.execute('migrate-set-parameters', { 'max-bandwidth': variant.bandwidth, 'downtime-limit': 1 });
         const started = Date.now();
         await sourceQmp.execute('migrate', { uri: `unix:${migrationSocket}` });
@@ -200,21 +215,26 @@ describe(`live migration of a QEMU guest on vhost-user-blk (${variant.name})`, (
         }
         const migratedAtConsole = destination.console().length;
         // QEMU switched over only when allowed to, after a fill: the check above had something to catch.
-        expect(released, 'QEMU converged before the guest filled its cache under logging').toBe(true);
+        expect(released, 'QEMU converged before the guest had a buffer filled under logging').toBe(true);
         // The source stays paused ("postmigrate"); the destination runs the guest from here on.
         expect((await sourceQmp.execute<{ status: string }>('query-status')).status).toBe('postmigrate');
         expect((await destinationQmp.execute<{ status: string }>('query-status')).status).toBe('running');
         expect(source.console()).not.toContain('VUT-RESULT');
         await sourceQmp.execute('quit').catch(() => undefined);
 
-        await waitFor('the guest result on the destination', () => parseResult(destination.console()) !== undefined, variant.timeoutMs / 2, consoles);
+        await waitFor(
+          'the guest result on the destination',
+          () => parseResult(destination.console()) !== undefined,
+          variant.timeoutMs / 2,
+          consoles,
+        );
         const result = parseResult(destination.console()) as MigrateResult;
         if (!result.ok) throw new Error(`guest failed at ${result.step}: ${result.error}\n${consoles()}`);
         // The guest kept doing verified I/O on the destination after the switch-over.
         expect(destination.console().slice(migratedAtConsole)).toMatch(/VUT-STEP migrate-tick/);
         expect(result.reads).toBeGreaterThan(0);
         expect(result.writes).toBeGreaterThan(0);
-        expect(result.cached_checks).toBeGreaterThan(1);
+        expect(result.held_checks).toBeGreaterThan(1);
         await destination.exited;
         expect(await destinationBackend.stop()).toBe(0);
         expect(await sourceBackend.stop()).toBe(0);
@@ -234,7 +254,7 @@ describe(`live migration of a QEMU guest on vhost-user-blk (${variant.name})`, (
           `migration (${variant.name}): ${stats['total-time']} ms total, downtime ${stats.downtime} ms, ` +
           `${rounds} dirty-log syncs (dirty-sync-count), ${((stats.ram?.transferred ?? 0) / MiB).toFixed(1)} MiB sent; ` +
           `back-end marked ${sourceLog.pagesMarked} pages (${(sourceLog.pagesMarked / Math.max(seconds, 0.001)).toFixed(0)}/s of migration) ` +
-          `in ${sourceLog.started} logging period(s); guest ${result.rounds} rounds, ${result.reads} verified O_DIRECT reads, ${result.cached_checks} page-cache checks, ${result.writes} chunk writes`;
+          `in ${sourceLog.started} logging period(s); guest ${result.rounds} rounds, ${result.reads} verified O_DIRECT reads, ${result.held_checks} held-buffer checks, ${result.writes} chunk writes`;
         console.log(report);
       } finally {
         for (const client of clients) client.close();
