@@ -2,7 +2,7 @@
 # /init of the vhost-user-ts test guest (busybox initramfs, built by build-initramfs.sh).
 #
 # The job comes from the kernel command line (all optional except vut.test):
-#   vut.test=blk|net|netserve|boot|restart  what to do (boot = load modules, report, power off)
+#   vut.test=blk|net|netserve|boot|restart|migrate  what to do (boot = load modules, report, power off)
 #   vut.dev=vda            block device under test
 #   vut.bytes=4194304      bytes of pattern written + verified (multiple of 4096)
 #   vut.offset=0           byte offset of the pattern region (multiple of 4096)
@@ -18,6 +18,20 @@
 #                          vut.seed + r * vut.writers + w (O_DIRECT, fsync), reads it back
 #                          (O_DIRECT) and compares. `VUT-STEP round-R-io` marks the start of a
 #                          round's I/O (all patterns generated), so the host can kill mid-I/O.
+# migrate job (blk under live migration; the host migrates the VM while this runs):
+#   vut.bytes=1048576      region at offset 0 (multiple of 131072)
+#   vut.seconds=20         how long (guest uptime) to keep going
+#   vut.hold=3             seconds the second half of a read waits unread in dd's buffer
+#   Prints "VUT-STEP migrate-loop" (the host may now migrate), then rounds of: new random
+#   contents written with O_DIRECT (reference copy in /tmp, i.e. guest RAM); one O_DIRECT read
+#   of the region in two halves into one dd buffer, through a fifo whose reader takes the second
+#   half only vut.hold seconds after it was DMA'd ("VUT-STEP migrate-filled" then: the host lets
+#   the VM switch over during the hold); meanwhile O_DIRECT re-reads of chunks into fresh files,
+#   each compared with the reference; then the held half is compared. That is the sharp check:
+#   the guest CPU reads the DMA'd pages only seconds later, on the destination, so a page the
+#   back-end wrote without marking it in the dirty log arrives with stale bytes.
+#   A "migrate-tick" step every 2 s; at the end the whole region is read back with O_DIRECT and
+#   compared; the result carries the counts and the region's sha256 (the host checks the image).
 # net job (the guest's one virtio-net interface; the peer is the host end, e.g. a tap):
 #   vut.ip=10.78.0.2/24    our address        vut.peer=10.78.0.1   the peer's address
 #   vut.bytes=1048576      bytes sent to and received from the peer over TCP (busybox nc)
@@ -108,6 +122,8 @@ VUT_PEER=10.78.0.1
 VUT_ECHOS=3
 VUT_WRITERS=4
 VUT_ROUNDS=5
+VUT_SECONDS=20
+VUT_HOLD=3
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vut.*=*)
@@ -526,11 +542,102 @@ job_restart() {
   done
   rm -f /tmp/p* /tmp/r*
   finish "\"queues\":$queues,\"writers\":$VUT_WRITERS,\"rounds\":$VUT_ROUNDS,\"bytes\":$VUT_BYTES,\"offset\":$VUT_OFFSET,\"seed\":$VUT_SEED"
+uptime_s() {
+  cut -d. -f1 /proc/uptime
+}
+
+job_migrate() {
+  DEV=/dev/$VUT_DEV
+  step wait-device "$DEV"
+  i=0
+  while [ ! -b "$DEV" ]; do
+    i=$((i + 1))
+    [ $i -gt 200 ] && fail "$DEV did not appear within 20 s"
+    usleep 100000
+  done
+  is_uint "$VUT_BYTES" && is_uint "$VUT_SECONDS" && is_uint "$VUT_HOLD" || fail "vut.bytes / vut.seconds / vut.hold must be numbers"
+  chunk=65536
+  n=$((VUT_BYTES / chunk))
+  [ $n -gt 1 ] && [ $((n * chunk)) -eq "$VUT_BYTES" ] && [ $((n % 2)) -eq 0 ] ||
+    fail "vut.bytes must be a positive multiple of $((2 * chunk))"
+
+  start=$(uptime_s)
+  end=$((start + VUT_SECONDS))
+  step migrate-loop "chunks=$n until uptime $end"
+  rounds=0
+  reads=0
+  writes=0
+  cached=0
+  tick=$start
+  half=$((VUT_BYTES / 2))
+  # Some memory is always being written, even while the loop waits: QEMU then never finds the
+  # guest clean and so never ends the migration on its own; the host decides when (see the test).
+  ( while :; do echo x > /tmp/spin; usleep 20000; done ) &
+  spinner=$!
+  while [ "$(uptime_s)" -lt $end ]; do
+    # New random contents (O_DIRECT), reference copy in RAM.
+    dd if=/dev/urandom of=/tmp/ref bs=$chunk count=$n 2>/dev/null || fail "urandom"
+    dd if=/tmp/ref of="$DEV" bs=$chunk count=$n oflag=direct conv=notrunc 2>/tmp/dd.err ||
+      fail "write: $(cat /tmp/dd.err)"
+    writes=$((writes + n))
+    # The held buffer: dd reads the region with O_DIRECT in two halves into ONE buffer and writes
+    # them to a fifo. The reader takes the first half after 3 s (meanwhile QEMU copies dd's
+    # freshly zeroed buffer pages, the guest being idle), so the second half is DMA'd into pages
+    # the guest CPU never writes again; then it waits vut.hold seconds (the host lets the VM
+    # switch over now) before reading the rest out of dd's buffer. A page the back-end wrote
+    # without marking it in the dirty log reaches the destination with the first half's bytes.
+    rm -f /tmp/fifo /tmp/rd1 /tmp/rd2 /tmp/ddw.err
+    mkfifo /tmp/fifo
+    (
+      {
+        sleep 3
+        dd bs=$half count=1 iflag=fullblock of=/tmp/rd1 2>/dev/null
+        usleep 300000
+        echo "VUT-STEP migrate-filled round $rounds"
+        sleep "$VUT_HOLD"
+        cat > /tmp/rd2
+      } < /tmp/fifo
+    ) &
+    reader=$!
+    dd if="$DEV" of=/tmp/fifo bs=$half count=2 iflag=direct 2>/tmp/ddw.err &
+    writer=$!
+    sleep 4
+    # While the second half waits in dd's buffer: O_DIRECT re-reads into fresh files, compared.
+    hold=$(($(uptime_s) + VUT_HOLD - 1))
+    c=0
+    while [ "$(uptime_s)" -lt $hold ]; do
+      rm -f /tmp/rd
+      dd if="$DEV" of=/tmp/rd bs=$chunk skip=$c count=1 iflag=direct 2>/tmp/dd.err || fail "read chunk $c: $(cat /tmp/dd.err)"
+      dd if=/tmp/ref of=/tmp/want bs=$chunk skip=$c count=1 2>/dev/null
+      cmp -s /tmp/rd /tmp/want ||
+        fail "O_DIRECT read of chunk $c differs (round $rounds, $reads good reads): $(first_diff /tmp/want /tmp/rd)"
+      reads=$((reads + 1))
+      c=$(((c + 1) % n))
+    done
+    wait $writer || fail "held read: $(cat /tmp/ddw.err)"
+    wait $reader
+    cat /tmp/rd1 /tmp/rd2 > /tmp/rd
+    cmp -s /tmp/rd /tmp/ref || fail "held O_DIRECT buffer differs (round $rounds): $(first_diff /tmp/ref /tmp/rd)"
+    cached=$((cached + 1))
+    rounds=$((rounds + 1))
+    now=$(uptime_s)
+    if [ $((now - tick)) -ge 2 ]; then
+      tick=$now
+      step migrate-tick "rounds=$rounds reads=$reads"
+    fi
+  done
+  kill $spinner
+  step migrate-verify "whole region, O_DIRECT"
+  dd if="$DEV" of=/tmp/all bs=$chunk count=$n iflag=direct 2>/tmp/dd.err || fail "final read: $(cat /tmp/dd.err)"
+  cmp -s /tmp/all /tmp/ref || fail "final read differs: $(first_diff /tmp/ref /tmp/all)"
+  sha=$(sha256sum < /tmp/ref | cut -d' ' -f1)
+  finish "\"bytes\":$VUT_BYTES,\"rounds\":$rounds,\"reads\":$reads,\"writes\":$writes,\"held_checks\":$cached,\"sha256\":\"$sha\""
 }
 
 case "$JOB" in
   blk) job_blk ;;
   restart) job_restart ;;
+  migrate) job_migrate ;;
   net) job_net ;;
   netserve) job_netserve ;;
   boot) job_boot ;;

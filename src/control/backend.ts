@@ -4,6 +4,7 @@
 import type { MappedRegion } from './memory-table.js';
 import type { QueueStats } from '../dataplane/stats.js';
 import type { InflightSlice } from '../dataplane/inflight.js';
+import type { DirtyLogArea } from '../dataplane/dirty-log.js';
 
 export interface VhostUserDevice {
   /** Short name for logs, e.g. 'virtio-blk'. */
@@ -73,6 +74,11 @@ export interface VringConfig {
    * the data plane records fetches and completions there and recovers from it at start.
    */
   inflight?: InflightSlice;
+  /**
+   * Where used-ring writes are marked in the dirty log: log_guest_addr of a SET_VRING_ADDR with
+   * VHOST_VRING_F_LOG, or -1 (absent) for the used ring's own guest-physical address.
+   */
+  logGuestAddr?: number;
 }
 
 /**
@@ -93,4 +99,13 @@ export interface DataPlane {
   reset(): Promise<void>;
   /** Per-queue counters, readable at any time without stopping the rings (if the data plane keeps them). */
   allQueueStats?(): QueueStats[];
+  /**
+   * Dirty-page logging (live migration): from when the promise resolves, every write into guest
+   * memory is marked in `area` (null: logging stops). Switched between batches, like a memory
+   * table. A data plane without it cannot migrate: the session then offers neither
+   * VHOST_F_LOG_ALL nor LOG_SHMFD.
+   */
+  setDirtyLog?(area: DirtyLogArea | null): Promise<void>;
+  /** A running ring's used-ring log address changed (see VringConfig.logGuestAddr). */
+  setRingLog?(index: number, logGuestAddr: number): Promise<void>;
 }

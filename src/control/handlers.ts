@@ -9,7 +9,7 @@ import { closeAll } from './connection.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
 import { checkInflightShape, mapInflightFd, type InflightRegion } from './inflight-region.js';
-import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, hasFeature } from './protocol.js';
+import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VringAddrFlag, hasFeature } from './protocol.js';
 
 /** What the session keeps for one ring between requests. */
 export interface VringState {
@@ -27,6 +27,8 @@ export interface VringState {
   enabled: boolean;
   /** The data plane is processing it. */
   running: boolean;
+  /** log_guest_addr of SET_VRING_ADDR with VHOST_VRING_F_LOG, else -1 (the used ring's own address). */
+  logGuestAddr: number;
 }
 
 /** A ring as it is before the front-end configures it (and after a reset). */
@@ -44,6 +46,7 @@ export function newVring(): VringState {
     kicked: false,
     enabled: false,
     running: false,
+    logGuestAddr: -1,
   };
 }
 
@@ -112,6 +115,14 @@ export interface SessionContext {
   newInflightFd(numQueues: number, queueSize: number): { fd: number; mmapSize: number };
   /** SET_INFLIGHT_FD: rings take their part of the region when they next start (undefined: no tracking). */
   installInflight(region: InflightRegion | undefined): void;
+  /** SET_LOG_BASE: maps the dirty log (closing fd) and starts logging if VHOST_F_LOG_ALL is acked. */
+  setLogBase(mmapSize: bigint, mmapOffset: bigint, fd: number): Promise<void>;
+  /** Refuses VHOST_F_LOG_ALL in `features` while the mapped log cannot cover guest memory. */
+  checkFeaturesLoggable(features: bigint): void;
+  /** Starts or stops dirty logging on the data plane to match the acked features and the log. */
+  updateDirtyLog(): Promise<void>;
+  /** Hands a running ring's new log_guest_addr to the data plane. */
+  updateRingLog(index: number): Promise<void>;
 }
 
 type RequestOf<T extends FrontendRequestType> = Extract<FrontendRequest, { type: T }>;
@@ -136,12 +147,16 @@ export function requestHandler<T extends FrontendRequestType>(type: T): RequestH
 const requestHandlers: RequestHandlerTable = {
   GET_FEATURES: { handle: (s) => ({ type: 'u64', value: s.offeredFeatures }) },
   SET_FEATURES: {
-    handle: (s, r) => {
+    handle: async (s, r) => {
       const unknown = r.features & ~s.offeredFeatures;
       if (unknown !== 0n) {
         throw new SessionError(`SET_FEATURES acks features that were never offered: 0x${unknown.toString(16)}`);
       }
+      s.checkFeaturesLoggable(r.features);
       s.acceptFeatures(r.features);
+      // Migration starts and ends with VHOST_F_LOG_ALL set and cleared here, rings running. The
+      // ack (or QEMU's GET_FEATURES barrier) must come after the workers log.
+      await s.updateDirtyLog();
     },
   },
   SET_OWNER: { handle: (s) => s.setOwner() },
@@ -217,9 +232,21 @@ const requestHandlers: RequestHandlerTable = {
     },
   },
   SET_VRING_ADDR: {
-    handle: (s, r) => {
+    handle: async (s, r) => {
       const vring = s.vring(r.index);
-      if (vring.running) throw new SessionError(`SET_VRING_ADDR: queue ${r.index} is running`);
+      const logGuestAddr = (r.flags & VringAddrFlag.LOG) !== 0 ? toAddress(r.logGuestAddr) : -1;
+      if (vring.running) {
+        // Spec, "Migration": logging of a running ring's used ring is switched with SET_VRING_ADDR
+        // and its LOG flag. Moving a running ring is not allowed.
+        const same =
+          toAddress(r.descUserAddr) === vring.descUserAddr &&
+          toAddress(r.usedUserAddr) === vring.usedUserAddr &&
+          toAddress(r.availUserAddr) === vring.availUserAddr;
+        if (!same) throw new SessionError(`SET_VRING_ADDR: queue ${r.index} is running`);
+        vring.logGuestAddr = logGuestAddr;
+        await s.updateRingLog(r.index);
+        return;
+      }
       const addresses = {
         size: vring.size,
         descUserAddr: toAddress(r.descUserAddr),
@@ -234,6 +261,7 @@ const requestHandlers: RequestHandlerTable = {
       vring.usedUserAddr = addresses.usedUserAddr;
       vring.availUserAddr = addresses.availUserAddr;
       vring.addressesSet = true;
+      vring.logGuestAddr = logGuestAddr;
     },
   },
   SET_VRING_BASE: {
@@ -371,8 +399,10 @@ const requestHandlers: RequestHandlerTable = {
   SET_BACKEND_REQ_FD: { handle: (s, _r, fds) => s.setBackendChannel(fds.take(0)) },
   RESET_DEVICE: { handle: (s) => s.resetDevice() },
   SET_LOG_BASE: {
-    handle: () => {
-      throw new SessionError('SET_LOG_BASE: dirty-page logging is not implemented by this back-end');
+    // QEMU waits for this reply (request 6, REPLY flag) and ignores its payload: 0 is success.
+    handle: async (s, r, fds) => {
+      await s.setLogBase(r.mmapSize, r.mmapOffset, fds.take(0));
+      return { type: 'u64', value: 0n };
     },
   },
   SET_LOG_FD: {

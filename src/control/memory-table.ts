@@ -6,6 +6,7 @@
 import { fstatSync } from 'node:fs';
 import { FileSeal, native } from '../native.js';
 import type { MemoryRegion } from '../dataplane/memory.js';
+import { MAX_LOG_BYTES, type DirtyLogArea } from '../dataplane/dirty-log.js';
 import { MemoryTableError } from './errors.js';
 import type { RegionDescription } from './messages.js';
 
@@ -76,6 +77,46 @@ export function mapRegion(description: RegionDescription, fd: number): MappedReg
       native.close(fd);
     } catch {
       // The fd was already invalid; mapping it failed above.
+    }
+  }
+}
+
+/**
+ * Maps the dirty log of SET_LOG_BASE ({u64 mmap_size, u64 mmap_offset} + fd) writable, after the
+ * same checks as a region: the file must hold [offset, offset + size) (a log past the end of
+ * its file would SIGBUS on the first mark), and the size must fit one typed array. The fd is
+ * always closed.
+ */
+export function mapDirtyLog(mmapSize: bigint, mmapOffset: bigint, fd: number): DirtyLogArea {
+  try {
+    if (mmapSize === 0n || mmapSize > BigInt(MAX_LOG_BYTES)) {
+      throw new MemoryTableError(`dirty log size ${mmapSize} is outside 1 .. 2^32 bytes`);
+    }
+    const size = Number(mmapSize);
+    const offset = toSafeNumber(mmapOffset, 'dirty log offset');
+    let fileSize: number;
+    try {
+      fileSize = fstatSync(fd).size;
+    } catch (error) {
+      throw new MemoryTableError(`dirty log fd ${fd} cannot be inspected: ${(error as Error).message}`);
+    }
+    if (offset + size > fileSize) {
+      throw new MemoryTableError(`dirty log [offset ${offset}, size ${size}] exceeds its file (${fileSize} bytes)`);
+    }
+    const alignedOffset = Math.floor(offset / PAGE_SIZE) * PAGE_SIZE;
+    const skew = offset - alignedOffset;
+    let buffer: SharedArrayBuffer;
+    try {
+      buffer = native.mmapShared(fd, skew + size, alignedOffset, true);
+    } catch (error) {
+      throw new MemoryTableError(`mmap of the dirty log failed: ${(error as Error).message}`);
+    }
+    return { buffer, offset: skew, size };
+  } finally {
+    try {
+      native.close(fd);
+    } catch {
+      // Already invalid: fstat failed above.
     }
   }
 }

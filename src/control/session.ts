@@ -30,9 +30,18 @@ import {
   type SessionContext,
   type VringState,
 } from './handlers.js';
-import { checkNoOverlap, findUserspaceRange, type MappedRegion } from './memory-table.js';
+import { checkNoOverlap, findUserspaceRange, mapDirtyLog, type MappedRegion } from './memory-table.js';
 import { createInflightFd, inflightSlice, type InflightRegion } from './inflight-region.js';
-import { HeaderFlag, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, bit, hasFeature } from './protocol.js';
+import {
+  HeaderFlag,
+  ProtocolFeature,
+  Request,
+  VHOST_F_LOG_ALL,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  bit,
+  hasFeature,
+} from './protocol.js';
+import { requiredLogBytes, type DirtyLogArea } from '../dataplane/dirty-log.js';
 
 export { SessionError };
 
@@ -288,6 +297,9 @@ class SessionState implements SessionContext {
   private inflight: InflightRegion | undefined;
   /** Our copy of the fd the last GET_INFLIGHT_FD reply carried, until SET_INFLIGHT_FD. */
   private createdInflightFd = -1;
+  /** The dirty log of the last SET_LOG_BASE, and the one the data plane marks (null: not logging). */
+  private logArea: DirtyLogArea | null = null;
+  private activeLog: DirtyLogArea | null = null;
 
   constructor(
     readonly device: VhostUserDevice,
@@ -298,13 +310,20 @@ class SessionState implements SessionContext {
     this.vrings = Array.from({ length: device.numQueues }, () => newVring());
   }
 
+  /** Dirty-page logging is the library's, for every device, when the data plane can do it. */
+  private get canLog(): boolean {
+    return typeof this.dataPlane.setDirtyLog === 'function';
+  }
+
   get offeredFeatures(): bigint {
-    return this.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+    const log = this.canLog ? bit(VHOST_F_LOG_ALL) : 0n;
+    return this.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES) | log;
   }
 
   get offeredProtocolFeatures(): bigint {
     let features = LIBRARY_PROTOCOL_FEATURES | (this.device.protocolFeatures ?? 0n);
     if (this.device.getConfig) features |= bit(ProtocolFeature.CONFIG);
+    if (this.canLog) features |= bit(ProtocolFeature.LOG_SHMFD);
     return features;
   }
 
@@ -363,6 +382,7 @@ class SessionState implements SessionContext {
       callFd: vring.callFd,
       errFd: vring.errFd,
       features: this.ackedFeatures,
+      logGuestAddr: vring.logGuestAddr,
     };
     if (this.inflight && this.hasProtocolFeature(ProtocolFeature.INFLIGHT_SHMFD)) {
       const slice = inflightSlice(this.inflight, index);
@@ -438,6 +458,8 @@ class SessionState implements SessionContext {
 
   async installMemory(next: MappedRegion[]): Promise<void> {
     checkNoOverlap(next);
+    // While logging, a table the log cannot cover would lose dirty pages (QEMU grows the log first).
+    if (this.activeLog !== null) this.checkLogCovers(this.activeLog, next, 'SET_MEM_TABLE');
     // Only the regions this request adds: REM_MEM_REG or a repeated table does not warn again.
     const unsealed = next.filter((region) => !region.sealedAgainstShrink && !this.regions.includes(region));
     if (unsealed.length > 0) {
@@ -459,6 +481,47 @@ class SessionState implements SessionContext {
       regions: next.length,
       bytes: next.reduce((sum, region) => sum + region.size, 0),
     });
+  }
+
+  // ---- dirty log (live migration) -------------------------------------------------------------
+
+  async setLogBase(mmapSize: bigint, mmapOffset: bigint, fd: number): Promise<void> {
+    const area = mapDirtyLog(mmapSize, mmapOffset, fd);
+    this.checkLogCovers(area, this.regions, 'SET_LOG_BASE');
+    this.logArea = area;
+    this.log.info('dirty log mapped', { bytes: area.size, coversGuestBytes: area.size * 8 * 4096 });
+    await this.updateDirtyLog();
+  }
+
+  checkFeaturesLoggable(features: bigint): void {
+    if (hasFeature(features, VHOST_F_LOG_ALL) && this.logArea !== null) {
+      this.checkLogCovers(this.logArea, this.regions, 'SET_FEATURES with VHOST_F_LOG_ALL');
+    }
+  }
+
+  async updateDirtyLog(): Promise<void> {
+    const want = hasFeature(this.ackedFeatures, VHOST_F_LOG_ALL) ? this.logArea : null;
+    if (want === this.activeLog) return;
+    await this.dataPlane.setDirtyLog?.(want);
+    this.activeLog = want;
+    this.log.info(want ? 'dirty logging started' : 'dirty logging stopped');
+  }
+
+  async updateRingLog(index: number): Promise<void> {
+    const vring = this.vring(index);
+    if (vring.running) await this.dataPlane.setRingLog?.(index, vring.logGuestAddr);
+  }
+
+  /** A log that cannot cover the memory table would drop marks: refused with what it lacks. */
+  private checkLogCovers(area: DirtyLogArea, regions: readonly MappedRegion[], what: string): void {
+    const end = regions.reduce((max, region) => Math.max(max, region.guestPhysAddr + region.size), 0);
+    const needed = requiredLogBytes(end);
+    if (area.size < needed) {
+      throw new SessionError(
+        `${what}: the dirty log has ${area.size} bytes but guest memory up to 0x${end.toString(16)} needs ${needed} ` +
+          '(one bit per 4 KiB page)',
+      );
+    }
   }
 
   // ---- ownership, features, status ------------------------------------------------------------
@@ -489,6 +552,7 @@ class SessionState implements SessionContext {
     this.statusByte = 0;
     // A reset device starts over: QEMU asks for a new region (GET_INFLIGHT_FD) after one.
     this.inflight = undefined;
+    await this.updateDirtyLog();
     this.device.reset?.();
   }
 
@@ -581,6 +645,7 @@ class SessionState implements SessionContext {
     }
     for (const vring of this.vrings) closeVringFds(vring);
     this.regions = [];
+    this.logArea = this.activeLog = null;
     this.backendChannel?.close();
     if (this.logFd >= 0) closeAll([this.logFd]);
     this.logFd = -1;

@@ -4,6 +4,7 @@
 // writes the worker's mailbox eventfd: the worker checks the sequence every few loop passes (or
 // wakes from epoll on the eventfd) and takes the messages with receiveMessageOnPort.
 import type { VringConfig } from '../control/backend.js';
+import type { DirtyLogArea } from './dirty-log.js';
 import type { MemoryRegion } from './memory.js';
 
 export type PollMode = 'busy' | 'interrupt' | 'adaptive';
@@ -26,6 +27,10 @@ export type WorkerCommand =
   /** Stop popping, wait for in-flight requests, reply with last_avail_idx. */
   | { id: number; op: 'stop'; index: number }
   | { id: number; op: 'notify-fds'; index: number; callFd: number; errFd: number }
+  /** Start (area) or stop (null) dirty-page logging on every queue of the worker (live migration). */
+  | { id: number; op: 'dirty-log'; area: DirtyLogArea | null }
+  /** A running ring's used-ring log address changed (SET_VRING_ADDR; -1: the ring's own). */
+  | { id: number; op: 'ring-log'; index: number; logGuestAddr: number }
   | { id: number; op: 'mode'; mode: PollMode; idleBudgetUs: number }
   /** Stop every queue (draining) and forget the memory table. */
   | { id: number; op: 'reset' }

@@ -79,6 +79,8 @@ export class GuestMemory {
   readonly windowRegion: Int32Array;
   /** Per window: its start as an offset in the region's buffer. */
   readonly windowBufferStart: Float64Array;
+  /** Per window: the guest-physical address of its first byte (the dirty log marks by address). */
+  readonly windowGuestStart: Float64Array;
 
   // Region tables (caller's order), plus sorted permutations for the two address spaces.
   private readonly gpaStart: Float64Array;
@@ -131,6 +133,7 @@ export class GuestMemory {
     const data: DataView[] = [];
     const windowRegion: number[] = [];
     const windowStart: number[] = [];
+    const windowGuest: number[] = [];
     for (let r = 0; r < n; r++) {
       const region = regions[r];
       const { guestPhysAddr, size, userspaceAddr, buffer, bufferOffset } = region;
@@ -172,6 +175,7 @@ export class GuestMemory {
         data.push(new DataView(buffer, start, end - start));
         windowRegion.push(r);
         windowStart.push(start);
+        windowGuest.push(guestPhysAddr + k * stride);
       }
     }
     this.buffers = buffers;
@@ -180,6 +184,7 @@ export class GuestMemory {
     this.windowData = data;
     this.windowRegion = Int32Array.from(windowRegion);
     this.windowBufferStart = Float64Array.from(windowStart);
+    this.windowGuestStart = Float64Array.from(windowGuest);
     this.windowSkew = Uint8Array.from(windowStart, (s) => s % 4);
 
     this.byGpa = sortedOrder(this.gpaStart, n);

@@ -15,6 +15,7 @@ import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/prot
 import { Mailbox, type PollMode, type QueueStart, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
 import type { HandlerSpec } from './device-api.js';
 import { brokenReasonName } from './chain.js';
+import type { DirtyLogArea } from './dirty-log.js';
 import { createStatsBuffer, readQueueStats, resetQueueStats, type QueueStats } from './stats.js';
 
 export interface WorkerDataPlaneOptions {
@@ -145,6 +146,15 @@ export class WorkerDataPlane implements DataPlane {
     await this.command(this.workerFor(index), { op: 'notify-fds', index, callFd, errFd });
     const config = this.queueConfigs.get(index);
     if (config) this.queueConfigs.set(index, { ...config, callFd, errFd });
+  }
+
+  async setDirtyLog(area: DirtyLogArea | null): Promise<void> {
+    const plain = area === null ? null : { buffer: area.buffer, offset: area.offset, size: area.size };
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'dirty-log', area: plain })));
+  }
+
+  async setRingLog(index: number, logGuestAddr: number): Promise<void> {
+    await this.command(this.workerFor(index), { op: 'ring-log', index, logGuestAddr });
   }
 
   /** Switch poll mode on every worker, under load if need be. */

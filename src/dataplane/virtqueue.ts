@@ -16,6 +16,7 @@
 // platform Node supports for this project is (x86-64, arm64); the module refuses to load otherwise.
 import { MAX_QUEUE_SIZE } from '../control/protocol.js';
 import { BrokenReason, ChainWalker, brokenReasonName } from './chain.js';
+import type { DirtyLog } from './dirty-log.js';
 import { GuestMemory } from './memory.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from './notify.js';
 import type { VirtqRequest } from './request.js';
@@ -86,6 +87,13 @@ export class SplitVirtqueue {
   private notifying = true;
   private readonly inflight: Uint8Array;
   private inFlightCount = 0;
+  /** Guest-physical address of the used ring, as this queue resolved it. */
+  private usedGpa = 0;
+  // Dirty log (live migration): null while not logging. usedLogGpa is where used-ring writes are
+  // marked: log_guest_addr from SET_VRING_ADDR, or the resolved address when none was given.
+  private usedLog: DirtyLog | null = null;
+  private usedLogGpa = 0;
+  private usedLogGiven = -1;
 
   // In-flight tracking (inflight.ts), when the front-end shares a region: null otherwise.
   private tracker: InflightQueue | null = null;
@@ -142,7 +150,9 @@ export class SplitVirtqueue {
   setMemory(memory: GuestMemory): number {
     this.memoryTable = memory;
     if (this.reason !== BrokenReason.NONE) return this.reason;
-    return this.bindRings(memory);
+    const reason = this.bindRings(memory);
+    if (this.usedLogGiven < 0) this.usedLogGpa = this.usedGpa;
+    return reason;
   }
 
   /** Next avail index to consume: the value for GET_VRING_BASE. */
@@ -339,8 +349,43 @@ export class SplitVirtqueue {
     if (this.reason !== BrokenReason.NONE) return;
     if (this.usedShadow === this.publishedUsed) return;
     Atomics.store(this.usedU16, 1, this.usedShadow);
+    // --- dirty log hook: after the stores it covers (one branch while not logging) ---
+    if (this.usedLog !== null) this.logUsed(this.publishedUsed, this.usedShadow);
     this.publishedUsed = this.usedShadow;
     if (this.tracker !== null) this.tracker.published(this.usedShadow); // in-flight tracking hook
+  }
+
+  /**
+   * Starts (log non-null) or stops marking this queue's used-ring writes in a dirty log. Call at
+   * a safe point. logGuestAddr: the used ring's guest-physical address for the log
+   * (SET_VRING_ADDR's log_guest_addr with VHOST_VRING_F_LOG), or -1 for the address this queue
+   * resolved itself. The whole used ring is marked once now: fields written before logging
+   * started (flags, avail_event) must reach the destination too.
+   */
+  setUsedLog(log: DirtyLog | null, logGuestAddr = -1): void {
+    this.usedLog = log;
+    this.usedLogGiven = logGuestAddr;
+    this.usedLogGpa = logGuestAddr >= 0 ? logGuestAddr : this.usedGpa;
+    if (log !== null && this.reason === BrokenReason.NONE) {
+      log.markRange(this.usedLogGpa, 4 + 8 * this.size + (this.eventIdx ? 2 : 0));
+    }
+  }
+
+  /** Marks used elements [from, to) (indexes mod 2^16) and used.idx. */
+  private logUsed(from: number, to: number): void {
+    const log = this.usedLog as DirtyLog;
+    const base = this.usedLogGpa;
+    const count = (to - from) & 0xffff;
+    const start = from & this.mask;
+    if (count >= this.size) {
+      log.markRange(base + 4, 8 * this.size);
+    } else if (start + count <= this.size) {
+      log.markRange(base + 4 + 8 * start, 8 * count);
+    } else {
+      log.markRange(base + 4 + 8 * start, 8 * (this.size - start));
+      log.markRange(base + 4, 8 * (start + count - this.size));
+    }
+    log.markPage(base + 2);
   }
 
   /**
@@ -384,6 +429,7 @@ export class SplitVirtqueue {
       this.usedFlags &= ~VRING_USED_F_NO_NOTIFY;
       Atomics.store(this.usedU16, 0, this.usedFlags);
     }
+    if (this.usedLog !== null) this.usedLog.markPage(this.usedLogGpa + (this.eventIdx ? 2 * this.availEventIdx : 0));
   }
 
   /**
@@ -396,6 +442,7 @@ export class SplitVirtqueue {
     if (!this.eventIdx) {
       this.usedFlags |= VRING_USED_F_NO_NOTIFY;
       Atomics.store(this.usedU16, 0, this.usedFlags);
+      if (this.usedLog !== null) this.usedLog.markPage(this.usedLogGpa);
     }
   }
 
@@ -427,6 +474,7 @@ export class SplitVirtqueue {
     const availOffset = memory.outBufferOffset;
     const used = this.ringBytes(memory, this.usedAddr, 4 + 8 * size + trailer, 4);
     if (used < 0) return this.reason;
+    this.usedGpa = used;
     const usedBuffer = memory.buffers[memory.outRegion];
     const usedOffset = memory.outBufferOffset;
 
@@ -438,7 +486,7 @@ export class SplitVirtqueue {
     return BrokenReason.NONE;
   }
 
-  /** Resolves one ring: 0 with memory.out* set, or -1 after marking the queue broken. */
+  /** Resolves one ring: its guest-physical address with memory.out* set, or -1 after marking the queue broken. */
   private ringBytes(memory: GuestMemory, addr: number, bytes: number, align: number): number {
     const gpa = this.userspace ? memory.userspaceToGuest(addr, bytes) : addr;
     if (gpa < 0 || !Number.isSafeInteger(gpa) || memory.translateSegment(gpa, bytes) < 0) {
@@ -449,6 +497,6 @@ export class SplitVirtqueue {
       this.markBroken(BrokenReason.RING_MISALIGNED);
       return -1;
     }
-    return 0;
+    return gpa;
   }
 }

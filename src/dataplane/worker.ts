@@ -26,6 +26,7 @@
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { native } from '../native.js';
+import { DirtyLog, markWritten } from './dirty-log.js';
 import { GuestMemory } from './memory.js';
 import { BrokenReason, SplitVirtqueue } from './virtqueue.js';
 import { VirtqRequest } from './request.js';
@@ -96,6 +97,9 @@ class QueueRunner implements WorkerQueue {
   stopReplyId = 0;
   /** Set by the worker once the queue runs: popNow() hands what it pops to it. */
   handler: QueueHandler | null = null;
+  /** The dirty log while migrating (null otherwise), and the used ring's address in it (-1: own). */
+  dirtyLog: DirtyLog | null = null;
+  logGuestAddr: number;
   private readonly pool: VirtqRequest[];
   private free: number;
   private dirty = false;
@@ -119,6 +123,7 @@ class QueueRunner implements WorkerQueue {
     this.kickFd = start.kickFd;
     this.callFd = start.callFd;
     this.errFd = start.errFd;
+    this.logGuestAddr = start.logGuestAddr ?? -1;
     this.stats = stats;
     this.vq = new SplitVirtqueue({
       memory,
@@ -172,6 +177,12 @@ class QueueRunner implements WorkerQueue {
     }
   }
 
+  /** Starts or stops logging this queue's writes (between batches). */
+  setDirtyLog(log: DirtyLog | null): void {
+    this.dirtyLog = log;
+    this.vq.setUsedLog(log, this.logGuestAddr);
+  }
+
   /** Pops and hands out up to `budget` requests; returns how many. */
   process(handler: QueueHandler, budget: number): number {
     if (this.stopRequest !== StopRequest.None || this.popping) return 0;
@@ -211,6 +222,8 @@ class QueueRunner implements WorkerQueue {
   complete(request: VirtqRequest, writtenLen: number): void {
     // Written off when the handler failed (handlerFailed): the slot is already free.
     if (this.inFlight === 0) return;
+    // --- dirty log hook: the device's writes are done; mark them before the driver sees them ---
+    if (this.dirtyLog !== null) markWritten(this.dirtyLog, request, writtenLen);
     this.vq.pushUsed(request.head, writtenLen);
     this.pool[this.free++] = request;
     this.inFlight--;
@@ -270,6 +283,8 @@ export class DataPlaneWorker {
   private readonly maxSleepMs: number;
   private handler!: QueueHandler;
   private memory: GuestMemory | null = null;
+  /** The dirty log while the front-end migrates; every queue of this worker marks it. */
+  private dirtyLog: DirtyLog | null = null;
   private mode: PollMode;
   private idleBudgetMs: number;
   private seenSeq = 0;
@@ -480,6 +495,7 @@ export class DataPlaneWorker {
           const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
           const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
           queue.handler = this.handler;
+          if (this.dirtyLog !== null) queue.setDirtyLog(this.dirtyLog);
           this.queues.push(queue);
           if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);
           if (this.mode === 'interrupt') queue.vq.enableNotification();
@@ -506,6 +522,24 @@ export class DataPlaneWorker {
           if (position >= 0) {
             this.queues[position].callFd = command.callFd;
             this.queues[position].errFd = command.errFd;
+          }
+          this.reply(command.id);
+          return;
+        }
+        case 'dirty-log': {
+          const next = command.area === null ? null : new DirtyLog(command.area);
+          this.reportDirtyLog();
+          this.dirtyLog = next;
+          for (const queue of this.queues) queue.setDirtyLog(next);
+          this.reply(command.id);
+          return;
+        }
+        case 'ring-log': {
+          const position = this.findQueue(command.index);
+          if (position >= 0) {
+            const queue = this.queues[position];
+            queue.logGuestAddr = command.logGuestAddr;
+            queue.setDirtyLog(this.dirtyLog);
           }
           this.reply(command.id);
           return;
@@ -548,10 +582,22 @@ export class DataPlaneWorker {
     }
     if (this.resetReplyId >= 0 && queues.length === 0) {
       this.memory = null;
+      this.reportDirtyLog();
+      this.dirtyLog = null;
       const id = this.resetReplyId;
       this.resetReplyId = -1;
       this.reply(id);
     }
+  }
+
+  /** Logs what the current dirty log received (once, when it is replaced or dropped). */
+  private reportDirtyLog(): void {
+    const log = this.dirtyLog;
+    if (log === null) return;
+    this.logMessage(log.dropped > 0 ? 'warn' : 'info', 'dirty log done', {
+      pagesMarked: log.pagesMarked,
+      pagesOutsideLog: log.dropped,
+    });
   }
 
   private hasPendingStops(): boolean {

@@ -180,7 +180,7 @@ describe('one front-end at a time', () => {
     expect(await settled(features, 300)).toBe(false);
     expect(daemon.connections).toBe(1);
     first.close();
-    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n));
+    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n) | (1n << 26n));
     expect(daemon.connections).toBe(2);
     // The first front-end's rings and memory were dropped before the second was served.
     expect(dataPlane.events.slice(dataPlane.events.indexOf('start:0'))).toEqual(['start:0', 'reset']);
@@ -228,7 +228,7 @@ describe('front-ends that misbehave do not hold up the ones behind them', () => 
     expect(daemon.connections).toBe(1);
 
     closeAll(open.splice(0)); // the flooder leaves
-    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n));
+    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n) | (1n << 26n));
     expect(daemon.connections).toBe(2);
   });
 
@@ -256,7 +256,7 @@ describe('front-ends that misbehave do not hold up the ones behind them', () => 
     const clients = fds.filter((fd) => fd >= 0).map((fd) => new VhostUserClient(fd, { replyTimeoutMs: 10 * TIMEOUT_MS }));
     cleanups.push(() => clients.forEach((client) => client.close()));
     expect(fds.filter((fd) => fd < 0).length, 'connects refused with EAGAIN').toBe(0);
-    const expected = testBlkDevice(1).features | (1n << 30n);
+    const expected = testBlkDevice(1).features | (1n << 30n) | (1n << 26n);
     await Promise.all(
       clients.map(async (client) => {
         expect(await client.getFeatures()).toBe(expected);
@@ -292,7 +292,7 @@ describe('front-ends that misbehave do not hold up the ones behind them', () => 
     expect(await draining).toBeInstanceOf(Error);
     expect(dataPlane.events).not.toContain('reset'); // the drain runs to its end first
     dataPlane.release();
-    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n));
+    expect(await features).toBe(testBlkDevice(1).features | (1n << 30n) | (1n << 26n));
     expect(dataPlane.events.slice(-2)).toEqual(['stop:0', 'reset']);
     expect(daemon.connections).toBe(2);
   });
@@ -321,7 +321,7 @@ describe('client mode (the front-end listens, the daemon connects)', () => {
     await new Promise((resolve) => setTimeout(resolve, 100)); // several failed attempts
     expect(daemon.connections).toBe(0);
     const client = await frontendListener(socketPath).accept();
-    expect(await client.getFeatures()).toBe(testBlkDevice(1).features | (1n << 30n));
+    expect(await client.getFeatures()).toBe(testBlkDevice(1).features | (1n << 30n) | (1n << 26n));
     expect(daemon.connections).toBe(1);
   });
 

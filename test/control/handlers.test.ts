@@ -93,6 +93,22 @@ class FakeSession implements SessionContext {
   setLogFd(fd: number): void {
     this.calls.push(`log:${fd}`);
   }
+  setLogBase(mmapSize: bigint, mmapOffset: bigint, fd: number): Promise<void> {
+    this.calls.push(`log-base:${mmapSize}:${mmapOffset}:${fd}`);
+    return Promise.resolve();
+  }
+  checkFeaturesLoggable(features: bigint): void {
+    if (features & 0b1000n && this.logTooSmall) throw new SessionError('log too small');
+  }
+  logTooSmall = false;
+  updateDirtyLog(): Promise<void> {
+    this.calls.push('dirty-log');
+    return Promise.resolve();
+  }
+  updateRingLog(index: number): Promise<void> {
+    this.calls.push(`ring-log:${index}:${this.vring(index).logGuestAddr}`);
+    return Promise.resolve();
+  }
 }
 
 const device: DeviceView = { numQueues: 2, maxQueueSize: 256 };
@@ -141,7 +157,41 @@ describe('request handler rows against a fake session', () => {
     );
     expect(session.calls).toEqual([]);
     await run(session, { type: 'SET_FEATURES', features: 0b0011n });
-    expect(session.calls).toEqual(['features:3']);
+    // The data plane's logging follows the acked features before the request is answered.
+    expect(session.calls).toEqual(['features:3', 'dirty-log']);
+    // A log that cannot cover guest memory: LOG_ALL (here bit 3) is refused before anything is recorded.
+    session.logTooSmall = true;
+    await refusal(() => run(session, { type: 'SET_FEATURES', features: 0b1000n }));
+    expect(session.calls).toEqual(['features:3', 'dirty-log']);
+  });
+
+  it('SET_VRING_ADDR on a running ring only switches used-ring logging; moving it is refused', async () => {
+    const session = new FakeSession(device);
+    const ring = session.rings[0];
+    Object.assign(ring, { size: 64, descUserAddr: 0x1000, availUserAddr: 0x2000, usedUserAddr: 0x3000, running: true });
+    const addr = {
+      type: 'SET_VRING_ADDR',
+      index: 0,
+      descUserAddr: 0x1000n,
+      availUserAddr: 0x2000n,
+      usedUserAddr: 0x3000n,
+    } as const;
+    await run(session, { ...addr, flags: 1, logGuestAddr: 0x9000n });
+    await run(session, { ...addr, flags: 0, logGuestAddr: 0x9000n });
+    expect(session.calls).toEqual(['ring-log:0:36864', 'ring-log:0:-1']);
+    await refusal(() => run(session, { ...addr, usedUserAddr: 0x4000n, flags: 1, logGuestAddr: 0x9000n }));
+    expect(ring.usedUserAddr).toBe(0x3000);
+    expect(ring.logGuestAddr).toBe(-1);
+  });
+
+  it('SET_LOG_BASE hands size, offset and fd to the session and answers 0 (QEMU waits for that reply)', async () => {
+    const session = new FakeSession(device);
+    const fds: RequestFds = { take: () => 42 };
+    expect(await run(session, { type: 'SET_LOG_BASE', mmapSize: 4096n, mmapOffset: 8192n, fd: 42 }, fds)).toEqual({
+      type: 'u64',
+      value: 0n,
+    });
+    expect(session.calls).toEqual(['log-base:4096:8192:42']);
   });
 
   it('GET_INFLIGHT_FD checks num_queues and queue_size against the device before creating a region', async () => {

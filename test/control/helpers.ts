@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DataPlane, VhostUserDevice, VringConfig } from '../../dist/control/backend.js';
 import type { MappedRegion } from '../../dist/control/memory-table.js';
+import type { DirtyLogArea } from '../../dist/dataplane/dirty-log.js';
 import { VhostUserDaemon } from '../../dist/control/daemon.js';
 import { BlkDevice } from '../../dist/devices/blk/device.js';
 import { ProtocolFeature, bit } from '../../dist/control/protocol.js';
@@ -20,6 +21,7 @@ export const LIBRARY_PROTOCOL_FEATURES = [
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
   ProtocolFeature.INFLIGHT_SHMFD,
+  ProtocolFeature.LOG_SHMFD,
 ].reduce((all, feature) => all | bit(feature), 0n);
 
 export class RecordingDataPlane implements DataPlane {
@@ -54,7 +56,21 @@ export class RecordingDataPlane implements DataPlane {
   reset(): Promise<void> {
     this.running.clear();
     this.memory = [];
+    this.dirtyLog = null;
     this.events.push('reset');
+    return Promise.resolve();
+  }
+  /** The dirty log the data plane marks (null: not logging). */
+  dirtyLog: DirtyLogArea | null = null;
+  setDirtyLog(area: DirtyLogArea | null): Promise<void> {
+    this.dirtyLog = area;
+    this.events.push(area ? `log:${area.size}` : 'log:off');
+    return Promise.resolve();
+  }
+  setRingLog(index: number, logGuestAddr: number): Promise<void> {
+    const config = this.running.get(index);
+    if (config) this.running.set(index, { ...config, logGuestAddr });
+    this.events.push(`ring-log:${index}:${logGuestAddr}`);
     return Promise.resolve();
   }
 }

@@ -25,6 +25,7 @@ import {
   ProtocolFeature,
   Request,
   VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_F_LOG_ALL,
   VIRTIO_F_RING_PACKED,
   bit,
 } from '../../dist/control/protocol.js';
@@ -107,7 +108,9 @@ function session() {
   return current;
 }
 
-const offeredFeatures = () => rig.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+/** Dirty-page logging: offered for every device, since the (recording) data plane can log. */
+const LOG_ALL = bit(VHOST_F_LOG_ALL);
+const offeredFeatures = () => rig.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES) | LOG_ALL;
 
 /** QEMU's order up to the point where rings are set up; REPLY_ACK on unless `protocol` says otherwise. */
 async function negotiated(options: { protocol?: bigint; features?: bigint } = {}): Promise<VhostUserClient> {
@@ -116,7 +119,8 @@ async function negotiated(options: { protocol?: bigint; features?: bigint } = {}
   expect(await client.getProtocolFeatures()).toBe(LIBRARY_PROTOCOL_FEATURES);
   await client.setProtocolFeatures(options.protocol ?? LIBRARY_PROTOCOL_FEATURES);
   await client.request({ type: 'SET_OWNER' });
-  await client.setFeatures(options.features ?? offeredFeatures());
+  // LOG_ALL only comes with a migration (tests below ack it themselves).
+  await client.setFeatures(options.features ?? offeredFeatures() & ~LOG_ALL);
   rig.dataPlane.events.length = 0;
   return client;
 }
@@ -265,10 +269,10 @@ async function readBackendMessage(fd: number): Promise<{ header: MessageHeader; 
 describe('VHOST_USER_GET_FEATURES (1)', () => {
   covered.add(Request.GET_FEATURES);
 
-  it('answers the device features plus VHOST_USER_F_PROTOCOL_FEATURES (bit 30)', async () => {
+  it('answers the device features plus VHOST_USER_F_PROTOCOL_FEATURES (bit 30) and VHOST_F_LOG_ALL (26)', async () => {
     const client = await connect();
     const features = await client.getFeatures();
-    expect(features).toBe(rig.device.features | bit(30));
+    expect(features).toBe(rig.device.features | bit(30) | bit(26));
     expect(features & bit(32)).toBe(bit(32)); // VERSION_1
   });
 
@@ -296,7 +300,7 @@ describe('VHOST_USER_SET_FEATURES (2)', () => {
       { type: 'SET_FEATURES', features: offeredFeatures() | bit(VIRTIO_F_RING_PACKED) },
       /never offered/,
     );
-    expect(session().features).toBe(offeredFeatures());
+    expect(session().features).toBe(offeredFeatures() & ~LOG_ALL);
   });
 
   it('a device that refuses the features (its setFeatures throws) gets a failure ack, not a dropped connection', async () => {
@@ -448,13 +452,98 @@ describe('VHOST_USER_SET_MEM_TABLE (5)', () => {
 describe('VHOST_USER_SET_LOG_BASE (6)', () => {
   covered.add(Request.SET_LOG_BASE);
 
-  it('is refused (no LOG_SHMFD: dirty logging is not implemented) with a u64 failure reply, and its fd is closed', async () => {
-    const client = await negotiated();
-    const logFd = native.memfdCreate('log', 4096);
-    testFds.push(logFd);
+  function logFd(bytes: number): number {
+    const fd = native.memfdCreate('log', bytes);
+    testFds.push(fd);
+    return fd;
+  }
+
+  it("QEMU's migration start on a running ring: log mapped and answered, logging from SET_FEATURES(LOG_ALL), used-ring log address from SET_VRING_ADDR, off again without LOG_ALL", async () => {
+    const { client, ring } = await runningRing();
+    rig.dataPlane.events.length = 0;
+    // 1 MiB of guest memory needs 32 bytes of log; the log sits at a non-page-aligned offset in its fd.
+    const fd = logFd(8192);
     const before = openFds();
-    await expectFailureStatus(client, { type: 'SET_LOG_BASE', mmapSize: 4096n, mmapOffset: 0n, fd: logFd });
+    expect(await client.request({ type: 'SET_LOG_BASE', mmapSize: 32n, mmapOffset: 4096n + 16n, fd })).toEqual({
+      type: 'u64',
+      value: 0n,
+    });
+    await fdsBackTo(before, 'the log fd to be closed once mapped');
+    expect(rig.dataPlane.events).toEqual([]); // not logging before LOG_ALL is acked
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() }, { needReply: true });
+    expect(rig.dataPlane.events).toEqual(['log:32']);
+    // The data plane got the fd's memory at the given offset: a mark there is what the front-end reads.
+    const area = rig.dataPlane.dirtyLog!;
+    new Uint8Array(area.buffer, area.offset, area.size)[3] = 0x81;
+    const front = new Uint8Array(native.mmapShared(fd, 8192, 0, false));
+    expect(front[4096 + 16 + 3]).toBe(0x81);
+    // The running ring switches its used-ring logging in place (no stop, no restart).
+    const usedGpa = 0x7000; // log_guest_addr: the used ring's guest-physical address, as QEMU gives it
+    await client.request({ ...vringAddr(0, ring), flags: 1, logGuestAddr: BigInt(usedGpa) } as FrontendRequest, {
+      needReply: true,
+    });
+    expect(rig.dataPlane.events).toEqual(['log:32', `ring-log:0:${usedGpa}`]);
+    expect(vringConfig().logGuestAddr).toBe(usedGpa);
+    // Migration over (or cancelled): LOG_ALL cleared, logging stops; the ring never stopped.
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() & ~LOG_ALL }, { needReply: true });
+    expect(rig.dataPlane.events).toEqual(['log:32', `ring-log:0:${usedGpa}`, 'log:off']);
+    expect(rig.dataPlane.running.has(0)).toBe(true);
+  });
+
+  it('a ring started while logging carries its log address to the data plane', async () => {
+    const client = await negotiated();
+    const memory = guestMemory();
+    await client.request({ type: 'SET_MEM_TABLE', regions: memory.describe() });
+    await client.request({ type: 'SET_LOG_BASE', mmapSize: 32n, mmapOffset: 0n, fd: logFd(32) });
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() }, { needReply: true });
+    const ring = await describeRing(client, memory, 0);
+    await client.request({ ...vringAddr(0, ring), flags: 1, logGuestAddr: 0x5000n } as FrontendRequest);
+    await client.request({ type: 'SET_VRING_KICK', index: 0, noFd: false, fd: eventfd() });
+    await client.request({ type: 'SET_VRING_ENABLE', index: 0, num: 1 });
+    expect(vringConfig().logGuestAddr).toBe(0x5000);
+    expect(rig.dataPlane.dirtyLog?.size).toBe(32);
+  });
+
+  it('a log too small for the memory table is refused with what it needs (u64 failure), nothing is logged, the fd is closed', async () => {
+    const client = await negotiated();
+    await client.request({ type: 'SET_MEM_TABLE', regions: guestMemory().describe() });
+    const fd = logFd(4096);
+    const before = openFds();
+    const logged = logs.lines.length;
+    await expectFailureStatus(client, { type: 'SET_LOG_BASE', mmapSize: 16n, mmapOffset: 0n, fd });
+    expect(logs.lines.slice(logged).join('\n')).toMatch(/dirty log has 16 bytes but guest memory up to 0x100000 needs 32/);
     await fdsBackTo(before, 'the log fd to be closed');
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() }, { needReply: true });
+    expect(rig.dataPlane.dirtyLog).toBeNull();
+  });
+
+  it('a log beyond the end of its fd is refused (marking it would SIGBUS the daemon)', async () => {
+    const client = await negotiated();
+    await expectFailureStatus(client, { type: 'SET_LOG_BASE', mmapSize: 4096n, mmapOffset: 4096n, fd: logFd(4096) });
+    expect(logs.lines.join('\n')).toMatch(/exceeds its file/);
+  });
+
+  it('while logging, a memory table the log cannot cover is refused (a region above 4 GiB), and so is LOG_ALL after one', async () => {
+    const client = await negotiated();
+    await client.request({ type: 'SET_MEM_TABLE', regions: guestMemory().describe() });
+    await client.request({ type: 'SET_LOG_BASE', mmapSize: 32n, mmapOffset: 0n, fd: logFd(32) });
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() }, { needReply: true });
+    const high = guestMemory({ guestPhysAddr: 0, size: MiB }, { guestPhysAddr: 4 * 1024 * MiB, size: MiB });
+    await expectFailureAck(client, { type: 'SET_MEM_TABLE', regions: high.describe() }, /needs 131104/);
+    expect(rig.dataPlane.memory).toHaveLength(1);
+    // Not logging: the table is accepted; turning logging on with the small log is then refused.
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() & ~LOG_ALL }, { needReply: true });
+    await client.request({ type: 'SET_MEM_TABLE', regions: high.describe() }, { needReply: true });
+    await expectFailureAck(
+      client,
+      { type: 'SET_FEATURES', features: offeredFeatures() },
+      /VHOST_F_LOG_ALL: the dirty log has 32 bytes/,
+    );
+    expect(rig.dataPlane.dirtyLog).toBeNull();
+    // A log that covers it (QEMU resizes before enabling) is taken.
+    await client.request({ type: 'SET_LOG_BASE', mmapSize: 131104n, mmapOffset: 0n, fd: logFd(131104) });
+    await client.request({ type: 'SET_FEATURES', features: offeredFeatures() }, { needReply: true });
+    expect(rig.dataPlane.dirtyLog?.size).toBe(131104);
   });
 });
 
@@ -462,7 +551,7 @@ describe('VHOST_USER_SET_LOG_FD (7)', () => {
   covered.add(Request.SET_LOG_FD);
 
   it('is refused without LOG_SHMFD, and its fd is closed', async () => {
-    const client = await negotiated();
+    const client = await negotiated({ protocol: LIBRARY_PROTOCOL_FEATURES & ~bit(ProtocolFeature.LOG_SHMFD) });
     const fd = eventfd();
     const before = openFds();
     await expectFailureAck(client, { type: 'SET_LOG_FD', fd }, /protocol feature 1/);
@@ -725,10 +814,10 @@ describe('VHOST_USER_SET_PROTOCOL_FEATURES (16)', () => {
 
   it('acking a protocol feature that was never offered is refused and enables nothing', async () => {
     const client = await connect();
-    // LOG_SHMFD is not offered; with REPLY_ACK in the same request nothing can be acked either.
+    // RARP is not offered (a blk device); with REPLY_ACK in the same request nothing can be acked either.
     sendNeedReply(client, {
       type: 'SET_PROTOCOL_FEATURES',
-      features: bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.LOG_SHMFD),
+      features: bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.RARP),
     });
     sendNeedReply(client, { type: 'SET_OWNER' });
     expect(await client.getFeatures()).toBe(offeredFeatures()); // the next message is this reply
@@ -853,6 +942,20 @@ describe('VHOST_USER_SET_VRING_ENABLE (18)', () => {
     expect(vringConfig(1)).toMatchObject({ lastAvailIdx: 17, kickFd });
   });
 
+  it("QEMU's end of migration: SET_VRING_ENABLE(0) drains and stops the ring, GET_VRING_BASE then answers that index", async () => {
+    const { client } = await runningRing();
+    rig.dataPlane.stopIndex.set(0, 42);
+    await client.request({ type: 'SET_VRING_ENABLE', index: 0, num: 0 });
+    expect(rig.dataPlane.events.filter((event) => event === 'stop:0')).toHaveLength(1);
+    expect(await client.request({ type: 'GET_VRING_BASE', index: 0 })).toEqual({
+      type: 'vring-state',
+      index: 0,
+      num: 42,
+    });
+    // Stopped once: the drain happened at the disable, the index is the one it reported.
+    expect(rig.dataPlane.events.filter((event) => event === 'stop:0')).toHaveLength(1);
+  });
+
   it('num other than 0 or 1 is refused', async () => {
     const client = await negotiated();
     client.sendRaw(encodeMessage(Request.SET_VRING_ENABLE, NEED_REPLY, encodeState(0, 2)));
@@ -937,6 +1040,7 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
           bit(ProtocolFeature.RESET_DEVICE) |
           bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
           bit(ProtocolFeature.STATUS) |
+          bit(ProtocolFeature.LOG_SHMFD) |
           RARP_AND_MTU,
       );
       await client.setProtocolFeatures(protocol);
@@ -989,7 +1093,7 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
       ] as FrontendRequest[]) {
         await expectFailureAck(client, request, new RegExp(`${request.type} is not supported by this back-end`));
       }
-      expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+      expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES) | LOG_ALL);
     });
   });
 
@@ -1024,7 +1128,7 @@ describe('device-specific requests (SEND_RARP, NET_SET_MTU) go to the device hoo
     await withDevice(device, RARP_AND_MTU, async (client) => {
       sendNeedReply(client, { type: 'NET_SET_MTU', mtu: 1500n });
       sendNeedReply(client, { type: 'SEND_RARP', mac: MAC }); // declined: still silent
-      expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES)); // the next message is this reply
+      expect(await client.getFeatures()).toBe(bit(32) | bit(VHOST_USER_F_PROTOCOL_FEATURES) | LOG_ALL); // the next message is this reply
       await expectNoMoreMessages(client);
     });
     expect(requests.map((request) => request.type)).toEqual(['NET_SET_MTU', 'SEND_RARP']);
