@@ -36,13 +36,13 @@ export const BrokenReason = {
   RING_MISALIGNED: 3,
   /** avail.idx moved more than the queue size past lastAvailIdx. */
   AVAIL_IDX_JUMP: 4,
-  /** A head index from the avail ring is ≥ the queue size. */
+  /** A head index from the avail ring (packed: a buffer id) is ≥ the queue size. */
   HEAD_OUT_OF_RANGE: 5,
-  /** A head index is already in flight (offered again before it was used). */
+  /** A head index (packed: a buffer id) is already in flight (offered again before it was used). */
   HEAD_IN_FLIGHT: 6,
   /** A descriptor's next index is ≥ its table's size. */
   NEXT_OUT_OF_RANGE: 7,
-  /** The chain visits more descriptors than its table holds: a loop. */
+  /** The chain visits more descriptors than its table holds: a loop (packed: longer than the ring). */
   CHAIN_LOOP: 8,
   /** INDIRECT inside an indirect table. */
   INDIRECT_NESTED: 9,
@@ -66,6 +66,12 @@ export const BrokenReason = {
   TOO_MANY_SEGMENTS: 18,
   /** The device's request handler threw (a device bug): the queue stops, the worker goes on. */
   DEVICE_ERROR: 19,
+  /** Packed ring: a descriptor offered with AVAIL and USED both equal to the driver's wrap counter. */
+  PACKED_FLAGS: 20,
+  /** Packed ring: a chain runs into ring slots the device still holds (in flight). */
+  PACKED_RING_OVERRUN: 21,
+  /** Packed ring: the start position from SET_VRING_BASE is ≥ the queue size. */
+  PACKED_BAD_BASE: 22,
 } as const;
 export type BrokenReasonCode = (typeof BrokenReason)[keyof typeof BrokenReason];
 
