@@ -9,7 +9,7 @@ import type { MemoryRegion } from './memory.js';
 export type PollMode = 'busy' | 'interrupt' | 'adaptive';
 
 /** A ring as the worker starts it: the session's VringConfig with the features it needs decoded. */
-export type QueueStart = Omit<VringConfig, 'features'> & { eventIdx: boolean; indirectDesc: boolean };
+export type QueueStart = Omit<VringConfig, 'features'> & { eventIdx: boolean; indirectDesc: boolean; packed: boolean };
 
 export type WorkerCommand =
   | { id: number; op: 'memory'; regions: MemoryRegion[] }

@@ -6,7 +6,7 @@ import { native } from '../native.js';
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VringConfig } from '../control/backend.js';
 import type { MappedRegion } from '../control/memory-table.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/protocol.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, bit } from '../control/protocol.js';
 import { Mailbox, type PollMode, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
 import type { HandlerSpec } from './device-api.js';
 import { brokenReasonName } from './chain.js';
@@ -120,6 +120,7 @@ export class WorkerDataPlane implements DataPlane {
         ...config,
         eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
         indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
+        packed: (config.features & bit(VIRTIO_F_RING_PACKED)) !== 0n,
       },
     });
   }

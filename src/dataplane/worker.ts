@@ -27,7 +27,8 @@ import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import { native } from '../native.js';
 import { GuestMemory } from './memory.js';
-import { BrokenReason, SplitVirtqueue } from './virtqueue.js';
+import { BrokenReason } from './chain.js';
+import { createVirtqueue, type Virtqueue } from './queue.js';
 import { VirtqRequest } from './request.js';
 import { QUEUE_STAT_SLOTS, QueueStat } from './stats.js';
 import {
@@ -84,7 +85,7 @@ type Log = (level: LogLevel, msg: string, fields?: Record<string, unknown>) => v
 
 class QueueRunner implements WorkerQueue {
   readonly index: number;
-  readonly vq: SplitVirtqueue;
+  readonly vq: Virtqueue;
   readonly stats: Float64Array;
   kickFd: number;
   callFd: number;
@@ -115,7 +116,7 @@ class QueueRunner implements WorkerQueue {
     this.callFd = start.callFd;
     this.errFd = start.errFd;
     this.stats = stats;
-    this.vq = new SplitVirtqueue({
+    this.vq = createVirtqueue({
       memory,
       size: start.size,
       descAddr: start.descUserAddr,
@@ -125,6 +126,7 @@ class QueueRunner implements WorkerQueue {
       lastAvailIdx: start.lastAvailIdx,
       eventIdx: start.eventIdx,
       indirectDesc: start.indirectDesc,
+      packed: start.packed,
       index: start.index,
     });
     // In-flight requests never exceed the queue size (each holds a distinct head).

@@ -13,7 +13,7 @@ import {
   type BackendReply,
   type FrontendRequest,
 } from '../../dist/control/codec/index.js';
-import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, bit } from '../../dist/control/protocol.js';
+import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, VIRTIO_F_RING_PACKED, bit } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import {
@@ -98,14 +98,15 @@ function leave(socket: number): void {
   native.close(socket);
 }
 
-/** A client that has negotiated REPLY_ACK (and everything else), owns the session, and acked all features. */
+/** A client that has negotiated REPLY_ACK (and everything else), owns the session, and acked all features but RING_PACKED. */
 async function hostile(): Promise<VhostUserClient> {
   const client = await VhostUserClient.connect(rig.socketPath, { replyTimeoutMs: TIMEOUT_MS });
   clients.push(client);
   const features = await client.getFeatures();
   await client.setProtocolFeatures(LIBRARY_PROTOCOL_FEATURES);
   await client.request({ type: 'SET_OWNER' });
-  await client.setFeatures(features);
+  // Split rings: the ring address checks below are the split layout's.
+  await client.setFeatures(features & ~bit(VIRTIO_F_RING_PACKED));
   return client;
 }
 

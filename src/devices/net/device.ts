@@ -9,7 +9,13 @@
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
 import type { VhostUserDevice } from '../../control/backend.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, bit } from '../../control/protocol.js';
+import {
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  bit,
+} from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { SOURCE_MIN_FRAME } from './frame.js';
 import {
@@ -80,6 +86,7 @@ export class NetDevice implements VhostUserDevice {
       bit(VIRTIO_F_VERSION_1) |
       bit(VIRTIO_F_EVENT_IDX) |
       bit(VIRTIO_F_INDIRECT_DESC) |
+      bit(VIRTIO_F_RING_PACKED) |
       bit(NetFeature.MRG_RXBUF) |
       bit(NetFeature.MTU) |
       bit(NetFeature.MAC) |
