@@ -20,6 +20,7 @@ import {
 } from '../dataplane/packed-virtqueue.js';
 import { TWO_POW_32 } from '../bits.js';
 import { indirectTablesBytes } from './vring-driver.js';
+import type { RingDriver } from './ring-driver.js';
 
 /** Where each part of a packed ring sits, relative to the start of the ring area (16-aligned). */
 export interface PackedRingLayout {
@@ -57,7 +58,7 @@ export interface PackedVringDriverConfig {
 
 const NONE = 0xffff_ffff;
 
-export class PackedVringDriver {
+export class PackedVringDriver implements RingDriver {
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectEntries: number;
