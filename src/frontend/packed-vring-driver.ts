@@ -205,10 +205,10 @@ export class PackedVringDriver implements RingDriver {
       this.buildFailed = true;
       return;
     }
-    // The previous descriptor gets NEXT now that the chain goes on; the head's flags are held
-    // back until publish(), the others are stored now (invisible until the head is).
+    // Each descriptor's flags are stored once its successor is known (NEXT) or at endChain();
+    // the head's are held back until publish() (the others are invisible until the head is).
     const previous = this.buildLast;
-    if (previous === this.buildStart) this.headFlags |= VIRTQ_DESC_F_NEXT;
+    if (previous === this.buildStart) this.headFlags = this.buildLastFlags | VIRTQ_DESC_F_NEXT;
     else if (previous !== NONE) this.ringU16[8 * previous + 7] = this.buildLastFlags | VIRTQ_DESC_F_NEXT;
     const position = this.nextAvail;
     const base = 4 * position;
@@ -216,11 +216,8 @@ export class PackedVringDriver implements RingDriver {
     this.ringU32[base + 1] = Math.floor(gpa / TWO_POW_32);
     this.ringU32[base + 2] = len;
     this.ringU16[8 * position + 6] = this.buildId;
-    const full = flags | this.offerFlags;
-    if (previous === NONE) this.headFlags = full;
-    else this.ringU16[8 * position + 7] = full;
     this.buildLast = position;
-    this.buildLastFlags = full;
+    this.buildLastFlags = flags | (this.availWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
     this.buildCount++;
     this.advanceAvail(1);
   }
@@ -251,7 +248,12 @@ export class PackedVringDriver implements RingDriver {
       slots = 1;
       this.advanceAvail(1);
     } else {
-      headFlags = this.headFlags;
+      const last = this.buildLast;
+      if (last === this.buildStart) headFlags = this.buildLastFlags;
+      else {
+        this.ringU16[8 * last + 7] = this.buildLastFlags;
+        headFlags = this.headFlags;
+      }
       slots = this.buildCount;
     }
     this.pendingHead[this.pendingCount] = this.buildStart;
