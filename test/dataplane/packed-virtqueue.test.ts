@@ -211,7 +211,7 @@ describe('PackedVirtqueue: used descriptors', () => {
       const { driver, queue } = fixture({ size: 8, eventIdx });
       let seed = 12345;
       const random = (n: number) => {
-        seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+        seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
         return seed % n;
       };
       const pool = Array.from({ length: 8 }, () => new VirtqRequest(8));
@@ -514,5 +514,51 @@ describe('PackedVirtqueue: hostile rings break only their queue', () => {
     expect(at(RING, RING + 128, RING + 132, { lastAvailIdx: 0x8008 }).brokenReason).toBe(BrokenReason.PACKED_BAD_BASE);
     expect(at(RING, RING + 128, RING + 132, { size: 6 }).brokenReason).toBe(BrokenReason.BAD_SIZE);
     expect(at(RING, RING + 128, RING + 132).broken).toBe(false);
+  });
+});
+
+describe('PackedVirtqueue: random rings', () => {
+  it('never throws on garbage: each pop either yields a well-formed request or breaks with a named reason', () => {
+    let seed = 99;
+    const random = (n: number) => {
+      seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const reasons = new Set<string>();
+    for (let trial = 0; trial < 400; trial++) {
+      const f = fixture({ size: 8, eventIdx: random(2) === 0, indirect: random(2) === 0 });
+      // Garbage indirect tables and ring descriptors, biased towards plausible values.
+      const tables = new DataView(f.buffer, TABLES - BASE, 0x1000);
+      for (let i = 0; i < 0x1000; i += 4) tables.setUint32(i, random(3) === 0 ? DATA + random(0x1000) : random(64), true);
+      for (let p = 0; p < 8; p++) {
+        const kind = [0, 0, 0, NEXT, NEXT, WRITE, NEXT | WRITE, INDIRECT][random(8)];
+        const flags = kind | (random(5) ? AVAIL : 0) | (random(8) ? 0 : USED);
+        const addr = random(5)
+          ? DATA + 16 * random(0x400)
+          : [TABLES + 16 * random(8), random(2 ** 20), BASE + MiB - 8][random(3)];
+        const length = kind & INDIRECT ? 16 * random(4) + random(2) * 8 : [16, 32, 4096, 1, 0, 0xffff_ffff][random(6)];
+        f.driver.writeDescriptor(p, addr, length, flags, random(9));
+      }
+      const req = new VirtqRequest(16);
+      for (let step = 0; step < 12; step++) {
+        const popped = f.queue.pop(req);
+        if (popped) {
+          expect(req.head).toBeLessThan(8);
+          expect(req.segmentCount).toBeGreaterThan(0);
+          expect(req.readableCount + req.writableCount).toBe(req.segmentCount);
+          if (random(2) === 0) f.queue.pushUsed(req.head, req.writableBytes);
+          f.queue.flushUsed();
+          f.queue.needsCall();
+        } else if (f.queue.broken) {
+          const name = brokenReasonName(f.queue.brokenReason);
+          expect(name).not.toMatch(/^UNKNOWN/);
+          reasons.add(name);
+          break;
+        }
+      }
+      f.healthyRoundTrip();
+    }
+    // The garbage reached many of the checks, not just one.
+    expect(reasons.size).toBeGreaterThanOrEqual(8);
   });
 });
