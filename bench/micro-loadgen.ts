@@ -13,7 +13,7 @@
 import { readFileSync } from 'node:fs';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { GuestMemory } from '../dist/dataplane/memory.js';
-import { splitRingLayout } from '../dist/frontend/vring-driver.js';
+import { splitRingLayout, type VringDriver } from '../dist/frontend/vring-driver.js';
 import { Histogram } from '../dist/loadgen/histogram.js';
 import { ErrorLog, QueueLoad, Xorshift32 } from '../dist/loadgen/queue-load.js';
 import { LoopbackDevice } from '../dist/loadgen/loopback.js';
@@ -38,6 +38,7 @@ function rig(depth: number) {
     kickFd: -1,
     callFd: -1,
     eventIdx: false,
+    packed: false,
     bufferAddr,
     bufferBytes,
   };
@@ -133,7 +134,7 @@ const heapBefore = process.memoryUsage().heapUsed;
 for (const depth of [1, 32]) {
   // The loopback device alone: a prebuilt chain re-offered raw (one avail store each), then completed.
   const r = rig(depth);
-  const driver = r.load.driver;
+  const driver = r.load.driver as VringDriver; // split: the loopback device reads split rings
   driver.writeDescriptor(0, 65536, 16, 1, 1);
   driver.writeDescriptor(1, 65536 + 4096, 4096, 3, 2);
   driver.writeDescriptor(2, 65536 + 8192, 1, 2, 0);

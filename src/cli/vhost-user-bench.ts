@@ -39,9 +39,10 @@ from this process, as a guest driver would, and measure it.
   --cpu N              pin the load thread to CPU N
   --backend-pid PID    also report the back-end process's CPU time (from /proc)
   --memory SIZE        guest memory to share (default 256M)
+  --packed             drive packed virtqueues (VIRTIO_F_RING_PACKED; refused if not offered)
   --json               print one JSON object on stdout instead of the table
   --verbose, --help, --version
-It acks only the features it implements: split rings, VERSION_1, EVENT_IDX, INDIRECT_DESC and the
+It acks only the features it implements: split rings (packed with --packed), VERSION_1, EVENT_IDX, INDIRECT_DESC and the
 virtio-blk bits SIZE_MAX, SEG_MAX, BLK_SIZE, RO, MQ (protocol: MQ, REPLY_ACK, CONFIG,
 CONFIGURE_MEM_SLOTS). The report (and --json) gives what was offered and what was negotiated.
 
@@ -169,6 +170,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs | 'help' | 'version' {
         cpu: { type: 'string' },
         'backend-pid': { type: 'string' },
         memory: { type: 'string' },
+        packed: { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
         verbose: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
@@ -206,6 +208,7 @@ export function parseBenchArgs(argv: string[]): BenchArgs | 'help' | 'version' {
     memoryBytes: parseSize(values.memory ?? '256M', '--memory'),
     json: values.json,
     verbose: values.verbose,
+    packed: values.packed,
   };
 }
 

@@ -9,7 +9,14 @@ import { closeAll } from './connection.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
 import { checkInflightShape, mapInflightFd, type InflightRegion } from './inflight-region.js';
-import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VringAddrFlag, hasFeature } from './protocol.js';
+import {
+  MAX_QUEUE_SIZE,
+  ProtocolFeature,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VIRTIO_F_RING_PACKED,
+  VringAddrFlag,
+  hasFeature,
+} from './protocol.js';
 
 /** What the session keeps for one ring between requests. */
 export interface VringState {
@@ -268,6 +275,17 @@ const requestHandlers: RequestHandlerTable = {
     handle: (s, r) => {
       const vring = s.vring(r.index);
       if (vring.running) throw new SessionError(`SET_VRING_BASE: queue ${r.index} is running`);
+      if (hasFeature(s.features, VIRTIO_F_RING_PACKED)) {
+        // Packed (PROTOCOL-NOTES "Packed rings"): bits 0–14 avail position, bit 15 its wrap
+        // counter. QEMU puts the used position and wrap in bits 16–31, DPDK zero: the used side
+        // restarts equal to the avail side, as DPDK's own back-end does.
+        const base = r.num & 0xffff;
+        if (vring.size > 0 && (base & 0x7fff) >= vring.size) {
+          throw new SessionError(`SET_VRING_BASE: packed ring position ${base & 0x7fff} is beyond queue size ${vring.size}`);
+        }
+        vring.lastAvailIdx = base;
+        return;
+      }
       if (r.num > 0xffff) throw new SessionError(`SET_VRING_BASE: index ${r.num} does not fit a split ring's u16`);
       vring.lastAvailIdx = r.num;
     },
@@ -279,7 +297,9 @@ const requestHandlers: RequestHandlerTable = {
       const vring = s.vring(r.index);
       if (vring.kickFd >= 0) closeAll([vring.kickFd]);
       vring.kickFd = -1;
-      return { type: 'vring-state', index: r.index, num: lastAvailIdx };
+      // Packed: position and wrap counter in both halves (avail and used agree once drained).
+      const num = hasFeature(s.features, VIRTIO_F_RING_PACKED) ? (lastAvailIdx | (lastAvailIdx << 16)) >>> 0 : lastAvailIdx;
+      return { type: 'vring-state', index: r.index, num };
     },
   },
   SET_VRING_KICK: {

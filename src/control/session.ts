@@ -38,6 +38,7 @@ import {
   Request,
   VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
+  VIRTIO_F_RING_PACKED,
   bit,
   hasFeature,
 } from './protocol.js';
@@ -426,11 +427,17 @@ class SessionState implements SessionContext {
 
   checkRingAddresses(index: number, ring: RingAddresses): void {
     if (this.regions.length === 0) throw new SessionError(`queue ${index}: no memory table to place the ring in`);
-    const parts: [string, number, number][] = [
-      ['descriptor table', ring.descUserAddr, 16 * ring.size],
-      ['available ring', ring.availUserAddr, 6 + 2 * ring.size],
-      ['used ring', ring.usedUserAddr, 6 + 8 * ring.size],
-    ];
+    const parts: [string, number, number][] = hasFeature(this.ackedFeatures, VIRTIO_F_RING_PACKED)
+      ? [
+          ['descriptor ring', ring.descUserAddr, 16 * ring.size],
+          ['driver event area', ring.availUserAddr, 4],
+          ['device event area', ring.usedUserAddr, 4],
+        ]
+      : [
+          ['descriptor table', ring.descUserAddr, 16 * ring.size],
+          ['available ring', ring.availUserAddr, 6 + 2 * ring.size],
+          ['used ring', ring.usedUserAddr, 6 + 8 * ring.size],
+        ];
     for (const [what, address, length] of parts) {
       if (!findUserspaceRange(this.regions, address, length)) {
         throw new SessionError(`queue ${index}: ${what} at 0x${address.toString(16)} (+${length}) is outside guest memory`);

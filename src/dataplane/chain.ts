@@ -36,13 +36,13 @@ export const BrokenReason = {
   RING_MISALIGNED: 3,
   /** avail.idx moved more than the queue size past lastAvailIdx. */
   AVAIL_IDX_JUMP: 4,
-  /** A head index from the avail ring is ≥ the queue size. */
+  /** A head index from the avail ring (packed: a buffer id) is ≥ the queue size. */
   HEAD_OUT_OF_RANGE: 5,
-  /** A head index is already in flight (offered again before it was used). */
+  /** A head index (packed: a buffer id) is already in flight (offered again before it was used). */
   HEAD_IN_FLIGHT: 6,
   /** A descriptor's next index is ≥ its table's size. */
   NEXT_OUT_OF_RANGE: 7,
-  /** The chain visits more descriptors than its table holds: a loop. */
+  /** The chain visits more descriptors than its table holds: a loop (packed: longer than the ring). */
   CHAIN_LOOP: 8,
   /** INDIRECT inside an indirect table. */
   INDIRECT_NESTED: 9,
@@ -68,6 +68,14 @@ export const BrokenReason = {
   DEVICE_ERROR: 19,
   /** The in-flight region (PROTOCOL_F_INFLIGHT_SHMFD) failed its checks at queue start. */
   INFLIGHT_REGION: 20,
+  /** Packed ring: a descriptor offered with AVAIL and USED both equal to the driver's wrap counter. */
+  PACKED_FLAGS: 21,
+  /** Packed ring: a chain runs into ring slots the device still holds (in flight). */
+  PACKED_RING_OVERRUN: 22,
+  /** Packed ring: the start position from SET_VRING_BASE is ≥ the queue size. */
+  PACKED_BAD_BASE: 23,
+  /** Packed ring taken over from a dead worker without an in-flight region: no position to resume from. */
+  PACKED_NO_RESUME: 24,
 } as const;
 export type BrokenReasonCode = (typeof BrokenReason)[keyof typeof BrokenReason];
 

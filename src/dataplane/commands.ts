@@ -13,6 +13,8 @@ export type PollMode = 'busy' | 'interrupt' | 'adaptive';
 export type QueueStart = Omit<VringConfig, 'features'> & {
   eventIdx: boolean;
   indirectDesc: boolean;
+  /** VIRTIO_F_RING_PACKED negotiated: a packed ring (packed-virtqueue.ts). */
+  packed: boolean;
   /**
    * The queue ran on a worker that died: resume it where the guest sees it. With an in-flight
    * region that is recovery as after a restart; without one, at used->idx (what QEMU does after

@@ -11,7 +11,7 @@ import { native } from '../native.js';
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VringConfig } from '../control/backend.js';
 import type { MappedRegion } from '../control/memory-table.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit } from '../control/protocol.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, bit } from '../control/protocol.js';
 import { Mailbox, type PollMode, type QueueStart, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
 import type { HandlerSpec } from './device-api.js';
 import { brokenReasonName } from './chain.js';
@@ -334,6 +334,7 @@ function queueStart(config: Readonly<VringConfig>, resume: boolean): QueueStart 
     ...config,
     eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
     indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
+    packed: (config.features & bit(VIRTIO_F_RING_PACKED)) !== 0n,
     resume,
   };
 }

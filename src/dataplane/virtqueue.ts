@@ -19,6 +19,7 @@ import { BrokenReason, ChainWalker, brokenReasonName } from './chain.js';
 import type { DirtyLog } from './dirty-log.js';
 import { GuestMemory } from './memory.js';
 import { VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, availEventSlot, usedEventSlot, vringNeedEvent } from './notify.js';
+import type { Virtqueue } from './queue.js';
 import type { VirtqRequest } from './request.js';
 import type { InflightQueue, InflightRecovery } from './inflight.js';
 
@@ -33,16 +34,21 @@ export interface VirtqueueConfig {
   memory: GuestMemory;
   /** Entries: a power of two in [1, 32768] (SET_VRING_NUM). */
   size: number;
+  /** Split: descriptor table. Packed: descriptor ring. */
   descAddr: number;
+  /** Split: avail ring. Packed: driver event suppression area. */
   availAddr: number;
+  /** Split: used ring. Packed: device event suppression area. */
   usedAddr: number;
+  /** VIRTIO_F_RING_PACKED negotiated: createVirtqueue() builds a PackedVirtqueue. Default false. */
+  packed?: boolean;
   /**
    * 'guest' (default): the addresses are guest-physical. 'userspace': they are front-end virtual
    * addresses as sent in SET_VRING_ADDR, translated through each region's userspace address (and
    * again after every memory table change).
    */
   addressSpace?: 'guest' | 'userspace';
-  /** Next avail index to consume (SET_VRING_BASE). Default 0. */
+  /** Next avail index to consume (SET_VRING_BASE; packed: position | wrap << 15). Default 0 (packed: 0x8000). */
   lastAvailIdx?: number;
   /** Next used index to write. Default: the ring's current used.idx (as libvhost-user does). */
   usedIdx?: number;
@@ -57,11 +63,12 @@ export interface VirtqueueConfig {
 const EMPTY_U16 = new Uint16Array(0);
 const EMPTY_U32 = new Uint32Array(0);
 
-export class SplitVirtqueue {
+export class SplitVirtqueue implements Virtqueue {
   readonly index: number;
   readonly size: number;
   readonly eventIdx: boolean;
   readonly indirectDesc: boolean;
+  readonly packed = false;
 
   private readonly mask: number;
   private readonly descAddr: number;

@@ -28,8 +28,10 @@ import { performance } from 'node:perf_hooks';
 import { native } from '../native.js';
 import { DirtyLog, markWritten } from './dirty-log.js';
 import { GuestMemory } from './memory.js';
-import { BrokenReason, SplitVirtqueue } from './virtqueue.js';
+import { BrokenReason } from './chain.js';
+import { createVirtqueue, type Virtqueue } from './queue.js';
 import { VirtqRequest } from './request.js';
+import { SplitVirtqueue } from './virtqueue.js';
 import { InflightQueue } from './inflight.js';
 import { QUEUE_STAT_SLOTS, QueueStat } from './stats.js';
 import {
@@ -86,7 +88,7 @@ type Log = (level: LogLevel, msg: string, fields?: Record<string, unknown>) => v
 
 class QueueRunner implements WorkerQueue {
   readonly index: number;
-  readonly vq: SplitVirtqueue;
+  readonly vq: Virtqueue;
   readonly stats: Float64Array;
   kickFd: number;
   callFd: number;
@@ -125,7 +127,7 @@ class QueueRunner implements WorkerQueue {
     this.errFd = start.errFd;
     this.logGuestAddr = start.logGuestAddr ?? -1;
     this.stats = stats;
-    this.vq = new SplitVirtqueue({
+    this.vq = createVirtqueue({
       memory,
       size: start.size,
       descAddr: start.descUserAddr,
@@ -135,10 +137,22 @@ class QueueRunner implements WorkerQueue {
       lastAvailIdx: start.lastAvailIdx,
       eventIdx: start.eventIdx,
       indirectDesc: start.indirectDesc,
+      packed: start.packed,
       index: start.index,
     });
-    if (start.inflight) this.attachInflight(start);
-    else if (start.resume) this.vq.resumeAtUsedIdx();
+    if (this.vq instanceof SplitVirtqueue) {
+      if (start.inflight) this.attachInflight(start, this.vq);
+      else if (start.resume) this.vq.resumeAtUsedIdx();
+    } else if (start.inflight) {
+      this.log('warn', 'in-flight tracking is not built for packed rings: a restart resumes at SET_VRING_BASE', {
+        queue: this.index,
+      });
+    }
+    if (this.vq.packed && start.resume) {
+      // Packed rings have no in-flight tracking here (its packed layout is not built), and
+      // SET_VRING_BASE's position is stale after requests ran: stop rather than guess.
+      this.vq.markBroken(BrokenReason.PACKED_NO_RESUME);
+    }
     // In-flight requests never exceed the queue size (each holds a distinct head).
     this.pool = [];
     for (let i = 0; i < start.size; i++) this.pool.push(new VirtqRequest(maxSegments));
@@ -154,7 +168,7 @@ class QueueRunner implements WorkerQueue {
    * flight) and kick our own kick fd, as libvhost-user does, so an interrupt-mode worker looks
    * at the ring even though the front-end will not kick for requests it already sent.
    */
-  private attachInflight(start: QueueStart): void {
+  private attachInflight(start: QueueStart, vq: SplitVirtqueue): void {
     let tracker: InflightQueue;
     try {
       tracker = new InflightQueue(start.inflight!, start.size);
@@ -163,7 +177,7 @@ class QueueRunner implements WorkerQueue {
       this.log('error', 'in-flight region unusable; queue stopped', { queue: this.index, error: errorMessage(error) });
       return;
     }
-    const recovery = this.vq.attachInflight(tracker);
+    const recovery = vq.attachInflight(tracker);
     if (recovery === null || recovery.error !== '') return; // broken: reported by the worker
     this.stats[QueueStat.resubmitted] += recovery.resubmit.length;
     if (!recovery.fresh || start.resume) {

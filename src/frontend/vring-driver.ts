@@ -21,6 +21,7 @@ import {
   vringNeedEvent,
 } from '../dataplane/notify.js';
 import { TWO_POW_32 } from '../bits.js';
+import type { RingDriver } from './ring-driver.js';
 
 /** Where each part of a split ring sits, relative to the start of the ring area. */
 export interface SplitRingLayout {
@@ -87,7 +88,7 @@ export function indirectTablesBytes(size: number, maxEntries: number): number {
 
 const NONE = 0xffff_ffff;
 
-export class VringDriver {
+export class VringDriver implements RingDriver {
   readonly size: number;
   readonly eventIdx: boolean;
   /** Entries per indirect table, 0 without indirect support. */

@@ -328,7 +328,12 @@ export interface RunGuestOptions {
   /** Extra `-chardev socket` properties, e.g. 'reconnect=1'. */
   chardevProps?: string[];
   /** A virtio-net-pci on a vhost-user-net socket (the back-end listens, QEMU connects). */
-  net?: { socketPath: string; mac?: string; queuePairs?: number };
+  net?: {
+    socketPath: string;
+    mac?: string;
+    queuePairs?: number;
+    /** Extra virtio-net-pci properties, e.g. 'packed=on'. */ deviceProps?: string[];
+  };
   /** Guest job (vut.test=...), default 'blk'. */
   job?: string;
   /** More vut.* kernel args: { bytes: 4194304, seed: 7 } → "vut.bytes=4194304 vut.seed=7". */
@@ -416,6 +421,7 @@ export function qemuArgs(opts: RunGuestOptions & { image: GuestImage }): string[
     // (seen here with every back-end, before SET_FEATURES is sent).
     const dev = ['virtio-net-pci', 'netdev=n0', `mac=${opts.net.mac ?? '52:54:00:12:34:56'}`, 'romfile=', 'vectors=0'];
     if (pairs > 1) dev.push('mq=on');
+    dev.push(...(opts.net.deviceProps ?? []));
     args.push('-chardev', `socket,id=vn0,path=${opts.net.socketPath}`, '-netdev', netdev.join(','), '-device', dev.join(','));
   }
   args.push(...(opts.qemuArgs ?? []));

@@ -12,6 +12,8 @@ export interface LoadQueue {
   kickFd: number;
   callFd: number;
   eventIdx: boolean;
+  /** A packed ring (avail/usedAddr are its driver/device event areas). */
+  packed: boolean;
   indirect?: { tableAddr: number; maxEntries: number };
   /** Guest memory reserved for this queue's request buffers: [bufferAddr, bufferAddr + bufferBytes). */
   bufferAddr: number;

@@ -81,6 +81,7 @@ export function startLoad(device: FrontendDevice, options: LoadOptions): Running
       kickFd: queue.kickFd,
       callFd: queue.callFd,
       eventIdx: queue.driver.eventIdx,
+      packed: queue.packed,
       indirect: queue.indirect,
       bufferAddr,
       bufferBytes,
@@ -179,6 +180,7 @@ export function runLoopbackLoad(options: LoopbackOptions): Promise<LoadReport> {
         kickFd: -1,
         callFd: -1,
         eventIdx: false,
+        packed: false, // the loopback device reads split rings only
         bufferAddr,
         bufferBytes,
       },

@@ -5,7 +5,7 @@
 // drives the same class against an in-thread loopback to see where its time goes.
 import { native } from '../native.js';
 import type { GuestMemory } from '../dataplane/memory.js';
-import { VringDriver } from '../frontend/vring-driver.js';
+import { createRingDriver, type RingDriver } from '../frontend/ring-driver.js';
 import type { Histogram } from './histogram.js';
 import { NET_STAMP_OFFSET, type LoadQueue, type Workload } from './load-spec.js';
 import { BLK_OUTHDR_BYTES, BlkRequestType, BlkStatus } from '../devices/blk/virtio-blk.js';
@@ -45,7 +45,7 @@ export interface LoadContext {
 }
 
 export class QueueLoad {
-  readonly driver: VringDriver;
+  readonly driver: RingDriver;
   readonly queue: LoadQueue;
   readonly depth: number;
   readonly freeSlots: Int32Array;
@@ -85,8 +85,9 @@ export class QueueLoad {
     this.queue = queue;
     this.depth = depth;
     this.holdsAtEnd = workload.kind === 'net' && workload.role === 'rx';
-    this.driver = new VringDriver({
+    this.driver = createRingDriver({
       memory,
+      packed: queue.packed,
       size: queue.size,
       descAddr: queue.descAddr,
       availAddr: queue.availAddr,

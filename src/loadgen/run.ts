@@ -27,6 +27,8 @@ export interface BenchArgs {
   memoryBytes: number;
   json: boolean;
   verbose: boolean;
+  /** Drive packed virtqueues (the back-end must offer VIRTIO_F_RING_PACKED). Default false. */
+  packed?: boolean;
 }
 
 /** The comparison point the benchmarks share: 4 KiB random reads on one 256-entry queue, closed loop. */
@@ -99,6 +101,7 @@ export async function runBench(
     queueSize: args.queueSize,
     memory: [{ guestPhysAddr: 0, size: args.memoryBytes }],
     deviceFeatures: LOADGEN_BLK_FEATURES,
+    packed: args.packed,
     connectTimeoutMs: 2000,
   });
   try {

@@ -157,6 +157,18 @@ describe('vhost-user-bench blk', () => {
     expect(BigInt(result.offered_protocol_features) & bit(ProtocolFeature.STATUS)).not.toBe(0n);
   });
 
+  it('--packed drives packed rings (RING_PACKED acked) and measures', async () => {
+    const { device, blk } = lyingBlk(0n);
+    const { socketPath } = await serve(device, undefined, blk);
+    const run = await bench(['blk', '--socket', socketPath, '--packed', '--qd', '8', ...QUICK]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const result = JSON.parse(run.stdout) as BenchResult;
+    expect(result.requests).toBeGreaterThan(0);
+    expect(result.errors).toBe(0);
+    expect(BigInt(result.features) & bit(VIRTIO_F_RING_PACKED)).toBe(bit(VIRTIO_F_RING_PACKED));
+  });
+
   it('exits 3 when requests fail (a device answering IOERR)', async () => {
     const { device, blk } = lyingBlk(0n, 1024);
     const { socketPath } = await serve(device, undefined, blk);

@@ -13,7 +13,7 @@ import {
   type BackendReply,
   type FrontendRequest,
 } from '../../dist/control/codec/index.js';
-import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, bit } from '../../dist/control/protocol.js';
+import { HeaderFlag, MAX_PAYLOAD_SIZE, Request, VIRTIO_F_RING_PACKED, bit } from '../../dist/control/protocol.js';
 import { FrontendDevice, FrontendMemory, VhostUserClient } from '../../dist/frontend/index.js';
 import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import {
@@ -98,14 +98,15 @@ function leave(socket: number): void {
   native.close(socket);
 }
 
-/** A client that has negotiated REPLY_ACK (and everything else), owns the session, and acked all features. */
-async function hostile(): Promise<VhostUserClient> {
+/** A client that has negotiated REPLY_ACK (and everything else), owns the session, and acked all features but RING_PACKED. */
+async function hostile(packed = false): Promise<VhostUserClient> {
   const client = await VhostUserClient.connect(rig.socketPath, { replyTimeoutMs: TIMEOUT_MS });
   clients.push(client);
   const features = await client.getFeatures();
   await client.setProtocolFeatures(LIBRARY_PROTOCOL_FEATURES);
   await client.request({ type: 'SET_OWNER' });
-  await client.setFeatures(features);
+  // Split rings unless asked: most ring address checks below are the split layout's.
+  await client.setFeatures(packed ? features : features & ~bit(VIRTIO_F_RING_PACKED));
   return client;
 }
 
@@ -499,6 +500,24 @@ describe('queue sizes and ring addresses', () => {
       logGuestAddr: 0n,
     };
     expect(await requestStatus(client, request)).toBe(1n);
+  });
+
+  it('packed rings: the driver and device event areas are 4 bytes each, checked as such', async () => {
+    const client = await hostile(true);
+    const base = await withMemory(client);
+    const end = base + BigInt(MiB);
+    const addr = (avail: bigint, used: bigint): FrontendRequest => ({
+      type: 'SET_VRING_ADDR',
+      index: 0,
+      flags: 0,
+      descUserAddr: base,
+      availUserAddr: avail,
+      usedUserAddr: used,
+      logGuestAddr: 0n,
+    });
+    // The last 8 bytes of the region hold both areas (a split avail ring there would not fit).
+    expect(await requestStatus(client, addr(end - 8n, end - 4n))).toBe(0n);
+    expect(await requestStatus(client, addr(end - 8n, end - 2n))).toBe(1n);
   });
 
   it('a kick for a ring that has no memory table to live in is refused, and the ring does not start', async () => {

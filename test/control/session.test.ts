@@ -26,6 +26,7 @@ import {
   Request,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_F_LOG_ALL,
+  VIRTIO_F_IN_ORDER,
   VIRTIO_F_RING_PACKED,
   bit,
 } from '../../dist/control/protocol.js';
@@ -111,6 +112,8 @@ function session() {
 /** Dirty-page logging: offered for every device, since the (recording) data plane can log. */
 const LOG_ALL = bit(VHOST_F_LOG_ALL);
 const offeredFeatures = () => rig.device.features | bit(VHOST_USER_F_PROTOCOL_FEATURES) | LOG_ALL;
+/** What the tests ack by default: everything but RING_PACKED (whose ring base rules differ) and LOG_ALL. */
+const splitFeatures = () => offeredFeatures() & ~bit(VIRTIO_F_RING_PACKED) & ~LOG_ALL;
 
 /** QEMU's order up to the point where rings are set up; REPLY_ACK on unless `protocol` says otherwise. */
 async function negotiated(options: { protocol?: bigint; features?: bigint } = {}): Promise<VhostUserClient> {
@@ -119,8 +122,8 @@ async function negotiated(options: { protocol?: bigint; features?: bigint } = {}
   expect(await client.getProtocolFeatures()).toBe(LIBRARY_PROTOCOL_FEATURES);
   await client.setProtocolFeatures(options.protocol ?? LIBRARY_PROTOCOL_FEATURES);
   await client.request({ type: 'SET_OWNER' });
-  // LOG_ALL only comes with a migration (tests below ack it themselves).
-  await client.setFeatures(options.features ?? offeredFeatures() & ~LOG_ALL);
+  // LOG_ALL only comes with a migration, RING_PACKED only where a test asks (tests ack them themselves).
+  await client.setFeatures(options.features ?? splitFeatures());
   rig.dataPlane.events.length = 0;
   return client;
 }
@@ -183,8 +186,8 @@ function vringAddr(index: number, ring: RingAddresses): FrontendRequest {
 }
 
 /** A negotiated front-end with memory and ring 0 described, kicked and enabled: the ring runs. */
-async function runningRing(options: { base?: number } = {}) {
-  const client = await negotiated();
+async function runningRing(options: { base?: number; features?: bigint } = {}) {
+  const client = await negotiated({ features: options.features });
   const memory = guestMemory();
   await client.request({ type: 'SET_MEM_TABLE', regions: memory.describe() });
   const ring = await describeRing(client, memory, 0, 64, options.base ?? 0);
@@ -297,10 +300,10 @@ describe('VHOST_USER_SET_FEATURES (2)', () => {
     const client = await negotiated();
     await expectFailureAck(
       client,
-      { type: 'SET_FEATURES', features: offeredFeatures() | bit(VIRTIO_F_RING_PACKED) },
+      { type: 'SET_FEATURES', features: offeredFeatures() | bit(VIRTIO_F_IN_ORDER) },
       /never offered/,
     );
-    expect(session().features).toBe(offeredFeatures() & ~LOG_ALL);
+    expect(session().features).toBe(splitFeatures());
   });
 
   it('a device that refuses the features (its setFeatures throws) gets a failure ack, not a dropped connection', async () => {
@@ -624,6 +627,17 @@ describe('VHOST_USER_SET_VRING_BASE (10)', () => {
     const client = await negotiated();
     await expectFailureAck(client, { type: 'SET_VRING_BASE', index: 0, num: 0x10000 }, /u16/);
   });
+
+  it('packed rings: avail position and wrap counter from bits 0–15; QEMU’s used half (16–31) is not needed', async () => {
+    await runningRing({ base: 0x8005_8003, features: offeredFeatures() });
+    expect(vringConfig().lastAvailIdx).toBe(0x8003);
+  });
+
+  it('packed rings: a position beyond the queue size is refused', async () => {
+    const client = await negotiated({ features: offeredFeatures() });
+    await client.request({ type: 'SET_VRING_NUM', index: 0, num: 64 });
+    await expectFailureAck(client, { type: 'SET_VRING_BASE', index: 0, num: 0x8040 }, /beyond queue size/);
+  });
 });
 
 describe('VHOST_USER_GET_VRING_BASE (11)', () => {
@@ -638,6 +652,12 @@ describe('VHOST_USER_GET_VRING_BASE (11)', () => {
     expect(rig.dataPlane.running.has(0)).toBe(false);
     // A stopped ring is done with its kick fd.
     await fdsBackTo(fdsWhileRunning - 1, 'the kick fd to be closed');
+  });
+
+  it('packed rings: position and wrap counter in both halves', async () => {
+    const { client } = await runningRing({ features: offeredFeatures() });
+    rig.dataPlane.stopIndex.set(0, 0x8005);
+    expect(await client.getVringBase(0)).toBe(0x8005_8005);
   });
 
   it('a stopped ring is restarted by a new kick and resumes at the index it stopped at', async () => {

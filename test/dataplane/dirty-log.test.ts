@@ -7,6 +7,8 @@ import { DirtyLog, LOG_PAGE_BYTES, markWritten, requiredLogBytes } from '../../d
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import { VirtqRequest } from '../../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../../dist/dataplane/virtqueue.js';
+import { PackedVirtqueue } from '../../dist/dataplane/packed-virtqueue.js';
+import { PackedVringDriver, packedRingLayout } from '../../dist/frontend/packed-vring-driver.js';
 import { DataPlaneWorker } from '../../dist/dataplane/worker.js';
 import { Mailbox, type WorkerCommand, type WorkerInit, type WorkerMessage } from '../../dist/dataplane/commands.js';
 import { createStatsBuffer } from '../../dist/dataplane/stats.js';
@@ -215,6 +217,58 @@ describe('dirty log: the used ring of a SplitVirtqueue', () => {
   });
 });
 
+describe('dirty log: the descriptor ring of a PackedVirtqueue', () => {
+  function ring(size: number) {
+    const buffer = new SharedArrayBuffer(MiB);
+    const memory = new GuestMemory([{ guestPhysAddr: 0, size: MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 }]);
+    const layout = packedRingLayout(size);
+    const ringGpa = 0x8000;
+    const rings = { descAddr: ringGpa, availAddr: ringGpa + layout.driverOffset, usedAddr: ringGpa + layout.deviceOffset };
+    const driver = new PackedVringDriver({ memory, size, ...rings, eventIdx: true });
+    const queue = new PackedVirtqueue({ memory, size, ...rings, eventIdx: true, lastAvailIdx: 0x8000 });
+    const { log, bits } = guardedLog(requiredLogBytes(MiB));
+    return { driver, queue, log, bits, ringGpa, deviceGpa: rings.usedAddr };
+  }
+
+  function roundTrip(r: ReturnType<typeof ring>, count: number): void {
+    for (let i = 0; i < count; i++) {
+      r.driver.beginChain();
+      r.driver.addSegment(0x40000 + i * 16, 16, false);
+      expect(r.driver.endChain(i)).toBeGreaterThanOrEqual(0);
+    }
+    r.driver.publish();
+    const request = new VirtqRequest(4);
+    for (let i = 0; i < count; i++) {
+      expect(r.queue.pop(request)).toBe(true);
+      r.queue.pushUsed(request.head, 0);
+    }
+    r.queue.flushUsed();
+    expect(r.driver.reapUsed(new Float64Array(count), new Uint32Array(count))).toBe(count);
+  }
+
+  it('marks nothing without a log; with one, the whole ring and device area at start, then the used descriptors written', () => {
+    const r = ring(512); // descriptor ring: 16 · 512 bytes = two pages
+    roundTrip(r, 3);
+    expect(markedPages(r.bits)).toEqual([]);
+    r.queue.setUsedLog(r.log, r.deviceGpa);
+    expect(markedPages(r.bits)).toEqual(pagesOf(r.ringGpa, 16 * 512 + 8));
+    r.bits.fill(0);
+    roundTrip(r, 2); // positions 3, 4: the first ring page only
+    expect(markedPages(r.bits)).toEqual([r.ringGpa / LOG_PAGE_BYTES]);
+    r.bits.fill(0);
+    roundTrip(r, 300); // positions 5..304 reach into the second page
+    expect(markedPages(r.bits)).toEqual(pagesOf(r.ringGpa, 16 * 305));
+    r.bits.fill(0);
+    r.queue.enableNotification(); // the device event area is written: marked
+    expect(markedPages(r.bits)).toEqual(pagesOf(r.deviceGpa, 4));
+    r.queue.setUsedLog(null);
+    r.bits.fill(0);
+    roundTrip(r, 5);
+    r.queue.disableNotification();
+    expect(markedPages(r.bits)).toEqual([]);
+  });
+});
+
 // ---- through a worker ----------------------------------------------------------------------------
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
@@ -305,6 +359,7 @@ async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
       errFd: -1,
       eventIdx: true,
       indirectDesc: false,
+      packed: false,
     },
   });
   return rig;

@@ -174,6 +174,7 @@ function startQueue(rig: Rig, kickFd: number, lastAvailIdx = 0): void {
       errFd: -1,
       eventIdx: true,
       indirectDesc: false,
+      packed: false,
     },
   });
 }

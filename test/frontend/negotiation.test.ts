@@ -17,6 +17,7 @@ import {
   bit,
 } from '../../dist/control/protocol.js';
 import { BlkFeature } from '../../dist/devices/blk/virtio-blk.js';
+import { EchoDevice } from '../../dist/devices/echo/device.js';
 import { captureLogs, startTestDaemon, testBlkDevice, type TestDaemon } from '../control/helpers.js';
 
 const ALL_BITS = (1n << 64n) - 1n;
@@ -159,5 +160,23 @@ describe('FrontendDevice negotiation against a back-end offering everything', ()
     } finally {
       frontend.close();
     }
+  });
+
+  it('acks RING_PACKED when packed rings are asked for, and refuses a back-end that does not offer it', async () => {
+    rig = await startTestDaemon(testBlkDevice(1));
+    const frontend = await FrontendDevice.connect({ socketPath: rig.socketPath, packed: true, replyTimeoutMs: TIMEOUT_MS });
+    try {
+      expect(frontend.features & bit(VIRTIO_F_RING_PACKED)).not.toBe(0n);
+      expect(frontend.queues[0].packed).toBe(true);
+      expect(rig.daemon.currentSession?.features).toBe(frontend.features);
+    } finally {
+      frontend.close();
+    }
+    await rig.stop();
+    // The echo device offers split rings only unless asked.
+    rig = await startTestDaemon(new EchoDevice(1, 256));
+    await expect(
+      FrontendDevice.connect({ socketPath: rig.socketPath, packed: true, replyTimeoutMs: TIMEOUT_MS }),
+    ).rejects.toThrow(/does not offer VIRTIO_F_RING_PACKED/);
   });
 });

@@ -84,102 +84,111 @@ afterAll(() => {
   }
 });
 
-describe('a QEMU guest on vhost-user-net --backend tap:NAME (interrupt polling), tap in a namespace', () => {
-  it('pings the namespace and back, and moves 1 MiB each way over TCP, checksums equal', { timeout: 300_000 }, async () => {
-    const socketPath = join(dir, 'net.sock');
-    const daemon = spawnTracked('ip', [
-      'netns',
-      'exec',
-      NS,
-      process.execPath,
-      BIN,
-      '--socket',
-      socketPath,
-      '--backend',
-      `tap:${TAP}`,
-      '--poll',
-      'interrupt',
-      '--cpus',
-      '1',
-    ]);
-    let daemonOut = '';
-    let daemonErr = '';
-    daemon.child.stdout!.on('data', (chunk: Buffer) => (daemonOut += chunk.toString()));
-    daemon.child.stderr!.on('data', (chunk: Buffer) => (daemonErr += chunk.toString()));
-    const daemonExit = new Promise<number | null>((resolve) => daemon.child.once('exit', (code) => resolve(code)));
-    const sink = listen(5001);
-    const source = listen(5002);
-    const hostData = randomBytes(MiB);
-    let hostPing: Promise<{ ok: boolean; output: string }> | undefined;
-    try {
-      await waitUntil(
-        'the daemon creating its tap and socket',
-        () => existsSync(socketPath) && tapInNamespace(),
-        30_000,
-        () => daemonErr,
-      );
-      ip('-n', NS, 'addr', 'add', `${HOST_IP}/24`, 'dev', TAP);
-      ip('-n', NS, 'link', 'set', 'dev', TAP, 'up');
-      source.child.stdin!.on('error', () => {}); // EPIPE if nc dies first: the checksums tell
-      source.child.stdin!.end(hostData);
+// Split rings, and packed rings (`packed=on`; QEMU would fall back to split silently if we did not
+// offer VIRTIO_F_RING_PACKED, so the negotiated bit 34 is checked).
+describe.each([
+  ['split', false],
+  ['packed', true],
+] as const)(
+  'a QEMU guest on vhost-user-net --backend tap:NAME (interrupt polling, %s rings), tap in a namespace',
+  (_rings, packed) => {
+    it('pings the namespace and back, and moves 1 MiB each way over TCP, checksums equal', { timeout: 300_000 }, async () => {
+      const socketPath = join(dir, 'net.sock');
+      const daemon = spawnTracked('ip', [
+        'netns',
+        'exec',
+        NS,
+        process.execPath,
+        BIN,
+        '--socket',
+        socketPath,
+        '--backend',
+        `tap:${TAP}`,
+        '--poll',
+        'interrupt',
+        '--cpus',
+        '1',
+      ]);
+      let daemonOut = '';
+      let daemonErr = '';
+      daemon.child.stdout!.on('data', (chunk: Buffer) => (daemonOut += chunk.toString()));
+      daemon.child.stderr!.on('data', (chunk: Buffer) => (daemonErr += chunk.toString()));
+      const daemonExit = new Promise<number | null>((resolve) => daemon.child.once('exit', (code) => resolve(code)));
+      const sink = listen(5001);
+      const source = listen(5002);
+      const hostData = randomBytes(MiB);
+      let hostPing: Promise<{ ok: boolean; output: string }> | undefined;
+      try {
+        await waitUntil(
+          'the daemon creating its tap and socket',
+          () => existsSync(socketPath) && tapInNamespace(),
+          30_000,
+          () => daemonErr,
+        );
+        ip('-n', NS, 'addr', 'add', `${HOST_IP}/24`, 'dev', TAP);
+        ip('-n', NS, 'link', 'set', 'dev', TAP, 'up');
+        source.child.stdin!.on('error', () => {}); // EPIPE if nc dies first: the checksums tell
+        source.child.stdin!.end(hostData);
 
-      let consoleText = '';
-      const run = await runGuest<NetResult>({
-        image,
-        job: 'net',
-        net: { socketPath },
-        jobArgs: { ip: `${GUEST_IP}/24`, peer: HOST_IP, bytes: MiB, echos: 3 },
-        timeoutMs: 240_000,
-        onConsole: (text) => {
-          consoleText += text;
-          if (hostPing === undefined && consoleText.includes('VUT-STEP net-up')) {
-            hostPing = new Promise((resolve) =>
-              execFile('ip', ['netns', 'exec', NS, 'busybox', 'ping', '-c', '3', '-W', '5', GUEST_IP], (error, stdout) =>
-                resolve({ ok: error === null, output: stdout }),
-              ),
-            );
-          }
-        },
-      });
-      const result = assertGuestOk(run);
-      expect(result.features[32]).toBe('1'); // VERSION_1
-      expect(result.features[15]).toBe('1'); // MRG_RXBUF
-      expect(result.features[0]).toBe('0'); // no checksum offload offered
-      expect(result.mtu).toBe(1500);
-      expect(result.ping_received).toBe(3);
-      // Guest → namespace.
-      const received = await sink.exited;
-      expect(received.bytes).toBe(MiB);
-      expect(received.sha256).toBe(result.tx.sha256);
-      expect(result.tx.bytes).toBe(MiB);
-      // Namespace → guest.
-      expect(result.rx.bytes).toBe(MiB);
-      expect(result.rx.sha256).toBe(createHash('sha256').update(hostData).digest('hex'));
-      // The namespace pinged the guest while it worked.
-      expect(hostPing).toBeDefined();
-      const ping = await hostPing!;
-      expect(ping.output).toMatch(/3 packets transmitted, 3 packets received/);
-      expect(result.in_echos).toBeGreaterThanOrEqual(3);
-      expect(run.durationMs).toBeGreaterThan(0);
-    } finally {
-      daemon.child.kill('SIGINT');
-      sink.kill();
-      source.kill();
-    }
-    expect(await daemonExit).toBe(0);
-    // The exit summary: each direction carried at least the 1 MiB (≥ 700 full-size TCP segments).
-    const rows = daemonOut
-      .trim()
-      .split('\n')
-      .slice(1)
-      .map((line) => line.trim().split(/\s+/).map(Number));
-    const rx = rows.find((row) => row[1] === 0)!;
-    const tx = rows.find((row) => row[1] === 1)!;
-    expect(rx[3]).toBeGreaterThan(700);
-    expect(tx[3]).toBeGreaterThan(700);
-    expect(rx[4]).toBeGreaterThan(MiB);
-    expect(tx[4]).toBeGreaterThan(MiB);
-    // We created the tap, so it went away with us.
-    expect(tapInNamespace()).toBe(false);
-  });
-});
+        let consoleText = '';
+        const run = await runGuest<NetResult>({
+          image,
+          job: 'net',
+          net: { socketPath, deviceProps: packed ? ['packed=on'] : [] },
+          jobArgs: { ip: `${GUEST_IP}/24`, peer: HOST_IP, bytes: MiB, echos: 3 },
+          timeoutMs: 240_000,
+          onConsole: (text) => {
+            consoleText += text;
+            if (hostPing === undefined && consoleText.includes('VUT-STEP net-up')) {
+              hostPing = new Promise((resolve) =>
+                execFile('ip', ['netns', 'exec', NS, 'busybox', 'ping', '-c', '3', '-W', '5', GUEST_IP], (error, stdout) =>
+                  resolve({ ok: error === null, output: stdout }),
+                ),
+              );
+            }
+          },
+        });
+        const result = assertGuestOk(run);
+        expect(result.features[32]).toBe('1'); // VERSION_1
+        expect(result.features[34]).toBe(packed ? '1' : '0'); // RING_PACKED
+        expect(result.features[15]).toBe('1'); // MRG_RXBUF
+        expect(result.features[0]).toBe('0'); // no checksum offload offered
+        expect(result.mtu).toBe(1500);
+        expect(result.ping_received).toBe(3);
+        // Guest → namespace.
+        const received = await sink.exited;
+        expect(received.bytes).toBe(MiB);
+        expect(received.sha256).toBe(result.tx.sha256);
+        expect(result.tx.bytes).toBe(MiB);
+        // Namespace → guest.
+        expect(result.rx.bytes).toBe(MiB);
+        expect(result.rx.sha256).toBe(createHash('sha256').update(hostData).digest('hex'));
+        // The namespace pinged the guest while it worked.
+        expect(hostPing).toBeDefined();
+        const ping = await hostPing!;
+        expect(ping.output).toMatch(/3 packets transmitted, 3 packets received/);
+        expect(result.in_echos).toBeGreaterThanOrEqual(3);
+        expect(run.durationMs).toBeGreaterThan(0);
+      } finally {
+        daemon.child.kill('SIGINT');
+        sink.kill();
+        source.kill();
+      }
+      expect(await daemonExit).toBe(0);
+      // The exit summary: each direction carried at least the 1 MiB (≥ 700 full-size TCP segments).
+      const rows = daemonOut
+        .trim()
+        .split('\n')
+        .slice(1)
+        .map((line) => line.trim().split(/\s+/).map(Number));
+      const rx = rows.find((row) => row[1] === 0)!;
+      const tx = rows.find((row) => row[1] === 1)!;
+      expect(rx[3]).toBeGreaterThan(700);
+      expect(tx[3]).toBeGreaterThan(700);
+      expect(rx[4]).toBeGreaterThan(MiB);
+      expect(tx[4]).toBeGreaterThan(MiB);
+      // We created the tap, so it went away with us.
+      expect(tapInNamespace()).toBe(false);
+    });
+  },
+);

@@ -5,7 +5,13 @@
 // (then the guest can never make writes durable itself: §5.2.6.2 write-through), is mirrored
 // into a shared Int32Array that every worker reads per write.
 import type { VhostUserDevice } from '../../control/backend.js';
-import { ProtocolFeature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1 } from '../../control/protocol.js';
+import {
+  ProtocolFeature,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+} from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { resolveEngine } from './engine-select.js';
 import { MAX_RANGE_SECTORS, type BlkEngineChoice, type BlkHandlerOptions } from './options.js';
@@ -102,6 +108,7 @@ export class BlkDevice implements VhostUserDevice {
       bit(VIRTIO_F_VERSION_1) |
       bit(VIRTIO_F_EVENT_IDX) |
       bit(VIRTIO_F_INDIRECT_DESC) |
+      bit(VIRTIO_F_RING_PACKED) |
       bit(BlkFeature.SIZE_MAX) |
       bit(BlkFeature.SEG_MAX) |
       bit(BlkFeature.BLK_SIZE) |

@@ -16,7 +16,14 @@
 // QEMU sends it after a migration when the guest cannot announce itself; GUEST_ANNOUNCE is
 // offered so that a guest can (QEMU then asks the guest driver, through its control queue).
 import type { DeviceRequest, VhostUserDevice } from '../../control/backend.js';
-import { ProtocolFeature, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, bit } from '../../control/protocol.js';
+import {
+  ProtocolFeature,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  bit,
+} from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { SOURCE_MIN_FRAME } from './frame.js';
 import {
@@ -101,6 +108,7 @@ export class NetDevice implements VhostUserDevice {
       bit(VIRTIO_F_VERSION_1) |
       bit(VIRTIO_F_EVENT_IDX) |
       bit(VIRTIO_F_INDIRECT_DESC) |
+      bit(VIRTIO_F_RING_PACKED) |
       bit(NetFeature.MRG_RXBUF) |
       bit(NetFeature.MTU) |
       bit(NetFeature.MAC) |
