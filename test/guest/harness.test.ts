@@ -12,6 +12,18 @@ import {
 } from '../../dist/guest/qemu.js';
 
 describe('guest harness', () => {
+  it("guest/init.sh parses under busybox sh, the guest's shell (a broken /init kills every guest job)", () => {
+    const script = new URL('../../guest/init.sh', import.meta.url).pathname;
+    // sh -n reads without running: a syntax error exits non-zero and execFileSync throws.
+    expect(() => execFileSync('busybox', ['sh', '-n', script], { stdio: 'pipe' })).not.toThrow();
+    const broken = execFileSync(
+      'busybox',
+      ['sh', '-c', 'printf "f() {\\n  echo\\n" > /tmp/vut-broken.sh; busybox sh -n /tmp/vut-broken.sh; echo $?'],
+      { encoding: 'utf8' },
+    );
+    expect(broken.trim()).not.toBe('0'); // the check itself can fail
+  });
+
   it('makePattern matches what the guest writes (sha256 printed by a real guest, seed 123)', () => {
     expect(sha256(makePattern(123, 0, 4 << 20))).toBe('2af795779d2a76b1484f271bc31c4b05692efb3c6fa2f90d5d1e859556401852');
     expect(sha256(makePattern(123, (64 << 20) - 4096, 4096))).toBe(
