@@ -6,6 +6,7 @@
 import type { DeviceRequest, VhostUserDevice } from './backend.js';
 import type { BackendReply, FrontendRequest, FrontendRequestType } from './codec/index.js';
 import { closeAll } from './connection.js';
+import { native } from '../native.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
 import { MAX_QUEUE_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, hasFeature } from './protocol.js';
@@ -233,7 +234,7 @@ const requestHandlers: RequestHandlerTable = {
   SET_VRING_KICK: {
     handle: async (s, r, fds) => {
       const vring = s.vring(r.index);
-      const fd = r.noFd ? -1 : fds.take(0);
+      const fd = r.noFd ? -1 : notifierFd(fds, 'SET_VRING_KICK');
       if (vring.running) {
         // A new kick fd for a running ring: restart it with the new fd.
         await s.stopRing(r.index);
@@ -249,7 +250,7 @@ const requestHandlers: RequestHandlerTable = {
     handle: async (s, r, fds) => {
       const vring = s.vring(r.index);
       const previous = vring.callFd;
-      vring.callFd = r.noFd ? -1 : fds.take(0);
+      vring.callFd = r.noFd ? -1 : notifierFd(fds, 'SET_VRING_CALL');
       await s.updateNotifyFds(r.index);
       if (previous >= 0) closeAll([previous]);
       // As libvhost-user does ("in case of I/O hang after reconnecting"): one signal on every new
@@ -265,7 +266,7 @@ const requestHandlers: RequestHandlerTable = {
     handle: async (s, r, fds) => {
       const vring = s.vring(r.index);
       const previous = vring.errFd;
-      vring.errFd = r.noFd ? -1 : fds.take(0);
+      vring.errFd = r.noFd ? -1 : notifierFd(fds, 'SET_VRING_ERR');
       await s.updateNotifyFds(r.index);
       if (previous >= 0) closeAll([previous]);
     },
@@ -355,4 +356,26 @@ async function deviceRequest(s: SessionContext, request: DeviceRequest): Promise
 function toAddress(value: bigint): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new SessionError(`ring address 0x${value.toString(16)} is out of range`);
   return Number(value);
+}
+
+/**
+ * The request's kick, call or error fd, once it is known to be an eventfd and made non-blocking:
+ * the data plane writes call fds and reads kick fds on its hot path, where a pipe that fills up,
+ * or a blocking eventfd whose counter the front-end pushed to the maximum, would block a worker
+ * (or the control thread) forever. A refused fd is closed here.
+ */
+function notifierFd(fds: RequestFds, request: string): number {
+  const fd = fds.take(0);
+  let adopted: boolean;
+  try {
+    adopted = native.eventfdAdopt(fd);
+  } catch (error) {
+    closeAll([fd]);
+    throw new SessionError(`${request}: cannot inspect the fd: ${(error as Error).message}`);
+  }
+  if (!adopted) {
+    closeAll([fd]);
+    throw new SessionError(`${request}: the fd is not an eventfd`);
+  }
+  return fd;
 }
