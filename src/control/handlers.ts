@@ -3,6 +3,7 @@
 // state and runs the generic path (decode, feature check, reply policy, fd cleanup); each row
 // holds the behaviour of one request, typed by that request, and sees the session only through
 // SessionContext. Adding a request is one row here (and one in the codec's request table).
+import { fstatSync } from 'node:fs';
 import type { DeviceRequest, VhostUserDevice } from './backend.js';
 import type { BackendReply, FrontendRequest, FrontendRequestType } from './codec/index.js';
 import { closeAll } from './connection.js';
@@ -319,7 +320,18 @@ const requestHandlers: RequestHandlerTable = {
   },
   SET_STATUS: { handle: (s, r) => s.setStatus(Number(r.status & 0xffn)) },
   GET_STATUS: { handle: (s) => ({ type: 'u64', value: BigInt(s.status) }) },
-  SET_BACKEND_REQ_FD: { handle: (s, _r, fds) => s.setBackendChannel(fds.take(0)) },
+  SET_BACKEND_REQ_FD: {
+    handle: (s, _r, fds) => {
+      const fd = fds.take(0);
+      // Only a socket can carry the channel's messages; anything else (a file, a memfd, an
+      // eventfd) cannot even be polled, which used to fail the handler and drop the front-end.
+      if (!isSocket(fd)) {
+        closeAll([fd]);
+        throw new SessionError('SET_BACKEND_REQ_FD: the fd is not a socket');
+      }
+      s.setBackendChannel(fd);
+    },
+  },
   RESET_DEVICE: { handle: (s) => s.resetDevice() },
   SET_LOG_BASE: {
     handle: () => {
@@ -378,4 +390,12 @@ function notifierFd(fds: RequestFds, request: string): number {
     throw new SessionError(`${request}: the fd is not an eventfd`);
   }
   return fd;
+}
+
+function isSocket(fd: number): boolean {
+  try {
+    return fstatSync(fd).isSocket();
+  } catch {
+    return false;
+  }
 }
