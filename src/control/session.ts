@@ -20,13 +20,7 @@ import {
   type BackendReply,
   type MessageHeader,
 } from './codec/index.js';
-import {
-  HangUpError,
-  VhostUserConnection,
-  closeAll,
-  type ConnectionEvents,
-  type ConnectionLimits,
-} from './connection.js';
+import { HangUpError, VhostUserConnection, closeAll, type ConnectionEvents, type ConnectionLimits } from './connection.js';
 import { DaemonError, MemoryTableError, SessionError, VhostUserError } from './errors.js';
 import {
   newVring,
@@ -72,6 +66,11 @@ class RequestFdList implements RequestFds {
 export const DEFAULT_MAX_QUEUED_REPLY_BYTES = 64 << 10;
 /** How long a request that started arriving may take to finish. */
 export const DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS = 5000;
+/**
+ * How long a front-end may stay silent after connecting. QEMU, DPDK and the front-end library
+ * send GET_FEATURES at once; a front-end that sends nothing only holds the ones waiting behind it.
+ */
+export const DEFAULT_FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 
 /** What the session needs of its connection (a VhostUserConnection, or an in-process stand-in). */
 export type SessionTransport = Pick<VhostUserConnection, 'send' | 'close' | 'isClosed' | 'queuedBytes'>;
@@ -88,6 +87,8 @@ export interface SessionOptions {
   maxQueuedReplyBytes?: number;
   /** Drop a front-end that sends part of a message and stops for this long (default 5000 ms). */
   partialMessageTimeoutMs?: number;
+  /** Drop a front-end whose first message is not complete this long after it connected (default 10000 ms). */
+  firstMessageTimeoutMs?: number;
   /**
    * Refuse memory regions whose fd is not sealed against shrinking (F_SEAL_SHRINK). Without
    * the seal such regions are accepted with a warning: a front-end that truncates the file
@@ -134,6 +135,7 @@ export class VhostUserSession {
     const limits: ConnectionLimits = {
       maxQueuedBytes: options.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
       partialMessageTimeoutMs: options.partialMessageTimeoutMs ?? DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS,
+      firstMessageTimeoutMs: options.firstMessageTimeoutMs ?? DEFAULT_FIRST_MESSAGE_TIMEOUT_MS,
     };
     this.connection = options.transport ? options.transport(events, limits) : new VhostUserConnection(fd, events, limits);
   }
