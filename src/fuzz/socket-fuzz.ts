@@ -70,11 +70,19 @@ export class DaemonProcess {
     }
   }
 
-  /** Resident set (kB) and open fds, from /proc. */
-  sample(): { rssKb: number; fds: number } {
+  /**
+   * Resident set (kB; with its anonymous part and its shared-memory part, i.e. touched pages of
+   * mapped guest memory) and open fds, from /proc.
+   */
+  sample(): { rssKb: number; anonKb: number; shmemKb: number; fds: number } {
     const status = readFileSync(`/proc/${this.pid}/status`, 'utf8');
-    const rss = /VmRSS:\s+(\d+)/.exec(status);
-    return { rssKb: rss ? Number(rss[1]) : -1, fds: readdirSync(`/proc/${this.pid}/fd`).length };
+    const field = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+)`).exec(status)?.[1] ?? -1);
+    return {
+      rssKb: field('VmRSS'),
+      anonKb: field('RssAnon'),
+      shmemKb: field('RssShmem'),
+      fds: readdirSync(`/proc/${this.pid}/fd`).length,
+    };
   }
 
   async stop(): Promise<void> {

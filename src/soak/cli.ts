@@ -17,7 +17,7 @@ async function main(): Promise<number> {
   const sampleSeconds = Number(values['sample-seconds']);
   if (!(minutes > 0) || !(sampleSeconds > 0)) throw new Error('--minutes and --sample-seconds must be positive');
   console.log(`soak: ${minutes} min of front-end churn against vhost-user-blk, sampling every ${sampleSeconds} s`);
-  console.log('   time    RSS (kB)   fds   front-ends');
+  console.log('   time    RSS (kB)  anon (kB) guest mem (kB)   fds   front-ends');
   const result = await runSoak({
     durationMs: minutes * 60_000,
     sampleEveryMs: sampleSeconds * 1000,
@@ -28,8 +28,8 @@ async function main(): Promise<number> {
   });
   console.log(
     `${result.rounds} front-ends (${result.killedMidIo} left with I/O in flight); ` +
-      `after warm-up (${result.baseline.seconds} s): RSS ${result.baseline.rssKb} kB, ${result.baseline.fds} fds; ` +
-      `end: RSS ${result.end.rssKb} kB, ${result.end.fds} fds`,
+      `median ${result.baseline.from}-${result.baseline.to} s: RSS ${result.baseline.rssKb} kB, ${result.baseline.fds} fds; ` +
+      `median ${result.end.from}-${result.end.to} s: RSS ${result.end.rssKb} kB, ${result.end.fds} fds`,
   );
   for (const failure of result.failures) console.log(`FAIL ${failure}`);
   console.log(result.failures.length === 0 ? 'soak passed' : 'soak failed');
