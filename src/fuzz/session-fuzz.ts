@@ -232,7 +232,7 @@ export class SessionFuzzer {
         const outcome = transport.events.onMessage(header, payload, fds);
         if (outcome instanceof Promise) await outcome;
         this.checkReplies(header, transport, before, findings);
-        signature.push(`${requestSpecs.get(header.request)?.name ?? header.request}:${transport.lastOutcome()}`);
+        signature.push(`${requestSpecs.get(header.request)?.name ?? 'unknown'}:${transport.outcomeSince(before)}`);
       }
       await session.close();
       if (!transport.closedWith) findings.push('the session closed without closing its transport');
@@ -559,10 +559,11 @@ class FakeTransport implements SessionTransport {
     this.events.onClose(error);
   }
 
-  /** How the last request ended, for the signature: closed, replied, or silent. */
-  lastOutcome(): string {
+  /** How the last request ended, for the signature: closed, replied (how often), or silent. */
+  outcomeSince(before: number): string {
     if (this.closedWith) return 'closed';
-    return this.replies.length > 0 ? `r${this.replies.length}` : 'quiet';
+    const replies = this.replies.length - before;
+    return replies > 0 ? `r${replies}` : 'quiet';
   }
 }
 
@@ -651,7 +652,7 @@ function recordingLogger(findings: string[], signature: string[]): Logger {
     error: (msg, fields) => findings.push(`logged error "${msg}": ${describeFields(fields)}`),
     warn: (msg, fields) => {
       // The refusal's reason, numbers dropped: which distinct checks a case reached.
-      if (msg === 'request refused') signature.push(`${String(fields?.request)}!${normalize(String(fields?.error))}`);
+      if (msg === 'request refused') signature.push(`${normalize(String(fields?.request))}!${normalize(String(fields?.error))}`);
     },
     info: () => undefined,
     debug: () => undefined,

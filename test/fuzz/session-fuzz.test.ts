@@ -39,7 +39,7 @@ describe('session fuzzing (fixed seed)', () => {
     expect(totals.cases).toBe(CASES);
     // The cases reach deep enough to matter: many messages, many distinct outcomes and refusals.
     expect(totals.messages).toBeGreaterThan(10 * CASES);
-    expect(corpus.behaviours).toBeGreaterThan(500);
+    expect(corpus.behaviours).toBeGreaterThan(150);
   });
 
   it('the corpus kept in the repo replays without findings', async () => {
