@@ -23,7 +23,8 @@ async function main(): Promise<number> {
     sampleEveryMs: sampleSeconds * 1000,
     onSample: (s) =>
       console.log(
-        `${String(s.seconds).padStart(6)} s ${String(s.rssKb).padStart(10)} ${String(s.fds).padStart(5)} ${String(s.rounds).padStart(12)}`,
+        `${String(s.seconds).padStart(6)} s ${String(s.rssKb).padStart(10)} ${String(s.anonKb).padStart(10)} ` +
+          `${String(s.shmemKb).padStart(14)} ${String(s.fds).padStart(5)} ${String(s.rounds).padStart(12)}`,
       ),
   });
   console.log(
