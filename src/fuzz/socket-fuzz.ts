@@ -31,12 +31,13 @@ export class DaemonProcess {
   readonly errors: string[] = [];
   exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 
-  constructor(extraArgs: string[] = []) {
+  /** `extraArgs` go to vhost-user-blk, `nodeArgs` to node (V8 flags). */
+  constructor(extraArgs: string[] = [], nodeArgs: string[] = []) {
     this.dir = mkdtempSync(join(tmpdir(), 'vut-daemon-'));
     this.socketPath = join(this.dir, 'blk.sock');
     this.child = spawn(
       process.execPath,
-      [BLK_BIN, '--socket', this.socketPath, '--engine', 'memory', '--size', '16M', '--queues', '2', ...extraArgs],
+      [...nodeArgs, BLK_BIN, '--socket', this.socketPath, '--engine', 'memory', '--size', '16M', '--queues', '2', ...extraArgs],
       { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VHOST_USER_LOG: 'warn' } },
     );
     this.child.stderr!.setEncoding('utf8').on('data', (text: string) => {
