@@ -63,9 +63,11 @@ describe('session fuzzing (fixed seed)', () => {
     const fuzzer = new SessionFuzzer();
     fuzzers.push(fuzzer);
     // A device bug: SET_STATUS throws a TypeError, which the session must not take for a refusal.
-    fuzzer.device.setStatus = () => {
-      throw new TypeError('device bug');
-    };
+    Object.assign(fuzzer.device, {
+      setStatus: () => {
+        throw new TypeError('device bug');
+      },
+    });
     let found: string | undefined;
     for (let iteration = 0; iteration < 2000 && !found; iteration++) {
       found = (await fuzzer.run(fuzzer.generate(new Random(caseSeed(SEED, iteration))))).finding;
