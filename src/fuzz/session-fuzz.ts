@@ -56,6 +56,7 @@ export {
   type SessionCase,
 } from './session-messages.js';
 export { CheckingDataPlane } from './session-stand-ins.js';
+export { FD_KINDS } from './session-messages.js';
 
 export interface CaseResult {
   /** Messages the session was handed (framed from the stream). */
@@ -72,7 +73,8 @@ export class SessionFuzzer {
   readonly device: BlkDevice;
   private readonly dir: string;
   private readonly fifoPath: string;
-  private readonly templates: FuzzMessage[];
+  /** Every request a case can contain, well formed (the property test draws from these). */
+  readonly templates: readonly FuzzMessage[];
   private readonly blocks: ((random: Random) => FuzzMessage[])[];
   /** Cases to mutate besides freshly generated ones (the corpus). */
   readonly bases: SessionCase[] = [];

@@ -2,9 +2,10 @@
 // hours: npm run fuzz), the corpus kept in the repo replayed as a regression pass, and a check
 // that the fuzzer does see what it claims to look for.
 import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Corpus, emptyTotals, replayCorpus, runSession, sessionFuzzer, type Finding } from '../../dist/fuzz/campaign.js';
-import { SessionFuzzer } from '../../dist/fuzz/session-fuzz.js';
+import { FD_KINDS, SessionFuzzer, type FdKind, type SessionCase } from '../../dist/fuzz/session-fuzz.js';
 import { Random, caseSeed } from '../../dist/fuzz/random.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -73,5 +74,34 @@ describe('session fuzzing (fixed seed)', () => {
       found = (await fuzzer.run(fuzzer.generate(new Random(caseSeed(SEED, iteration))))).finding;
     }
     expect(found).toMatch(/request handler failed.*SET_STATUS TypeError: device bug/s);
+  });
+
+  it('property (fast-check, shrinking): any sequence of templates with byte edits and fd swaps gives no finding', async () => {
+    const fuzzer = new SessionFuzzer();
+    fuzzers.push(fuzzer);
+    const templates = fuzzer.templates;
+    const message = fc.record({
+      template: fc.nat({ max: templates.length - 1 }),
+      edits: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }),
+      fds: fc.option(fc.array(fc.constantFrom(...FD_KINDS), { maxLength: 3 }), { nil: undefined }),
+      needReply: fc.boolean(),
+    });
+    const build = (messages: (typeof message extends fc.Arbitrary<infer T> ? T : never)[]): SessionCase => ({
+      requireSealedMemory: false,
+      messages: messages.map((m) => {
+        const bytes = templates[m.template].bytes.slice();
+        if (m.needReply) bytes[4] |= 8;
+        // Edits stay clear of the header's size field, so the stream keeps its framing.
+        for (const [at, value] of m.edits) if (bytes.length > 12) bytes[12 + (at % (bytes.length - 12))] = value;
+        return { bytes, fds: [...((m.fds as FdKind[] | undefined) ?? templates[m.template].fds)] };
+      }),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(message, { minLength: 1, maxLength: 24 }), async (messages) => {
+        const result = await fuzzer.run(build(messages));
+        return result.finding === undefined;
+      }),
+      { seed: SEED, numRuns: 300 },
+    );
   });
 });
