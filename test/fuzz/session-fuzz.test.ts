@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Corpus, emptyTotals, replayCorpus, runSession, sessionFuzzer, type Finding } from '../../dist/fuzz/campaign.js';
-import { FD_KINDS, SessionFuzzer, type FdKind, type SessionCase } from '../../dist/fuzz/session-fuzz.js';
+import { FD_KINDS, SessionFuzzer, type SessionCase } from '../../dist/fuzz/session-fuzz.js';
 import { Random, caseSeed } from '../../dist/fuzz/random.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -93,7 +93,7 @@ describe('session fuzzing (fixed seed)', () => {
         if (m.needReply) bytes[4] |= 8;
         // Edits stay clear of the header's size field, so the stream keeps its framing.
         for (const [at, value] of m.edits) if (bytes.length > 12) bytes[12 + (at % (bytes.length - 12))] = value;
-        return { bytes, fds: [...((m.fds as FdKind[] | undefined) ?? templates[m.template].fds)] };
+        return { bytes, fds: [...(m.fds ?? templates[m.template].fds)] };
       }),
     });
     await fc.assert(
