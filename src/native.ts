@@ -107,7 +107,13 @@ export interface NativeRing {
   mmapShared(fd: number, length: number, offset: number, writable: boolean): SharedArrayBuffer;
 
   // eventfd.
-  eventfdCreate(initval: number): number;
+  /** Non-blocking unless `blocking` (only tests that play a hostile front-end want that). */
+  eventfdCreate(initval: number, blocking?: boolean): number;
+  /**
+   * A front-end's kick, call or error fd: false if it is not an eventfd; otherwise sets
+   * O_NONBLOCK on it (shared with the front-end) so that no read or write of it can block.
+   */
+  eventfdAdopt(fd: number): boolean;
   /** Adds value; false if it would block (counter overflow). */
   eventfdWrite(fd: number, value: number): boolean;
   /** Reads and resets the counter; 0 if it was zero (EAGAIN). */

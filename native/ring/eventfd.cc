@@ -4,12 +4,15 @@
 // it does not take the fd over.
 #include "ring.h"
 
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 
 namespace ring {
 namespace {
@@ -17,11 +20,14 @@ namespace {
 // Events taken per epollWait call, on the stack; a larger maxEvents gets at most this many.
 constexpr int kMaxEpollEvents = 256;
 
+// eventfdCreate(initval, blocking = false). A blocking one exists only for tests that play a
+// hostile front-end (see EventfdAdopt).
 Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int64_t initval;
   if (!ArgInteger(info, 0, "initval", 0, UINT32_MAX, &initval)) return env.Undefined();
-  int fd = eventfd(static_cast<unsigned>(initval), EFD_NONBLOCK | EFD_CLOEXEC);
+  bool blocking = info.Length() > 1 && info[1].ToBoolean().Value();
+  int fd = eventfd(static_cast<unsigned>(initval), (blocking ? 0 : EFD_NONBLOCK) | EFD_CLOEXEC);
   if (fd < 0) return ThrowErrno(env, errno, "eventfd");
   return Napi::Number::New(env, fd);
 }
@@ -60,6 +66,30 @@ Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
     return ThrowErrno(env, errno, "read");
   }
   return Napi::Number::New(env, static_cast<double>(counter));
+}
+
+// A front-end's kick, call or error fd, before the data plane may touch it: false when it is not
+// an eventfd (a pipe or a file would block a write or read, or fill a disk), otherwise it is made
+// non-blocking (a front-end may pass a blocking eventfd and push its counter to the maximum, so
+// that the next write would block a worker forever). O_NONBLOCK lives on the open file
+// description, which the front-end shares; QEMU's and DPDK's eventfds are non-blocking already.
+Napi::Value EventfdAdopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  if (!ArgFd(info, 0, &fd)) return env.Undefined();
+  char link[64];
+  char target[64];
+  std::snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  ssize_t length = readlink(link, target, sizeof(target) - 1);
+  if (length < 0) return ThrowErrno(env, errno, "readlink", link);
+  target[length] = '\0';
+  if (std::strcmp(target, "anon_inode:[eventfd]") != 0) return Napi::Boolean::New(env, false);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return ThrowErrno(env, errno, "fcntl(F_GETFL)");
+  if ((flags & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+    return ThrowErrno(env, errno, "fcntl(F_SETFL)");
+  }
+  return Napi::Boolean::New(env, true);
 }
 
 Napi::Value EpollCreate(const Napi::CallbackInfo& info) {
@@ -122,6 +152,7 @@ void InitEventfd(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfdCreate", Napi::Function::New<EventfdCreate>(env, "eventfdCreate"));
   exports.Set("eventfdWrite", Napi::Function::New<EventfdWrite>(env, "eventfdWrite"));
   exports.Set("eventfdRead", Napi::Function::New<EventfdRead>(env, "eventfdRead"));
+  exports.Set("eventfdAdopt", Napi::Function::New<EventfdAdopt>(env, "eventfdAdopt"));
   exports.Set("epollCreate", Napi::Function::New<EpollCreate>(env, "epollCreate"));
   exports.Set("epollCtl", Napi::Function::New<EpollCtl>(env, "epollCtl"));
   exports.Set("epollWait", Napi::Function::New<EpollWait>(env, "epollWait"));

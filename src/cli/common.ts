@@ -46,6 +46,7 @@ export { packageVersion };
 export const DAEMON_LIMIT_OPTIONS = {
   'max-queued-reply-bytes': { type: 'string' },
   'partial-message-timeout-ms': { type: 'string' },
+  'first-message-timeout-ms': { type: 'string' },
   'listen-backlog': { type: 'string' },
   'drain-timeout-ms': { type: 'string' },
   'require-sealed-memory': { type: 'boolean', default: false },
@@ -59,6 +60,9 @@ export const DAEMON_LIMITS_HELP = `Limits (README "Reliability"):
   --partial-message-timeout-ms N
                          drop a front-end that sends part of a message and then nothing for
                          N ms (default 5000)
+  --first-message-timeout-ms N
+                         drop a front-end that connects and sends no complete message for
+                         N ms (default 10000)
   --listen-backlog N     front-ends that may wait to be served while one is (default 256;
                          the kernel caps it at net.core.somaxconn)
   --drain-timeout-ms N   disconnect a front-end whose GET_VRING_BASE waits more than N ms for
@@ -73,6 +77,7 @@ export const DAEMON_LIMITS_HELP = `Limits (README "Reliability"):
 export interface DaemonLimitValues {
   'max-queued-reply-bytes'?: string;
   'partial-message-timeout-ms'?: string;
+  'first-message-timeout-ms'?: string;
   'listen-backlog'?: string;
   'drain-timeout-ms'?: string;
   'require-sealed-memory'?: boolean;
@@ -90,6 +95,9 @@ export function parseDaemonLimits(v: DaemonLimitValues): DaemonLimits {
     }),
     partialMessageTimeoutMs: optional(v['partial-message-timeout-ms'], (text) =>
       parseInteger(text, '--partial-message-timeout-ms', 1, 3_600_000),
+    ),
+    firstMessageTimeoutMs: optional(v['first-message-timeout-ms'], (text) =>
+      parseInteger(text, '--first-message-timeout-ms', 1, 3_600_000),
     ),
     listenBacklog: optional(v['listen-backlog'], (text) => parseInteger(text, '--listen-backlog', 1, 65535)),
     drainTimeoutMs: optional(v['drain-timeout-ms'], (text) => parseInteger(text, '--drain-timeout-ms', 1, 3_600_000)),

@@ -32,6 +32,12 @@ export interface ConnectionLimits {
    * this side (and, in a daemon serving one front-end at a time, everyone behind it) forever.
    */
   partialMessageTimeoutMs?: number;
+  /**
+   * The peer's first message must be complete within this many milliseconds of connecting, or
+   * the connection is closed: a peer that connects and sends nothing at all never starts a
+   * partial message, yet in a daemon serving one front-end at a time it holds everyone behind it.
+   */
+  firstMessageTimeoutMs?: number;
 }
 
 const { errno } = constants;
@@ -75,6 +81,8 @@ export class VhostUserConnection {
   /** When the unfinished message first stalled (performance.now()), or 0 when none is unfinished. */
   private partialSince = 0;
   private partialTimer: NodeJS.Timeout | undefined;
+  /** Pending until the first message is complete (only with firstMessageTimeoutMs). */
+  private firstMessageTimer: NodeJS.Timeout | undefined;
 
   constructor(
     fd: number,
@@ -88,6 +96,15 @@ export class VhostUserConnection {
       this.onReady(status, readable, writable, hangup),
     );
     this.updateWatch();
+    const firstMessageMs = limits.firstMessageTimeoutMs ?? Infinity;
+    if (firstMessageMs !== Infinity) {
+      this.firstMessageTimer = setTimeout(() => {
+        this.firstMessageTimer = undefined;
+        this.close(new Error(`peer sent no complete message within ${firstMessageMs} ms of connecting`));
+      }, firstMessageMs);
+      // A connection's watcher keeps the loop alive; this timer alone must not.
+      this.firstMessageTimer.unref();
+    }
   }
 
   get isClosed(): boolean {
@@ -115,6 +132,8 @@ export class VhostUserConnection {
     this.watcher.close();
     if (this.partialTimer) clearTimeout(this.partialTimer);
     this.partialTimer = undefined;
+    if (this.firstMessageTimer) clearTimeout(this.firstMessageTimer);
+    this.firstMessageTimer = undefined;
     closeAll(this.pendingFds);
     this.pendingFds = [];
     this.outbox.length = 0;
@@ -224,6 +243,10 @@ export class VhostUserConnection {
       this.pendingFds = [];
       this.payloadBytes = new Uint8Array(0);
       this.partialSince = 0;
+      if (this.firstMessageTimer) {
+        clearTimeout(this.firstMessageTimer);
+        this.firstMessageTimer = undefined;
+      }
       this.dispatch(header, payload, fds);
     }
   }

@@ -38,6 +38,11 @@ export interface DaemonOptions {
    * 5000 ms), so that the front-ends waiting behind it are served.
    */
   partialMessageTimeoutMs?: number;
+  /**
+   * Drop a front-end that connects and sends no complete message for this long (default
+   * 10000 ms): it would hold the front-ends waiting behind it without ever starting a message.
+   */
+  firstMessageTimeoutMs?: number;
   /** Refuse memory regions not sealed against shrinking (default: accept them with a warning). */
   requireSealedMemory?: boolean;
   /**
@@ -55,7 +60,12 @@ export { DaemonError };
 /** The daemon's bounds and policies a command line sets (each optional: the defaults apply). */
 export type DaemonLimits = Pick<
   DaemonOptions,
-  'listenBacklog' | 'maxQueuedReplyBytes' | 'partialMessageTimeoutMs' | 'requireSealedMemory' | 'drainTimeoutMs'
+  | 'listenBacklog'
+  | 'maxQueuedReplyBytes'
+  | 'partialMessageTimeoutMs'
+  | 'firstMessageTimeoutMs'
+  | 'requireSealedMemory'
+  | 'drainTimeoutMs'
 >;
 
 /**
@@ -211,6 +221,7 @@ export class VhostUserDaemon {
       onClosed: (error) => this.onSessionClosed(connectionId, error),
       maxQueuedReplyBytes: this.options.maxQueuedReplyBytes,
       partialMessageTimeoutMs: this.options.partialMessageTimeoutMs,
+      firstMessageTimeoutMs: this.options.firstMessageTimeoutMs,
       requireSealedMemory: this.options.requireSealedMemory,
       drainTimeoutMs: this.options.drainTimeoutMs,
     });

@@ -3,9 +3,11 @@
 // state and runs the generic path (decode, feature check, reply policy, fd cleanup); each row
 // holds the behaviour of one request, typed by that request, and sees the session only through
 // SessionContext. Adding a request is one row here (and one in the codec's request table).
+import { fstatSync } from 'node:fs';
 import type { DeviceRequest, VhostUserDevice } from './backend.js';
 import type { BackendReply, FrontendRequest, FrontendRequestType } from './codec/index.js';
 import { closeAll } from './connection.js';
+import { native } from '../native.js';
 import { SessionError } from './errors.js';
 import { MAX_MEM_SLOTS, mapRegion, type MappedRegion } from './memory-table.js';
 import { checkInflightShape, mapInflightFd, type InflightRegion } from './inflight-region.js';
@@ -305,7 +307,7 @@ const requestHandlers: RequestHandlerTable = {
   SET_VRING_KICK: {
     handle: async (s, r, fds) => {
       const vring = s.vring(r.index);
-      const fd = r.noFd ? -1 : fds.take(0);
+      const fd = r.noFd ? -1 : notifierFd(fds, 'SET_VRING_KICK');
       if (vring.running) {
         // A new kick fd for a running ring: restart it with the new fd.
         await s.stopRing(r.index);
@@ -321,7 +323,7 @@ const requestHandlers: RequestHandlerTable = {
     handle: async (s, r, fds) => {
       const vring = s.vring(r.index);
       const previous = vring.callFd;
-      vring.callFd = r.noFd ? -1 : fds.take(0);
+      vring.callFd = r.noFd ? -1 : notifierFd(fds, 'SET_VRING_CALL');
       await s.updateNotifyFds(r.index);
       if (previous >= 0) closeAll([previous]);
       // As libvhost-user does ("in case of I/O hang after reconnecting"): one signal on every new
@@ -337,7 +339,7 @@ const requestHandlers: RequestHandlerTable = {
     handle: async (s, r, fds) => {
       const vring = s.vring(r.index);
       const previous = vring.errFd;
-      vring.errFd = r.noFd ? -1 : fds.take(0);
+      vring.errFd = r.noFd ? -1 : notifierFd(fds, 'SET_VRING_ERR');
       await s.updateNotifyFds(r.index);
       if (previous >= 0) closeAll([previous]);
     },
@@ -416,7 +418,18 @@ const requestHandlers: RequestHandlerTable = {
   },
   SET_STATUS: { handle: (s, r) => s.setStatus(Number(r.status & 0xffn)) },
   GET_STATUS: { handle: (s) => ({ type: 'u64', value: BigInt(s.status) }) },
-  SET_BACKEND_REQ_FD: { handle: (s, _r, fds) => s.setBackendChannel(fds.take(0)) },
+  SET_BACKEND_REQ_FD: {
+    handle: (s, _r, fds) => {
+      const fd = fds.take(0);
+      // Only a socket can carry the channel's messages; anything else (a file, a memfd, an
+      // eventfd) cannot even be polled, which used to fail the handler and drop the front-end.
+      if (!isSocket(fd)) {
+        closeAll([fd]);
+        throw new SessionError('SET_BACKEND_REQ_FD: the fd is not a socket');
+      }
+      s.setBackendChannel(fd);
+    },
+  },
   RESET_DEVICE: { handle: (s) => s.resetDevice() },
   SET_LOG_BASE: {
     // QEMU waits for this reply (request 6, REPLY flag) and ignores its payload: 0 is success.
@@ -455,4 +468,34 @@ async function deviceRequest(s: SessionContext, request: DeviceRequest): Promise
 function toAddress(value: bigint): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new SessionError(`ring address 0x${value.toString(16)} is out of range`);
   return Number(value);
+}
+
+/**
+ * The request's kick, call or error fd, once it is known to be an eventfd and made non-blocking:
+ * the data plane writes call fds and reads kick fds on its hot path, where a pipe that fills up,
+ * or a blocking eventfd whose counter the front-end pushed to the maximum, would block a worker
+ * (or the control thread) forever. A refused fd is closed here.
+ */
+function notifierFd(fds: RequestFds, request: string): number {
+  const fd = fds.take(0);
+  let adopted: boolean;
+  try {
+    adopted = native.eventfdAdopt(fd);
+  } catch (error) {
+    closeAll([fd]);
+    throw new SessionError(`${request}: cannot inspect the fd: ${(error as Error).message}`);
+  }
+  if (!adopted) {
+    closeAll([fd]);
+    throw new SessionError(`${request}: the fd is not an eventfd`);
+  }
+  return fd;
+}
+
+function isSocket(fd: number): boolean {
+  try {
+    return fstatSync(fd).isSocket();
+  } catch {
+    return false;
+  }
 }

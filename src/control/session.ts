@@ -20,7 +20,7 @@ import {
   type BackendReply,
   type MessageHeader,
 } from './codec/index.js';
-import { HangUpError, VhostUserConnection, closeAll } from './connection.js';
+import { HangUpError, VhostUserConnection, closeAll, type ConnectionEvents, type ConnectionLimits } from './connection.js';
 import { DaemonError, MemoryTableError, SessionError, VhostUserError } from './errors.js';
 import {
   newVring,
@@ -77,14 +77,29 @@ class RequestFdList implements RequestFds {
 export const DEFAULT_MAX_QUEUED_REPLY_BYTES = 64 << 10;
 /** How long a request that started arriving may take to finish. */
 export const DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS = 5000;
+/**
+ * How long a front-end may stay silent after connecting. QEMU, DPDK and the front-end library
+ * send GET_FEATURES at once; a front-end that sends nothing only holds the ones waiting behind it.
+ */
+export const DEFAULT_FIRST_MESSAGE_TIMEOUT_MS = 10_000;
+
+/** What the session needs of its connection (a VhostUserConnection, or an in-process stand-in). */
+export type SessionTransport = Pick<VhostUserConnection, 'send' | 'close' | 'isClosed' | 'queuedBytes'>;
 
 export interface SessionOptions {
   logger?: Logger;
+  /**
+   * Builds the connection instead of a VhostUserConnection on the fd (which is then unused): the
+   * in-process fuzzer (src/fuzz) feeds messages through a stand-in, at millions per minute.
+   */
+  transport?: (events: ConnectionEvents, limits: ConnectionLimits) => SessionTransport;
   onClosed?: (error?: Error) => void;
   /** Stop reading requests while this many reply bytes wait unread (default 64 KiB). */
   maxQueuedReplyBytes?: number;
   /** Drop a front-end that sends part of a message and stops for this long (default 5000 ms). */
   partialMessageTimeoutMs?: number;
+  /** Drop a front-end whose first message is not complete this long after it connected (default 10000 ms). */
+  firstMessageTimeoutMs?: number;
   /**
    * Refuse memory regions whose fd is not sealed against shrinking (F_SEAL_SHRINK). Without
    * the seal such regions are accepted with a warning: a front-end that truncates the file
@@ -104,7 +119,7 @@ export class DrainTimeoutError extends DaemonError {}
 
 export class VhostUserSession {
   private readonly log: Logger;
-  private readonly connection: VhostUserConnection;
+  private readonly connection: SessionTransport;
   private readonly state: SessionState;
   private closing: Promise<void> | undefined;
   /** The request being handled (the connection hands over one at a time), if any. */
@@ -120,21 +135,20 @@ export class VhostUserSession {
   ) {
     this.log = options.logger ?? createLogger('session');
     this.state = new SessionState(device, dataPlane, this.log, options);
-    this.connection = new VhostUserConnection(
-      fd,
-      {
-        onMessage: (header, payload, fds) => {
-          const handling = this.onMessage(header, payload, fds);
-          this.inFlight = handling;
-          return handling;
-        },
-        onClose: (error) => void this.shutdown(error),
+    const events: ConnectionEvents = {
+      onMessage: (header, payload, fds) => {
+        const handling = this.onMessage(header, payload, fds);
+        this.inFlight = handling;
+        return handling;
       },
-      {
-        maxQueuedBytes: options.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
-        partialMessageTimeoutMs: options.partialMessageTimeoutMs ?? DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS,
-      },
-    );
+      onClose: (error) => void this.shutdown(error),
+    };
+    const limits: ConnectionLimits = {
+      maxQueuedBytes: options.maxQueuedReplyBytes ?? DEFAULT_MAX_QUEUED_REPLY_BYTES,
+      partialMessageTimeoutMs: options.partialMessageTimeoutMs ?? DEFAULT_PARTIAL_MESSAGE_TIMEOUT_MS,
+      firstMessageTimeoutMs: options.firstMessageTimeoutMs ?? DEFAULT_FIRST_MESSAGE_TIMEOUT_MS,
+    };
+    this.connection = options.transport ? options.transport(events, limits) : new VhostUserConnection(fd, events, limits);
   }
 
   /** Reply bytes queued for a front-end that has not read them yet. */

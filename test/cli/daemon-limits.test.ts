@@ -1,5 +1,5 @@
 // The daemon's limits on both command lines (--max-queued-reply-bytes, --partial-message-timeout-ms,
-// --listen-backlog, --drain-timeout-ms, --require-sealed-memory): parsed, refused when out of
+// --first-message-timeout-ms, --listen-backlog, --drain-timeout-ms, --require-sealed-memory): parsed, refused when out of
 // range, listed in --help, and reaching a running daemon.
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -17,6 +17,7 @@ const NET_BIN = fileURLToPath(new URL('../../bin/vhost-user-net', import.meta.ur
 const FLAGS = [
   '--max-queued-reply-bytes',
   '--partial-message-timeout-ms',
+  '--first-message-timeout-ms',
   '--listen-backlog',
   '--drain-timeout-ms',
   '--require-sealed-memory',
@@ -44,6 +45,7 @@ describe.each(parsers)('%s limit flags', (_tool, limits) => {
     expect(limits([])).toEqual({
       maxQueuedReplyBytes: undefined,
       partialMessageTimeoutMs: undefined,
+      firstMessageTimeoutMs: undefined,
       listenBacklog: undefined,
       drainTimeoutMs: undefined,
       requireSealedMemory: false,
@@ -57,6 +59,8 @@ describe.each(parsers)('%s limit flags', (_tool, limits) => {
         '1M',
         '--partial-message-timeout-ms',
         '250',
+        '--first-message-timeout-ms',
+        '400',
         '--listen-backlog',
         '17',
         '--drain-timeout-ms',
@@ -66,6 +70,7 @@ describe.each(parsers)('%s limit flags', (_tool, limits) => {
     ).toEqual({
       maxQueuedReplyBytes: 1 << 20,
       partialMessageTimeoutMs: 250,
+      firstMessageTimeoutMs: 400,
       listenBacklog: 17,
       drainTimeoutMs: 3000,
       requireSealedMemory: true,
@@ -81,6 +86,7 @@ describe.each(parsers)('%s limit flags', (_tool, limits) => {
     expect(usageError(() => limits(['--partial-message-timeout-ms', '0']))).toMatch(
       /--partial-message-timeout-ms must be between/,
     );
+    expect(usageError(() => limits(['--first-message-timeout-ms', '0']))).toMatch(/--first-message-timeout-ms must be between/);
     expect(usageError(() => limits(['--listen-backlog', '70000']))).toMatch(/--listen-backlog must be between 1 and 65535/);
     expect(usageError(() => limits(['--drain-timeout-ms', '1.5']))).toMatch(/--drain-timeout-ms "1.5" is not a whole number/);
     expect(usageError(() => limits(['--require-sealed-memory=yes']))).toMatch(/require-sealed-memory/);
