@@ -542,6 +542,8 @@ job_restart() {
   done
   rm -f /tmp/p* /tmp/r*
   finish "\"queues\":$queues,\"writers\":$VUT_WRITERS,\"rounds\":$VUT_ROUNDS,\"bytes\":$VUT_BYTES,\"offset\":$VUT_OFFSET,\"seed\":$VUT_SEED"
+}
+
 uptime_s() {
   cut -d. -f1 /proc/uptime
 }
