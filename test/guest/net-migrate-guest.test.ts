@@ -324,7 +324,7 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
             `ping gap over the switch-over ${overSwitch.ms.toFixed(0)} ms (guest 2 clock, seq ${overSwitch.afterSeq} → ${overSwitch.beforeSeq}), ` +
             `${hostGapMs} ms between console lines around STOP/RESUME (host clock), longest anywhere ${gap.ms.toFixed(0)} ms; ` +
             `${replies.length} replies; STOP→RESUME ${stoppedAt !== undefined && resumedAt !== undefined ? (resumedAt - stoppedAt).toFixed(0) : '?'} ms; ` +
-            `TCP ${receiver.rx.bytes} bytes, sha256 equal; MAC moved by ${told}`;
+            `TCP ${receiver.rx.bytes} bytes, sha256 equal; MAC announced by ${told}`;
           console.log(report);
           process.stdout.write(`${daemon.out()}\n`);
           expect(stats.downtime).toBeGreaterThan(0);
