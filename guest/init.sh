@@ -2,7 +2,8 @@
 # /init of the vhost-user-ts test guest (busybox initramfs, built by build-initramfs.sh).
 #
 # The job comes from the kernel command line (all optional except vut.test):
-#   vut.test=blk|net|netserve|boot|restart|migrate  what to do (boot = load modules, report, power off)
+#   vut.test=blk|net|netserve|netmigrate|netmigratepeer|boot|restart|migrate
+#                           what to do (boot = load modules, report, power off)
 #   vut.dev=vda            block device under test
 #   vut.bytes=4194304      bytes of pattern written + verified (multiple of 4096)
 #   vut.offset=0           byte offset of the pattern region (multiple of 4096)
@@ -44,6 +45,19 @@
 #   listen on 5001 (receive until the peer closes) and 5002 (send vut.bytes of /dev/urandom),
 #   address + up, ping the peer (retried, then `ping -c 3`), wait for both transfers and for
 #   vut.echos echo requests; the same VUT-RESULT fields as `net` (tx = served, rx = received).
+# netmigrate job (the guest that is live-migrated, for two guests on one switch; the receiving
+#   side of netmigratepeer): vut.ip, vut.bytes (expected), vut.echos; listen on 5001 (in guest RAM:
+#   the receiver migrates with the guest), address + up, "VUT-STEP netmigrate-listening"; receive
+#   until the peer closes (300 s at most), "VUT-STEP netmigrate-received"; then wait for vut.echos
+#   more echo requests (the peer keeps pinging). Result: if, mac, features, rx, in_echos.
+# netmigratepeer job (the other guest): vut.ip, vut.peer, vut.bytes, vut.chunk=32768,
+#   vut.pause_ms=100, vut.linger=4. Address + up, first contact (retried 60 s), then
+#   `ping -i 0.2 PEER` in the background with its reply lines straight on the console
+#   ("64 bytes from PEER: seq=N ttl=T time=MS ms"), "VUT-STEP netmigratepeer-sending"; sends
+#   vut.bytes of /dev/urandom to PEER:5001 in writes of vut.chunk with a pause of vut.pause_ms
+#   after each (so the transfer spans the migration; "VUT-STEP netmigratepeer-sent N" every 16
+#   chunks), "VUT-STEP netmigratepeer-sent-all", keeps pinging vut.linger seconds, stops the
+#   ping (its summary goes to the console). Result: if, mac, features, tx.
 #
 # Output protocol (serial console):
 #   VUT-STEP <step> <detail>          one line per step, so a failing run is diagnosable
@@ -124,6 +138,9 @@ VUT_WRITERS=4
 VUT_ROUNDS=5
 VUT_SECONDS=20
 VUT_HOLD=3
+VUT_CHUNK=32768
+VUT_PAUSE_MS=100
+VUT_LINGER=4
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     vut.*=*)
@@ -344,6 +361,84 @@ job_net() {
   echos=$(in_echos)
   [ "$echos" -ge "$VUT_ECHOS" ] || fail "only $echos echo requests from the peer in 60 s"
   finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"ping_received\":$received,\"tx\":{\"bytes\":$(stat -c %s /tmp/tx.bin),\"sha256\":\"$tx_sha\"},\"rx\":{\"bytes\":$rx_bytes,\"sha256\":\"$rx_sha\"},\"in_echos\":$echos"
+}
+
+# The live-migrated side of netmigratepeer: see the header.
+job_netmigrate() {
+  is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
+  is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
+  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
+  IF=
+  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
+  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
+  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
+  mtu=$(cat "/sys/class/net/$IF/mtu")
+  mac=$(cat "/sys/class/net/$IF/address")
+  ip link set lo up
+  # busybox nc -l stops reading the socket once its stdin is at EOF: hold it open with a fifo.
+  mkfifo /tmp/hold
+  sleep 900 > /tmp/hold &
+  hold=$!
+  nc -l -p 5001 < /tmp/hold > /tmp/rx.bin 2>/tmp/nc-rx.err &
+  receiver=$!
+  ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
+  ip link set "$IF" up || fail "ip link set $IF up"
+  step netmigrate-listening "$IF $mac mtu $mtu features $features: receiving on 5001"
+  waited=0
+  while alive $receiver && [ $waited -lt 3000 ]; do usleep 100000; waited=$((waited + 1)); done
+  alive $receiver && fail "the peer did not finish sending to 5001 in 300 s: $(stat -c %s /tmp/rx.bin) bytes so far"
+  kill $hold 2>/dev/null
+  rx_bytes=$(stat -c %s /tmp/rx.bin)
+  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+  step netmigrate-received "$rx_bytes bytes sha256=$rx_sha"
+  [ "$rx_bytes" = "$VUT_BYTES" ] || fail "received $rx_bytes bytes, expected $VUT_BYTES: $(cat /tmp/nc-rx.err)"
+  want=$(($(in_echos) + VUT_ECHOS))
+  waited=0
+  while [ "$(in_echos)" -lt $want ] && [ $waited -lt 600 ]; do usleep 100000; waited=$((waited + 1)); done
+  echos=$(in_echos)
+  [ "$echos" -ge $want ] || fail "only $echos echo requests from the peer, expected $want, in 60 s"
+  finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"rx\":{\"bytes\":$rx_bytes,\"sha256\":\"$rx_sha\"},\"in_echos\":$echos"
+}
+
+# The pinging, sending side of netmigrate: see the header.
+job_netmigratepeer() {
+  for v in "$VUT_BYTES" "$VUT_CHUNK" "$VUT_PAUSE_MS" "$VUT_LINGER"; do
+    is_uint "$v" || fail "vut.bytes/chunk/pause_ms/linger: $v is not a number"
+  done
+  [ "$VUT_CHUNK" -gt 0 ] && [ $((VUT_BYTES % VUT_CHUNK)) = 0 ] || fail "vut.bytes=$VUT_BYTES is not a multiple of vut.chunk=$VUT_CHUNK"
+  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
+  IF=
+  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
+  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
+  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
+  mtu=$(cat "/sys/class/net/$IF/mtu")
+  mac=$(cat "/sys/class/net/$IF/address")
+  chunks=$((VUT_BYTES / VUT_CHUNK))
+  dd if=/dev/urandom of=/tmp/tx.bin bs=$VUT_CHUNK count=$chunks 2>/dev/null || fail "dd /dev/urandom"
+  tx_sha=$(sha256sum < /tmp/tx.bin | cut -d' ' -f1)
+  ip link set lo up
+  ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
+  ip link set "$IF" up || fail "ip link set $IF up"
+  step net-ping "$IF $mac mtu $mtu: ping $VUT_PEER"
+  first_contact
+  ping -i 0.2 "$VUT_PEER" &
+  pinger=$!
+  step netmigratepeer-sending "$(stat -c %s /tmp/tx.bin) bytes sha256=$tx_sha to $VUT_PEER:5001, $chunks writes of $VUT_CHUNK, ${VUT_PAUSE_MS} ms apart"
+  pause_us=$((VUT_PAUSE_MS * 1000))
+  {
+    i=0
+    while [ $i -lt $chunks ]; do
+      dd if=/tmp/tx.bin bs=$VUT_CHUNK skip=$i count=1 2>/dev/null
+      i=$((i + 1))
+      [ $((i % 16)) = 0 ] && echo "VUT-STEP netmigratepeer-sent $i" >&2
+      usleep $pause_us
+    done
+  } | timeout 300 nc "$VUT_PEER" 5001 > /dev/null 2>/tmp/nc.err || fail "nc to $VUT_PEER:5001: $(cat /tmp/nc.err)"
+  step netmigratepeer-sent-all "$chunks writes"
+  sleep "$VUT_LINGER"
+  kill -INT $pinger
+  wait $pinger
+  finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"tx\":{\"bytes\":$(stat -c %s /tmp/tx.bin),\"sha256\":\"$tx_sha\"}"
 }
 
 job_blk() {
@@ -642,6 +737,8 @@ case "$JOB" in
   migrate) job_migrate ;;
   net) job_net ;;
   netserve) job_netserve ;;
+  netmigrate) job_netmigrate ;;
+  netmigratepeer) job_netmigratepeer ;;
   boot) job_boot ;;
   *) fail "unknown job vut.test=$JOB" ;;
 esac
