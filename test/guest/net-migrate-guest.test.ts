@@ -141,8 +141,8 @@ function pingReplies(lines: Array<{ at: number; text: string }>, from: string): 
 function longestGap(replies: PingReply[]): { ms: number; afterSeq: number; beforeSeq: number } {
   let worst = { ms: 0, afterSeq: -1, beforeSeq: -1 };
   for (let i = 1; i < replies.length; i++) {
-    const a = replies[i - 1]!;
-    const b = replies[i]!;
+    const a = replies[i - 1];
+    const b = replies[i];
     const ms = (b.seq - a.seq) * PING_INTERVAL_S * 1000 + b.rttMs - a.rttMs;
     if (ms > worst.ms) worst = { ms, afterSeq: a.seq, beforeSeq: b.seq };
   }
@@ -189,13 +189,13 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
             });
           const sourceQmpPath = join(dir, `${variant.announce}-src.qmp`);
           const destinationQmpPath = join(dir, `${variant.announce}-dst.qmp`);
-          const source = startCollected(qemuBin, guest1(sockets[0]!, sourceQmpPath));
+          const source = startCollected(qemuBin, guest1(sockets[0], sourceQmpPath));
           qemus.push(source);
           const peer = startCollected(
             qemuBin,
             qemuArgs({
               ...common,
-              net: { socketPath: sockets[1]!, mac: GUEST2_MAC },
+              net: { socketPath: sockets[1], mac: GUEST2_MAC },
               job: 'netmigratepeer',
               jobArgs: { ip: `${GUEST2_IP}/24`, peer: GUEST1_IP, linger: 4, ...TRANSFER },
             }),
@@ -204,7 +204,7 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
           // Guest 1's announce ack (VIRTIO_NET_CTRL_ANNOUNCE_ACK on the control queue) shows in this trace.
           const destination = startCollected(
             qemuBin,
-            guest1(sockets[2]!, destinationQmpPath, [
+            guest1(sockets[2], destinationQmpPath, [
               '-incoming',
               `unix:${migrationSocket}`,
               '-trace',
@@ -271,7 +271,7 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
           expect(after.length).toBeGreaterThan(5);
           const gap = longestGap(replies);
           // The same across the switch-over in host time: replies on either side of STOP/RESUME.
-          const lastBefore = before[before.length - 1]!;
+          const lastBefore = before[before.length - 1];
           const firstAfter = replies.find((r) => r.at > (resumedAt ?? completedAt))!;
           const hostGapMs = firstAfter.at - lastBefore.at;
           const overSwitch = longestGap(replies.filter((r) => r.seq >= lastBefore.seq && r.seq <= firstAfter.seq));
