@@ -32,6 +32,11 @@ async function main(): Promise<number> {
       `median ${result.baseline.from}-${result.baseline.to} s: RSS ${result.baseline.rssKb} kB, ${result.baseline.fds} fds; ` +
       `median ${result.end.from}-${result.end.to} s: RSS ${result.end.rssKb} kB, ${result.end.fds} fds`,
   );
+  const served = result.servedAfterKillMs;
+  console.log(
+    `next front-end after one left mid-I/O: connected, negotiated and ring running in ` +
+      `p50 ${served.p50.toFixed(1)} ms, p99 ${served.p99.toFixed(1)} ms, max ${served.max.toFixed(1)} ms (${served.count} front-ends)`,
+  );
   for (const failure of result.failures) console.log(`FAIL ${failure}`);
   console.log(result.failures.length === 0 ? 'soak passed' : 'soak failed');
   return result.failures.length === 0 ? 0 : 1;

@@ -5,6 +5,7 @@
 // through a message or right after connecting. A daemon that leaks shows it as a curve that keeps
 // rising; the verdict compares the last minute with the minute after the first one (medians), and
 // fails above +10 %.
+import { performance } from 'node:perf_hooks';
 import { encodeRequest } from '../control/codec/index.js';
 import { native } from '../native.js';
 import { BlkFrontend } from '../fuzz/blk-frontend.js';
@@ -46,6 +47,12 @@ export interface SoakResult {
   rounds: number;
   /** Rounds that disconnected with requests in flight. */
   killedMidIo: number;
+  /**
+   * Milliseconds from connect() to a negotiated, running ring (memory table, ring set up) for each
+   * front-end that came right after one that left with I/O in flight: how long the next front-end
+   * waits while the daemon drains or abandons the last one's requests and resets.
+   */
+  servedAfterKillMs: { count: number; p50: number; p99: number; max: number };
   /** Medians of the window after the warm-up and of the last window. */
   baseline: { rssKb: number; fds: number; from: number; to: number };
   end: { rssKb: number; fds: number; from: number; to: number };
@@ -67,6 +74,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const failures: string[] = [];
   let rounds = 0;
   let killedMidIo = 0;
+  let lastKilled = false;
+  const servedAfterKill: number[] = [];
   const started = Date.now();
   try {
     await daemon.ready();
@@ -78,7 +87,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         options.onSample?.(sample);
         nextSample += options.sampleEveryMs;
       }
-      const problem = await round(daemon.socketPath, rounds);
+      const problem = await round(daemon.socketPath, rounds, lastKilled ? servedAfterKill : undefined);
+      lastKilled = problem === 'killed mid-I/O';
       if (problem === 'killed mid-I/O') killedMidIo++;
       else if (problem) failures.push(`round ${rounds}: ${problem}`);
       rounds++;
@@ -112,7 +122,10 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       );
     }
   }
-  return { samples, rounds, killedMidIo, baseline, end, failures };
+  const served = [...servedAfterKill].sort((a, b) => a - b);
+  const at = (q: number) => served[Math.min(served.length - 1, Math.floor(q * served.length))] ?? 0;
+  const servedAfterKillMs = { count: served.length, p50: at(0.5), p99: at(0.99), max: served[served.length - 1] ?? 0 };
+  return { samples, rounds, killedMidIo, servedAfterKillMs, baseline, end, failures };
 }
 
 /** Medians of RSS and fds over the samples taken in [from, to) seconds. */
@@ -128,7 +141,7 @@ function windowMedian(samples: readonly SoakSample[], from: number, to: number) 
 }
 
 /** One front-end's life; returns a problem, 'killed mid-I/O', or undefined. */
-async function round(socketPath: string, n: number): Promise<string | undefined> {
+async function round(socketPath: string, n: number, servedMs?: number[]): Promise<string | undefined> {
   const kind = n % 10;
   if (kind === 8) return halfMessage(socketPath);
   if (kind === 9) {
@@ -138,7 +151,9 @@ async function round(socketPath: string, n: number): Promise<string | undefined>
   }
   let frontend: BlkFrontend | undefined;
   try {
+    const connecting = performance.now();
     frontend = await BlkFrontend.connect(socketPath);
+    servedMs?.push(performance.now() - connecting);
     await frontend.roundTrip((n * 8) % 4096);
     if (kind < 6) {
       // Requests in flight, then gone: the daemon drains or abandons them and resets.
