@@ -425,7 +425,11 @@ async function main(): Promise<void> {
   const find = (backend: string, engine: string, qd: number, mode?: string) =>
     points.find(
       (p) =>
-        p.backend === backend && p.engine === engine && p.qd === qd && p.ring === 'split' && (mode === undefined || p.mode === mode),
+        p.backend === backend &&
+        p.engine === engine &&
+        p.qd === qd &&
+        p.ring === 'split' &&
+        (mode === undefined || p.mode === mode),
     );
   // Our engines against each peer's counterpart: SPDK's file back-end is its aio bdev.
   const spdkEngine: Record<string, string> = { null: 'null', io_uring: 'aio' };
@@ -479,8 +483,13 @@ async function main(): Promise<void> {
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
   const command = `npm run bench:blk${quick ? ' -- --quick' : ''}`;
   if (pairs.length > 0) {
-    lines.push('', `split versus packed (${PAIR_NAME}, ${PAIR_ROUNDS} alternating rounds per QD, medians; ns/req: CPU per request):`);
-    lines.push('  QD  split IOPS  packed IOPS  packed/split  be ns/req split  packed  lg ns/req split  packed  rounds packed/split');
+    lines.push(
+      '',
+      `split versus packed (${PAIR_NAME}, ${PAIR_ROUNDS} alternating rounds per QD, medians; ns/req: CPU per request):`,
+    );
+    lines.push(
+      '  QD  split IOPS  packed IOPS  packed/split  be ns/req split  packed  lg ns/req split  packed  rounds packed/split',
+    );
     for (const pair of pairs) {
       lines.push(
         [

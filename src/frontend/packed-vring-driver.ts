@@ -434,7 +434,6 @@ export class PackedVringDriver implements RingDriver {
   private usedBase(): number {
     return this.lastUsed | (this.usedWrap << PACKED_WRAP_BIT);
   }
-
 }
 
 /** The two bits that say available or used (§2.8.1). */
