@@ -6,11 +6,14 @@
 // in order, each covering its chain's length.
 // Nothing is allocated per request.
 //
-// Cost per request matches the split driver (bench/micro-packed.ts, "driver side only"): a
-// non-head descriptor's id and flags go out as one u32 store once its successor is known, the
-// AVAIL/USED bits of the current lap are kept ready (availFlags, usedFlags) instead of derived
-// from the wrap counters per descriptor, publish() is one release store, and reapUsed() makes one
-// acquire load per used element (its flags), none to find the end of the run.
+// Cost per request stays close to the split driver's (bench/micro-packed.ts, "driver side only";
+// tuning.md "Split or packed?"): a non-head descriptor's id and flags go out as one u32 store once
+// its successor is known, the AVAIL/USED bits of the current lap are kept ready (availFlags,
+// usedFlags) instead of derived from the wrap counters per descriptor, publish() is one release
+// store, and reapUsed() makes one acquire load per used element (its flags), none to find the end
+// of the run. That acquire per element is what is left of the difference: the split driver's
+// single used.idx load covers a whole batch, a packed driver cannot know where the device's
+// batches begin.
 //
 // Bookkeeping never trusts the ring: free buffer ids, chain lengths and tokens live in private
 // arrays (as Linux's desc_state / desc_extra); a used descriptor naming an id that is not in
@@ -105,7 +108,7 @@ export class PackedVringDriver implements RingDriver {
   private usedFlags = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
   private callbacks = true;
 
-  /** Flags of the chain's head, stored at publish(). */
+  /** Flags of the chain's head, stored at endChain(), or at publish() for the first chain since the last one. */
   private headFlags = 0;
   private building = false;
   private buildIndirect = false;
