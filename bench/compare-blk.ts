@@ -7,7 +7,11 @@
 // on 1 queue; every back-end gets CPU 1, the load generator CPU 0. Prints the absolute figures,
 // IOPS per back-end CPU-second, the ratios ours/QSD, ours/SPDK and ours/fio, and writes JSON to
 // results/. A "loadgen loopback" row gives the load generator's own ceiling (it completes its own
-// requests in its thread), so a reader can tell which side limits.
+// requests in its thread), so a reader can tell which side limits. A split-versus-packed pair
+// (ours, null engine, busy poll; the load generator drives split rings, then packed ones as
+// `vhost-user-bench --packed` does, against the same back-end process) alternates the two
+// layouts for a few rounds per QD and prints the medians with packed/split: IOPS, and CPU per
+// request on each side (on a shared machine IOPS follows whoever else runs; CPU per request less so).
 //
 // SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
 // --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
@@ -30,6 +34,8 @@ interface Point {
   backend: string;
   engine: string;
   mode: string;
+  /** Virtqueue layout the load generator drove. */
+  ring: 'split' | 'packed';
   qd: number;
   iops: number;
   lat_us: { p50: number; p90: number; p99: number; 'p99.9': number; max: number; mean: number };
@@ -170,14 +176,28 @@ function warmPageCache(): void {
   }
 }
 
-async function measure(backend: string, engine: string, mode: string, socket: string, pid: number, qd: number): Promise<Point> {
-  const r: BenchResult = await runBench(randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid }));
+async function measure(
+  backend: string,
+  engine: string,
+  mode: string,
+  socket: string,
+  pid: number,
+  qd: number,
+  packed = false,
+): Promise<Point> {
+  const r: BenchResult = await runBench(
+    randRead4k(socket, { queueDepth: qd, seconds, warmup, cpu: LOAD_CPU, backendPid: pid, packed }),
+  );
   if (r.failures.length > 0)
     throw new Error(`${backend}/${engine}/${mode} QD${qd} is not a valid measurement: ${r.failures.join('; ')}`);
+  // QEMU falls back to split silently when RING_PACKED is not negotiated; the load generator refuses instead — check anyway.
+  if (packed && (BigInt(r.features) & (1n << 34n)) === 0n)
+    throw new Error(`${backend}/${engine}/${mode} QD${qd}: VIRTIO_F_RING_PACKED was not negotiated (${r.features})`);
   return {
     backend,
     engine,
     mode,
+    ring: packed ? 'packed' : 'split',
     qd,
     iops: r.iops,
     lat_us: r.lat_us,
@@ -211,6 +231,7 @@ async function fio(qd: number): Promise<Point> {
     backend: 'fio',
     engine: 'io_uring',
     mode: '-',
+    ring: 'split',
     qd,
     iops: Math.round(job.read.iops),
     lat_us: {
@@ -224,6 +245,53 @@ async function fio(qd: number): Promise<Point> {
     backend_cpu_s: ((job.usr_cpu + job.sys_cpu) / 100) * seconds,
     loadgen_cpu_s: null,
     seconds,
+  };
+}
+
+const PAIR_NAME = 'ours null busy split-vs-packed';
+/** The pair's mode label: its rows are medians of alternating rounds, not single runs like `ours null busy`. */
+const PAIR_MODE = 'busy, paired';
+const PAIR_ROUNDS = quick ? 3 : 5;
+
+interface PairSummary {
+  qd: number;
+  split: { iops: number; backendNs: number; loadgenNs: number };
+  packed: { iops: number; backendNs: number; loadgenNs: number };
+  /** Median packed IOPS / median split IOPS. */
+  iopsRatio: number;
+  /** packed/split IOPS of each round (split then packed, back to back). */
+  roundRatios: number[];
+}
+
+/** The point with the median IOPS (the lower middle one for an even count). */
+function medianPoint(list: Point[]): Point {
+  return [...list].sort((a, b) => a.iops - b.iops)[Math.floor((list.length - 1) / 2)];
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
+/** CPU ns per request, each round's own, median over rounds. */
+function perRequestNs(list: Point[], cpu: (p: Point) => number | null): number {
+  return median(list.map((p) => ((cpu(p) ?? NaN) * 1e9) / (p.iops * p.seconds)));
+}
+
+function summarizePair(qd: number, rounds: Record<'split' | 'packed', Point[]>): PairSummary {
+  const side = (list: Point[]) => ({
+    iops: medianPoint(list).iops,
+    backendNs: perRequestNs(list, (p) => p.backend_cpu_s),
+    loadgenNs: perRequestNs(list, (p) => p.loadgen_cpu_s),
+  });
+  const split = side(rounds.split);
+  const packed = side(rounds.packed);
+  return {
+    qd,
+    split,
+    packed,
+    iopsRatio: split.iops > 0 ? packed.iops / split.iops : NaN,
+    roundRatios: rounds.split.map((p, i) => (p.iops > 0 ? rounds.packed[i].iops / p.iops : NaN)),
   };
 }
 
@@ -241,6 +309,7 @@ async function main(): Promise<void> {
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
     configs.push({ name: `ours null ${mode}`, start: () => ours('null', mode), backend: 'ours', engine: 'null', mode });
   }
+
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
     configs.push({
       name: `ours io_uring ${mode}`,
@@ -299,6 +368,28 @@ async function main(): Promise<void> {
       await server.stop();
     }
   }
+  const pairs: PairSummary[] = [];
+  if (!only || only.test(PAIR_NAME)) {
+    const server = await ours('null', 'busy');
+    try {
+      for (const qd of [1, 32]) {
+        const rounds: Record<'split' | 'packed', Point[]> = { split: [], packed: [] };
+        for (let round = 0; round < PAIR_ROUNDS; round++) {
+          for (const packed of [false, true]) {
+            process.stderr.write(`${PAIR_NAME} QD${qd} ${packed ? 'packed' : 'split'} round ${round + 1}/${PAIR_ROUNDS}...\n`);
+            const point = await measure('ours', 'null', PAIR_MODE, server.socket, server.pid, qd, packed);
+            rounds[point.ring].push(point);
+          }
+        }
+        const split = medianPoint(rounds.split);
+        const packed = medianPoint(rounds.packed);
+        points.push(split, packed);
+        pairs.push(summarizePair(qd, rounds));
+      }
+    } finally {
+      await server.stop();
+    }
+  }
   if (!only || only.test('loadgen loopback')) {
     // The generator's own ceiling: its load thread completing its own requests, no back-end.
     // Its CPU is the generator's, so IOPS/CPU-s here is what one generator core can issue.
@@ -315,6 +406,7 @@ async function main(): Promise<void> {
         backend: 'loadgen',
         engine: 'loopback',
         mode: 'in-thread',
+        ring: 'split',
         qd,
         iops: Math.round(r.iops),
         lat_us: { mean: us(l.mean), p50: us(l.p50), p90: us(l.p90), p99: us(l.p99), 'p99.9': us(l.p999), max: us(l.max) },
@@ -331,7 +423,14 @@ async function main(): Promise<void> {
     }
   }
   const find = (backend: string, engine: string, qd: number, mode?: string) =>
-    points.find((p) => p.backend === backend && p.engine === engine && p.qd === qd && (mode === undefined || p.mode === mode));
+    points.find(
+      (p) =>
+        p.backend === backend &&
+        p.engine === engine &&
+        p.qd === qd &&
+        p.ring === 'split' &&
+        (mode === undefined || p.mode === mode),
+    );
   // Our engines against each peer's counterpart: SPDK's file back-end is its aio bdev.
   const spdkEngine: Record<string, string> = { null: 'null', io_uring: 'aio' };
   const ratio = (ours: Point, peer: Point | undefined) =>
@@ -349,10 +448,12 @@ async function main(): Promise<void> {
         : null,
       vs_spdk: isOurs ? ratio(p, find('spdk', spdkEngine[p.engine], p.qd)) : null,
       vs_fio: isOurs && p.engine === 'io_uring' ? ratio(p, find('fio', 'io_uring', p.qd)) : null,
+      // Packed rows against the split row of the same back-end, engine, mode and QD.
+      vs_split: p.ring === 'packed' ? ratio(p, find(p.backend, p.engine, p.qd, p.mode)) : null,
     };
   });
   const header =
-    'back-end  engine    mode              QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio';
+    'back-end  engine    mode              ring    QD    IOPS   p50us   p99us  p99.9us  be-CPU%  lg-CPU%  IOPS/CPU-s  ours/QSD  ours/SPDK  ours/fio  packed/split';
   const lines = [header];
   const fixed = (value: number | null) => (value === null ? '-' : value.toFixed(2));
   for (const r of rows) {
@@ -363,6 +464,7 @@ async function main(): Promise<void> {
         r.backend.padEnd(8),
         r.engine.padEnd(9),
         r.mode.padEnd(16),
+        r.ring.padEnd(6),
         String(r.qd).padStart(3),
         String(r.iops).padStart(8),
         r.lat_us.p50.toFixed(1).padStart(7),
@@ -374,11 +476,36 @@ async function main(): Promise<void> {
         fixed(r.vs_qsd).padStart(9),
         fixed(r.vs_spdk).padStart(10),
         fixed(r.vs_fio).padStart(9),
+        fixed(r.vs_split).padStart(13),
       ].join(' '),
     );
   }
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
   const command = `npm run bench:blk${quick ? ' -- --quick' : ''}`;
+  if (pairs.length > 0) {
+    lines.push(
+      '',
+      `split versus packed (${PAIR_NAME}, ${PAIR_ROUNDS} alternating rounds per QD, medians; ns/req: CPU per request):`,
+    );
+    lines.push(
+      '  QD  split IOPS  packed IOPS  packed/split  be ns/req split  packed  lg ns/req split  packed  rounds packed/split',
+    );
+    for (const pair of pairs) {
+      lines.push(
+        [
+          String(pair.qd).padStart(4),
+          String(pair.split.iops).padStart(11),
+          String(pair.packed.iops).padStart(12),
+          pair.iopsRatio.toFixed(2).padStart(13),
+          pair.split.backendNs.toFixed(0).padStart(16),
+          pair.packed.backendNs.toFixed(0).padStart(7),
+          pair.split.loadgenNs.toFixed(0).padStart(16),
+          pair.packed.loadgenNs.toFixed(0).padStart(7),
+          `  ${pair.roundRatios.map((r) => r.toFixed(2)).join(' ')}`,
+        ].join(' '),
+      );
+    }
+  }
   const table = lines.join('\n');
   const legend =
     'be-CPU% / lg-CPU%: back-end / load generator CPU time over the window; IOPS/CPU-s: IOPS per back-end CPU-second\n' +
@@ -387,7 +514,17 @@ async function main(): Promise<void> {
     `\n${machine}; ${new Date().toISOString()}; ${command}\n4 KiB random read, 1 queue, back-end on CPU ${BACKEND_CPU}, load generator on CPU ${LOAD_CPU}, ${seconds} s per point\n${table}\n${legend}\n`,
   );
   mkdirSync(join(REPO, 'results'), { recursive: true });
-  const record = { date: new Date().toISOString(), machine, command, seconds, warmup, imageBytes: sizeMb << 20, rows, table };
+  const record = {
+    date: new Date().toISOString(),
+    machine,
+    command,
+    seconds,
+    warmup,
+    imageBytes: sizeMb << 20,
+    rows,
+    splitVsPacked: pairs,
+    table,
+  };
   const stamp = record.date.replace(/[:.]/g, '-');
   writeFileSync(join(REPO, 'results', `blk-compare-${stamp}.json`), JSON.stringify(record, null, 2));
   writeFileSync(join(REPO, 'results', 'blk-compare-latest.json'), JSON.stringify(record, null, 2));

@@ -9,6 +9,11 @@
 // own counters say it moved (Tx-pps for txonly, Rx-pps otherwise): the median of its per-second
 // samples once traffic flows. Prints the table with ours/DPDK for each point and the back-end's CPU
 // share, and writes JSON to results/.
+//
+// Split versus packed: DPDK and our busy mode run a second time with the front-end asking for
+// packed rings (virtio-user `packed_vq=1`; both back-ends offer VIRTIO_F_RING_PACKED, and DPDK's
+// negotiated features are checked in its log), right after their split run; those rows print
+// packed/split against it. --quick keeps them to 64-byte frames, where per-frame ring work weighs most.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -48,6 +53,8 @@ interface Point {
   failure?: string;
   backend: 'ours' | 'dpdk';
   mode: string;
+  /** The virtqueue layout the front-end asked for (packed_vq=1 for packed). */
+  ring: 'split' | 'packed';
   direction: Direction;
   frameBytes: number;
   pps: number;
@@ -148,9 +155,22 @@ async function startBackend(backend: 'ours' | 'dpdk', mode: string, direction: D
   return { child, output };
 }
 
-async function measure(backend: 'ours' | 'dpdk', mode: string, direction: Direction, frameBytes: number): Promise<Point> {
+/** DPDK's vhost library logs the features the front-end acked; packed runs must show RING_PACKED (34) there. */
+function dpdkPackedProblem(output: string): string | undefined {
+  const match = /negotiated Virtio features: (0x[0-9a-f]+)/i.exec(output);
+  if (match && ((BigInt(match[1]) >> 34n) & 1n) === 0n) return `VIRTIO_F_RING_PACKED was not negotiated (${match[1]})`;
+  return undefined;
+}
+
+async function measure(
+  backend: 'ours' | 'dpdk',
+  mode: string,
+  direction: Direction,
+  frameBytes: number,
+  ring: 'split' | 'packed',
+): Promise<Point> {
   const role = ROLES[direction];
-  const socket = join(work, `${backend}-${mode}-${direction}-${frameBytes}.sock`);
+  const socket = join(work, `${backend}-${mode}-${ring}-${direction}-${frameBytes}.sock`);
   const server = await startBackend(backend, mode, direction, frameBytes, socket);
   const extra = [
     ...(role.frontend === 'txonly' ? [`--txpkts=${frameBytes}`] : []),
@@ -159,7 +179,7 @@ async function measure(backend: 'ours' | 'dpdk', mode: string, direction: Direct
   const frontend = spawnTestpmd(
     testpmdArgs(
       `0@${BACKEND_CPU},1@${FRONTEND_CPU}`,
-      `virtio_user0,path=${socket},queues=1,queue_size=${QUEUE_SIZE}`,
+      `virtio_user0,path=${socket},queues=1,queue_size=${QUEUE_SIZE}${ring === 'packed' ? ',packed_vq=1' : ''}`,
       role.frontend,
       extra,
     ),
@@ -182,7 +202,9 @@ async function measure(backend: 'ours' | 'dpdk', mode: string, direction: Direct
       server.child.pid === undefined ? null : Math.round(((cpuSeconds(server.child.pid) - cpuBefore) / elapsed) * 100);
     const samples = samplesOf(output(), role.counter).slice(skip);
     if (samples.length < 2) throw new Error(`only ${samples.length} samples in ${seconds} s:\n${output().slice(-2000)}`);
-    return { backend, mode, direction, frameBytes, pps: median(samples), samples, backend_cpu_pct: cpuPct };
+    const problem = backend === 'dpdk' && ring === 'packed' ? dpdkPackedProblem(server.output()) : undefined;
+    if (problem) throw new Error(problem);
+    return { backend, mode, ring, direction, frameBytes, pps: median(samples), samples, backend_cpu_pct: cpuPct };
   } finally {
     await stop(frontend);
     await stop(server.child, backend === 'ours' ? 'SIGTERM' : 'SIGINT');
@@ -191,26 +213,31 @@ async function measure(backend: 'ours' | 'dpdk', mode: string, direction: Direct
 
 async function main(): Promise<void> {
   const points: Point[] = [];
-  const runs: { backend: 'ours' | 'dpdk'; mode: string }[] = [
-    { backend: 'dpdk', mode: 'poll' },
-    { backend: 'ours', mode: 'busy' },
-    { backend: 'ours', mode: 'adaptive' },
-    { backend: 'ours', mode: 'interrupt' },
+  // Each packed run right after its split counterpart, so that the two see the same machine.
+  const runs: { backend: 'ours' | 'dpdk'; mode: string; ring: 'split' | 'packed' }[] = [
+    { backend: 'dpdk', mode: 'poll', ring: 'split' },
+    { backend: 'dpdk', mode: 'poll', ring: 'packed' },
+    { backend: 'ours', mode: 'busy', ring: 'split' },
+    { backend: 'ours', mode: 'busy', ring: 'packed' },
+    { backend: 'ours', mode: 'adaptive', ring: 'split' },
+    { backend: 'ours', mode: 'interrupt', ring: 'split' },
   ];
   for (const direction of Object.keys(ROLES) as Direction[]) {
     for (const frameBytes of [64, 1514]) {
       for (const run of runs) {
-        const name = `${run.backend} ${run.mode} ${direction} ${frameBytes}`;
+        if (run.ring === 'packed' && quick && frameBytes !== 64) continue;
+        const name = `${run.backend} ${run.mode}${run.ring === 'packed' ? ' packed' : ''} ${direction} ${frameBytes}`;
         if (only && !only.test(name)) continue;
         process.stderr.write(`${name}...\n`);
         try {
-          points.push(await measure(run.backend, run.mode, direction, frameBytes));
+          points.push(await measure(run.backend, run.mode, direction, frameBytes, run.ring));
         } catch (error) {
           const failure = (error as Error).message.split('\n')[0];
           process.stderr.write(`${name}: FAILED: ${(error as Error).message}\n`);
           points.push({
             backend: run.backend,
             mode: run.mode,
+            ring: run.ring,
             direction,
             frameBytes,
             pps: 0,
@@ -222,27 +249,40 @@ async function main(): Promise<void> {
       }
     }
   }
-  const find = (direction: Direction, frameBytes: number) =>
-    points.find((p) => p.backend === 'dpdk' && p.direction === direction && p.frameBytes === frameBytes);
+  const ratio = (p: Point, base: Point | undefined) =>
+    !p.failure && base && !base.failure && base.pps > 0 ? Math.round((p.pps / base.pps) * 100) / 100 : null;
   const rows = points.map((p) => {
-    const dpdk = find(p.direction, p.frameBytes);
-    const ratio =
-      p.backend === 'ours' && !p.failure && dpdk && !dpdk.failure && dpdk.pps > 0
-        ? Math.round((p.pps / dpdk.pps) * 100) / 100
-        : null;
-    return { ...p, vs_dpdk: ratio };
+    // Ours against DPDK on the same ring layout; packed rows against their own split run.
+    const dpdk = points.find(
+      (q) => q.backend === 'dpdk' && q.ring === p.ring && q.direction === p.direction && q.frameBytes === p.frameBytes,
+    );
+    const split = points.find(
+      (q) =>
+        q.backend === p.backend &&
+        q.mode === p.mode &&
+        q.ring === 'split' &&
+        q.direction === p.direction &&
+        q.frameBytes === p.frameBytes,
+    );
+    return {
+      ...p,
+      vs_dpdk: p.backend === 'ours' ? ratio(p, dpdk) : null,
+      vs_split: p.ring === 'packed' ? ratio(p, split) : null,
+    };
   });
-  const lines = ['back-end  mode       direction          frame       Mpps  be-CPU%  ours/DPDK'];
+  const lines = ['back-end  mode       ring    direction          frame       Mpps  be-CPU%  ours/DPDK  packed/split'];
   for (const r of rows) {
     lines.push(
       [
         r.backend.padEnd(9),
         r.mode.padEnd(10),
+        r.ring.padEnd(7),
         r.direction.padEnd(18),
         `${r.frameBytes} B`.padStart(6),
         (r.pps / 1e6).toFixed(2).padStart(10),
         (r.backend_cpu_pct === null ? '-' : String(r.backend_cpu_pct)).padStart(8),
         (r.vs_dpdk === null ? '-' : r.vs_dpdk.toFixed(2)).padStart(10),
+        (r.vs_split === null ? '-' : r.vs_split.toFixed(2)).padStart(13),
         r.failure ? `  FAILED: ${r.failure}` : '',
       ].join(' '),
     );

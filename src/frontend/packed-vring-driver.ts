@@ -1,9 +1,19 @@
 // The driver (front-end) side of a packed virtqueue (virtio 1.x §2.8), with the same calls as the
 // split VringDriver, for the front-end library, tests and benchmarks. Chains go into consecutive
-// ring descriptors at the driver's avail position; publish() makes them visible by storing their
-// head flags (the later heads plainly, the first one last with a release, as the device reads
-// heads in order). reapUsed() reads used descriptors in order, each covering its chain's length.
+// ring descriptors at the driver's avail position; each chain's head flags are stored when it
+// ends, except the first one since the last publish, which publish() stores with a release (the
+// device reads heads in order, so that one hides the others). reapUsed() reads used descriptors
+// in order, each covering its chain's length.
 // Nothing is allocated per request.
+//
+// Cost per request stays close to the split driver's (bench/micro-packed.ts, "driver side only";
+// tuning.md "Split or packed?"): a non-head descriptor's id and flags go out as one u32 store once
+// its successor is known, the AVAIL/USED bits of the current lap are kept ready (availFlags,
+// usedFlags) instead of derived from the wrap counters per descriptor, publish() is one release
+// store, and reapUsed() makes one acquire load per used element (its flags), none to find the end
+// of the run. That acquire per element is what is left of the difference: the split driver's
+// single used.idx load covers a whole batch, a packed driver cannot know where the device's
+// batches begin.
 //
 // Bookkeeping never trusts the ring: free buffer ids, chain lengths and tokens live in private
 // arrays (as Linux's desc_state / desc_extra); a used descriptor naming an id that is not in
@@ -56,7 +66,8 @@ export interface PackedVringDriverConfig {
   indirect?: { tableAddr: number; maxEntries: number };
 }
 
-const NONE = 0xffff_ffff;
+/** "No position / no id": -1 keeps these fields small integers in V8 (0xffffffff would make them doubles). */
+const NONE = -1;
 
 export class PackedVringDriver implements RingDriver {
   readonly size: number;
@@ -80,20 +91,24 @@ export class PackedVringDriver implements RingDriver {
 
   private nextAvail = 0;
   private availWrap = 1;
+  /** AVAIL/USED bits that make a descriptor available in the current avail lap. */
+  private availFlags = VIRTQ_DESC_F_AVAIL;
   /** nextAvail | availWrap << 15 after the last ended chain, and at the last publish. */
   private endedBase = 1 << PACKED_WRAP_BIT;
-  private readonly pendingHead: Uint16Array;
-  private readonly pendingHeadFlags: Uint16Array;
-  private pendingCount = 0;
+  /** The first chain ended since the last publish: its head position and flags (NONE: none yet). */
+  private pendingHead = NONE;
+  private pendingHeadFlags = 0;
   private endedSlots = 0;
   private publishedSlots = 0;
   private kickedSlots = 0;
   private publishedBase = 1 << PACKED_WRAP_BIT;
   private lastUsed = 0;
   private usedWrap = 1;
+  /** AVAIL|USED bits of a used descriptor in the current used lap (both set, or both clear). */
+  private usedFlags = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
   private callbacks = true;
 
-  /** Flags of the chain's head, stored at publish(). */
+  /** Flags of the chain's head, stored at endChain(), or at publish() for the first chain since the last one. */
   private headFlags = 0;
   private building = false;
   private buildIndirect = false;
@@ -138,8 +153,6 @@ export class PackedVringDriver implements RingDriver {
     this.chainLength = new Uint16Array(size);
     this.tokens = new Float64Array(size);
     this.inflight = new Uint8Array(size);
-    this.pendingHead = new Uint16Array(size);
-    this.pendingHeadFlags = new Uint16Array(size);
     this.freeSlots = size;
     // A fresh ring: every descriptor zero (not available for wrap 1); the device starts at 0x8000.
     for (let i = 0; i < 4 * size; i++) this.ringU32[i] = 0;
@@ -161,7 +174,7 @@ export class PackedVringDriver implements RingDriver {
 
   /** AVAIL/USED bits that offer a descriptor at the driver's next avail position (hostile tests). */
   get offerFlags(): number {
-    return this.availWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
+    return this.availFlags;
   }
 
   /** The driver's next avail position | wrap << 15 (what SET_VRING_BASE carries). */
@@ -205,21 +218,24 @@ export class PackedVringDriver implements RingDriver {
       this.buildFailed = true;
       return;
     }
-    // Each descriptor's flags are stored once its successor is known (NEXT) or at endChain();
-    // the head's are held back until publish() (the others are invisible until the head is).
+    // A descriptor's id and flags (word 3) are stored together once its successor is known (NEXT)
+    // or at endChain(); the head's flags are held back until publish() (the others are invisible
+    // until the head is), its id is stored now.
+    const ring = this.ringU32;
     const previous = this.buildLast;
-    if (previous === this.buildStart) this.headFlags = this.buildLastFlags | VIRTQ_DESC_F_NEXT;
-    else if (previous !== NONE) this.ringU16[8 * previous + 7] = this.buildLastFlags | VIRTQ_DESC_F_NEXT;
     const position = this.nextAvail;
     const base = 4 * position;
-    this.ringU32[base] = gpa % TWO_POW_32;
-    this.ringU32[base + 1] = Math.floor(gpa / TWO_POW_32);
-    this.ringU32[base + 2] = len;
-    this.ringU16[8 * position + 6] = this.buildId;
+    if (previous === NONE) this.ringU16[8 * position + 6] = this.buildId;
+    else if (previous === this.buildStart) this.headFlags = this.buildLastFlags | VIRTQ_DESC_F_NEXT;
+    else ring[4 * previous + 3] = (this.buildId | ((this.buildLastFlags | VIRTQ_DESC_F_NEXT) << 16)) >>> 0;
+    ring[base] = gpa % TWO_POW_32;
+    ring[base + 1] = Math.floor(gpa / TWO_POW_32);
+    ring[base + 2] = len;
     this.buildLast = position;
-    this.buildLastFlags = flags | (this.availWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED);
+    this.buildLastFlags = flags | this.availFlags;
     this.buildCount++;
-    this.advanceAvail(1);
+    if (position + 1 < this.size) this.nextAvail = position + 1;
+    else this.advanceAvail(1);
   }
 
   /**
@@ -244,21 +260,27 @@ export class PackedVringDriver implements RingDriver {
       this.ringU32[base + 1] = Math.floor(tableAddr / TWO_POW_32);
       this.ringU32[base + 2] = this.buildCount * 16;
       this.ringU16[8 * position + 6] = id;
-      headFlags = VIRTQ_DESC_F_INDIRECT | this.offerFlags;
+      headFlags = VIRTQ_DESC_F_INDIRECT | this.availFlags;
       slots = 1;
       this.advanceAvail(1);
     } else {
       const last = this.buildLast;
       if (last === this.buildStart) headFlags = this.buildLastFlags;
       else {
-        this.ringU16[8 * last + 7] = this.buildLastFlags;
+        this.ringU32[4 * last + 3] = (id | (this.buildLastFlags << 16)) >>> 0;
         headFlags = this.headFlags;
       }
       slots = this.buildCount;
     }
-    this.pendingHead[this.pendingCount] = this.buildStart;
-    this.pendingHeadFlags[this.pendingCount] = headFlags;
-    this.pendingCount++;
+    // The device reads heads in order, so holding back the first head since the last publish
+    // hides every later chain too: their head flags go out now, plainly, while the descriptors
+    // are still in cache, and publish() is one release store (the split driver's avail.idx).
+    if (this.pendingHead === NONE) {
+      this.pendingHead = this.buildStart;
+      this.pendingHeadFlags = headFlags;
+    } else {
+      this.ringU16[8 * this.buildStart + 7] = headFlags;
+    }
     this.chainLength[id] = slots;
     this.tokens[id] = token;
     this.inflight[id] = 1;
@@ -273,19 +295,26 @@ export class PackedVringDriver implements RingDriver {
     if (!this.building) return;
     this.building = false;
     if (this.buildId !== NONE) this.freeIds[this.freeIdCount++] = this.buildId;
-    // Nothing was published: the head's flags were never stored, so rewinding is enough.
+    // Nothing was published: the head's flags were never stored, so the device cannot reach the
+    // chain. Its middle descriptors' flags were (available, NEXT): clear them, or a shorter chain
+    // posted here later would leave one of them looking available right after its own end.
+    if (!this.buildIndirect && this.buildCount > 2) {
+      let position = this.buildStart;
+      for (let i = 1; i < this.buildCount - 1; i++) {
+        position = position + 1 < this.size ? position + 1 : 0;
+        this.ringU16[8 * position + 7] = 0; // AVAIL == USED: never available, whichever the lap
+      }
+    }
     this.nextAvail = this.buildStart;
     this.availWrap = this.buildStartWrap;
+    this.availFlags = this.buildStartWrap === 1 ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
   }
 
-  /** Makes every chain ended since the last publish visible (the first head stored last, release). */
+  /** Makes every chain ended since the last publish visible: one release store of the first head's flags. */
   publish(): void {
-    const count = this.pendingCount;
-    if (count === 0) return;
-    const ring = this.ringU16;
-    for (let i = 1; i < count; i++) ring[8 * this.pendingHead[i] + 7] = this.pendingHeadFlags[i];
-    Atomics.store(ring, 8 * this.pendingHead[0] + 7, this.pendingHeadFlags[0]);
-    this.pendingCount = 0;
+    if (this.pendingHead === NONE) return;
+    Atomics.store(this.ringU16, 8 * this.pendingHead + 7, this.pendingHeadFlags);
+    this.pendingHead = NONE;
     this.publishedSlots = this.endedSlots;
     this.publishedBase = this.endedBase;
   }
@@ -307,7 +336,7 @@ export class PackedVringDriver implements RingDriver {
   }
 
   hasUsed(): boolean {
-    return this.isUsed(Atomics.load(this.ringU16, 8 * this.lastUsed + 7));
+    return (Atomics.load(this.ringU16, 8 * this.lastUsed + 7) & USED_BITS) === this.usedFlags;
   }
 
   /**
@@ -317,31 +346,50 @@ export class PackedVringDriver implements RingDriver {
   reapUsed(tokens: Float64Array, lens: Uint32Array, heads?: Uint32Array): number {
     if (this.brokenReason !== '') return 0;
     const max = Math.min(tokens.length, lens.length, heads ? heads.length : 0xffff);
+    const ring16 = this.ringU16;
+    const size = this.size;
+    const inflight = this.inflight;
+    const chainLength = this.chainLength;
+    const freeIds = this.freeIds;
+    // Locals for the loop, written back once. Atomics.load is a builtin call in V8 (≈6 ns, the
+    // split driver makes one per reap), so it is spent only where it buys ordering: a plain read
+    // of the flags finds the end of the used run (a stale "not used" only defers an element to
+    // the next reap), and an element that looks used is confirmed by the acquire load before its
+    // id and length are read. Nothing is read past the last chain in flight.
+    const limit = max < this.posted ? max : this.posted;
+    let position = this.lastUsed;
+    let usedFlags = this.usedFlags;
+    let freeIdCount = this.freeIdCount;
+    let freed = 0;
     let count = 0;
-    while (count < max) {
-      const position = this.lastUsed;
-      if (!this.isUsed(Atomics.load(this.ringU16, 8 * position + 7))) break;
-      const id = this.ringU16[8 * position + 6];
-      if (id >= this.size || this.inflight[id] === 0) {
+    while (count < limit) {
+      const flagsAt = 8 * position + 7;
+      if ((ring16[flagsAt] & USED_BITS) !== usedFlags || (Atomics.load(ring16, flagsAt) & USED_BITS) !== usedFlags) break;
+      const id = ring16[8 * position + 6];
+      if (id >= size || inflight[id] === 0) {
         this.brokenReason = `used descriptor at ring position ${position} names buffer id ${id}, which is not in flight`;
         break;
       }
       tokens[count] = this.tokens[id];
       lens[count] = this.ringU32[4 * position + 2];
       if (heads) heads[count] = id;
-      this.inflight[id] = 0;
-      this.posted--;
-      const slots = this.chainLength[id];
-      this.freeSlots += slots;
-      this.freeIds[this.freeIdCount++] = id;
-      let next = position + slots;
-      if (next >= this.size) {
-        next -= this.size;
-        this.usedWrap ^= 1;
+      inflight[id] = 0;
+      const slots = chainLength[id];
+      freed += slots;
+      freeIds[freeIdCount++] = id;
+      position += slots;
+      if (position >= size) {
+        position -= size;
+        usedFlags ^= USED_BITS;
       }
-      this.lastUsed = next;
       count++;
     }
+    this.lastUsed = position;
+    this.usedFlags = usedFlags;
+    this.usedWrap = usedFlags === 0 ? 0 : 1;
+    this.freeIdCount = freeIdCount;
+    this.freeSlots += freed;
+    this.posted -= count;
     if (this.eventIdx && this.callbacks && count > 0) {
       Atomics.store(this.driverEvent, 0, (this.usedBase() | (RING_EVENT_FLAGS_DESC << 16)) >>> 0);
     }
@@ -381,6 +429,7 @@ export class PackedVringDriver implements RingDriver {
     if (next >= this.size) {
       next -= this.size;
       this.availWrap ^= 1;
+      this.availFlags ^= USED_BITS;
     }
     this.nextAvail = next;
   }
@@ -388,12 +437,10 @@ export class PackedVringDriver implements RingDriver {
   private usedBase(): number {
     return this.lastUsed | (this.usedWrap << PACKED_WRAP_BIT);
   }
-
-  private isUsed(flags: number): boolean {
-    const wrap = this.usedWrap;
-    return ((flags >>> 7) & 1) === wrap && ((flags >>> 15) & 1) === wrap;
-  }
 }
+
+/** The two bits that say available or used (§2.8.1). */
+const USED_BITS = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
 function linear(base: number, size: number): number {
   const position = base & 0x7fff;
