@@ -1,10 +1,11 @@
-// Assembles a vhost-user-blk back-end: the disk (opened, created sparse, or a RAM disk), the
-// device's control-plane face, the worker data plane with the blk request handler, and the
-// daemon. Used by the CLI, the demo and tests.
+// Assembles a vhost-user-blk back-end: the disk (opened, created sparse, or a RAM disk) and the
+// device's control-plane face, handed with the blk request handler to the generic assembly
+// (data plane + daemon, one port). Used by the CLI, the demo and tests.
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, statSync, ftruncateSync } from 'node:fs';
 import { createLogger, type Logger } from '../../log.js';
-import { VhostUserDaemon, type DaemonLimits } from '../../control/daemon.js';
-import { WorkerDataPlane } from '../../dataplane/pool.js';
+import type { VhostUserDaemon, DaemonLimits } from '../../control/daemon.js';
+import { startAssembly } from '../../control/assembly.js';
+import type { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { BlkDevice } from './device.js';
@@ -68,42 +69,22 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     supportsDiscard: engine !== 'null',
     supportsFlush: true,
   });
-  const plane = await WorkerDataPlane.start({
-    cpus: options.cpus,
-    queueCount: options.queues,
-    handler: device.handlerSpec({
-      engine,
-      path: options.diskPath,
-      direct: options.direct,
+  const assembly = await startAssembly({
+    ports: 1,
+    makePort: () => ({
+      device,
+      handler: device.handlerSpec({ engine, path: options.diskPath, direct: options.direct }),
+      socketPath: options.socketPath,
+      listenFd: options.listenFd,
+      maxSegments: device.maxSegments,
+      serving: { engine, disk: options.diskPath, bytes: capacityBytes, queues: options.queues },
     }),
-    mode: options.poll,
-    idleBudgetUs: options.idleBudgetUs,
-    maxSegments: device.maxSegments,
-    logger: log.child('dataplane'),
-  });
-  const daemon = new VhostUserDaemon(device, {
-    ...options.limits,
-    socketPath: options.socketPath,
-    listenFd: options.listenFd,
+    workers: options,
     client: options.client,
-    dataPlane: plane,
-    logger: log.child('daemon'),
+    limits: options.limits,
+    log,
   });
-  try {
-    await daemon.start();
-  } catch (error) {
-    await plane.close();
-    throw error;
-  }
-  log.info('serving', {
-    socket: options.socketPath ?? `fd ${options.listenFd}`,
-    engine,
-    disk: options.diskPath,
-    bytes: capacityBytes,
-    queues: options.queues,
-    cpus: options.cpus,
-    poll: options.poll,
-  });
+  const [{ daemon, plane }] = assembly.ports;
   return {
     daemon,
     plane,
@@ -111,10 +92,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     engine,
     capacityBytes,
     queueStats: () => plane.allQueueStats(),
-    async stop() {
-      await daemon.stop();
-      await plane.close();
-    },
+    stop: assembly.stop,
   };
 }
 

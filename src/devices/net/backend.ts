@@ -1,13 +1,13 @@
 // Assembles a vhost-user-net back-end: per socket (one port each), the device's control-plane
-// face, a worker data plane running the net handler, and the daemon. Ports are independent:
-// each has its own workers (on the CPUs given) because a worker holds one guest memory table
-// and the session numbers queues from 0. Frames cross ports only in the switch back-end,
-// through the frame rings and MAC table of a SwitchFabric made before any port starts (and
-// closed after they all stopped). The tap back-end serves one port: its tap is opened before
+// face and the net handler, handed to the generic assembly (a data plane and a daemon per
+// port, each port with its own workers on the CPUs given). Frames cross ports only in the
+// switch back-end, through the frame rings and MAC table of a SwitchFabric made before any
+// port starts (and closed after they all stopped). The tap back-end serves one port: its tap is opened before
 // the workers start and closed after they stopped.
 import { createLogger, type Logger } from '../../log.js';
-import { VhostUserDaemon, type DaemonLimits } from '../../control/daemon.js';
-import { WorkerDataPlane } from '../../dataplane/pool.js';
+import type { VhostUserDaemon, DaemonLimits } from '../../control/daemon.js';
+import { startAssembly } from '../../control/assembly.js';
+import type { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { NetDevice } from './device.js';
@@ -59,6 +59,8 @@ export interface NetBackend {
   /** switch: the rings and MAC table the ports share; null for the other back-ends. */
   fabric: SwitchFabric | null;
   queueStats(): NetPortQueueStats[];
+  /** Settles when the first port's daemon ends: resolves if it stopped, rejects if it failed. */
+  wait(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -68,80 +70,67 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
   if (options.backend === 'tap' && (options.tapName === undefined || options.socketPaths.length !== 1)) {
     throw new Error('the tap back-end serves one port (one socket) and needs a tap name');
   }
-  const ports: NetPort[] = [];
-  let openingTap: TapDevice | null = null;
   const fabric =
     options.backend === 'switch'
       ? new SwitchFabric(options.socketPaths.length, options.cpus.length, options.queuePairs, switchRingBytes(options.mtu))
       : null;
-  const stopAll = async () => {
-    for (const port of ports.splice(0).reverse()) {
-      try {
-        await port.daemon.stop();
-        await port.plane.close();
-      } finally {
-        // The workers are gone (or never used the fds): a tap we created disappears here.
-        port.tap?.close();
-      }
-    }
-    openingTap?.close();
-    fabric?.close();
-  };
+  const taps: (TapDevice | null)[] = [];
+  let assembly;
   try {
-    for (const [p, socketPath] of options.socketPaths.entries()) {
-      const mac = Uint8Array.from(options.mac);
-      mac[5] = (mac[5] + p) & 0xff;
-      const tap = options.backend === 'tap' ? TapDevice.open(options.tapName!, options.queuePairs, options.mtu) : null;
-      openingTap = tap;
-      if (tap) log.info(tap.created ? 'tap created' : 'tap attached', { port: p, tap: tap.name, queuePairs: options.queuePairs });
-      const device = new NetDevice({
-        queuePairs: options.queuePairs,
-        maxQueueSize: options.queueSize,
-        mac,
-        mtu: options.mtu,
-        onHeaderBytes: tap ? (bytes) => tap.setHeaderBytes(bytes) : undefined,
-        sendRarp: fabric ? (rarpMac) => fabric.sendRarp(p, rarpMac) : undefined,
-      });
-      const plane = await WorkerDataPlane.start({
-        cpus: options.cpus,
-        queueCount: device.numQueues,
-        handler: fabric ? fabric.handlerSpec(p, device) : device.handlerSpec(options.backend, options.frameBytes, tap?.fds ?? []),
-        mode: options.poll,
-        idleBudgetUs: options.idleBudgetUs,
-        queueToWorker: NetDevice.queueToWorker,
-        maxSegments: device.maxSegments,
-        logger: log.child(`port${p}.dataplane`),
-      });
-      const daemon = new VhostUserDaemon(device, {
-        ...options.limits,
-        socketPath,
-        client: options.client,
-        dataPlane: plane,
-        logger: log.child(`port${p}.daemon`),
-      });
-      ports.push({ socketPath, device, plane, daemon, tap });
-      openingTap = null;
-      await daemon.start();
-      log.info('serving', {
-        port: p,
-        socket: socketPath,
-        mac: formatMac(mac),
-        backend: options.backend,
-        tap: tap?.name,
-        queuePairs: options.queuePairs,
-        cpus: options.cpus,
-        poll: options.poll,
-      });
-    }
+    assembly = await startAssembly({
+      ports: options.socketPaths.length,
+      makePort: (p) => {
+        const tap = options.backend === 'tap' ? TapDevice.open(options.tapName!, options.queuePairs, options.mtu) : null;
+        try {
+          if (tap) log.info(tap.created ? 'tap created' : 'tap attached', { port: p, tap: tap.name, queuePairs: options.queuePairs });
+          const mac = Uint8Array.from(options.mac);
+          mac[5] = (mac[5] + p) & 0xff;
+          const device = new NetDevice({
+            queuePairs: options.queuePairs,
+            maxQueueSize: options.queueSize,
+            mac,
+            mtu: options.mtu,
+            onHeaderBytes: tap ? (bytes) => tap.setHeaderBytes(bytes) : undefined,
+            sendRarp: fabric ? (rarpMac) => fabric.sendRarp(p, rarpMac) : undefined,
+          });
+          const handler = fabric
+            ? fabric.handlerSpec(p, device)
+            : device.handlerSpec(options.backend, options.frameBytes, tap?.fds ?? []);
+          taps.push(tap);
+          return {
+            device,
+            handler,
+            socketPath: options.socketPaths[p],
+            queueToWorker: NetDevice.queueToWorker,
+            maxSegments: device.maxSegments,
+            name: `port${p}`,
+            serving: { port: p, mac: formatMac(mac), backend: options.backend, tap: tap?.name, queuePairs: options.queuePairs },
+            // A tap we created disappears here, once the workers no longer use its fds.
+            release: tap ? () => tap.close() : undefined,
+          };
+        } catch (error) {
+          tap?.close();
+          throw error;
+        }
+      },
+      workers: options,
+      client: options.client,
+      limits: options.limits,
+      release: () => fabric?.close(),
+      log,
+    });
   } catch (error) {
-    await stopAll();
+    // Closing twice is harmless: the assembly closes it too once it built a port.
+    fabric?.close();
     throw error;
   }
+  const ports = assembly.ports.map((port, p) => ({ ...port, socketPath: options.socketPaths[p], tap: taps[p] }));
   return {
     ports,
     fabric,
     queueStats: () => ports.flatMap((port, p) => mergeStats(p, port.device.netStats(), port.plane.allQueueStats())),
-    stop: stopAll,
+    wait: assembly.wait,
+    stop: assembly.stop,
   };
 }
 
