@@ -6,13 +6,14 @@ import { createLogger, setLogLevel } from '../log.js';
 import {
   DAEMON_LIMITS_HELP,
   DAEMON_LIMIT_OPTIONS,
-  ExitCode,
   UsageError,
   parseCommandLine,
   parseCpuList,
   parseDaemonLimits,
   parseInteger,
+  stopSignal,
 } from './common.js';
+import { serveBackends } from './serve.js';
 import { startNetBackend, type NetBackendOptions, type NetPortQueueStats } from '../devices/net/backend.js';
 import { MAX_MTU, MIN_MTU } from '../devices/net/device.js';
 import { SOURCE_MIN_FRAME } from '../devices/net/frame.js';
@@ -203,45 +204,18 @@ export function formatNetStats(stats: NetPortQueueStats[]): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // First of all: a manager may signal while we start (see stopSignal).
+  const log = createLogger('vhost-user-net');
+  const stop = stopSignal((signal, count) => log.info('already stopping; signal absorbed', { signal, count }));
   const args = parseCommandLine('vhost-user-net', () => parseNetArgs(argv), HELP);
   if (typeof args === 'number') return args;
   setLogLevel(args.verbose ? 'debug' : 'info');
-  const log = createLogger('vhost-user-net');
-  let backend;
-  try {
-    backend = await startNetBackend(args.backend, log);
-  } catch (error) {
-    log.error('cannot start', { error });
-    process.stderr.write(`vhost-user-net: ${(error as Error).message}\n`);
-    return ExitCode.FAILURE;
-  }
-  const statsTimer =
-    args.statsIntervalSec > 0
-      ? setInterval(() => {
-          for (const stats of backend.queueStats()) log.info('queue stats', { ...stats });
-        }, args.statsIntervalSec * 1000)
-      : undefined;
-  const stopped = new Promise<number>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
-      log.info('stopping', { signal });
-      resolve(ExitCode.OK);
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    for (const port of backend.ports) {
-      port.daemon.wait().then(
-        () => resolve(ExitCode.OK),
-        (error: Error) => {
-          log.error('daemon failed', { error, socket: port.socketPath });
-          resolve(ExitCode.FAILURE);
-        },
-      );
-    }
+  return serveBackends<NetPortQueueStats>({
+    tool: 'vhost-user-net',
+    start: [() => startNetBackend(args.backend, log)],
+    stop,
+    log,
+    statsIntervalSec: args.statsIntervalSec,
+    atExit: (stats) => process.stdout.write(formatNetStats(stats)),
   });
-  const code = await stopped;
-  if (statsTimer) clearInterval(statsTimer);
-  const final = backend.queueStats();
-  await backend.stop();
-  process.stdout.write(formatNetStats(final));
-  return code;
 }

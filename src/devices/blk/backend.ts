@@ -46,6 +46,8 @@ export interface BlkBackend {
   engine: BlkEngineName;
   capacityBytes: number;
   queueStats(): QueueStats[];
+  /** Settles when the daemon ends: resolves if it stopped, rejects if it failed. */
+  wait(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -92,6 +94,7 @@ export async function startBlkBackend(options: BlkBackendOptions, logger?: Logge
     engine,
     capacityBytes,
     queueStats: () => plane.allQueueStats(),
+    wait: assembly.wait,
     stop: assembly.stop,
   };
 }
