@@ -60,11 +60,11 @@ export interface AssembledPort<D extends VhostUserDevice> {
 export interface Assembly<D extends VhostUserDevice> {
   ports: AssembledPort<D>[];
   /** Each port's data-plane counters, port by port. */
-  planeStats(): QueueStats[][];
+  planeStats: () => QueueStats[][];
   /** Settles when the first daemon ends: resolves if it stopped, rejects if it failed. */
-  wait(): Promise<void>;
+  wait: () => Promise<void>;
   /** Stops every port (last started first), then frees what they shared. */
-  stop(): Promise<void>;
+  stop: () => Promise<void>;
 }
 
 interface LivePort<D extends VhostUserDevice> extends AssembledPort<D> {

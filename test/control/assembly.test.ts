@@ -16,7 +16,11 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-function options(ports: number, events: string[], socketOf = (p: number) => join(dir, `p${p}.sock`)): AssemblyOptions<EchoDevice> {
+function options(
+  ports: number,
+  events: string[],
+  socketOf = (p: number) => join(dir, `p${p}.sock`),
+): AssemblyOptions<EchoDevice> {
   return {
     ports,
     makePort: (p) => ({

@@ -82,7 +82,8 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
       makePort: (p) => {
         const tap = options.backend === 'tap' ? TapDevice.open(options.tapName!, options.queuePairs, options.mtu) : null;
         try {
-          if (tap) log.info(tap.created ? 'tap created' : 'tap attached', { port: p, tap: tap.name, queuePairs: options.queuePairs });
+          if (tap)
+            log.info(tap.created ? 'tap created' : 'tap attached', { port: p, tap: tap.name, queuePairs: options.queuePairs });
           const mac = Uint8Array.from(options.mac);
           mac[5] = (mac[5] + p) & 0xff;
           const device = new NetDevice({
