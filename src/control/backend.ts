@@ -97,6 +97,12 @@ export interface DataPlane {
   setNotifyFds(index: number, callFd: number, errFd: number): Promise<void>;
   /** Forget the connection: stop every ring, drop the memory table. */
   reset(): Promise<void>;
+  /**
+   * Like reset, but rings whose requests are still in the device are written off at once: the
+   * device's late completions must never reach guest memory (the old or the next front-end's).
+   * Also ends a reset still waiting. Without it, a hung device blocks the next front-end.
+   */
+  abandon?(): Promise<void>;
   /** Per-queue counters, readable at any time without stopping the rings (if the data plane keeps them). */
   allQueueStats?(): QueueStats[];
   /**

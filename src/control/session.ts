@@ -310,6 +310,8 @@ class SessionState implements SessionContext {
   private logFd = -1;
   /** The in-flight region (SET_INFLIGHT_FD), if the front-end shares one. */
   private inflight: InflightRegion | undefined;
+  /** A drain outlived drainTimeoutMs: release() abandons rather than waits for the device. */
+  private drainTimedOut = false;
   /** Our copy of the fd the last GET_INFLIGHT_FD reply carried, until SET_INFLIGHT_FD. */
   private createdInflightFd = -1;
   /** The dirty log of the last SET_LOG_BASE, and the one the data plane marks (null: not logging). */
@@ -425,7 +427,8 @@ class SessionState implements SessionContext {
       const timeoutMs = this.policy.drainTimeoutMs;
       const stopped = await within(this.dataPlane.stopQueue(index), timeoutMs);
       if (stopped === TIMED_OUT) {
-        // The ring stays marked running: release() resets the data plane, bounded the same way.
+        // The ring stays marked running: release() abandons it in the data plane.
+        this.drainTimedOut = true;
         throw new DrainTimeoutError(
           `queue ${index}: in-flight requests did not finish within the drain timeout (${timeoutMs} ms); ` +
             'disconnecting the front-end and abandoning them',
@@ -655,12 +658,32 @@ class SessionState implements SessionContext {
     this.logFd = fd;
   }
 
+  /**
+   * Stops every ring. With drainTimeoutMs, a hung device costs the next front-end nothing: after
+   * a drain that timed out, or a reset that outlives the same bound, the data plane abandons the
+   * rings (it drops the device's late completions, so none can land in memory that is no longer
+   * the guest's). A data plane that cannot abandon is waited for, however long that takes.
+   */
+  private async resetDataPlane(): Promise<void> {
+    const dataPlane = this.dataPlane;
+    if (dataPlane.abandon === undefined) return dataPlane.reset();
+    if (this.drainTimedOut) {
+      this.drainTimedOut = false;
+      this.log.warn('abandoning the rings of a drain that timed out');
+      return dataPlane.abandon();
+    }
+    const reset = dataPlane.reset();
+    const timeoutMs = this.policy.drainTimeoutMs;
+    if ((await within(reset, timeoutMs)) !== TIMED_OUT) return;
+    this.log.warn('data plane reset outlived the drain timeout; abandoning its rings', { timeoutMs });
+    await dataPlane.abandon();
+    await reset;
+  }
+
   /** The connection is gone: stop the data plane and let go of every fd and mapping. */
   async release(): Promise<void> {
     try {
-      // Unbounded even with drainTimeoutMs: until the data plane has let go of every queue, a late
-      // completion could still land in memory, so the next front-end must not be served before.
-      await this.dataPlane.reset();
+      await this.resetDataPlane();
     } catch (resetError) {
       this.log.error('data plane reset failed', { error: resetError });
     }

@@ -36,6 +36,11 @@ export type WorkerCommand =
   | { id: number; op: 'mode'; mode: PollMode; idleBudgetUs: number }
   /** Stop every queue (draining) and forget the memory table. */
   | { id: number; op: 'reset' }
+  /**
+   * Like reset, but without waiting: queues with requests still in the device are written off
+   * at once (their late completions are dropped, their buffers reclaimed when those arrive).
+   */
+  | { id: number; op: 'abandon' }
   | { id: number; op: 'shutdown' };
 
 export type WorkerMessage =

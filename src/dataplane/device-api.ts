@@ -26,6 +26,12 @@ export interface WorkerQueue {
    */
   readonly stopping: boolean;
   /**
+   * The worker wrote this queue off (a drain that outlived its timeout): its front-end is gone
+   * and its memory is no longer the guest's. A late completion must not write into the request's
+   * buffers (status byte included); complete() then only reclaims the request. Optional for fakes.
+   */
+  readonly abandoned?: boolean;
+  /**
    * Pops up to `budget` available chains now and hands each to handler.handle() before
    * returning (re-entrant: for use from handle() of another queue, e.g. a frame arriving for an
    * RX queue whose new buffers this pass has not popped yet). Returns how many; 0 while

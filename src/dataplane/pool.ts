@@ -171,6 +171,17 @@ export class WorkerDataPlane implements DataPlane {
     await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'reset' })));
   }
 
+  /**
+   * Like reset, without waiting for a hung device: queues with requests still in it are written
+   * off (late completions dropped, buffers reclaimed when they arrive). Also ends a pending reset.
+   */
+  async abandon(): Promise<void> {
+    if (this.closed) return;
+    this.queueConfigs.clear();
+    this.memory = null;
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'abandon' })));
+  }
+
   /** Stops every worker (draining first) and releases their resources. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;

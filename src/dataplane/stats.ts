@@ -26,6 +26,8 @@ export const QueueStat = {
   broken: 9,
   /** Requests recovered from the in-flight region at the queue's start and run again. */
   resubmitted: 10,
+  /** Requests written off when the queue was abandoned (a drain that outlived its timeout). */
+  abandoned: 11,
 } as const;
 
 export const QUEUE_STAT_SLOTS = 16;

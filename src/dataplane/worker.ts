@@ -97,6 +97,12 @@ class QueueRunner implements WorkerQueue {
   stopRequest = StopRequest.None;
   /** Command id to answer when stopRequest is Stop. */
   stopReplyId = 0;
+  /**
+   * Written off (abandon command): no longer in the worker's queue list, its front-end gone.
+   * Late completions only reclaim their request; the object (and through its requests the old
+   * guest memory mapping, which the kernel may still be writing into) lives until the last one.
+   */
+  abandoned = false;
   /** Set by the worker once the queue runs: popNow() hands what it pops to it. */
   handler: QueueHandler | null = null;
   /** The dirty log while migrating (null otherwise), and the used ring's address in it (-1: own). */
@@ -227,6 +233,10 @@ class QueueRunner implements WorkerQueue {
   }
 
   giveBack(request: VirtqRequest): boolean {
+    if (this.abandoned && this.inFlight > 0) {
+      this.reclaim(request);
+      return true;
+    }
     if (this.inFlight === 0 || !this.vq.unpop(request)) return false;
     this.pool[this.free++] = request;
     this.inFlight--;
@@ -236,6 +246,7 @@ class QueueRunner implements WorkerQueue {
   complete(request: VirtqRequest, writtenLen: number): void {
     // Written off when the handler failed (handlerFailed): the slot is already free.
     if (this.inFlight === 0) return;
+    if (this.abandoned) return this.reclaim(request);
     // --- dirty log hook: the device's writes are done; mark them before the driver sees them ---
     if (this.dirtyLog !== null) markWritten(this.dirtyLog, request, writtenLen);
     this.vq.pushUsed(request.head, writtenLen);
@@ -245,6 +256,12 @@ class QueueRunner implements WorkerQueue {
     const stats = this.stats;
     stats[QueueStat.requests]++;
     stats[QueueStat.bytes] += writtenLen;
+  }
+
+  /** A late completion on an abandoned queue: take the request back, touch neither ring nor stats. */
+  private reclaim(request: VirtqRequest): void {
+    this.pool[this.free++] = request;
+    this.inFlight--;
   }
 
   /** Publishes this pass's used entries with one store and notifies the driver if it asked. */
@@ -304,6 +321,8 @@ export class DataPlaneWorker {
   private seenSeq = 0;
   /** Id of the reset command waiting for every queue to stop, or -1. */
   private resetReplyId = -1;
+  /** Queues written off with requests still in the device, until their last late completion. */
+  private readonly abandonedQueues: QueueRunner[] = [];
   private running = true;
   private passes = 0;
   private idleSince = -1;
@@ -355,6 +374,7 @@ export class DataPlaneWorker {
   step(): void {
     const work = this.pass();
     if (this.resetReplyId >= 0 || this.hasPendingStops()) this.finishStops();
+    if (this.abandonedQueues.length > 0) this.releaseAbandoned();
     this.passes++;
     if (work > 0) {
       this.idleSince = -1;
@@ -572,6 +592,15 @@ export class DataPlaneWorker {
           this.finishStops();
           return;
         }
+        case 'abandon': {
+          this.abandonQueues();
+          // Any earlier reset finishes now (nothing left to wait for), then this one.
+          this.finishStops();
+          for (const queue of this.queues) if (queue.stopRequest === StopRequest.None) queue.stopRequest = StopRequest.Reset;
+          this.resetReplyId = command.id;
+          this.finishStops();
+          return;
+        }
         case 'shutdown': {
           this.running = false;
           this.reply(command.id);
@@ -601,6 +630,40 @@ export class DataPlaneWorker {
       const id = this.resetReplyId;
       this.resetReplyId = -1;
       this.reply(id);
+    }
+  }
+
+  /**
+   * Writes off every queue with requests still in the device: out of the queue list now (the
+   * next front-end's queue with the same index starts at once), kept in abandonedQueues until
+   * the device answers (never, for a hung one: then at most the queue's size in requests leaks).
+   * A stop waiting on it is answered with an error.
+   */
+  private abandonQueues(): void {
+    const queues = this.queues;
+    for (let i = queues.length - 1; i >= 0; i--) {
+      const queue = queues[i];
+      if (queue.inFlight === 0) continue;
+      if (queue.stopRequest === StopRequest.Stop) this.fail(queue.stopReplyId, `queue ${queue.index} abandoned with requests in flight`);
+      queue.stopRequest = StopRequest.Reset;
+      queue.abandoned = true;
+      queue.stats[QueueStat.abandoned] += queue.inFlight;
+      this.logMessage('warn', 'queue abandoned with requests still in the device; their late completions will be dropped', {
+        queue: queue.index,
+        requests: queue.inFlight,
+      });
+      this.removeQueue(i);
+      this.abandonedQueues.push(queue);
+    }
+  }
+
+  /** Lets go of abandoned queues whose device has answered every request (off the hot path: rare). */
+  private releaseAbandoned(): void {
+    const abandoned = this.abandonedQueues;
+    for (let i = abandoned.length - 1; i >= 0; i--) {
+      if (abandoned[i].inFlight > 0) continue;
+      this.logMessage('info', 'abandoned queue released: the device answered its last request', { queue: abandoned[i].index });
+      abandoned.splice(i, 1);
     }
   }
 
@@ -690,6 +753,8 @@ export class DataPlaneWorker {
       // Its in-flight requests will never complete: let stop/reset drain at once.
       queue.inFlight = 0;
     }
+    // Their requests will never complete either.
+    this.abandonedQueues.length = 0;
     // A ready fd the failed handler no longer reads would wake the worker forever.
     for (const fd of [...this.watched.keys()]) this.unwatchFd(fd);
   }

@@ -14,7 +14,7 @@ import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import { closeAll } from '../../dist/control/connection.js';
 import { HEADER_SIZE, encodeMessage } from '../../dist/control/codec/index.js';
 import { HeaderFlag, Request } from '../../dist/control/protocol.js';
-import { GatedDataPlane, RecordingDataPlane, captureLogs, fdsBackTo, openFds, testBlkDevice, u64At, until } from './helpers.js';
+import { AbandoningDataPlane, GatedDataPlane, RecordingDataPlane, captureLogs, fdsBackTo, openFds, testBlkDevice, u64At, until } from './helpers.js';
 
 const TIMEOUT_MS = 2000;
 const DISK_SECTORS = BigInt((64 << 20) / 512);
@@ -514,7 +514,7 @@ describe('sealed memory (a region fd the front-end could shrink later would SIGB
 });
 
 describe('drain timeout (a hung backing device must not hang GET_VRING_BASE for ever)', () => {
-  it('a drain that outlives drainTimeoutMs disconnects the front-end and is logged; the next one is served once the device lets go', async () => {
+  it('a drain that outlives drainTimeoutMs disconnects the front-end and is logged; with a data plane that cannot abandon, the next one is served once the device lets go', async () => {
     const drainTimeoutMs = 100;
     const { daemon, dataPlane, socketPath } = await listening(undefined, { dataPlane: new GatedDataPlane(), drainTimeoutMs });
     cleanups.push(() => dataPlane.release());
@@ -537,6 +537,23 @@ describe('drain timeout (a hung backing device must not hang GET_VRING_BASE for 
     await next;
     expect(daemon.connections).toBe(2);
     expect(dataPlane.events).toContain('reset');
+  });
+
+  it('with a data plane that can abandon: the hung rings are written off and the next front-end is served at once', async () => {
+    const drainTimeoutMs = 100;
+    const { daemon, dataPlane, socketPath } = await listening(undefined, { dataPlane: new AbandoningDataPlane(), drainTimeoutMs });
+    cleanups.push(() => dataPlane.release());
+    const first = await FrontendDevice.connect({ socketPath, replyTimeoutMs: 5 * TIMEOUT_MS });
+    cleanups.push(() => first.close());
+    dataPlane.hold = 'stop';
+    const before = logs.lines.length;
+    expect(await first.stopQueue(0).catch((error: Error) => error)).toBeInstanceOf(Error);
+    // The device never answers, yet the next front-end is served.
+    await servedAt(socketPath);
+    expect(dataPlane.held).toBeDefined();
+    expect(daemon.connections).toBe(2);
+    expect(dataPlane.events).toContain('abandon');
+    expect(logs.lines.slice(before).join('\n')).toMatch(/abandoning the rings of a drain that timed out/);
   });
 
   it('a drain that finishes within drainTimeoutMs answers GET_VRING_BASE as usual', async () => {

@@ -101,11 +101,39 @@ export class GatedDataPlane extends RecordingDataPlane implements DataPlane {
     this.held?.();
   }
 
-  private pending: Promise<void> | undefined;
+  protected pending: Promise<void> | undefined;
 
   private gate(): Promise<void> {
     this.pending = new Promise<void>((resolve) => (this.held = resolve));
     return this.pending;
+  }
+}
+
+/**
+ * A gated data plane that can abandon, like the worker data plane: abandon() writes the held
+ * rings off at once (a held stop stays held: the device still has not answered) and lets a
+ * waiting reset finish.
+ */
+export class AbandoningDataPlane extends GatedDataPlane {
+  private writeOff: (() => void) | undefined;
+  private readonly writtenOff = new Promise<void>((resolve) => (this.writeOff = resolve));
+
+  override async reset(): Promise<void> {
+    if (this.pending) await Promise.race([this.pending, this.writtenOff]);
+    this.forget('reset');
+  }
+
+  abandon(): Promise<void> {
+    this.forget('abandon');
+    this.writeOff?.();
+    return Promise.resolve();
+  }
+
+  private forget(event: string): void {
+    this.running.clear();
+    this.memory = [];
+    this.dirtyLog = null;
+    this.events.push(event);
   }
 }
 

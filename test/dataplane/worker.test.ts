@@ -489,3 +489,127 @@ describe('watched fds (worker event API), in-process', () => {
     expect(typeof run(rig, { op: 'stop', index: 0 })).toBe('number');
   });
 });
+
+/**
+ * A device that hangs: while `hang` holds, every request is kept (never completed) until
+ * releaseLate(). Otherwise it fills the writable bytes with FILL and completes at once. A late
+ * completion honours the contract of WorkerQueue.abandoned (no write into an abandoned queue's
+ * buffers), as the blk handler does.
+ */
+class Hanger implements QueueHandler {
+  static readonly FILL = 0x5a;
+  static readonly LATE = 0xee;
+  readonly completionFd = -1;
+  hang = true;
+  readonly held: { queue: WorkerQueue; request: VirtqRequest }[] = [];
+  private readonly fill = new Uint8Array(64).fill(Hanger.FILL);
+  private readonly late = new Uint8Array(64).fill(Hanger.LATE);
+
+  get inFlight(): number {
+    return this.held.length;
+  }
+
+  handle(queue: WorkerQueue, request: VirtqRequest): void {
+    if (this.hang) {
+      this.held.push({ queue, request });
+      return;
+    }
+    request.scatter(this.fill, 0, 0, request.writableBytes);
+    queue.complete(request, request.writableBytes);
+  }
+  /** The device answers everything it held, long after. */
+  releaseLate(): void {
+    for (const { queue, request } of this.held.splice(0)) {
+      if (queue.abandoned !== true) request.scatter(this.late, 0, 0, request.writableBytes);
+      queue.complete(request, request.writableBytes);
+    }
+  }
+  flush(): void {}
+  poll(): number {
+    return 0;
+  }
+  setMemory(): void {}
+  close(): void {}
+}
+
+describe('abandon (a hung device never blocks the next front-end), in-process', () => {
+  it('writes off a hung queue at once; the next ring runs; late completions reach neither memory', async () => {
+    let hanger!: Hanger;
+    const rig = await startWorker('busy', () => (hanger = new Hanger()));
+    startQueue(rig, rig.kickFd);
+    postEchoChains(rig, 3);
+    stepUntil(rig, () => readQueueStats(rig.stats, 0).inFlight === 3, 100);
+    // GET_VRING_BASE: never answered while the device hangs.
+    const stopId = post(rig, { op: 'stop', index: 0 });
+    for (let i = 0; i < 100; i++) rig.worker.step();
+    expect(takeReply(rig, stopId)).toBeUndefined();
+    // The drain timed out: abandon answers at once, and so does the stop (as a failure).
+    expect(run(rig, { op: 'abandon' })).toBeUndefined();
+    const stopReply = takeReply(rig, stopId);
+    expect(stopReply?.ok).toBe(false);
+    expect(stopReply?.ok === false && stopReply.error).toMatch(/queue 0 abandoned with requests in flight/);
+    expect(readQueueStats(rig.stats, 0).abandoned).toBe(3);
+    expect(rig.messages.some((m) => m.kind === 'log' && /queue abandoned/.test(m.msg))).toBe(true);
+
+    // The next front-end: its own memory at the same addresses, a canary where the old requests' buffers were.
+    const nextBuffer = new SharedArrayBuffer(MiB);
+    const next = new Uint8Array(nextBuffer);
+    const canaryStart = DATA;
+    const canaryEnd = DATA + 3 * 256;
+    next.fill(0xa5, canaryStart, canaryEnd);
+    const region = { guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: nextBuffer, bufferOffset: 0 };
+    const layout = splitRingLayout(SIZE);
+    const driver = new VringDriver({
+      memory: new GuestMemory([region]),
+      size: SIZE,
+      descAddr: 0,
+      availAddr: layout.availOffset,
+      usedAddr: layout.usedOffset,
+      eventIdx: true,
+    });
+    run(rig, { op: 'memory', regions: [region] });
+    run(rig, {
+      op: 'start',
+      queue: {
+        index: 0,
+        size: SIZE,
+        descUserAddr: USER_BASE,
+        availUserAddr: USER_BASE + layout.availOffset,
+        usedUserAddr: USER_BASE + layout.usedOffset,
+        lastAvailIdx: 0,
+        kickFd: rig.kickFd,
+        callFd: rig.callFd,
+        errFd: -1,
+        eventIdx: true,
+        indirectDesc: false,
+        packed: false,
+      },
+    });
+    hanger.hang = false;
+    const out = DATA + 0x8000;
+    for (let i = 0; i < 2; i++) {
+      driver.beginChain();
+      driver.addSegment(out + i * 128, 64, true);
+      expect(driver.endChain(i)).toBeGreaterThanOrEqual(0);
+    }
+    driver.publish();
+    const tokens = new Float64Array(8);
+    const lens = new Uint32Array(8);
+    let reaped = 0;
+    stepUntil(rig, () => (reaped += driver.reapUsed(tokens.subarray(reaped), lens.subarray(reaped))) === 2, 100);
+    expect([...next.subarray(out, out + 64)]).toEqual(new Array(64).fill(Hanger.FILL));
+
+    // The hung device answers at last: the completions are dropped and the requests reclaimed.
+    hanger.releaseLate();
+    stepUntil(rig, () => (drain(rig), rig.messages).some((m) => m.kind === 'log' && /abandoned queue released/.test(m.msg)), 100);
+    for (let i = 0; i < 20; i++) rig.worker.step();
+    expect(driver.reapUsed(tokens, lens)).toBe(0); // nothing extra in the new used ring
+    expect([...new Set(next.subarray(canaryStart, canaryEnd))]).toEqual([0xa5]);
+    expect(rig.driver.reapUsed(tokens, lens)).toBe(0); // nor in the old one
+    const old = new Uint8Array(rig.regionBuffer);
+    for (let i = 0; i < 3; i++) expect(old.subarray(DATA + i * 256 + 128, DATA + i * 256 + 192).includes(Hanger.LATE)).toBe(false);
+    expect(readQueueStats(rig.stats, 0).requests).toBe(2);
+    // The new ring is unaffected: it still stops cleanly at its own index.
+    expect(run(rig, { op: 'stop', index: 0 })).toBe(2);
+  });
+});

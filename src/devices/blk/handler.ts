@@ -275,6 +275,8 @@ export class BlkQueueHandler implements QueueHandler {
     this.slotRequest[slot] = null;
     this.freeSlots[this.freeCount++] = slot;
     this.inFlight--;
+    // Written off by the worker: the buffers are no longer the guest's; the queue only reclaims.
+    if (queue.abandoned === true) return queue.complete(request, 0);
     if (result < 0) {
       if (this.ioErrors++ < LOG_LIMIT) {
         this.context.log('warn', 'virtio-blk: I/O error', { errno: -result, head: request.head });
