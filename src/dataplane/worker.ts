@@ -644,7 +644,8 @@ export class DataPlaneWorker {
     for (let i = queues.length - 1; i >= 0; i--) {
       const queue = queues[i];
       if (queue.inFlight === 0) continue;
-      if (queue.stopRequest === StopRequest.Stop) this.fail(queue.stopReplyId, `queue ${queue.index} abandoned with requests in flight`);
+      if (queue.stopRequest === StopRequest.Stop)
+        this.fail(queue.stopReplyId, `queue ${queue.index} abandoned with requests in flight`);
       queue.stopRequest = StopRequest.Reset;
       queue.abandoned = true;
       queue.stats[QueueStat.abandoned] += queue.inFlight;

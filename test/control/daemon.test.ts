@@ -14,7 +14,17 @@ import { BlkConfigOffset } from '../../dist/devices/blk/virtio-blk.js';
 import { closeAll } from '../../dist/control/connection.js';
 import { HEADER_SIZE, encodeMessage } from '../../dist/control/codec/index.js';
 import { HeaderFlag, Request } from '../../dist/control/protocol.js';
-import { AbandoningDataPlane, GatedDataPlane, RecordingDataPlane, captureLogs, fdsBackTo, openFds, testBlkDevice, u64At, until } from './helpers.js';
+import {
+  AbandoningDataPlane,
+  GatedDataPlane,
+  RecordingDataPlane,
+  captureLogs,
+  fdsBackTo,
+  openFds,
+  testBlkDevice,
+  u64At,
+  until,
+} from './helpers.js';
 
 const TIMEOUT_MS = 2000;
 const DISK_SECTORS = BigInt((64 << 20) / 512);
@@ -541,7 +551,10 @@ describe('drain timeout (a hung backing device must not hang GET_VRING_BASE for 
 
   it('with a data plane that can abandon: the hung rings are written off and the next front-end is served at once', async () => {
     const drainTimeoutMs = 100;
-    const { daemon, dataPlane, socketPath } = await listening(undefined, { dataPlane: new AbandoningDataPlane(), drainTimeoutMs });
+    const { daemon, dataPlane, socketPath } = await listening(undefined, {
+      dataPlane: new AbandoningDataPlane(),
+      drainTimeoutMs,
+    });
     cleanups.push(() => dataPlane.release());
     const first = await FrontendDevice.connect({ socketPath, replyTimeoutMs: 5 * TIMEOUT_MS });
     cleanups.push(() => first.close());

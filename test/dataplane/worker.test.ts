@@ -607,7 +607,8 @@ describe('abandon (a hung device never blocks the next front-end), in-process', 
     expect([...new Set(next.subarray(canaryStart, canaryEnd))]).toEqual([0xa5]);
     expect(rig.driver.reapUsed(tokens, lens)).toBe(0); // nor in the old one
     const old = new Uint8Array(rig.regionBuffer);
-    for (let i = 0; i < 3; i++) expect(old.subarray(DATA + i * 256 + 128, DATA + i * 256 + 192).includes(Hanger.LATE)).toBe(false);
+    for (let i = 0; i < 3; i++)
+      expect(old.subarray(DATA + i * 256 + 128, DATA + i * 256 + 192).includes(Hanger.LATE)).toBe(false);
     expect(readQueueStats(rig.stats, 0).requests).toBe(2);
     // The new ring is unaffected: it still stops cleanly at its own index.
     expect(run(rig, { op: 'stop', index: 0 })).toBe(2);
