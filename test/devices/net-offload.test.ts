@@ -60,7 +60,9 @@ describe('offload features', () => {
     const seen: number[] = [];
     const d = device(true, seen);
     const slots = new Int32Array(d.negotiated);
-    d.setFeatures(bit(32) | bit(NetFeature.CSUM) | bit(NetFeature.HOST_TSO4) | bit(NetFeature.GUEST_CSUM) | bit(NetFeature.GUEST_TSO6));
+    d.setFeatures(
+      bit(32) | bit(NetFeature.CSUM) | bit(NetFeature.HOST_TSO4) | bit(NetFeature.GUEST_CSUM) | bit(NetFeature.GUEST_TSO6),
+    );
     const expected = Offload.hostCsum | Offload.hostTso4 | Offload.guestCsum | Offload.guestTso6;
     expect(slots[NegotiatedSlot.offloads]).toBe(expected);
     expect(d.offloads).toBe(expected);
@@ -105,13 +107,22 @@ describe('header check', () => {
     expect(hostCheck(0x80, 0, all)).toBe(false);
     expect(hostCheck(HDR_F_DATA_VALID, 0, all)).toBe(false);
     // RX: DATA_VALID is fine (the handler clears it without GUEST_CSUM).
-    expect(headerAllowed(HDR_F_DATA_VALID, 0, 0, Offload.guestCsum, Offload.guestTso4, Offload.guestTso6, Offload.guestEcn, true)).toBe(
-      true,
-    );
+    expect(
+      headerAllowed(HDR_F_DATA_VALID, 0, 0, Offload.guestCsum, Offload.guestTso4, Offload.guestTso6, Offload.guestEcn, true),
+    ).toBe(true);
     // RX GSO needs the guest's bits, not the host's.
     const hostOnly = Offload.hostCsum | Offload.hostTso4;
     expect(
-      headerAllowed(HDR_F_NEEDS_CSUM, GSO_TCPV4, hostOnly, Offload.guestCsum, Offload.guestTso4, Offload.guestTso6, Offload.guestEcn, true),
+      headerAllowed(
+        HDR_F_NEEDS_CSUM,
+        GSO_TCPV4,
+        hostOnly,
+        Offload.guestCsum,
+        Offload.guestTso4,
+        Offload.guestTso6,
+        Offload.guestEcn,
+        true,
+      ),
     ).toBe(false);
   });
 });

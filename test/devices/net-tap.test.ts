@@ -153,8 +153,7 @@ async function startTap(name: string, mode: PollMode, options: { mtu?: number; q
 
 async function connectGuest(socketPath: string, mergeable = true, queuePairs = 1, extraFeatures = 0n): Promise<NetGuest> {
   const memory = FrontendMemory.simple(32 << 20);
-  const features =
-    (mergeable ? NET_GUEST_FEATURES : NET_GUEST_FEATURES & ~(1n << BigInt(NetFeature.MRG_RXBUF))) | extraFeatures;
+  const features = (mergeable ? NET_GUEST_FEATURES : NET_GUEST_FEATURES & ~(1n << BigInt(NetFeature.MRG_RXBUF))) | extraFeatures;
   const device = await FrontendDevice.connect({
     socketPath,
     memory,

@@ -197,6 +197,9 @@ describe.each([
       console.log(`tap guest (${_rings}): RX ${rx[3]} frames ${rx[4]} bytes, TX ${tx[3]} frames ${tx[4]} bytes`);
       expect(rx[3]).toBeGreaterThan(0);
       expect(tx[3]).toBeGreaterThan(0);
+      // TSO at work: frames on average above the largest plain one (MTU + Ethernet header).
+      expect(rx[4] / rx[3]).toBeGreaterThan(1514);
+      expect(tx[4] / tx[3]).toBeGreaterThan(1514);
       expect(rx[4]).toBeGreaterThan(MiB);
       expect(tx[4]).toBeGreaterThan(MiB);
       // We created the tap, so it went away with us.
