@@ -153,6 +153,8 @@ export interface NativeRing {
   tapOpen(name: string, multiQueue: boolean, headerBytes: number): TapOpened;
   /** TUNSETVNETHDRSZ: the header size (10 or 12) on every read and write of the tap. */
   tapSetHeaderSize(fd: number, bytes: number): void;
+  /** TUNSETOFFLOAD: TUN_F_CSUM 1 | TUN_F_TSO4 2 | TUN_F_TSO6 4 | TUN_F_TSO_ECN 8. */
+  tapSetOffload(fd: number, flags: number): void;
   /** SIOCSIFMTU on interface `name` (in this process's network namespace). */
   tapSetMtu(name: string, mtu: number): void;
   /**

@@ -8,6 +8,8 @@
 //   `created`: no interface of that name existed in our network namespace before the call (the
 //   tap is then not persistent: the kernel removes it when its last fd is closed).
 // tapSetHeaderSize(fd, bytes): TUNSETVNETHDRSZ (per device, whichever queue fd is used).
+// tapSetOffload(fd, flags): TUNSETOFFLOAD with TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 |
+//   TUN_F_TSO_ECN (the frames the host stack may hand us unfinished; per device).
 // tapSetMtu(name, mtu): SIOCSIFMTU through a datagram socket.
 // tapWriteFrames(fd, regions, iovecs, frames, count, results)
 //   frame i is iovec records [frames[2i], frames[2i] + frames[2i + 1]) (records.h layout);
@@ -99,6 +101,21 @@ Napi::Value TapSetHeaderSize(const Napi::CallbackInfo& info) {
   int vnetHeader = static_cast<int>(bytes);
   if (ioctl(fd, TUNSETVNETHDRSZ, &vnetHeader) != 0) {
     return ThrowErrno(env, errno, "ioctl TUNSETVNETHDRSZ");
+  }
+  return env.Undefined();
+}
+
+Napi::Value TapSetOffload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd;
+  int64_t flags;
+  constexpr int64_t kKnown = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+  if (!ArgFd(info, 0, &fd) || !ArgInteger(info, 1, "flags", 0, kKnown, &flags)) {
+    return env.Undefined();
+  }
+  if ((flags & ~kKnown) != 0) return ThrowRangeError(env, "unknown TUNSETOFFLOAD flag");
+  if (!TapIoctl(fd, TUNSETOFFLOAD, static_cast<unsigned long>(flags))) {
+    return ThrowErrno(env, errno, "ioctl TUNSETOFFLOAD");
   }
   return env.Undefined();
 }
@@ -246,6 +263,7 @@ Napi::Value TapReadFrames(const Napi::CallbackInfo& info) {
 void InitTap(Napi::Env env, Napi::Object exports) {
   exports.Set("tapOpen", Napi::Function::New<TapOpen>(env, "tapOpen"));
   exports.Set("tapSetHeaderSize", Napi::Function::New<TapSetHeaderSize>(env, "tapSetHeaderSize"));
+  exports.Set("tapSetOffload", Napi::Function::New<TapSetOffload>(env, "tapSetOffload"));
   exports.Set("tapSetMtu", Napi::Function::New<TapSetMtu>(env, "tapSetMtu"));
   exports.Set("tapWriteFrames", Napi::Function::New<TapWriteFrames>(env, "tapWriteFrames"));
   exports.Set("tapReadFrames", Napi::Function::New<TapReadFrames>(env, "tapReadFrames"));

@@ -211,13 +211,21 @@ export class NetGuest {
    */
   send(
     frame: Uint8Array,
-    options: { layout?: 'one' | 'two' | 'split-header'; indirect?: boolean; pair?: number; kick?: boolean } = {},
+    options: {
+      layout?: 'one' | 'two' | 'split-header';
+      indirect?: boolean;
+      pair?: number;
+      kick?: boolean;
+      /** The virtio-net header's first 10 bytes (offload requests); zero without. */
+      header?: Uint8Array;
+    } = {},
   ): number {
     const queue = this.tx(options.pair);
     const total = this.headerBytes + frame.length;
     const gpa = this.alloc(total);
     const bytes = this.bytes(gpa, total);
     bytes.fill(0, 0, this.headerBytes);
+    if (options.header) bytes.set(options.header.subarray(0, 10), 0);
     bytes.set(frame, this.headerBytes);
     const layout = options.layout ?? 'one';
     const segments: Segment[] =

@@ -151,9 +151,9 @@ async function startTap(name: string, mode: PollMode, options: { mtu?: number; q
   return backend;
 }
 
-async function connectGuest(socketPath: string, mergeable = true, queuePairs = 1): Promise<NetGuest> {
+async function connectGuest(socketPath: string, mergeable = true, queuePairs = 1, extraFeatures = 0n): Promise<NetGuest> {
   const memory = FrontendMemory.simple(32 << 20);
-  const features = mergeable ? NET_GUEST_FEATURES : NET_GUEST_FEATURES & ~(1n << BigInt(NetFeature.MRG_RXBUF));
+  const features = (mergeable ? NET_GUEST_FEATURES : NET_GUEST_FEATURES & ~(1n << BigInt(NetFeature.MRG_RXBUF))) | extraFeatures;
   const device = await FrontendDevice.connect({
     socketPath,
     memory,
@@ -298,6 +298,54 @@ describe('vhost-user-net tap back-end in a network namespace', () => {
     expect(await g.waitTx([g.send(arpRequest(GUEST_IP, NS_IP))])).toEqual([0]);
     const served = await waitFor(() => net.queueStats().find((s) => s.queue === 1 && s.packets === 1));
     expect(served.drops).toBe(2);
+  });
+
+  it('offers checksum/TSO offloads; a NEEDS_CSUM frame goes through only when the guest acked CSUM', async () => {
+    const name = `vt${process.pid % 100000}o`;
+    const net = await startTap(name, 'interrupt');
+    plugIntoNamespace(name);
+    for (const feature of [NetFeature.CSUM, NetFeature.GUEST_CSUM, NetFeature.HOST_TSO4, NetFeature.GUEST_TSO6]) {
+      expect(net.ports[0].device.features & (1n << BigInt(feature)), `bit ${feature}`).not.toBe(0n);
+    }
+    /** An echo request whose ICMP checksum is left to the tap: field 0, csum_start 34, offset 2. */
+    const partial = (dstMac: Uint8Array, sequence: number) => {
+      const frame = icmpEcho(dstMac, 9, sequence, 200);
+      frame[36] = 0;
+      frame[37] = 0;
+      const header = new Uint8Array(10);
+      header[0] = 1; // NEEDS_CSUM
+      header[6] = 34;
+      header[8] = 2;
+      return { frame, header };
+    };
+    const isEchoReply = (r: Received) => r.frame[23] === 1 && r.frame[34] === 0;
+
+    // Without CSUM acked: dropped and counted, never written to the tap.
+    let g = await connectGuest(net.ports[0].socketPath);
+    g.postRx(16, 2048);
+    g.send(arpRequest(GUEST_IP, NS_IP));
+    const nsMac = (await receiveMatching(g, (r) => isArp(r, 2))).frame.slice(6, 12);
+    const refused = partial(nsMac, 1);
+    expect(await g.waitTx([g.send(refused.frame, { header: refused.header })])).toEqual([0]);
+    const tx = await waitFor(() => net.queueStats().find((s) => s.queue === 1 && s.badChain === 1));
+    expect(tx.packets).toBe(1); // the ARP only
+    expect(net.ports[0].device.offloads).toBe(0);
+    g.close();
+
+    // With CSUM (and GUEST_CSUM) acked: the tap finishes the checksum and the namespace answers.
+    g = await connectGuest(
+      net.ports[0].socketPath,
+      true,
+      1,
+      (1n << BigInt(NetFeature.CSUM)) | (1n << BigInt(NetFeature.GUEST_CSUM)),
+    );
+    expect(net.ports[0].device.offloads).not.toBe(0);
+    g.postRx(16, 2048);
+    const sent = partial(nsMac, 2);
+    g.send(sent.frame, { header: sent.header });
+    const echo = await receiveMatching(g, isEchoReply);
+    expect(Array.from(echo.frame.subarray(26, 30))).toEqual(NS_IP);
+    expect(Buffer.from(echo.frame.subarray(42)).equals(Buffer.from(sent.frame.subarray(42)))).toBe(true);
   });
 
   it('drops (and counts) frames larger than the RX buffers the guest offers', async () => {

@@ -37,6 +37,25 @@ function zeroHeader(header: Uint8Array): boolean {
 }
 
 describe('features and config space', () => {
+  it.each(['loopback', 'sink', 'source'] as const)(
+    '%s offers no checksum/TSO offload (its RX header is always plain)',
+    async (backend) => {
+      const { guest } = await start({ backend });
+      for (const feature of [
+        NetFeature.CSUM,
+        NetFeature.GUEST_CSUM,
+        NetFeature.HOST_TSO4,
+        NetFeature.HOST_TSO6,
+        NetFeature.GUEST_TSO4,
+        NetFeature.GUEST_TSO6,
+        NetFeature.HOST_ECN,
+        NetFeature.GUEST_ECN,
+      ]) {
+        expect(guest.device.offeredFeatures & bit(feature), `bit ${feature}`).toBe(0n);
+      }
+    },
+  );
+
   it('offers VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, MTU, MAC, STATUS; MQ only with several pairs; no offloads', async () => {
     const { guest } = await start({ backend: 'loopback' });
     const offered = guest.device.offeredFeatures;

@@ -92,6 +92,7 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
             mac,
             mtu: options.mtu,
             onHeaderBytes: tap ? (bytes) => tap.setHeaderBytes(bytes) : undefined,
+            ...(tap && { offloads: true, onOffloads: (bits: number) => tap.setOffloads(bits) }),
             sendRarp: fabric ? (rarpMac) => fabric.sendRarp(p, rarpMac) : undefined,
           });
           const handler = fabric

@@ -2,9 +2,11 @@
 // max_virtqueue_pairs, mtu) and queue layout. Frames are moved by the worker-side handler
 // (handler.ts); handlerSpec() describes it, queueToWorker() keeps each RX/TX pair on one worker.
 //
-// Offloads. CSUM/GUEST_CSUM and TSO are not offered: loopback, sink and source write a plain
-// header on RX, so a guest that handed us a partial checksum would receive it unfinished. The
-// tap back-end could carry them (IFF_VNET_HDR + TUNSETOFFLOAD) but runs without for now.
+// Offloads (offload.ts). CSUM/GUEST_CSUM, TSO4/TSO6 and ECN (HOST and GUEST) are offered only
+// with options.offloads: the tap back-end carries the header both ways (IFF_VNET_HDR, and
+// TUNSETOFFLOAD set from what the guest acked through onOffloads). loopback, sink, source and the
+// switch write a plain header on RX, so a guest that handed them a partial checksum or a GSO
+// frame would receive it unfinished: they offer none.
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
@@ -26,6 +28,7 @@ import {
 } from '../../control/protocol.js';
 import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { SOURCE_MIN_FRAME } from './frame.js';
+import { OFFLOAD_FEATURES, offloadsOf } from './offload.js';
 import {
   NegotiatedSlot,
   createNetStatsBuffer,
@@ -62,6 +65,10 @@ export interface NetDeviceOptions {
    * does not offer PROTOCOL_F_RARP.
    */
   sendRarp?: (mac: Uint8Array) => void;
+  /** The back-end carries virtio-net header offloads (tap): offer OFFLOAD_FEATURES. */
+  offloads?: boolean;
+  /** Called with the acked Offload bits whenever they change (tap: TUNSETOFFLOAD). */
+  onOffloads?: (offloads: number) => void;
 }
 
 /** Segments a net request may span: Linux sends at most MAX_SKB_FRAGS + 2 (19) per frame. */
@@ -115,6 +122,7 @@ export class NetDevice implements VhostUserDevice {
       bit(NetFeature.STATUS) |
       bit(NetFeature.GUEST_ANNOUNCE);
     if (queuePairs > 1) features |= bit(NetFeature.MQ);
+    if (options.offloads) features |= OFFLOAD_FEATURES;
     this.features = features;
     this.protocolFeatures = bit(ProtocolFeature.MTU) | (options.sendRarp ? bit(ProtocolFeature.RARP) : 0n);
     this.config = encodeNetConfig({ mac, linkUp: true, maxVirtqueuePairs: queuePairs, mtu });
@@ -220,5 +228,14 @@ export class NetDevice implements VhostUserDevice {
     const changed = Atomics.exchange(this.negotiatedView, NegotiatedSlot.headerBytes, headerBytes) !== headerBytes;
     if (changed) this.options.onHeaderBytes?.(headerBytes);
     Atomics.store(this.negotiatedView, NegotiatedSlot.mergeableRxBuffers, mergeable ? 1 : 0);
+    const offloads = this.options.offloads ? offloadsOf(features) : 0;
+    if (Atomics.exchange(this.negotiatedView, NegotiatedSlot.offloads, offloads) !== offloads) {
+      this.options.onOffloads?.(offloads);
+    }
+  }
+
+  /** The Offload bits the guest acked (offload.ts). */
+  get offloads(): number {
+    return Atomics.load(this.negotiatedView, NegotiatedSlot.offloads);
   }
 }

@@ -57,6 +57,7 @@ import { SourceBatch } from './source-batch.js';
 import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
 import { ETH_HEADER_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
+import { GSO_MAX_FRAME_BYTES, Offload, headerAllowed } from './offload.js';
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
 const HELD_CAPACITY = 32768;
@@ -65,8 +66,6 @@ const BACKEND_SINK = 1;
 const BACKEND_SOURCE = 2;
 const BACKEND_TAP = 3;
 const EAGAIN = osConstants.errno.EAGAIN;
-/** virtio_net_hdr.flags bit: the checksum is left to the receiver (needs GUEST_CSUM). */
-const HDR_F_NEEDS_CSUM = 1;
 /** RX chains popped at most per popNow when a frame finds too few (the worker's own batch). */
 const POP_NOW_BUDGET = 64;
 
@@ -287,9 +286,15 @@ class NetHandler implements QueueHandler {
       this.count(index, NetStat.badChain, 'TX chain refused: device-writable descriptor or shorter than the virtio-net header');
       return;
     }
-    // No offload is offered, so the driver must leave flags and gso_type at 0 (§5.1.6.2): a frame
-    // asking for a checksum or segmentation would reach the other side unfinished.
-    if (request.readableByte(0) !== 0 || request.readableByte(1) !== 0) {
+    // Offloads the guest did not ack must not be asked for (§5.1.6.2): a frame needing a checksum
+    // or segmentation would reach the other side unfinished. Only tap offers them (device.ts).
+    const flags = request.readableByte(0);
+    const gsoType = request.readableByte(1);
+    const offloads = this.negotiated[NegotiatedSlot.offloads];
+    if (
+      (flags !== 0 || gsoType !== 0) &&
+      !headerAllowed(flags, gsoType, offloads, Offload.hostCsum, Offload.hostTso4, Offload.hostTso6, Offload.hostEcn, false)
+    ) {
       queue.complete(request, 0);
       this.count(
         index,
@@ -299,9 +304,11 @@ class NetHandler implements QueueHandler {
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;
-    if (frameBytes > (this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)) {
+    // Above MTU + headers only as GSO, and never above 64 KiB + headers.
+    const limit = gsoType !== 0 ? GSO_MAX_FRAME_BYTES : this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes;
+    if (frameBytes > limit) {
       queue.complete(request, 0);
-      this.count(index, NetStat.tooBig, 'TX frame above MTU + headers: dropped');
+      this.count(index, NetStat.tooBig, 'TX frame above MTU + headers (or a GSO frame above 64 KiB): dropped');
       return;
     }
     if (frameBytes < ETH_HEADER_BYTES) {
@@ -368,7 +375,11 @@ class NetHandler implements QueueHandler {
       if (!batch.offer(ring[head]!)) break;
       head = (head + 1) & (HELD_CAPACITY - 1);
     }
-    const frames = batch.read(this.tapFds[pair], headerBytes + this.maxFrameBytes, mergeable);
+    const offloads = this.negotiated[NegotiatedSlot.offloads];
+    const guestCsum = (offloads & Offload.guestCsum) !== 0;
+    // A GSO frame from the host stack may be up to 64 KiB: offer room for one before each read.
+    const guestGso = (offloads & (Offload.guestTso4 | Offload.guestTso6)) !== 0;
+    const frames = batch.read(this.tapFds[pair], headerBytes + (guestGso ? GSO_MAX_FRAME_BYTES : this.maxFrameBytes), mergeable);
     const results = batch.results;
     const base = (pair << 1) * NET_STAT_SLOTS;
     let chain = 0;
@@ -382,13 +393,24 @@ class NetHandler implements QueueHandler {
       if (bytes > room || bytes < headerBytes) {
         keep = false;
         this.count(pair << 1, NetStat.tooBig, 'frame from the tap larger than the RX buffers offered: dropped');
-      } else if (writableByte(first, 1) !== 0 || (writableByte(first, 0) & HDR_F_NEEDS_CSUM) !== 0) {
-        // The tap has no offloads enabled, so this should not happen; the guest could not take it.
+      } else if (
+        !headerAllowed(
+          writableByte(first, 0),
+          writableByte(first, 1),
+          offloads,
+          Offload.guestCsum,
+          Offload.guestTso4,
+          Offload.guestTso6,
+          Offload.guestEcn,
+          true,
+        )
+      ) {
+        // TUNSETOFFLOAD follows what the guest acked, so this should not happen; it could not take it.
         keep = false;
-        this.countTapError(pair << 1, 'frame from the tap asks for checksum or segmentation offload: dropped', 0);
+        this.countTapError(pair << 1, 'frame from the tap asks for an offload the guest did not ack: dropped', 0);
       } else {
         // DATA_VALID may be set; without GUEST_CSUM the device must leave flags at 0 (§5.1.6.4).
-        first.writeWritableByte(0, 0);
+        if (!guestCsum) first.writeWritableByte(0, 0);
         if (headerBytes > NET_HDR_NUM_BUFFERS) {
           first.writeWritableByte(NET_HDR_NUM_BUFFERS, used & 0xff);
           first.writeWritableByte(NET_HDR_NUM_BUFFERS + 1, used >>> 8);

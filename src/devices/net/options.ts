@@ -34,6 +34,8 @@ export const NegotiatedSlot = {
    * NetHandlerOptions.maxFrameBytes.
    */
   maxFrameBytes: 2,
+  /** Offload bits (offload.ts Offload) the guest acked; 0 when the back-end offers none. */
+  offloads: 3,
   SLOTS: 4,
 } as const;
 

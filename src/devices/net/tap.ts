@@ -1,9 +1,11 @@
 // The tap back-end's control side: the tap device a port's frames go to. It is opened (and
 // created if missing) in this process's network namespace, with one fd per queue pair
-// (IFF_MULTI_QUEUE when there are several), IFF_VNET_HDR and no offloads. A tap we created is
+// (IFF_MULTI_QUEUE when there are several), IFF_VNET_HDR and no offloads until the guest acks
+// GUEST_CSUM/GUEST_TSO (setOffloads). A tap we created is
 // not persistent: the kernel removes it when the last fd closes, so close() (or our exit, or a
 // crash) removes it; a tap that already existed (e.g. `ip tuntap add`) is left as it was.
 import { native } from '../../native.js';
+import { tunOffloadFlags } from './offload.js';
 
 /** Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace, not "." or "..". */
 export function checkTapName(name: string): string | undefined {
@@ -47,6 +49,14 @@ export class TapDevice {
   /** The virtio-net header length the guest negotiated (the tap's is per device). */
   setHeaderBytes(bytes: number): void {
     if (!this.closed) native.tapSetHeaderSize(this.fds[0], bytes);
+  }
+
+  /**
+   * What the host stack may hand us unfinished: the guest's acked GUEST_CSUM/TSO/ECN (Offload
+   * bits). The guest's own CSUM/HOST_TSO need nothing here: the tap takes any header on write.
+   */
+  setOffloads(offloads: number): void {
+    if (!this.closed) native.tapSetOffload(this.fds[0], tunOffloadFlags(offloads));
   }
 
   /** Closes every fd (after the workers stopped using them); a tap we created goes away. */
