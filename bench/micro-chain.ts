@@ -10,12 +10,12 @@
 // (PerformanceObserver 'gc'). Zero GCs and a flat heap over 1M iterations means no per-request
 // allocation (one 16-byte object per op would be 16 MB and trigger several scavenges).
 import Benchmark from 'benchmark';
-import { PerformanceObserver } from 'node:perf_hooks';
 import { GuestMemory } from '../dist/dataplane/memory.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../dist/dataplane/virtqueue.js';
 import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
 import { InflightQueue, inflightRegionBytes } from '../dist/dataplane/inflight.js';
+import { measureAllocations } from './allocations.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -154,26 +154,6 @@ const cases: Case[] = [
   { name: 'same, batches of 32, in-flight tracking on', fn: popPushBatch32Tracked, perCall: BATCH },
   { name: 'driver post + device pop/push + driver reap', fn: fullRoundTrip, perCall: 1 },
 ];
-
-async function measureAllocations(c: Case): Promise<{ bytesPerOp: number; gcs: number; iterations: number }> {
-  const iterations = Math.ceil(1_000_000 / c.perCall);
-  for (let i = 0; i < 50_000; i++) c.fn(); // warm up (JIT, inline caches)
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc) gc();
-  let gcs = 0;
-  const observer = new PerformanceObserver((list) => {
-    gcs += list.getEntries().length;
-  });
-  observer.observe({ entryTypes: ['gc'] });
-  await new Promise((resolve) => setImmediate(resolve));
-  gcs = 0;
-  const before = process.memoryUsage().heapUsed;
-  for (let i = 0; i < iterations; i++) c.fn();
-  const after = process.memoryUsage().heapUsed;
-  await new Promise((resolve) => setImmediate(resolve));
-  observer.disconnect();
-  return { bytesPerOp: (after - before) / (iterations * c.perCall), gcs, iterations: iterations * c.perCall };
-}
 
 async function main(): Promise<void> {
   const suite = new Benchmark.Suite('micro-chain');

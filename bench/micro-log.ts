@@ -8,12 +8,12 @@
 // Same method as micro-chain.ts: ns/request from benchmark.js, then heap growth and GC events
 // over ~1M requests (zero GCs: nothing allocated per request in either mode).
 import Benchmark from 'benchmark';
-import { PerformanceObserver } from 'node:perf_hooks';
 import { DirtyLog, markWritten, requiredLogBytes } from '../dist/dataplane/dirty-log.js';
 import { GuestMemory } from '../dist/dataplane/memory.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../dist/dataplane/virtqueue.js';
 import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
+import { measureAllocations } from './allocations.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -87,26 +87,6 @@ const cases: Case[] = [
   { name: 'blk read completions ×32, logging off', fn: batch(setup(false)), perCall: BATCH },
   { name: 'blk read completions ×32, logging on', fn: batch(setup(true)), perCall: BATCH },
 ];
-
-async function measureAllocations(c: Case): Promise<{ bytesPerOp: number; gcs: number; iterations: number }> {
-  const iterations = Math.ceil(1_000_000 / c.perCall);
-  for (let i = 0; i < 50_000; i++) c.fn();
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc) gc();
-  let gcs = 0;
-  const observer = new PerformanceObserver((list) => {
-    gcs += list.getEntries().length;
-  });
-  observer.observe({ entryTypes: ['gc'] });
-  await new Promise((resolve) => setImmediate(resolve));
-  gcs = 0;
-  const before = process.memoryUsage().heapUsed;
-  for (let i = 0; i < iterations; i++) c.fn();
-  const after = process.memoryUsage().heapUsed;
-  await new Promise((resolve) => setImmediate(resolve));
-  observer.disconnect();
-  return { bytesPerOp: (after - before) / (iterations * c.perCall), gcs, iterations: iterations * c.perCall };
-}
 
 async function main(): Promise<void> {
   const suite = new Benchmark.Suite('micro-log');

@@ -11,13 +11,13 @@
 // shared, so wall time is not ours) with the packed/split ratio, then checks allocations as
 // micro-chain.ts does (heap delta and GC events over ~1M requests). Two last cases time the device
 // side alone and the driver side alone (what the load generator pays) over full rings.
-import { PerformanceObserver } from 'node:perf_hooks';
 import { GuestMemory } from '../dist/dataplane/memory.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { createVirtqueue, type Virtqueue } from '../dist/dataplane/queue.js';
 import { createRingDriver, type RingDriver } from '../dist/frontend/ring-driver.js';
 import { splitRingLayout } from '../dist/frontend/vring-driver.js';
 import { packedRingLayout } from '../dist/frontend/packed-vring-driver.js';
+import { measureAllocations } from './allocations.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -92,26 +92,6 @@ for (const layout of ['split', 'packed'] as const) {
     { name: '3-desc indirect chain, one at a time', layout, fn: () => roundTrip(indirect, true, 1), perCall: 1 },
     { name: '3-desc direct chains, batches of 32', layout, fn: () => roundTrip(batched, false, BATCH), perCall: BATCH },
   );
-}
-
-async function measureAllocations(c: Case): Promise<{ bytesPerOp: number; gcs: number; iterations: number }> {
-  const iterations = Math.ceil(1_000_000 / c.perCall);
-  for (let i = 0; i < 50_000; i++) c.fn();
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc) gc();
-  let gcs = 0;
-  const observer = new PerformanceObserver((list) => {
-    gcs += list.getEntries().length;
-  });
-  observer.observe({ entryTypes: ['gc'] });
-  await new Promise((resolve) => setImmediate(resolve));
-  gcs = 0;
-  const before = process.memoryUsage().heapUsed;
-  for (let i = 0; i < iterations; i++) c.fn();
-  const after = process.memoryUsage().heapUsed;
-  await new Promise((resolve) => setImmediate(resolve));
-  observer.disconnect();
-  return { bytesPerOp: (after - before) / (iterations * c.perCall), gcs, iterations: iterations * c.perCall };
 }
 
 /**
