@@ -116,6 +116,14 @@ describe.each(variants)(
 
         const killAndRestart = async (round: number): Promise<void> => {
           const [low, high] = KILL_DELAY_MS;
+          // QEMU reconnects once a second: a round's I/O can start (and stall) before it has
+          // reached the last restarted back-end. Kill only one that serves every queue, or the
+          // kill tests nothing and that back-end has no recovery to check.
+          const servingSince = Date.now();
+          while ((backend.log().match(/"msg":"queue started"/g) ?? []).length < queues) {
+            if (Date.now() - servingSince > 30_000) throw new Error(`the restarted back-end was not reconnected within 30 s`);
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
           await new Promise((resolve) => setTimeout(resolve, low + Math.random() * (high - low)));
           roundAtKill = round;
           await backend.kill();
