@@ -2,47 +2,17 @@
 // vhost-user-blk CLI (its own process; io_uring engine, and once the threads engine), writes a
 // pattern with O_DIRECT, reads it back, flushes, discards, and reports what it saw of the
 // device. The host then checks the pattern is on the backing file. Every poll mode, 1 and 2 queues.
-import { mkdtempSync, openSync, readSync, closeSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnBlkBackend } from '../../dist/guest/blk-process.js';
-import {
-  assertGuestOk,
-  ensureGuestImage,
-  guestRigUnavailable,
-  makePattern,
-  runGuest,
-  type BlkResult,
-  type GuestImage,
-} from '../../dist/guest/qemu.js';
+import { assertGuestOk, makePattern, runGuest, type BlkResult } from '../../dist/guest/qemu.js';
+import { readFileRange, useGuestRig } from './rig.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
 const DATA_BYTES = 4 * MiB;
 
-let dir: string;
-let image: GuestImage;
-
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable();
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-blk-guest-'));
-  image = await ensureGuestImage();
-}, 180_000);
-
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-function readFileRange(path: string, offset: number, bytes: number): Buffer {
-  const buffer = Buffer.alloc(bytes);
-  const fd = openSync(path, 'r');
-  try {
-    readSync(fd, buffer, 0, bytes, offset);
-  } finally {
-    closeSync(fd);
-  }
-  return buffer;
-}
+const rig = useGuestRig('vut-blk-guest-');
 
 // `auto` is the default engine for a disk: io_uring where the host allows it. The threads engine
 // (blocking I/O in a thread pool, for hosts that forbid io_uring) runs once, named explicitly.
@@ -57,8 +27,8 @@ describe.each([
 ] as const)('a QEMU guest on vhost-user-blk, %s polling, %i queue(s), %s engine', (mode, queues, engine) => {
   it('sees the configured disk, verifies its data with O_DIRECT, flushes and discards', { timeout: 240_000 }, async () => {
     const name = `${mode}-${queues}-${engine}`;
-    const disk = join(dir, `${name}.img`);
-    const backend = await spawnBlkBackend(join(dir, `${name}.sock`), [
+    const disk = join(rig.dir, `${name}.img`);
+    const backend = await spawnBlkBackend(join(rig.dir, `${name}.sock`), [
       '--disk',
       disk,
       '--size',
@@ -75,11 +45,11 @@ describe.each([
     let run;
     try {
       run = await runGuest<BlkResult>({
-        image,
+        image: rig.image,
         socketPath: backend.socket,
         numQueues: queues,
         jobArgs: { bytes: DATA_BYTES, seed: 7 + queues, tail: 1, discard: MiB, flush: 1 },
-        consoleLogPath: join(dir, `${name}.console.log`),
+        consoleLogPath: join(rig.dir, `${name}.console.log`),
         timeoutMs: 180_000,
       });
     } finally {

@@ -2,27 +2,19 @@
 // concurrent writers (guest job `restart`: each round every writer writes its own region with a
 // new pattern, O_DIRECT + fsync, reads it back and compares), while the host SIGKILLs the
 // back-end shortly after a round's I/O started and starts a new one on the same socket and
-// image. QEMU keeps the in-flight region across the restarts (GET_INFLIGHT_FD once,
+// rig.image. QEMU keeps the in-flight region across the restarts (GET_INFLIGHT_FD once,
 // SET_INFLIGHT_FD after each reconnect) and the new back-end resubmits what was in flight. The
-// guest verifies every round; the host compares the image with the last round's patterns.
+// guest verifies every round; the host compares the rig.image with the last round's patterns.
 //
 // Quick variant here (3 kills, busy with 1 queue and interrupt with 2); the long one is
 // `npm run test:restart:long` (VUT_RESTART_LONG=1: every poll mode × 1 and 2 queues, 20 kills
 // each unless VUT_RESTART_KILLS says otherwise).
-import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnBlkBackend, type SpawnedBackend } from '../../dist/guest/blk-process.js';
-import {
-  assertGuestOk,
-  ensureGuestImage,
-  guestRigUnavailable,
-  makePattern,
-  runGuest,
-  type GuestImage,
-  type GuestResultBase,
-} from '../../dist/guest/qemu.js';
+import { assertGuestOk, makePattern, runGuest, type GuestResultBase } from '../../dist/guest/qemu.js';
+import { readFileRange, useGuestRig } from './rig.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
@@ -45,28 +37,7 @@ interface RestartResult extends GuestResultBase {
   seed: number;
 }
 
-let dir: string;
-let image: GuestImage;
-
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable();
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-blk-restart-'));
-  image = await ensureGuestImage();
-}, 180_000);
-
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-function readFileRange(path: string, offset: number, bytes: number): Buffer {
-  const buffer = Buffer.alloc(bytes);
-  const fd = openSync(path, 'r');
-  try {
-    readSync(fd, buffer, 0, bytes, offset);
-  } finally {
-    closeSync(fd);
-  }
-  return buffer;
-}
+const rig = useGuestRig('vut-blk-restart-');
 
 /** The `resubmitted` counts a back-end logged when its queues recovered from the in-flight region. */
 function recoveries(log: string): number[] {
@@ -100,8 +71,8 @@ describe.each(variants)(
       { timeout: 120_000 + KILLS * 15_000 },
       async () => {
         const name = `${mode}-${queues}`;
-        const disk = join(dir, `${name}.img`);
-        const socket = join(dir, `${name}.sock`);
+        const disk = join(rig.dir, `${name}.img`);
+        const socket = join(rig.dir, `${name}.sock`);
         const args = ['--disk', disk, '--size', String(DISK_BYTES), '--cpus', '1', '--poll', mode, '--queues', String(queues)];
         let backend: SpawnedBackend = await spawnBlkBackend(socket, args);
         const logs: string[] = [];
@@ -161,13 +132,13 @@ describe.each(variants)(
         let run;
         try {
           run = await runGuest<RestartResult>({
-            image,
+            image: rig.image,
             socketPath: socket,
             numQueues: queues,
             chardevProps: ['reconnect=1'],
             job: 'restart',
             jobArgs: { writers: WRITERS, rounds: KILLS + 1, bytes: WRITER_BYTES, offset: OFFSET, seed: SEED, bs: 65536 },
-            consoleLogPath: join(dir, `${name}.console.log`),
+            consoleLogPath: join(rig.dir, `${name}.console.log`),
             onConsole,
             timeoutMs: 100_000 + KILLS * 12_000,
           });
@@ -190,7 +161,7 @@ describe.each(variants)(
         for (let w = 0; w < WRITERS; w++) {
           const offset = OFFSET + w * WRITER_BYTES;
           const expected = makePattern(SEED + r.rounds * WRITERS + w, offset, WRITER_BYTES);
-          expect(readFileRange(disk, offset, WRITER_BYTES).equals(expected), `writer ${w}'s region on the image`).toBe(true);
+          expect(readFileRange(disk, offset, WRITER_BYTES).equals(expected), `writer ${w}'s region on the rig.image`).toBe(true);
         }
         // Most kills must land inside a round's I/O, or the test would not test restart under I/O.
         expect(killsMidIo, `kills inside a round's I/O (of ${kills})`).toBeGreaterThan(0);

@@ -1,11 +1,11 @@
 // Live migration of a running guest on our vhost-user-blk: two QEMU 7.2 (TCG) on this machine,
-// each on its own vhost-user-blk process over the same disk image; the destination waits with
+// each on its own vhost-user-blk process over the same disk rig.image; the destination waits with
 // `-incoming unix:PATH`, the source gets QMP `migrate`. Meanwhile the guest (job `migrate` in
 // guest/init.sh) keeps re-reading a random region with O_DIRECT into fresh buffers, comparing
 // with its reference copy in RAM, and rewriting chunks. A page our back-end wrote but did not
 // mark in the dirty log (read data, a status byte, a used-ring entry) reaches the destination
 // stale: a mismatch, or a request that never completes. After migration the destination guest
-// verifies the whole region, and the host compares the image with the guest's checksum.
+// verifies the whole region, and the host compares the rig.image with the guest's checksum.
 //
 // The timing is the host's: QEMU is kept iterating (downtime-limit 1 ms, and once it has synced
 // the dirty log `rounds` times, max-bandwidth 1 MiB/s, below what the guest dirties: it cannot
@@ -18,22 +18,13 @@
 // Quick variant (CI): 32 MiB/s, 2 syncs. `npm run test:migrate:slow` runs the same test with
 // max-bandwidth 2 MiB/s and VUT_MIGRATE_ROUNDS (default 12) syncs under I/O first.
 import { createHash } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnBlkBackend, type SpawnedBackend } from '../../dist/guest/blk-process.js';
-import {
-  ensureGuestImage,
-  guestRigUnavailable,
-  parseResult,
-  qemuArgs,
-  spawnTracked,
-  tail,
-  type GuestImage,
-  type GuestResultBase,
-} from '../../dist/guest/qemu.js';
+import { parseResult, qemuArgs, spawnTracked, tail, type GuestResultBase } from '../../dist/guest/qemu.js';
 import { QmpClient } from '../../dist/guest/qmp.js';
+import { useGuestRig } from './rig.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
@@ -81,17 +72,7 @@ interface MigrationStats {
   ram?: { transferred: number; 'dirty-sync-count': number; 'dirty-pages-rate'?: number; 'page-size': number; normal: number };
 }
 
-let dir: string;
-let image: GuestImage;
-
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable();
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-migrate-'));
-  image = await ensureGuestImage();
-}, 180_000);
-
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const rig = useGuestRig('vut-migrate-');
 
 /** A QEMU with its console collected; resolves `exited` when it is gone. */
 function startQemu(args: string[]) {
@@ -141,32 +122,35 @@ function dirtyLogTotals(log: string): { logs: number; pagesMarked: number; pages
 
 describe(`live migration of a QEMU guest on vhost-user-blk (${variant.name})`, () => {
   it(
-    `the guest's O_DIRECT reads and writes stay correct across the migration, and the image matches (source ${variant.source}, destination ${variant.destination} polling)`,
+    `the guest's O_DIRECT reads and writes stay correct across the migration, and the rig.image matches (source ${variant.source}, destination ${variant.destination} polling)`,
     { timeout: variant.timeoutMs },
     async () => {
-      const disk = join(dir, `${variant.name}.img`);
+      const disk = join(rig.dir, `${variant.name}.img`);
       const backendArgs = (mode: string) => ['--disk', disk, '--size', String(DISK_BYTES), '--cpus', '1', '--poll', mode];
       const backends: SpawnedBackend[] = [];
       const qemus: ReturnType<typeof startQemu>[] = [];
       const clients: QmpClient[] = [];
-      const migrationSocket = join(dir, `${variant.name}-migration.sock`);
+      const migrationSocket = join(rig.dir, `${variant.name}-migration.sock`);
       let report = '';
       try {
-        const sourceBackend = await spawnBlkBackend(join(dir, `${variant.name}-src.sock`), backendArgs(variant.source));
+        const sourceBackend = await spawnBlkBackend(join(rig.dir, `${variant.name}-src.sock`), backendArgs(variant.source));
         backends.push(sourceBackend);
-        const destinationBackend = await spawnBlkBackend(join(dir, `${variant.name}-dst.sock`), backendArgs(variant.destination));
+        const destinationBackend = await spawnBlkBackend(
+          join(rig.dir, `${variant.name}-dst.sock`),
+          backendArgs(variant.destination),
+        );
         backends.push(destinationBackend);
         const guest = (socketPath: string, qmp: string, extra: string[] = []) =>
           qemuArgs({
-            image,
+            image: rig.image,
             socketPath,
             memoryMiB: 256,
             job: 'migrate',
             jobArgs: { bytes: REGION_BYTES, seconds: variant.guestSeconds, hold: HOLD_SECONDS },
             qemuArgs: ['-qmp', `unix:${qmp},server=on,wait=off`, ...extra],
           });
-        const sourceQmpPath = join(dir, `${variant.name}-src.qmp`);
-        const destinationQmpPath = join(dir, `${variant.name}-dst.qmp`);
+        const sourceQmpPath = join(rig.dir, `${variant.name}-src.qmp`);
+        const destinationQmpPath = join(rig.dir, `${variant.name}-dst.qmp`);
         const source = startQemu(guest(sourceBackend.socket, sourceQmpPath));
         qemus.push(source);
         const destination = startQemu(

@@ -7,19 +7,11 @@
 // the tap it created is gone.
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  assertGuestOk,
-  ensureGuestImage,
-  guestRigUnavailable,
-  runGuest,
-  spawnTracked,
-  type GuestImage,
-  type NetResult,
-} from '../../dist/guest/qemu.js';
+import { describe, expect, it } from 'vitest';
+import { assertGuestOk, runGuest, spawnTracked, type NetResult } from '../../dist/guest/qemu.js';
+import { useGuestRig } from './rig.js';
 
 const BIN = new URL('../../bin/vhost-user-net', import.meta.url).pathname;
 const MiB = 1 << 20;
@@ -27,9 +19,6 @@ const NS = `vut-netg-${process.pid}`;
 const TAP = `vg${process.pid % 100000}`;
 const HOST_IP = '10.78.0.1';
 const GUEST_IP = '10.78.0.2';
-
-let dir: string;
-let image: GuestImage;
 
 function ip(...args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -67,21 +56,15 @@ function listen(port: number) {
   return { ...nc, exited };
 }
 
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable([['ip', 'iproute2']]);
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-net-guest-'));
-  image = await ensureGuestImage();
-  ip('netns', 'add', NS);
-  ip('-n', NS, 'link', 'set', 'lo', 'up');
-}, 180_000);
-
-afterAll(() => {
-  try {
+const rig = useGuestRig('vut-net-guest-', {
+  tools: [['ip', 'iproute2']],
+  setUp: () => {
+    ip('netns', 'add', NS);
+    ip('-n', NS, 'link', 'set', 'lo', 'up');
+  },
+  tearDown: () => {
     ip('netns', 'del', NS);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  },
 });
 
 // Split rings, and packed rings (`packed=on`; QEMU would fall back to split silently if we did not
@@ -93,7 +76,7 @@ describe.each([
   'a QEMU guest on vhost-user-net --backend tap:NAME (interrupt polling, %s rings), tap in a namespace',
   (_rings, packed) => {
     it('pings the namespace and back, and moves 1 MiB each way over TCP, checksums equal', { timeout: 300_000 }, async () => {
-      const socketPath = join(dir, 'net.sock');
+      const socketPath = join(rig.dir, 'net.sock');
       const daemon = spawnTracked('ip', [
         'netns',
         'exec',
@@ -132,7 +115,7 @@ describe.each([
 
         let consoleText = '';
         const run = await runGuest<NetResult>({
-          image,
+          image: rig.image,
           job: 'net',
           net: { socketPath, deviceProps: packed ? ['packed=on'] : [] },
           jobArgs: { ip: `${GUEST_IP}/24`, peer: HOST_IP, bytes: MiB, echos: 3 },

@@ -19,21 +19,12 @@
 // only through a table entry on A2: the entry on A points at a QEMU that stopped its rings.
 // Two variants: the guest's default (GUEST_ANNOUNCE negotiated: the guest announces), and
 // `guest_announce=off` on guest 1's virtio-net-pci (QEMU sends SEND_RARP to the switch on A2).
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  ensureGuestImage,
-  guestRigUnavailable,
-  parseResult,
-  qemuArgs,
-  spawnTracked,
-  tail,
-  type GuestImage,
-  type GuestResultBase,
-} from '../../dist/guest/qemu.js';
+import { describe, expect, it } from 'vitest';
+import { parseResult, qemuArgs, spawnTracked, tail, type GuestResultBase } from '../../dist/guest/qemu.js';
 import { QmpClient, type QmpEvent } from '../../dist/guest/qmp.js';
+import { useGuestRig } from './rig.js';
 
 const BIN = new URL('../../bin/vhost-user-net', import.meta.url).pathname;
 const MiB = 1 << 20;
@@ -71,17 +62,7 @@ interface SenderResult extends GuestResultBase {
   tx: { bytes: number; sha256: string };
 }
 
-let dir: string;
-let image: GuestImage;
-
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable();
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-net-migrate-'));
-  image = await ensureGuestImage();
-}, 180_000);
-
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const rig = useGuestRig('vut-net-migrate-');
 
 /** A spawned process whose stdout and stderr are collected; console lines get host arrival times. */
 function startCollected(bin: string, args: string[]) {
@@ -160,8 +141,8 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
       `pings resume within 1 s of the switch-over, a TCP stream across it arrives whole, and the switch moves the MAC (${variant.name})`,
       { timeout: 300_000 },
       async () => {
-        const sockets = ['a', 'b', 'a2'].map((name) => join(dir, `${variant.announce}-${name}.sock`));
-        const migrationSocket = join(dir, `${variant.announce}-migration.sock`);
+        const sockets = ['a', 'b', 'a2'].map((name) => join(rig.dir, `${variant.announce}-${name}.sock`));
+        const migrationSocket = join(rig.dir, `${variant.announce}-migration.sock`);
         const daemon = startCollected(process.execPath, [
           BIN,
           ...sockets.flatMap((s) => ['--socket', s]),
@@ -178,7 +159,7 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
         const qemuBin = process.env.VUT_QEMU ?? 'qemu-system-x86_64';
         try {
           await waitFor('the daemon listening on its sockets', () => sockets.every((s) => existsSync(s)), 30_000, daemon.all);
-          const common = { image, memoryMiB: 256 };
+          const common = { image: rig.image, memoryMiB: 256 };
           const guest1 = (socketPath: string, qmp: string, extra: string[] = []) =>
             qemuArgs({
               ...common,
@@ -187,8 +168,8 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
               jobArgs: { ip: `${GUEST1_IP}/24`, bytes: TRANSFER.bytes, echos: 5 },
               qemuArgs: ['-qmp', `unix:${qmp},server=on,wait=off`, ...extra],
             });
-          const sourceQmpPath = join(dir, `${variant.announce}-src.qmp`);
-          const destinationQmpPath = join(dir, `${variant.announce}-dst.qmp`);
+          const sourceQmpPath = join(rig.dir, `${variant.announce}-src.qmp`);
+          const destinationQmpPath = join(rig.dir, `${variant.announce}-dst.qmp`);
           const source = startCollected(qemuBin, guest1(sockets[0], sourceQmpPath));
           qemus.push(source);
           const peer = startCollected(
@@ -304,7 +285,7 @@ describe('live migration of a QEMU guest on vhost-user-net --backend switch', ()
           await peer.exited;
           daemon.child.kill('SIGINT');
           expect(await daemon.exited).toBe(0);
-          // Exit rows: port queue dir packets bytes drops ...; A2 carried the traffic after the move.
+          // Exit rows: port queue rig.dir packets bytes drops ...; A2 carried the traffic after the move.
           const rows = daemon
             .out()
             .trim()

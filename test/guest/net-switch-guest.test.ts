@@ -6,20 +6,11 @@
 // (interrupt polling) and once with two (queues=2, mq=on, 2 vCPUs, adaptive polling) where
 // guest A also sets host_mtu=1400, so QEMU sends NET_SET_MTU, which must be accepted for its
 // vhost device to start at all.
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  assertGuestOk,
-  ensureGuestImage,
-  guestRigUnavailable,
-  runGuest,
-  spawnTracked,
-  type GuestImage,
-  type GuestResultBase,
-  type NetResult,
-} from '../../dist/guest/qemu.js';
+import { describe, expect, it } from 'vitest';
+import { assertGuestOk, runGuest, spawnTracked, type GuestResultBase, type NetResult } from '../../dist/guest/qemu.js';
+import { useGuestRig } from './rig.js';
 
 const BIN = new URL('../../bin/vhost-user-net', import.meta.url).pathname;
 const MiB = 1 << 20;
@@ -29,19 +20,7 @@ const B_IP = '10.79.0.2';
 type ServeResult = Pick<NetResult, 'if' | 'mac' | 'mtu' | 'features' | 'ping_received' | 'tx' | 'rx' | 'in_echos'> &
   GuestResultBase;
 
-let dir: string;
-let image: GuestImage;
-
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable();
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-switch-guest-'));
-  image = await ensureGuestImage();
-}, 180_000);
-
-afterAll(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
+const rig = useGuestRig('vut-switch-guest-');
 
 async function waitUntil(what: string, condition: () => boolean, timeoutMs: number, context = () => ''): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -60,7 +39,7 @@ describe('two QEMU guests on vhost-user-net --backend switch', () => {
   for (const variant of variants) {
     const name = `${variant.pairs} queue pair${variant.pairs > 1 ? 's' : ''}, ${variant.poll} polling`;
     it(`ping each other and move 1 MiB each way over TCP, checksums equal (${name})`, { timeout: 300_000 }, async () => {
-      const sockets = [join(dir, `a-${variant.pairs}.sock`), join(dir, `b-${variant.pairs}.sock`)];
+      const sockets = [join(rig.dir, `a-${variant.pairs}.sock`), join(rig.dir, `b-${variant.pairs}.sock`)];
       const daemon = spawnTracked(process.execPath, [
         BIN,
         '--socket',
@@ -89,7 +68,7 @@ describe('two QEMU guests on vhost-user-net --backend switch', () => {
           30_000,
           () => daemonErr,
         );
-        const common = { image, timeoutMs: 240_000, cpus: variant.cpus };
+        const common = { image: rig.image, timeoutMs: 240_000, cpus: variant.cpus };
         const jobArgs = { bytes: MiB, echos: 3 };
         const [runA, runB] = await Promise.all([
           runGuest<ServeResult>({
@@ -131,7 +110,7 @@ describe('two QEMU guests on vhost-user-net --backend switch', () => {
         daemon.child.kill('SIGINT');
       }
       expect(await daemonExit).toBe(0);
-      // Exit summary rows: port queue dir packets bytes drops ... Each direction of each port
+      // Exit summary rows: port queue rig.dir packets bytes drops ... Each direction of each port
       // carried the 1 MiB (≥ 700 TCP segments of up to 1448 bytes) through the switch.
       const rows = daemonOut
         .trim()

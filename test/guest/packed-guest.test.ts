@@ -3,20 +3,11 @@
 // back; the host checks it is on the backing file. QEMU silently falls back to split rings when
 // the back-end does not offer VIRTIO_F_RING_PACKED, so the test asserts the feature the guest
 // driver negotiated (character 34 of /sys/bus/virtio/devices/*/features).
-import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnBlkBackend } from '../../dist/guest/blk-process.js';
-import {
-  assertGuestOk,
-  ensureGuestImage,
-  guestRigUnavailable,
-  makePattern,
-  runGuest,
-  type BlkResult,
-  type GuestImage,
-} from '../../dist/guest/qemu.js';
+import { assertGuestOk, makePattern, runGuest, type BlkResult } from '../../dist/guest/qemu.js';
+import { readFileRange, useGuestRig } from './rig.js';
 
 const MiB = 1 << 20;
 const DISK_BYTES = 64 * MiB;
@@ -24,28 +15,7 @@ const DATA_BYTES = 4 * MiB;
 const VIRTIO_F_RING_PACKED = 34;
 const VIRTIO_F_EVENT_IDX = 29;
 
-let dir: string;
-let image: GuestImage;
-
-beforeAll(async () => {
-  const unavailable = guestRigUnavailable();
-  if (unavailable) throw new Error(unavailable);
-  dir = mkdtempSync(join(tmpdir(), 'vut-packed-guest-'));
-  image = await ensureGuestImage();
-}, 180_000);
-
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-function readFileRange(path: string, offset: number, bytes: number): Buffer {
-  const buffer = Buffer.alloc(bytes);
-  const fd = openSync(path, 'r');
-  try {
-    readSync(fd, buffer, 0, bytes, offset);
-  } finally {
-    closeSync(fd);
-  }
-  return buffer;
-}
+const rig = useGuestRig('vut-packed-guest-');
 
 describe.each([
   ['adaptive', 1],
@@ -53,8 +23,8 @@ describe.each([
 ] as const)('a QEMU guest on vhost-user-blk with packed=on, %s polling, %i queue(s)', (mode, queues) => {
   it('negotiates RING_PACKED and verifies its data with O_DIRECT', { timeout: 240_000 }, async () => {
     const name = `${mode}-${queues}`;
-    const disk = join(dir, `${name}.img`);
-    const backend = await spawnBlkBackend(join(dir, `${name}.sock`), [
+    const disk = join(rig.dir, `${name}.img`);
+    const backend = await spawnBlkBackend(join(rig.dir, `${name}.sock`), [
       '--disk',
       disk,
       '--size',
@@ -69,12 +39,12 @@ describe.each([
     let run;
     try {
       run = await runGuest<BlkResult>({
-        image,
+        image: rig.image,
         socketPath: backend.socket,
         numQueues: queues,
         blkDeviceProps: ['packed=on'],
         jobArgs: { bytes: DATA_BYTES, seed: 11 + queues, tail: 1, flush: 1 },
-        consoleLogPath: join(dir, `${name}.console.log`),
+        consoleLogPath: join(rig.dir, `${name}.console.log`),
         timeoutMs: 180_000,
       });
     } finally {
