@@ -263,10 +263,9 @@ alive() {
   [ -n "$state" ] && [ "$state" != Z ]
 }
 
-# The server side of `net` (two guests on one switch): see the header.
-job_netserve() {
-  is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
-  is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
+# net jobs: the first interface that is not lo, and what the driver negotiated on it
+# (sets IF, features, mtu, mac).
+net_find() {
   step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
   IF=
   for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
@@ -274,9 +273,46 @@ job_netserve() {
   features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
   mtu=$(cat "/sys/class/net/$IF/mtu")
   mac=$(cat "/sys/class/net/$IF/address")
+}
+
+# Waits for the peer, then `ping -c 3`: at least one reply or the job fails (sets received).
+net_ping_peer() {
+  first_contact
+  ping -c 3 -W 5 "$VUT_PEER" > /tmp/ping.out 2>&1
+  received=$(awk '/packets received/ { print $4 }' /tmp/ping.out)
+  is_uint "$received" || received=0
+  [ "$received" -gt 0 ] || fail "no echo reply from $VUT_PEER: $(cat /tmp/ping.out)"
+  step net-up "$IF $VUT_IP answered $received of 3 pings"
+}
+
+# /tmp/tx.bin: $VUT_BYTES random bytes to send (sets tx_sha).
+net_make_tx_file() {
   count=$((VUT_BYTES / 65536)); rest=$((VUT_BYTES % 65536))
   { dd if=/dev/urandom bs=65536 count=$count 2>/dev/null; dd if=/dev/urandom bs=$rest count=1 2>/dev/null; } > /tmp/tx.bin
   tx_sha=$(sha256sum < /tmp/tx.bin | cut -d' ' -f1)
+}
+
+# Size and checksum of what arrived in /tmp/rx.bin (sets rx_bytes, rx_sha).
+net_rx_file_sums() {
+  rx_bytes=$(stat -c %s /tmp/rx.bin)
+  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+}
+
+# Waits up to 60 s for $VUT_ECHOS echo requests from the peer (sets echos).
+net_wait_echos() {
+  step net-echos "waiting for $VUT_ECHOS echo requests from the peer"
+  waited=0
+  while [ "$(in_echos)" -lt "$VUT_ECHOS" ] && [ $waited -lt 600 ]; do usleep 100000; waited=$((waited + 1)); done
+  echos=$(in_echos)
+  [ "$echos" -ge "$VUT_ECHOS" ] || fail "only $echos echo requests from the peer in 60 s"
+}
+
+# The server side of `net` (two guests on one switch): see the header.
+job_netserve() {
+  is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
+  is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
+  net_find
+  net_make_tx_file
   # Listen before the link is up, so the peer finds us once we answer pings. busybox nc -l
   # stops reading the socket once its stdin is at EOF: the receiver's stdin is a held fifo.
   ip link set lo up
@@ -290,12 +326,7 @@ job_netserve() {
   ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
   ip link set "$IF" up || fail "ip link set $IF up"
   step net-ping "$IF $mac mtu $mtu: ping $VUT_PEER; serving $(stat -c %s /tmp/tx.bin) bytes sha256=$tx_sha on 5002"
-  first_contact
-  ping -c 3 -W 5 "$VUT_PEER" > /tmp/ping.out 2>&1
-  received=$(awk '/packets received/ { print $4 }' /tmp/ping.out)
-  is_uint "$received" || received=0
-  [ "$received" -gt 0 ] || fail "no echo reply from $VUT_PEER: $(cat /tmp/ping.out)"
-  step net-up "$IF $VUT_IP answered $received of 3 pings"
+  net_ping_peer
 
   step net-transfers "waiting for the peer to send to 5001 and fetch from 5002"
   waited=0
@@ -303,42 +334,24 @@ job_netserve() {
   alive $receiver && fail "the peer did not finish sending to 5001 in 120 s: $(stat -c %s /tmp/rx.bin) bytes so far"
   alive $sender && fail "the peer did not fetch from 5002 in 120 s: $(cat /tmp/nc-tx.err)"
   kill $hold 2>/dev/null
-  rx_bytes=$(stat -c %s /tmp/rx.bin)
-  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+  net_rx_file_sums
   step net-received "$rx_bytes bytes sha256=$rx_sha"
 
-  step net-echos "waiting for $VUT_ECHOS echo requests from the peer"
-  waited=0
-  while [ "$(in_echos)" -lt "$VUT_ECHOS" ] && [ $waited -lt 600 ]; do usleep 100000; waited=$((waited + 1)); done
-  echos=$(in_echos)
-  [ "$echos" -ge "$VUT_ECHOS" ] || fail "only $echos echo requests from the peer in 60 s"
+  net_wait_echos
   finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"ping_received\":$received,\"tx\":{\"bytes\":$(stat -c %s /tmp/tx.bin),\"sha256\":\"$tx_sha\"},\"rx\":{\"bytes\":$rx_bytes,\"sha256\":\"$rx_sha\"},\"in_echos\":$echos"
 }
 
 job_net() {
   is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
   is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
-  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
-  IF=
-  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
-  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
-  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
-  mtu=$(cat "/sys/class/net/$IF/mtu")
-  mac=$(cat "/sys/class/net/$IF/address")
+  net_find
   ip link set lo up
   ip addr add "$VUT_IP" dev "$IF" || fail "ip addr add $VUT_IP dev $IF"
   ip link set "$IF" up || fail "ip link set $IF up"
   step net-ping "$IF $mac mtu $mtu: ping $VUT_PEER"
-  first_contact
-  ping -c 3 -W 5 "$VUT_PEER" > /tmp/ping.out 2>&1
-  received=$(awk '/packets received/ { print $4 }' /tmp/ping.out)
-  is_uint "$received" || received=0
-  [ "$received" -gt 0 ] || fail "no echo reply from $VUT_PEER: $(cat /tmp/ping.out)"
-  step net-up "$IF $VUT_IP answered $received of 3 pings"
+  net_ping_peer
 
-  count=$((VUT_BYTES / 65536)); rest=$((VUT_BYTES % 65536))
-  { dd if=/dev/urandom bs=65536 count=$count 2>/dev/null; dd if=/dev/urandom bs=$rest count=1 2>/dev/null; } > /tmp/tx.bin
-  tx_sha=$(sha256sum < /tmp/tx.bin | cut -d' ' -f1)
+  net_make_tx_file
   step net-send "$(stat -c %s /tmp/tx.bin) bytes sha256=$tx_sha to $VUT_PEER:5001"
   timeout 120 nc "$VUT_PEER" 5001 < /tmp/tx.bin > /dev/null 2>/tmp/nc.err || fail "nc to $VUT_PEER:5001: $(cat /tmp/nc.err)"
 
@@ -351,15 +364,10 @@ job_net() {
   rc=$?
   kill $hold 2>/dev/null
   [ $rc = 0 ] || fail "nc from $VUT_PEER:5002 (exit $rc): $(cat /tmp/nc.err)"
-  rx_bytes=$(stat -c %s /tmp/rx.bin)
-  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+  net_rx_file_sums
   step net-received "$rx_bytes bytes sha256=$rx_sha"
 
-  step net-echos "waiting for $VUT_ECHOS echo requests from the peer"
-  waited=0
-  while [ "$(in_echos)" -lt "$VUT_ECHOS" ] && [ $waited -lt 600 ]; do usleep 100000; waited=$((waited + 1)); done
-  echos=$(in_echos)
-  [ "$echos" -ge "$VUT_ECHOS" ] || fail "only $echos echo requests from the peer in 60 s"
+  net_wait_echos
   finish "\"if\":\"$IF\",\"mac\":\"$mac\",\"mtu\":$mtu,\"features\":\"$features\",\"ping_received\":$received,\"tx\":{\"bytes\":$(stat -c %s /tmp/tx.bin),\"sha256\":\"$tx_sha\"},\"rx\":{\"bytes\":$rx_bytes,\"sha256\":\"$rx_sha\"},\"in_echos\":$echos"
 }
 
@@ -367,13 +375,7 @@ job_net() {
 job_netmigrate() {
   is_uint "$VUT_BYTES" || fail "vut.bytes=$VUT_BYTES is not a number"
   is_uint "$VUT_ECHOS" || fail "vut.echos=$VUT_ECHOS is not a number"
-  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
-  IF=
-  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
-  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
-  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
-  mtu=$(cat "/sys/class/net/$IF/mtu")
-  mac=$(cat "/sys/class/net/$IF/address")
+  net_find
   ip link set lo up
   # busybox nc -l stops reading the socket once its stdin is at EOF: hold it open with a fifo.
   mkfifo /tmp/hold
@@ -388,8 +390,7 @@ job_netmigrate() {
   while alive $receiver && [ $waited -lt 3000 ]; do usleep 100000; waited=$((waited + 1)); done
   alive $receiver && fail "the peer did not finish sending to 5001 in 300 s: $(stat -c %s /tmp/rx.bin) bytes so far"
   kill $hold 2>/dev/null
-  rx_bytes=$(stat -c %s /tmp/rx.bin)
-  rx_sha=$(sha256sum < /tmp/rx.bin | cut -d' ' -f1)
+  net_rx_file_sums
   step netmigrate-received "$rx_bytes bytes sha256=$rx_sha"
   [ "$rx_bytes" = "$VUT_BYTES" ] || fail "received $rx_bytes bytes, expected $VUT_BYTES: $(cat /tmp/nc-rx.err)"
   want=$(($(in_echos) + VUT_ECHOS))
@@ -406,13 +407,7 @@ job_netmigratepeer() {
     is_uint "$v" || fail "vut.bytes/chunk/pause_ms/linger: $v is not a number"
   done
   [ "$VUT_CHUNK" -gt 0 ] && [ $((VUT_BYTES % VUT_CHUNK)) = 0 ] || fail "vut.bytes=$VUT_BYTES is not a multiple of vut.chunk=$VUT_CHUNK"
-  step net-find "interfaces: $(ls /sys/class/net | tr '\n' ' ')"
-  IF=
-  for n in $(ls /sys/class/net); do [ "$n" != lo ] && IF=$n && break; done
-  [ -n "$IF" ] || fail "no network interface (virtio_net not bound?)"
-  features=$(cat "/sys/class/net/$IF/device/features" 2>/dev/null)
-  mtu=$(cat "/sys/class/net/$IF/mtu")
-  mac=$(cat "/sys/class/net/$IF/address")
+  net_find
   chunks=$((VUT_BYTES / VUT_CHUNK))
   dd if=/dev/urandom of=/tmp/tx.bin bs=$VUT_CHUNK count=$chunks 2>/dev/null || fail "dd /dev/urandom"
   tx_sha=$(sha256sum < /tmp/tx.bin | cut -d' ' -f1)
