@@ -2,6 +2,7 @@
 import { UsageError } from '../control/errors.js';
 import type { DaemonLimits } from '../control/daemon.js';
 import { packageVersion } from '../version.js';
+import type { PollMode } from '../dataplane/commands.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage (sysexits-like, kept small). */
 export const ExitCode = { OK: 0, FAILURE: 1, USAGE: 2 } as const;
@@ -41,6 +42,59 @@ export function parseInteger(text: string, what: string, min: number, max: numbe
 }
 
 export { packageVersion };
+
+/**
+ * parseArgs options every back-end CLI takes: where its data plane runs and how it polls, the
+ * queue shape, statistics and logging, --help/--version (each CLI adds its device's options).
+ */
+export const DATA_PLANE_OPTIONS = {
+  queues: { type: 'string' },
+  'queue-size': { type: 'string' },
+  cpus: { type: 'string' },
+  poll: { type: 'string' },
+  'idle-budget-us': { type: 'string' },
+  client: { type: 'boolean', default: false },
+  'stats-interval': { type: 'string' },
+  verbose: { type: 'boolean', default: false },
+  help: { type: 'boolean', default: false },
+  version: { type: 'boolean', default: false },
+} as const;
+
+export interface DataPlaneValues {
+  queues?: string;
+  'queue-size'?: string;
+  cpus?: string;
+  poll?: string;
+  'idle-budget-us'?: string;
+  'stats-interval'?: string;
+}
+
+export interface DataPlaneChoices {
+  /** --queues: queues (blk) or queue pairs (net). */
+  queues: number;
+  queueSize: number;
+  cpus: number[];
+  poll: PollMode;
+  idleBudgetUs: number;
+  statsIntervalSec: number;
+}
+
+/** Checks DATA_PLANE_OPTIONS' values; `defaults` is what differs between devices. */
+export function parseDataPlaneOptions(v: DataPlaneValues, defaults: { queueSize: number; maxQueues: number }): DataPlaneChoices {
+  const poll = (v.poll ?? 'adaptive') as PollMode;
+  if (!['busy', 'interrupt', 'adaptive'].includes(poll))
+    throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
+  const queueSize = v['queue-size'] === undefined ? defaults.queueSize : parseInteger(v['queue-size'], '--queue-size', 2, 32768);
+  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
+  return {
+    queues: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, defaults.maxQueues),
+    queueSize,
+    cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
+    poll,
+    idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+    statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
+  };
+}
 
 /** parseArgs options for the daemon's limits, shared by every CLI that runs a daemon. */
 export const DAEMON_LIMIT_OPTIONS = {

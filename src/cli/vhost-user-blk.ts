@@ -5,9 +5,10 @@ import { createLogger, setLogLevel } from '../log.js';
 import {
   DAEMON_LIMITS_HELP,
   DAEMON_LIMIT_OPTIONS,
+  DATA_PLANE_OPTIONS,
+  parseDataPlaneOptions,
   UsageError,
   parseCommandLine,
-  parseCpuList,
   parseDaemonLimits,
   parseInteger,
   parseSize,
@@ -15,7 +16,6 @@ import {
   systemdListenFd,
 } from './common.js';
 import type { BlkBackendOptions, BlkEngineChoice } from '../devices/blk/backend.js';
-import type { PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
 import { qsdCompatMain } from './qsd-compat.js';
 
@@ -100,16 +100,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
         'read-only': { type: 'boolean', default: false },
         'logical-block-size': { type: 'string' },
         serial: { type: 'string' },
-        queues: { type: 'string' },
-        'queue-size': { type: 'string' },
-        cpus: { type: 'string' },
-        poll: { type: 'string' },
-        'idle-budget-us': { type: 'string' },
-        client: { type: 'boolean', default: false },
-        'stats-interval': { type: 'string' },
-        verbose: { type: 'boolean', default: false },
-        help: { type: 'boolean', default: false },
-        version: { type: 'boolean', default: false },
+        ...DATA_PLANE_OPTIONS,
         ...DAEMON_LIMIT_OPTIONS,
       },
     });
@@ -138,11 +129,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
   if (diskEngine && !v.disk) throw new UsageError(`--engine ${engine} needs --disk FILE`);
   if (!diskEngine && v.disk) throw new UsageError(`--disk is only used by the auto, io_uring and threads engines, not ${engine}`);
   if (v.direct && !diskEngine) throw new UsageError('--direct only applies to the auto, io_uring and threads engines');
-  const poll = (v.poll ?? 'adaptive') as PollMode;
-  if (!['busy', 'interrupt', 'adaptive'].includes(poll))
-    throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
-  const queueSize = v['queue-size'] === undefined ? 256 : parseInteger(v['queue-size'], '--queue-size', 2, 32768);
-  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
+  const dataPlane = parseDataPlaneOptions(v, { queueSize: 256, maxQueues: 64 });
   const size = v.size === undefined ? undefined : parseSize(v.size, '--size');
   if (size !== undefined && (size === 0 || size % 512 !== 0))
     throw new UsageError(`--size must be a positive multiple of 512 bytes, got ${size}`);
@@ -151,7 +138,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
   if (v.serial !== undefined && Buffer.byteLength(v.serial) > 20) throw new UsageError('--serial must be at most 20 bytes');
   return {
     ...base,
-    statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
+    statsIntervalSec: dataPlane.statsIntervalSec,
     backend: {
       socketPath: v.socket,
       listenFd,
@@ -163,11 +150,11 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
       readOnly: v['read-only'],
       logicalBlockSize,
       serial: v.serial,
-      queues: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, 64),
-      queueSize,
-      cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
-      poll,
-      idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+      queues: dataPlane.queues,
+      queueSize: dataPlane.queueSize,
+      cpus: dataPlane.cpus,
+      poll: dataPlane.poll,
+      idleBudgetUs: dataPlane.idleBudgetUs,
       limits: parseDaemonLimits(v),
     },
   };

@@ -6,9 +6,10 @@ import { createLogger, setLogLevel } from '../log.js';
 import {
   DAEMON_LIMITS_HELP,
   DAEMON_LIMIT_OPTIONS,
+  DATA_PLANE_OPTIONS,
+  parseDataPlaneOptions,
   UsageError,
   parseCommandLine,
-  parseCpuList,
   parseDaemonLimits,
   parseInteger,
   stopSignal,
@@ -20,7 +21,6 @@ import { SOURCE_MIN_FRAME } from '../devices/net/frame.js';
 import { NET_BACKENDS, type NetBackendName } from '../devices/net/options.js';
 import { checkTapName } from '../devices/net/tap.js';
 import { ETH_HEADER_BYTES, parseMac } from '../devices/net/virtio-net.js';
-import type { PollMode } from '../dataplane/commands.js';
 
 const DEFAULT_MAC = '52:54:00:12:34:56';
 
@@ -98,18 +98,9 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
         socket: { type: 'string', multiple: true },
         backend: { type: 'string' },
         'frame-size': { type: 'string' },
-        queues: { type: 'string' },
-        'queue-size': { type: 'string' },
         mac: { type: 'string' },
         mtu: { type: 'string' },
-        cpus: { type: 'string' },
-        poll: { type: 'string' },
-        'idle-budget-us': { type: 'string' },
-        client: { type: 'boolean', default: false },
-        'stats-interval': { type: 'string' },
-        verbose: { type: 'boolean', default: false },
-        help: { type: 'boolean', default: false },
-        version: { type: 'boolean', default: false },
+        ...DATA_PLANE_OPTIONS,
         ...DAEMON_LIMIT_OPTIONS,
       },
     });
@@ -137,11 +128,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
   } else if (backend === 'tap' || !NET_BACKENDS.includes(backend)) {
     throw new UsageError(`--backend must be one of loopback, sink, source, switch, tap:NAME, not "${v.backend}"`);
   }
-  const poll = (v.poll ?? 'adaptive') as PollMode;
-  if (!['busy', 'interrupt', 'adaptive'].includes(poll))
-    throw new UsageError(`--poll must be busy, interrupt or adaptive, not "${v.poll}"`);
-  const queueSize = v['queue-size'] === undefined ? 1024 : parseInteger(v['queue-size'], '--queue-size', 2, 32768);
-  if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError(`--queue-size must be a power of two, got ${queueSize}`);
+  const dataPlane = parseDataPlaneOptions(v, { queueSize: 1024, maxQueues: 128 });
   const mtu = v.mtu === undefined ? 1500 : parseInteger(v.mtu, '--mtu', MIN_MTU, MAX_MTU);
   const maxFrame = mtu + ETH_HEADER_BYTES + 4;
   const frameBytes =
@@ -157,16 +144,16 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
   if ((mac[0] & 1) !== 0) throw new UsageError(`--mac ${v.mac} is a multicast address (lowest bit of the first byte set)`);
   return {
     ...base,
-    statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
+    statsIntervalSec: dataPlane.statsIntervalSec,
     backend: {
       socketPaths: sockets,
       client: v.client,
       backend,
-      queuePairs: v.queues === undefined ? 1 : parseInteger(v.queues, '--queues', 1, 128),
-      queueSize,
-      cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
-      poll,
-      idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+      queuePairs: dataPlane.queues,
+      queueSize: dataPlane.queueSize,
+      cpus: dataPlane.cpus,
+      poll: dataPlane.poll,
+      idleBudgetUs: dataPlane.idleBudgetUs,
       mac,
       mtu,
       frameBytes,
