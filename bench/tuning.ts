@@ -160,27 +160,38 @@ async function main(): Promise<void> {
   const points = [];
   const idle = [];
   const qd1 = [];
+  // Each QSD mode runs right after the first of ours it is the peer of, so that peers see the
+  // same machine (others' load on a shared host drifts over minutes).
+  const order: ({ ours: PollMode } | { qsd: (typeof QSD_MODES)[number] })[] = [];
   for (const mode of POLL_MODES) {
-    const server = await startOurs(mode);
-    try {
-      idle.push({ backend: 'ours', mode: mode.name, backend_cpu_pct: await idleCpu(server.socket, server.pid) });
-      const peer = QSD_MODES.find((q) => q.peerOf.includes(mode.name))?.name ?? null;
-      points.push(...(await sweep('ours', mode.name, peer, server)));
-      // QD1 against fio: the load thread spins (a polling guest driver), so its own wake-up
-      // time does not hide what the back-end adds.
-      const r = await bench(server.socket, server.pid, 1, 0, 'spin');
-      qd1.push({ mode: mode.name, iops: r.iops, p50: r.lat_us.p50, p99: r.lat_us.p99, mean: r.lat_us.mean });
-    } finally {
-      await server.stop();
-    }
+    order.push({ ours: mode });
+    const qsd = QSD_MODES.find((q) => q.peerOf[0] === mode.name);
+    if (qsd) order.push({ qsd });
   }
-  for (const mode of QSD_MODES) {
-    const server = await startQsd(mode.name, mode.pollMaxNs);
-    try {
-      idle.push({ backend: 'qsd', mode: mode.name, backend_cpu_pct: await idleCpu(server.socket, server.pid) });
-      points.push(...(await sweep('qsd', mode.name, null, server)));
-    } finally {
-      await server.stop();
+  for (const entry of order) {
+    if ('ours' in entry) {
+      const mode = entry.ours;
+      const server = await startOurs(mode);
+      try {
+        idle.push({ backend: 'ours', mode: mode.name, backend_cpu_pct: await idleCpu(server.socket, server.pid) });
+        const peer = QSD_MODES.find((q) => q.peerOf.includes(mode.name))?.name ?? null;
+        points.push(...(await sweep('ours', mode.name, peer, server)));
+        // QD1 against fio: the load thread spins (a polling guest driver), so its own wake-up
+        // time does not hide what the back-end adds.
+        const r = await bench(server.socket, server.pid, 1, 0, 'spin');
+        qd1.push({ mode: mode.name, iops: r.iops, p50: r.lat_us.p50, p99: r.lat_us.p99, mean: r.lat_us.mean });
+      } finally {
+        await server.stop();
+      }
+    } else {
+      const mode = entry.qsd;
+      const server = await startQsd(mode.name, mode.pollMaxNs);
+      try {
+        idle.push({ backend: 'qsd', mode: mode.name, backend_cpu_pct: await idleCpu(server.socket, server.pid) });
+        points.push(...(await sweep('qsd', mode.name, null, server)));
+      } finally {
+        await server.stop();
+      }
     }
   }
   const fio = await fioQd1();
