@@ -54,7 +54,11 @@ on queue pair 0 (RX queue 0, TX queue 1), with Ethernet/IPv4/UDP frames.
                        --backend loopback)
   --frame-size N       Ethernet bytes per frame, ${NET_BENCH_MIN_FRAME} to ${NET_BENCH_MAX_FRAME} (default 64; 1514 for a
                        full 1500-byte MTU frame). RX buffers hold the frame or 1518 bytes.
-  --qd N               TX frames in flight (default: the queue size for tx, 1 for loopback)
+  --qd N               TX frames in flight (default: the queue size for tx, 1 for loopback;
+                       with --rate, the cap on them, default half the queue size for loopback)
+  --rate FRAMES/S      tx, loopback: open loop: post TX frames at this rate (latency is timed
+                       from when each frame was due, so queueing in the back-end shows);
+                       default closed loop
   --queue-size, --seconds, --warmup, --wait, --cpu, --backend-pid, --memory, --json as for blk
 It acks VERSION_1, EVENT_IDX and INDIRECT_DESC only (no MRG_RXBUF, no offloads).
 
@@ -97,6 +101,7 @@ export function parseNetBenchArgs(rest: string[]): NetBenchArgs | 'help' | 'vers
         mode: { type: 'string' },
         'frame-size': { type: 'string' },
         qd: { type: 'string' },
+        rate: { type: 'string' },
         'queue-size': { type: 'string' },
         seconds: { type: 'string' },
         warmup: { type: 'string' },
@@ -123,7 +128,10 @@ export function parseNetBenchArgs(rest: string[]): NetBenchArgs | 'help' | 'vers
   if (wait !== 'spin' && wait !== 'event') throw new UsageError('--wait must be spin or event');
   const queueSize = values['queue-size'] === undefined ? 256 : parseInteger(values['queue-size'], '--queue-size', 2, 32768);
   if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError('--queue-size must be a power of two');
-  const defaultDepth = mode === 'loopback' ? 1 : queueSize;
+  const rate = values.rate === undefined ? 0 : parseInteger(values.rate, '--rate', 1, 100_000_000);
+  if (rate > 0 && mode === 'rx') throw new UsageError('--rate paces TX frames: tx or loopback mode only');
+  // Open-loop loopback: room for bursts, while the RX ring (the queue size) keeps a buffer for every frame in flight.
+  const defaultDepth = mode === 'loopback' ? (rate > 0 ? queueSize / 2 : 1) : queueSize;
   return {
     socketPath: values.socket,
     mode,
@@ -132,6 +140,7 @@ export function parseNetBenchArgs(rest: string[]): NetBenchArgs | 'help' | 'vers
         ? 64
         : parseInteger(values['frame-size'], '--frame-size', NET_BENCH_MIN_FRAME, NET_BENCH_MAX_FRAME),
     queueDepth: values.qd === undefined ? defaultDepth : parseInteger(values.qd, '--qd', 1, queueSize),
+    rate,
     queueSize,
     seconds: values.seconds === undefined ? 10 : parseInteger(values.seconds, '--seconds', 1, 86400),
     warmup: values.warmup === undefined ? 1 : parseInteger(values.warmup, '--warmup', 0, 3600),

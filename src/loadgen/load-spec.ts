@@ -88,7 +88,10 @@ export interface LoadSpec {
   /** Measured duration (after warm-up) when requestsPerQueue is 0. */
   seconds: number;
   warmupSeconds: number;
-  /** Open loop: issue at this many requests per second in all (0 = closed loop). */
+  /**
+   * Open loop: issue at this many requests per second in all (0 = closed loop). Net RX queues
+   * are not paced: their buffers are offered whenever free.
+   */
   rate: number;
   /** How to wait for completions: spin on the used rings, or sleep on the call eventfds. */
   wait: 'spin' | 'event';

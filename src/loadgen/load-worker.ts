@@ -47,7 +47,15 @@ function run(): LoadResult {
   } else {
     for (const load of loads) load.driver.disableCallbacks();
   }
-  const intervalMs = spec.rate > 0 ? 1000 / spec.rate : 0;
+  // Open loop paces the queues that issue requests; a net RX queue only offers buffers for the
+  // device to fill, so it is kept full whatever the rate (net loopback paces TX alone).
+  const paced: QueueLoad[] = [];
+  const keptFull: QueueLoad[] = [];
+  for (const load of loads) {
+    const workload = load.queue.workload ?? spec.workload;
+    (workload.kind === 'net' && workload.role === 'rx' ? keptFull : paced).push(load);
+  }
+  const intervalMs = spec.rate > 0 && paced.length > 0 ? 1000 / spec.rate : 0;
   const byCount = spec.requestsPerQueue > 0;
   let recording = byCount || spec.warmupSeconds <= 0;
   const phaseStart = performance.now();
@@ -65,12 +73,18 @@ function run(): LoadResult {
       // slow back-end cannot hide its queueing delay (no coordinated omission).
       let posted = 0;
       while (nextIssue <= now && posted < 4096) {
-        const load = loads[rr];
+        const load = paced[rr];
         if (byCount && load.issued >= spec.requestsPerQueue) break;
         if (!load.post(nextIssue)) break;
         nextIssue += intervalMs;
-        rr = rr + 1 === loads.length ? 0 : rr + 1;
+        rr = rr + 1 === paced.length ? 0 : rr + 1;
         posted++;
+      }
+      for (let q = 0; q < keptFull.length; q++) {
+        const load = keptFull[q];
+        while (!(byCount && load.issued >= spec.requestsPerQueue) && load.post(now)) {
+          /* offer every free buffer */
+        }
       }
       for (let q = 0; q < loads.length; q++) loads[q].kick();
     } else {

@@ -33,8 +33,10 @@ export interface NetBenchArgs {
   socketPath: string;
   mode: NetBenchMode;
   frameBytes: number;
-  /** TX frames in flight (tx, loopback); rx mode offers the whole ring. */
+  /** TX frames in flight (tx, loopback; with `rate`, the cap on them); rx mode offers the whole ring. */
   queueDepth: number;
+  /** tx, loopback: open loop at this many TX frames per second, timed from when each was due (0: closed loop). */
+  rate: number;
   queueSize: number;
   seconds: number;
   warmup: number;
@@ -91,6 +93,8 @@ const METHOD: Record<NetBenchMode, string> = {
     'RX ring kept full; --qd stamped frames in flight on TX; rate = frames back on RX; latency = post on TX to reap on RX',
 };
 
+const OPEN_LOOP = 'open loop: TX frames due at --rate per second (at most --qd in flight), latency timed from when each was due';
+
 export async function runNetBench(
   args: NetBenchArgs,
   onProgress?: (completed: number, measuring: boolean) => void,
@@ -123,6 +127,7 @@ export async function runNetBench(
       warmupSeconds: args.warmup,
       wait: args.wait,
       cpu: args.cpu,
+      rate: args.mode === 'rx' ? 0 : args.rate,
     };
     const load =
       args.mode === 'tx'
@@ -170,7 +175,7 @@ export async function runNetBench(
       device: 'net',
       machine: { host: hostname(), cpu: cpus()[0]?.model ?? 'unknown', cpus: cpus().length, node: process.version },
       date: new Date().toISOString(),
-      method: METHOD[args.mode],
+      method: args.rate > 0 && args.mode !== 'rx' ? `${METHOD[args.mode]}; ${OPEN_LOOP}` : METHOD[args.mode],
       settings: { ...settings, socket: socketPath, headerBytes, rxBufferBytes },
       tx_frames: tx.requests,
       rx_frames: rx.requests,
@@ -236,7 +241,7 @@ export function formatNetBench(r: NetBenchResult): string {
   const s = r.settings;
   const mpps = (pps: number) => (pps / 1e6).toFixed(3);
   const lines = [
-    `vhost-user-bench net: ${s.mode} frame=${s.frameBytes} B${s.mode === 'rx' ? '' : ` qd=${s.queueDepth}`} queue-size=${s.queueSize} wait=${s.wait} on ${s.socket}`,
+    `vhost-user-bench net: ${s.mode} frame=${s.frameBytes} B${s.mode === 'rx' ? '' : ` qd=${s.queueDepth}`}${s.rate > 0 && s.mode !== 'rx' ? ` rate=${s.rate}/s` : ''} queue-size=${s.queueSize} wait=${s.wait} on ${s.socket}`,
     `machine: ${r.machine.cpu}, ${r.machine.cpus} CPUs, Node ${r.machine.node}; ${r.date}`,
     `method: ${r.method}`,
   ];
