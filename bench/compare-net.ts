@@ -287,15 +287,18 @@ async function main(): Promise<void> {
       ].join(' '),
     );
   }
+  const legend =
+    "Mpps: median of the front-end's per-second counter (Tx-pps for txonly, Rx-pps otherwise); be-CPU%: back-end process CPU over the window.";
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
   const header = `Measured ${new Date().toISOString()} on ${machine} with \`npm run bench:net${quick ? ' -- --quick' : ''}\` (${seconds} s per point; front-end: dpdk-testpmd virtio-user forwarding on CPU ${FRONTEND_CPU}; back-end on CPU ${BACKEND_CPU}):`;
   process.stdout.write(`${header}\n\n${lines.join('\n')}\n`);
-  process.stdout.write(
-    "Mpps: median of the front-end's per-second counter (Tx-pps for txonly, Rx-pps otherwise); be-CPU%: back-end process CPU over the window.\n",
-  );
   mkdirSync(join(REPO_ROOT, 'results'), { recursive: true });
+  process.stdout.write(`${legend}\n`);
   const file = join(REPO_ROOT, 'results', `net-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  writeFileSync(file, JSON.stringify({ header, machine, seconds, rows }, null, 2));
+  const record = JSON.stringify({ header, machine, seconds, rows, table: `${lines.join('\n')}\n${legend}` }, null, 2);
+  writeFileSync(file, record);
+  // npm run bench:plot copies the latest table into the README.
+  writeFileSync(join(REPO_ROOT, 'results', 'net-latest.json'), record);
   process.stderr.write(`JSON: ${file}\n`);
   if (points.some((p) => p.failure)) process.exitCode = 1;
 }

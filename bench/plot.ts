@@ -1,6 +1,6 @@
 // npm run bench:plot — turns results/tuning-latest.json (npm run bench:tuning),
 // results/tuning-net-latest.json (npm run bench:tuning:net) and results/blk-compare-latest.json
-// (npm run bench:blk) into the SVG plots and the generated tables of tuning.md and README.md
+// (npm run bench:blk) and results/net-latest.json (npm run bench:net) into the SVG plots and the generated tables of tuning.md and README.md
 // (between <!-- generated:NAME --> markers). Charts are Vega-Lite specs rendered headless by Vega.
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -242,6 +242,18 @@ function compare(): void {
   );
 }
 
+function compareNet(): void {
+  const path = join(REPO, 'results', 'net-latest.json');
+  if (!existsSync(path)) {
+    process.stderr.write('no results/net-latest.json: run npm run bench:net first\n');
+    return;
+  }
+  const data = JSON.parse(readFileSync(path, 'utf8')) as { header: string; table?: string };
+  if (data.table === undefined) return; // written before the table was kept in the JSON
+  replaceGenerated('README.md', 'compare-net', `${data.header}\n\n\`\`\`\n${data.table}\n\`\`\``);
+}
+
 await tuning();
 await tuningNet();
 compare();
+compareNet();
