@@ -1,16 +1,16 @@
 // Micro-benchmark of one interrupt-mode wake-up through the worker's own path, and of its parts.
 //
-//   npm run bench:build && node dist-bench/micro-wake.js [--rounds N]
+//   npm run bench:build && node dist-bench/micro-wake.js [--rounds N] [--kick-delay-us US]
 //
 // (1) Round trips between two pinned threads: the kicker (main thread, CPU 0) writes the kick
 // eventfd and spins until the sleeper (a worker thread, CPU 1) says it ran; the sleeper sleeps as
 // DataPlaneWorker does — re-arm and re-check the ring, epoll_wait, read the kick eventfd, disarm —
 // in several variants, each dropping or merging a part, so the differences say what it costs.
 // The kicker waits until the sleeper is in the kernel before kicking, so every round is a real
-// wake-up — except in the last two variants, where it kicks as soon as the sleeper has armed (a
-// driver that refills at once, as a closed loop at QD32 does): with and without the worker's look
-// once more without blocking (epollWait timeout 0 and a re-check) before it sleeps; the rounds
-// that look served without a sleep are counted. (2) The parts alone, in a tight loop on one
+// wake-up — except in the last two variants, where it kicks --kick-delay-us (default 1) after the
+// sleeper has armed (a driver that refills at once, as a closed loop does): with and without the worker's look
+// once more without blocking (epollWait timeout 0 and a re-check) before it sleeps. A kick that
+// lands during the look, or after it but before the blocking epollWait, costs no wake-up. (2) The parts alone, in a tight loop on one
 // awake thread, in thread CPU time.
 // Shared machine: compare rows of one run, not runs.
 import { readFileSync } from 'node:fs';
@@ -45,10 +45,10 @@ const VARIANTS = [
   'now: kick fd edge-triggered, never read; re-arm+re-check, clock, epollWait, disarm',
   'edge-triggered, no clock (what the sleep-time stat costs)',
   'edge-triggered epollWait alone (no re-arm, no clock)',
-  'kick at once: re-arm+re-check, epollWait (no look once more)',
-  'kick at once: re-arm+re-check, look once more (epollWait 0, re-check), epollWait',
+  'kick soon: re-arm+re-check, epollWait (no look once more)',
+  'kick soon: re-arm+re-check, look once more (epollWait 0, re-check), epollWait',
 ];
-/** Variants from this one on are kicked as soon as the sleeper has armed. */
+/** Variants from this one on are kicked kickDelayUs after the sleeper has armed. */
 const KICK_AT_ONCE = 4;
 const LOOK = 5;
 
@@ -150,7 +150,7 @@ function spin(us: number): void {
   }
 }
 
-async function roundTrips(rounds: number): Promise<void> {
+async function roundTrips(rounds: number, kickDelayUs: number): Promise<void> {
   native.setAffinity([KICKER_CPU]);
   const ctl = new Int32Array(new SharedArrayBuffer(4 * Ctl.SIZE));
   const kickFd = native.eventfdCreate(0);
@@ -167,7 +167,7 @@ async function roundTrips(rounds: number): Promise<void> {
       while (Atomics.load(ctl, Ctl.ARMED) === 0) {
         /* wait for the sleeper to head into epoll_wait */
       }
-      if (v < KICK_AT_ONCE) spin(30);
+      spin(v < KICK_AT_ONCE ? 30 : kickDelayUs);
       Atomics.store(ctl, Ctl.ARMED, 0);
       const start = performance.now();
       native.eventfdWrite(kickFd, 1);
@@ -182,7 +182,7 @@ async function roundTrips(rounds: number): Promise<void> {
     for (let i = 0; i < rounds; i++) sum += times[i];
     const cells = [percentile(times, 0.5), percentile(times, 0.9), sum / rounds].map((x) => x.toFixed(2).padStart(8));
     const hits = Atomics.load(ctl, Ctl.LOOK_HITS);
-    const note = v === LOOK ? `  (${hits} of ${rounds + 50} served by the look, no sleep)` : '';
+    const note = v === LOOK ? `  (the look itself found the kick in ${hits} of ${rounds + 50} rounds)` : '';
     console.log(VARIANTS[v].padEnd(84) + cells.join('') + note);
   }
   // Asleep or about to check the variant: either way it sees -1 and leaves.
@@ -254,9 +254,11 @@ function parts(iterations: number): void {
 }
 
 if (isMainThread) {
-  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5000' } } });
+  const { values } = parseArgs({
+    options: { rounds: { type: 'string', default: '5000' }, 'kick-delay-us': { type: 'string', default: '1' } },
+  });
   const rounds = Number(values.rounds);
-  await roundTrips(rounds);
+  await roundTrips(rounds, Number(values['kick-delay-us']));
   parts(rounds * 40);
 } else {
   sleeper(workerData as SleeperData);
