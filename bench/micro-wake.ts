@@ -7,11 +7,11 @@
 // DataPlaneWorker does — re-arm and re-check the ring, epoll_wait, read the kick eventfd, disarm —
 // in several variants, each dropping or merging a part, so the differences say what it costs.
 // The kicker waits until the sleeper is in the kernel before kicking, so every round is a real
-// wake-up — except in the last two variants, where it kicks --kick-delay-us (default 1) after the
-// sleeper has armed (a driver that refills at once, as a closed loop does): with and without the worker's look
-// once more without blocking (epollWait timeout 0 and a re-check) before it sleeps. A kick that
-// lands during the look, or after it but before the blocking epollWait, costs no wake-up. (2) The parts alone, in a tight loop on one
-// awake thread, in thread CPU time.
+// wake-up — except in the last two variants, where it kicks --kick-delay-us (default 1) after
+// the sleeper has armed (a driver that refills at once, as a closed loop does): with and without
+// the worker's look once more without blocking (epollWait timeout 0 and a re-check) before it
+// sleeps. A kick that lands during the look, or after it but before the blocking epollWait,
+// costs no wake-up. (2) The parts alone, in a tight loop on one awake thread, in thread CPU time.
 // Shared machine: compare rows of one run, not runs.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
