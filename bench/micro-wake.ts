@@ -1,13 +1,17 @@
 // Micro-benchmark of one interrupt-mode wake-up through the worker's own path, and of its parts.
 //
-//   npm run bench:build && node dist-bench/micro-wake.js [--rounds N]
+//   npm run bench:build && node dist-bench/micro-wake.js [--rounds N] [--kick-delay-us US]
 //
 // (1) Round trips between two pinned threads: the kicker (main thread, CPU 0) writes the kick
 // eventfd and spins until the sleeper (a worker thread, CPU 1) says it ran; the sleeper sleeps as
 // DataPlaneWorker does — re-arm and re-check the ring, epoll_wait, read the kick eventfd, disarm —
 // in several variants, each dropping or merging a part, so the differences say what it costs.
 // The kicker waits until the sleeper is in the kernel before kicking, so every round is a real
-// wake-up. (2) The parts alone, in a tight loop on one awake thread, in thread CPU time.
+// wake-up — except in the last two variants, where it kicks --kick-delay-us (default 1) after
+// the sleeper has armed (a driver that refills at once, as a closed loop does): with and without
+// the worker's look once more without blocking (epollWait timeout 0 and a re-check) before it
+// sleeps. A kick that lands during the look, or after it but before the blocking epollWait,
+// costs no wake-up. (2) The parts alone, in a tight loop on one awake thread, in thread CPU time.
 // Shared machine: compare rows of one run, not runs.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -31,6 +35,8 @@ const enum Ctl {
   ARMED,
   /** Variant to run (index into VARIANTS), -1 to quit. */
   VARIANT,
+  /** Rounds the look once more served without sleeping (variant LOOK). */
+  LOOK_HITS,
   SIZE,
 }
 
@@ -39,7 +45,12 @@ const VARIANTS = [
   'now: kick fd edge-triggered, never read; re-arm+re-check, clock, epollWait, disarm',
   'edge-triggered, no clock (what the sleep-time stat costs)',
   'edge-triggered epollWait alone (no re-arm, no clock)',
+  'kick soon: re-arm+re-check, epollWait (no look once more)',
+  'kick soon: re-arm+re-check, look once more (epollWait 0, re-check), epollWait',
 ];
+/** Variants from this one on are kicked kickDelayUs after the sleeper has armed. */
+const KICK_AT_ONCE = 4;
+const LOOK = 5;
 
 function threadCpuNs(): number {
   return Number(readFileSync('/proc/thread-self/schedstat', 'utf8').split(' ')[0]);
@@ -105,9 +116,20 @@ function sleeper({ ctl: ctlBuffer, kickFd }: SleeperData): void {
       Atomics.store(ctl, Ctl.ARMED, 1);
       native.epollWait(edgeFd, events, MAX_EVENTS, 1000);
       vq.disableNotification();
-    } else {
+    } else if (variant === 3) {
       Atomics.store(ctl, Ctl.ARMED, 1);
       native.epollWait(edgeFd, events, MAX_EVENTS, 1000);
+    } else {
+      if (vq.enableNotificationAndRecheck()) continue;
+      Atomics.store(ctl, Ctl.ARMED, 1);
+      // The kicker does not publish chains, so the re-check after the look finds none: only
+      // the kick's edge can end the look.
+      if (variant === LOOK && (native.epollWait(edgeFd, events, MAX_EVENTS, 0) > 0 || vq.enableNotificationAndRecheck())) {
+        Atomics.add(ctl, Ctl.LOOK_HITS, 1);
+      } else {
+        native.epollWait(edgeFd, events, MAX_EVENTS, 1000);
+      }
+      vq.disableNotification();
     }
     Atomics.store(ctl, Ctl.DONE, ++round);
   }
@@ -128,7 +150,7 @@ function spin(us: number): void {
   }
 }
 
-async function roundTrips(rounds: number): Promise<void> {
+async function roundTrips(rounds: number, kickDelayUs: number): Promise<void> {
   native.setAffinity([KICKER_CPU]);
   const ctl = new Int32Array(new SharedArrayBuffer(4 * Ctl.SIZE));
   const kickFd = native.eventfdCreate(0);
@@ -136,7 +158,7 @@ async function roundTrips(rounds: number): Promise<void> {
   const thread = new Worker(new URL(import.meta.url), { workerData: data });
   const exited = new Promise((resolve) => thread.once('exit', resolve));
   console.log(`(1) kick → sleeper ran, wall-clock round trip, ${rounds} wake-ups per variant (µs)`);
-  console.log('variant'.padEnd(78) + 'p50'.padStart(8) + 'p90'.padStart(8) + 'mean'.padStart(8));
+  console.log('variant'.padEnd(84) + 'p50'.padStart(8) + 'p90'.padStart(8) + 'mean'.padStart(8));
   let done = 0;
   const times = new Float64Array(rounds);
   for (let v = 0; v < VARIANTS.length; v++) {
@@ -145,7 +167,7 @@ async function roundTrips(rounds: number): Promise<void> {
       while (Atomics.load(ctl, Ctl.ARMED) === 0) {
         /* wait for the sleeper to head into epoll_wait */
       }
-      spin(30);
+      spin(v < KICK_AT_ONCE ? 30 : kickDelayUs);
       Atomics.store(ctl, Ctl.ARMED, 0);
       const start = performance.now();
       native.eventfdWrite(kickFd, 1);
@@ -159,7 +181,9 @@ async function roundTrips(rounds: number): Promise<void> {
     let sum = 0;
     for (let i = 0; i < rounds; i++) sum += times[i];
     const cells = [percentile(times, 0.5), percentile(times, 0.9), sum / rounds].map((x) => x.toFixed(2).padStart(8));
-    console.log(VARIANTS[v].padEnd(78) + cells.join(''));
+    const hits = Atomics.load(ctl, Ctl.LOOK_HITS);
+    const note = v === LOOK ? `  (the look itself found the kick in ${hits} of ${rounds + 50} rounds)` : '';
+    console.log(VARIANTS[v].padEnd(84) + cells.join('') + note);
   }
   // Asleep or about to check the variant: either way it sees -1 and leaves.
   Atomics.store(ctl, Ctl.VARIANT, -1);
@@ -230,9 +254,11 @@ function parts(iterations: number): void {
 }
 
 if (isMainThread) {
-  const { values } = parseArgs({ options: { rounds: { type: 'string', default: '5000' } } });
+  const { values } = parseArgs({
+    options: { rounds: { type: 'string', default: '5000' }, 'kick-delay-us': { type: 'string', default: '1' } },
+  });
   const rounds = Number(values.rounds);
-  await roundTrips(rounds);
+  await roundTrips(rounds, Number(values['kick-delay-us']));
   parts(rounds * 40);
 } else {
   sleeper(workerData as SleeperData);

@@ -28,6 +28,10 @@ export const QueueStat = {
   resubmitted: 10,
   /** Requests written off when the queue was abandoned (a drain that outlived its timeout). */
   abandoned: 11,
+  /** Times the owning worker blocked in epoll (interrupt / adaptive) while this queue was running. */
+  sleeps: 12,
+  /** Interrupt mode: sleeps avoided because the one look without blocking before them found work. */
+  sleepsAvoided: 13,
 } as const;
 
 export const QUEUE_STAT_SLOTS = 16;

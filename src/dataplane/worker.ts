@@ -9,9 +9,9 @@
 //
 // Poll modes:
 //   busy       never sleeps; kicks are suppressed (avail_event left stale / NO_NOTIFY set).
-//   interrupt  kicks stay enabled; when a pass finds nothing it re-checks the rings and sleeps
-//              in epoll on the kick fds, the handler's completion fd, its watched fds and the
-//              mailbox eventfd.
+//   interrupt  kicks stay enabled; when a pass finds nothing it re-checks the rings, looks once
+//              more without blocking (see below) and sleeps in epoll on the kick fds, the
+//              handler's completion fd, its watched fds and the mailbox eventfd.
 //   adaptive   spins like busy while work arrives; after idleBudgetUs without work it enables
 //              kicks, re-checks (no lost wake-up), sleeps like interrupt, and spins again on wake.
 // Fds a handler watches (context.watchFd) sit in the same epoll set: a sleeping worker wakes on
@@ -22,6 +22,19 @@
 // every write is a new edge, so an unread counter (it only grows, 2^64 writes from overflow)
 // still wakes the worker on the next write, and a wake-up costs one syscall (epoll_wait) rather
 // than one plus a read per ready fd (bench/micro-wake.ts: 0.35–0.55 µs of CPU less per wake-up here).
+// Interrupt mode and a driver that refills at once (a closed loop at QD32): a wake-up costs
+// ~15 µs of wall time here (bench/micro-wake.ts), far more than a pass, and a worker that
+// finishes a whole batch before the driver sees any of it runs in lock-step with it — the driver
+// reaps 32, posts 32 and kicks once while the worker sleeps, one wake-up per 32 requests. So in
+// interrupt mode (1) a queue publishes its used entries every PUBLISH_EVERY synchronous
+// completions, not once per pass, so the driver refills while the rest of the batch runs, and
+// (2) after arming and re-checking, the worker looks once more without blocking (epoll_wait with
+// timeout 0, then the rings again) before it sleeps: a refill that lands during that syscall is
+// served without a wake-up. One look, no time budget: an idle worker still sleeps at once and
+// costs no CPU. avail_event is written only when arming, not per pop as libvhost-user's
+// vu_queue_pop does: a driver that refills while the worker is awake need not kick (a guest's
+// kick is a VM exit), and a per-pop avail_event did not cut sleeps here (the re-check after arming
+// already catches what such a kick would announce).
 // Nothing in the loop allocates: requests come from a per-queue pool, completions reuse them.
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
@@ -55,6 +68,12 @@ import {
 
 /** Chains popped per queue per pass: bounds latency for the other queues. */
 const BATCH = 64;
+/**
+ * Interrupt mode: synchronous completions between used-ring publishes within a pass (the
+ * driver reaps and refills while the rest of the batch runs). Measured at QD32 against a
+ * spinning driver: 1 publish per pass → 1 sleep per 32 requests; every 8 → ~1 per 700.
+ */
+const PUBLISH_EVERY = 8;
 /** Busy passes between mailbox checks. */
 const MAILBOX_EVERY = 64;
 /**
@@ -114,6 +133,8 @@ class QueueRunner implements WorkerQueue {
   private brokenReported = false;
   /** Inside process(): popNow() from this queue's own handle() would recurse. */
   private popping = false;
+  /** Publish after this many requests popped in process() (interrupt mode), 0: once per pass. */
+  publishEvery = 0;
 
   get stopping(): boolean {
     return this.stopRequest !== StopRequest.None;
@@ -221,6 +242,8 @@ class QueueRunner implements WorkerQueue {
         this.failRequest(request, error);
         break;
       }
+      // Completed synchronously (in handle): let the driver have them while the batch goes on.
+      if (this.publishEvery !== 0 && popped % this.publishEvery === 0) this.publish();
     }
     this.popping = false;
     if (this.vq.broken && !this.brokenReported) this.reportBroken();
@@ -397,6 +420,7 @@ export class DataPlaneWorker {
       if (this.mode === 'adaptive') this.setNotifications(false);
       return;
     }
+    if (this.mode === 'interrupt' && this.lookOnceMore()) return;
     this.sleep();
     if (this.mode === 'adaptive') {
       this.setNotifications(false);
@@ -492,6 +516,11 @@ export class DataPlaneWorker {
     }
   }
 
+  /** Publishes within a pass only in interrupt mode (the other modes spin: once per pass is enough). */
+  private publishEveryFor(mode: PollMode): number {
+    return mode === 'interrupt' ? PUBLISH_EVERY : 0;
+  }
+
   private removeQueue(position: number): void {
     const queue = this.queues[position];
     if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_DEL, queue.kickFd, 0, 0);
@@ -529,6 +558,7 @@ export class DataPlaneWorker {
           const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
           const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
           queue.handler = this.handler;
+          queue.publishEvery = this.publishEveryFor(this.mode);
           if (this.dirtyLog !== null) queue.setDirtyLog(this.dirtyLog);
           this.queues.push(queue);
           if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);
@@ -583,6 +613,7 @@ export class DataPlaneWorker {
           this.idleBudgetMs = command.idleBudgetUs / 1000;
           Atomics.store(this.mailbox, Mailbox.MODE, POLL_MODE_CODE[this.mode]);
           this.setNotifications(this.mode === 'interrupt');
+          for (const queue of this.queues) queue.publishEvery = this.publishEveryFor(this.mode);
           this.reply(command.id);
           return;
         }
@@ -778,12 +809,39 @@ export class DataPlaneWorker {
     return work;
   }
 
+  /**
+   * Interrupt mode, armed and re-checked: one epoll_wait that does not block, then the rings
+   * again (a driver publishes before it kicks). True if it found something: serve it instead
+   * of sleeping. Costs one syscall (~0.5 µs here) before a sleep that costs ~15 µs to wake from.
+   */
+  private lookOnceMore(): boolean {
+    const count = native.epollWait(this.epollFd, this.events, MAX_EVENTS, 0);
+    let found = count > 0;
+    if (found) {
+      try {
+        this.dispatch(count);
+      } catch (error) {
+        this.handlerFailed(error);
+      }
+    } else {
+      found = this.armAndRecheck();
+    }
+    if (found) {
+      const queues = this.queues;
+      for (let i = 0; i < queues.length; i++) queues[i].stats[QueueStat.sleepsAvoided]++;
+    }
+    return found;
+  }
+
   private sleep(): void {
     const before = performance.now();
     const count = native.epollWait(this.epollFd, this.events, MAX_EVENTS, this.maxSleepMs);
     const slept = performance.now() - before;
     const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) queues[i].stats[QueueStat.sleepMs] += slept;
+    for (let i = 0; i < queues.length; i++) {
+      queues[i].stats[QueueStat.sleepMs] += slept;
+      queues[i].stats[QueueStat.sleeps]++;
+    }
     try {
       this.dispatch(count);
     } catch (error) {

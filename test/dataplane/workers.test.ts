@@ -238,6 +238,51 @@ describe('notifications (EVENT_IDX)', () => {
   });
 });
 
+/** CPU time a thread of this process has run, in ms (schedstat: nanoseconds). */
+function threadCpuMs(tid: number): number {
+  return Number(readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+}
+
+describe('interrupt and adaptive modes: no lost wake-up, no spinning', () => {
+  const echo = { kind: 'echo', bytes: 64, segments: 1, indirect: false, verify: true } as const;
+
+  it('serves closed loops (QD1, QD32; a spinning and a sleeping driver) and a trickle, every request', async () => {
+    const rig = await startRig({ mode: 'interrupt', queues: 1 });
+    // A lost wake-up leaves a request on the ring with the worker asleep: the load never ends
+    // (the test times out) or reports requests still in flight.
+    for (const [queueDepth, wait] of [
+      [1, 'spin'],
+      [32, 'spin'],
+      [32, 'event'],
+    ] as const) {
+      const result = await runLoad(rig.device, { workload: echo, queueDepth, requestsPerQueue: 20_000, wait, cpu: 0 });
+      expect(result.errors, `QD${queueDepth} ${wait}`).toBe(0);
+      expect(result.inFlightAtEnd).toBe(0);
+    }
+    const sleepsBefore = rig.plane.queueStats(0).sleeps;
+    // 4000 requests/s, one at a time: the worker goes to sleep between them and each kick wakes it.
+    const trickle = await runLoad(rig.device, { workload: echo, queueDepth: 4, requestsPerQueue: 2_000, rate: 4000, cpu: 0 });
+    expect(trickle.errors).toBe(0);
+    expect(trickle.inFlightAtEnd).toBe(0);
+    const stats = rig.plane.queueStats(0);
+    expect(stats.requests).toBe(3 * 20_000 + 2_000);
+    expect(stats.sleeps - sleepsBefore).toBeGreaterThan(100);
+  }, 60_000);
+
+  it.each(['interrupt', 'adaptive'] as const)('%s mode: an idle worker uses no CPU (it sleeps in epoll)', async (mode) => {
+    const rig = await startRig({ mode, queues: 1 });
+    const result = await runLoad(rig.device, { workload: echo, queueDepth: 32, requestsPerQueue: 20_000, cpu: 0 });
+    expect(result.errors).toBe(0);
+    const [tid] = rig.plane.workerThreadIds;
+    await new Promise((resolve) => setTimeout(resolve, 50)); // past adaptive's idle budget
+    const cpuBefore = threadCpuMs(tid);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    // A spinning worker would show hundreds of ms here; a sleeping one a few wake-ups' worth at most.
+    expect(threadCpuMs(tid) - cpuBefore).toBeLessThan(20);
+    expect(threadState(tid)).toBe('S');
+  });
+});
+
 describe('workers', () => {
   it('are pinned to the configured CPU', async () => {
     const rig = await startRig({ mode: 'busy', queues: 1, cpus: [1] });
