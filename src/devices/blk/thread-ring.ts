@@ -89,7 +89,7 @@ export class ThreadPoolRing implements Uring {
   private inFlight = 0;
   /** Records handed to the lanes since the start (wraps like the DONE counter). */
   private queuedTotal = 0;
-  // Records refused by the checks, reported by the next reap() (FIFO).
+  // Records completed within submit() (refused by the checks, or read inline), reported by the next reap() (FIFO).
   private readonly immediateUserData: Int32Array;
   private readonly immediateResults: Int32Array;
   private immediateHead = 0;
