@@ -18,10 +18,10 @@
 // Non-blocking mode (`nowaitReadBytes` > 0), for the polling thread itself: only READV records
 // of at most that many bytes run, with preadv2(RWF_NOWAIT), which copies what the page cache
 // holds and never waits for the device (a short read is a short read: the engine resubmits the
-// rest). Every other record, and a read that would block (EAGAIN, or EOPNOTSUPP where the file
-// system cannot promise not to), gets -EAGAIN without running: the caller hands it to a pool
-// thread. A read failing its checks gets its -EFAULT/-EINVAL as in blocking mode. The file must
-// not be O_DIRECT: RWF_NOWAIT does not keep a direct read from waiting for the device.
+// rest). Every other record and a read that would block get -EAGAIN without running, a read of
+// a file system that cannot promise not to block (tmpfs here) -EOPNOTSUPP: the caller hands them
+// to a pool thread. A read failing its checks gets its -EFAULT/-EINVAL as in blocking mode. The
+// file must not be O_DIRECT: RWF_NOWAIT does not keep a direct read from waiting for the device.
 #include "records.h"
 #include "ring.h"
 
@@ -70,8 +70,8 @@ uint64_t TotalLength(const std::vector<iovec>& iovecs) {
   return total;
 }
 
-// Runs one checked READV without waiting for the device: res >= 0, -EAGAIN (it would block), or
-// -errno.
+// Runs one checked READV without waiting for the device: res >= 0, -EAGAIN (it would block),
+// -EOPNOTSUPP (the file system cannot promise not to: nothing ran), or -errno.
 int ReadNowait(const uint32_t* record, const std::vector<iovec>& iovecs) {
   uint64_t offset = uint64_t{record[kOffsetHigh]} << 32 | record[kOffsetLow];
   if (offset > static_cast<uint64_t>(INT64_MAX)) return -EINVAL;
@@ -79,7 +79,7 @@ int ReadNowait(const uint32_t* record, const std::vector<iovec>& iovecs) {
     ssize_t res = preadv2(static_cast<int>(record[kFd]), iovecs.data(),
                           static_cast<int>(iovecs.size()), static_cast<off_t>(offset), RWF_NOWAIT);
     if (res >= 0) return static_cast<int>(res);
-    if (errno == EAGAIN || errno == EOPNOTSUPP) return -EAGAIN;
+    if (errno == EAGAIN || errno == EOPNOTSUPP) return -errno;
     if (errno != EINTR) return -errno;
   }
 }

@@ -184,6 +184,33 @@ describe('ThreadPoolRing', () => {
     expect([...cqes.subarray(0, 2)]).toEqual([1, 4096]);
   });
 
+  it('hands reads to the pool, and stops trying them inline, where the file system cannot read without blocking (tmpfs)', async () => {
+    const shm = join('/dev/shm', `vut-thread-ring-${process.pid}.img`);
+    writeFileSync(shm, Buffer.alloc(65536, 0x33));
+    const shmFd = openSync(shm, 'r');
+    try {
+      ring = await ThreadPoolRing.open({ threads: 1, entries: 16, inlineReadBytes: 4096 });
+      const memory = new SharedArrayBuffer(8192);
+      ring.setRegions([memory]);
+      const sqes = Uint32Array.of(Op.READV, shmFd, 0, 0, 1, 1, 0, 0);
+      const iovecs = Uint32Array.of(0, 0, 0, 4096);
+      const completionFd = ring.eventfd();
+      expect(ring.inlineReadLimit).toBe(4096);
+      for (let round = 0; round < 3; round++) {
+        native.eventfdRead(completionFd);
+        sqes[4] = round;
+        expect(ring.submit(sqes, iovecs, 1)).toBe(1);
+        expect(reapAll(ring, 1)).toEqual(new Map([[round, 4096]]));
+        expect(native.eventfdRead(completionFd)).toBe(1); // served by a pool thread every time
+        expect(ring.inlineReadLimit).toBe(0);
+      }
+      expect(new Uint8Array(memory, 0, 4096).every((x) => x === 0x33)).toBe(true);
+    } finally {
+      closeSync(shmFd);
+      rmSync(shm, { force: true });
+    }
+  });
+
   it('runs inline no more reads than its in-flight budget takes', async () => {
     writeFileSync(path, Buffer.alloc(1 << 20, 0x42));
     ring = await ThreadPoolRing.open({ threads: 1, entries: 2, inlineReadBytes: 4096 }); // budget 4

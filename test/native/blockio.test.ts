@@ -11,6 +11,7 @@ const EBADF = 9;
 const EAGAIN = 11;
 const EFAULT = 14;
 const EINVAL = 22;
+const EOPNOTSUPP = 95;
 const { sqeWords: SQE_WORDS, iovecWords: IOVEC_WORDS } = native.recordLayout;
 
 interface Record {
@@ -153,6 +154,22 @@ describe('blockIo', () => {
     const results = new Int32Array(records.length);
     expect(() => native.blockIo([into], sqes, iovecs, 1, results, -1)).toThrow(RangeError);
     expect(() => native.blockIo([into], sqes, iovecs, 1, results, 0.5)).toThrow(RangeError);
+  });
+
+  it('non-blocking mode says EOPNOTSUPP, without reading, where the file system cannot promise not to block (tmpfs)', () => {
+    const shm = join('/dev/shm', `vut-blockio-${process.pid}.img`);
+    writeFileSync(shm, Buffer.alloc(8192, 0x44));
+    const shmFd = openSync(shm, 'r');
+    try {
+      const into = new SharedArrayBuffer(4096);
+      const read = [{ op: Op.READV, fd: shmFd, offset: 0, iovecs: [{ region: 0, offset: 0, length: 4096 }] }];
+      expect(run([into], read, 4096)).toEqual([-EOPNOTSUPP]);
+      expect(new Uint8Array(into).every((x) => x === 0)).toBe(true);
+      expect(run([into], read)).toEqual([4096]);
+    } finally {
+      closeSync(shmFd);
+      rmSync(shm, { force: true });
+    }
   });
 
   it('runs NOP, FSYNC, FDATASYNC, PUNCH_HOLE and ZERO_RANGE, and returns -errno for a bad fd', () => {

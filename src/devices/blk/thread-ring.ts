@@ -20,6 +20,7 @@
 // reads itself with preadv2(RWF_NOWAIT) in one blockIo call: a read the page cache can serve
 // completes at once (reported by the next reap(), as io_uring reports its inline completions),
 // one that would wait for the device goes to a lane as before. The polling thread never blocks.
+// A file system that cannot promise that (EOPNOTSUPP: tmpfs here) turns inline reads off.
 //
 // Memory. Region lists travel to each lane as messages tagged with a generation; every record
 // carries the generation it was built against, and a lane holds the list it is using, which
@@ -49,6 +50,7 @@ import {
 const EAGAIN = 11;
 const EFAULT = 14;
 const EINVAL = 22;
+const EOPNOTSUPP = 95;
 /** How long close() and wait() sleep between checks that the pool has not failed. */
 const WAIT_SLICE_MS = 200;
 
@@ -73,7 +75,8 @@ export class ThreadPoolRing implements Uring {
   private generation = 0;
   /** The newest region list, for reads run inline. */
   private regions: SharedArrayBuffer[] = [];
-  private readonly inlineReadBytes: number;
+  /** 0 once the file system said it cannot read without blocking (EOPNOTSUPP: tmpfs here). */
+  private inlineReadBytes: number;
   private readonly inlineResults: Int32Array;
   /**
    * Set by the engine while it reaps: a submit() then (resubmitting a remainder or a next phase)
@@ -203,9 +206,14 @@ export class ThreadPoolRing implements Uring {
     for (; queued < count; queued++) {
       if (this.inFlight + this.immediateCount >= budget) break;
       const record = queued * SQE_WORDS;
-      if (queued < inline && inlineResults[queued] !== -EAGAIN) {
-        this.completeNow(sqes[record + Sqe.USER_DATA], inlineResults[queued]);
-        continue;
+      if (queued < inline) {
+        const result = inlineResults[queued];
+        if (result === -EOPNOTSUPP)
+          this.inlineReadBytes = 0; // it will not change: stop trying
+        else if (result !== -EAGAIN) {
+          this.completeNow(sqes[record + Sqe.USER_DATA], result);
+          continue;
+        }
       }
       const opcode = sqes[record + Sqe.OPCODE];
       let iovecCount = 0;
@@ -264,7 +272,7 @@ export class ThreadPoolRing implements Uring {
 
   /**
    * Tries the reads among the first records inline (see the top of this file); returns how many
-   * records the call covered: those whose inlineResults entry is not -EAGAIN are done. Each
+   * records the call covered: those whose inlineResults entry is not -EAGAIN or -EOPNOTSUPP are done. Each
    * record it covers is then accepted by submit(), so it covers only what the completion budget
    * and every lane's free space (a record takes under twice its words, pad included) can take.
    */
@@ -362,6 +370,11 @@ export class ThreadPoolRing implements Uring {
     for (const port of this.regionPorts) port.close();
     Atomics.store(this.control, Control.EXIT, 1);
     for (let lane = 0; lane < this.laneCount; lane++) Atomics.notify(this.control, laneWord(lane, LaneWord.TAIL));
+  }
+
+  /** Reads up to this many bytes are tried inline (0: none, or no longer), for tests. */
+  get inlineReadLimit(): number {
+    return this.inlineReadBytes;
   }
 
   /** The dispatcher thread, for tests (e.g. to check it ends after close()). */
