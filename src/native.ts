@@ -140,8 +140,18 @@ export interface NativeRing {
    * Runs `count` SQE records (the Uring layout) in order with preadv/pwritev/fsync/fdatasync/
    * fallocate, iovecs resolved against `regions`; results[i] = res (>= 0) or -errno. A record
    * failing the Uring checks is not run: -EFAULT (bad iovec index, region or range) or -EINVAL.
+   * With `nowaitReadBytes` > 0 (for a polling thread; not for O_DIRECT files) only READV records
+   * of at most that many bytes run, with preadv2(RWF_NOWAIT): what the page cache holds, never
+   * waiting for the device; every other record and a read that would block get -EAGAIN unrun.
    */
-  blockIo(regions: SharedArrayBuffer[], sqes: Uint32Array, iovecs: Uint32Array, count: number, results: Int32Array): void;
+  blockIo(
+    regions: SharedArrayBuffer[],
+    sqes: Uint32Array,
+    iovecs: Uint32Array,
+    count: number,
+    results: Int32Array,
+    nowaitReadBytes?: number,
+  ): void;
 
   // Tap devices (the vhost-user-net `tap` back-end). Iovec records use the recordLayout.iovec layout.
   /**

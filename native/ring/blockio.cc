@@ -14,6 +14,14 @@
 //
 // The region list is passed with every call and its backing stores are held for the call's
 // duration, so memory stays mapped while the syscalls run even if JS drops the buffers.
+//
+// Non-blocking mode (`nowaitReadBytes` > 0), for the polling thread itself: only READV records
+// of at most that many bytes run, with preadv2(RWF_NOWAIT), which copies what the page cache
+// holds and never waits for the device (a short read is a short read: the engine resubmits the
+// rest). Every other record and a read that would block get -EAGAIN without running, a read of
+// a file system that cannot promise not to block (tmpfs here) -EOPNOTSUPP: the caller hands them
+// to a pool thread. A read failing its checks gets its -EFAULT/-EINVAL as in blocking mode. The
+// file must not be O_DIRECT: RWF_NOWAIT does not keep a direct read from waiting for the device.
 #include "records.h"
 #include "ring.h"
 
@@ -55,6 +63,27 @@ int BuildIovecs(const uint32_t* record, const uint32_t* iovecWords, size_t iovec
   return 0;
 }
 
+// Sum of the iovec lengths (64-bit: 1024 × u32 cannot overflow it).
+uint64_t TotalLength(const std::vector<iovec>& iovecs) {
+  uint64_t total = 0;
+  for (const iovec& one : iovecs) total += one.iov_len;
+  return total;
+}
+
+// Runs one checked READV without waiting for the device: res >= 0, -EAGAIN (it would block),
+// -EOPNOTSUPP (the file system cannot promise not to: nothing ran), or -errno.
+int ReadNowait(const uint32_t* record, const std::vector<iovec>& iovecs) {
+  uint64_t offset = uint64_t{record[kOffsetHigh]} << 32 | record[kOffsetLow];
+  if (offset > static_cast<uint64_t>(INT64_MAX)) return -EINVAL;
+  for (;;) {
+    ssize_t res = preadv2(static_cast<int>(record[kFd]), iovecs.data(),
+                          static_cast<int>(iovecs.size()), static_cast<off_t>(offset), RWF_NOWAIT);
+    if (res >= 0) return static_cast<int>(res);
+    if (errno == EAGAIN || errno == EOPNOTSUPP) return -errno;
+    if (errno != EINTR) return -errno;
+  }
+}
+
 // Runs one checked record: res >= 0 or -errno.
 int Execute(const uint32_t* record, const std::vector<iovec>& iovecs) {
   int fd = static_cast<int>(record[kFd]);
@@ -93,7 +122,8 @@ int Execute(const uint32_t* record, const std::vector<iovec>& iovecs) {
 }
 
 // blockIo(regions: SharedArrayBuffer[], sqes: Uint32Array, iovecs: Uint32Array, count,
-//         results: Int32Array): runs records [0, count) in order, results[i] = res or -errno.
+//         results: Int32Array, nowaitReadBytes = 0): runs records [0, count) in order,
+//         results[i] = res or -errno (non-blocking mode: see the top of this file).
 Napi::Value BlockIo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array buffers;
@@ -110,10 +140,23 @@ Napi::Value BlockIo(const Napi::CallbackInfo& info) {
           &count)) {
     return env.Undefined();
   }
-  std::vector<std::shared_ptr<v8::BackingStore>> stores;  // keep every region mapped meanwhile
-  std::vector<Region> regions;
-  stores.reserve(buffers.Length());
-  regions.reserve(buffers.Length());
+  int64_t nowaitReadBytes = 0;
+  if (info.Length() > 5 && !info[5].IsUndefined() &&
+      !ArgInteger(info, 5, "nowaitReadBytes", 0, INT64_MAX, &nowaitReadBytes)) {
+    return env.Undefined();
+  }
+  // Reused by every call on this thread (the polling thread calls once per batch): no
+  // allocation once grown. The stores keep every region mapped meanwhile; released on return.
+  thread_local std::vector<std::shared_ptr<v8::BackingStore>> stores;
+  thread_local std::vector<Region> regions;
+  struct Release {
+    ~Release() {
+      stores.clear();
+      regions.clear();
+    }
+  } release;
+  stores.clear();
+  regions.clear();
   for (uint32_t i = 0; i < buffers.Length(); i++) {
     Napi::Value buffer = buffers.Get(i);
     if (buffer.IsEmpty()) return env.Undefined();  // a throwing getter
@@ -133,6 +176,16 @@ Napi::Value BlockIo(const Napi::CallbackInfo& info) {
     const uint32_t* record = sqes.Data() + i * kSqeWords;
     int err = 0;
     iov.clear();
+    if (nowaitReadBytes > 0) {
+      if (record[kOpcode] != kReadv) {
+        out[i] = -EAGAIN;
+        continue;
+      }
+      err = BuildIovecs(record, iovecWords, iovecRecords, regions, &iov);
+      if (err == 0 && TotalLength(iov) > static_cast<uint64_t>(nowaitReadBytes)) err = -EAGAIN;
+      out[i] = err != 0 ? err : ReadNowait(record, iov);
+      continue;
+    }
     switch (record[kOpcode]) {
       case kNop:
       case kFsync:

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { native } from '../../dist/native.js';
 import { ThreadPoolRing } from '../../dist/devices/blk/thread-ring.js';
 import { BlkRig, S, mismatch, pattern } from './blk-rig.js';
 
@@ -130,6 +131,104 @@ describe('ThreadPoolRing', () => {
     ).toBe(true);
     expect(() => ring!.submit(sqes, iovecs, 7)).toThrow(RangeError);
     expect(() => ring!.reap(new Int32Array(2), 2)).toThrow(RangeError);
+  });
+
+  it('with inlineReadBytes, runs small cached reads in submit() itself; the rest goes to the pool', async () => {
+    writeFileSync(path, Buffer.alloc(1 << 20, 0x42)); // just written: in the page cache
+    ring = await ThreadPoolRing.open({ threads: 2, entries: 16, inlineReadBytes: 4096 });
+    const memory = new SharedArrayBuffer(65536);
+    new Uint8Array(memory).fill(0x17, 32768, 36864);
+    ring.setRegions([memory]);
+    const completionFd = ring.eventfd();
+    native.eventfdRead(completionFd);
+    const sqes = new Uint32Array(4 * 8);
+    const iovecs = new Uint32Array(3 * 4);
+    iovecs.set([0, 0, 0, 4096], 0);
+    iovecs.set([0, 8192, 0, 8192], 4);
+    iovecs.set([0, 32768, 0, 4096], 8);
+    record(sqes, 0, Op.READV, 4096, 1, 1, 0);
+    record(sqes, 1, Op.READV, 8192, 2, 1, 1); // larger than inlineReadBytes
+    record(sqes, 2, Op.WRITEV, 65536, 3, 1, 2);
+    record(sqes, 3, Op.READV, (1 << 20) - 1024, 4, 1, 0); // short at EOF, inline too
+    // Inline reads alone: done when submit() returns, reaped at once, no pool thread involved.
+    expect(ring.submit(sqes, iovecs, 1)).toBe(1);
+    expect(new Uint8Array(memory, 0, 4096).every((x) => x === 0x42)).toBe(true);
+    const cqes = new Int32Array(2 * 8);
+    expect(ring.reap(cqes, 8)).toBe(1);
+    expect([...cqes.subarray(0, 2)]).toEqual([1, 4096]);
+    expect(native.eventfdRead(completionFd)).toBe(0); // nobody was woken
+    // Mixed: the pool serves what does not run inline; every record is reported once.
+    expect(ring.submit(sqes, iovecs, 4)).toBe(4);
+    expect(reapAll(ring, 4)).toEqual(
+      new Map([
+        [1, 4096],
+        [2, 8192],
+        [3, 4096],
+        [4, 1024],
+      ]),
+    );
+    expect(ring.reap(cqes, 8)).toBe(0);
+    expect(new Uint8Array(memory, 8192, 8192).every((x) => x === 0x42)).toBe(true);
+    expect(
+      readFileSync(path)
+        .subarray(65536, 65536 + 4096)
+        .every((x) => x === 0x17),
+    ).toBe(true);
+    // While the engine reaps (its resubmits), what completes inline is announced on the eventfd.
+    native.eventfdRead(completionFd);
+    ring.announceImmediate = true;
+    expect(ring.submit(sqes, iovecs, 1)).toBe(1);
+    ring.announceImmediate = false;
+    expect(native.eventfdRead(completionFd)).toBe(1);
+    expect(ring.reap(cqes, 8)).toBe(1);
+    expect([...cqes.subarray(0, 2)]).toEqual([1, 4096]);
+  });
+
+  it('hands reads to the pool, and stops trying them inline, where the file system cannot read without blocking (tmpfs)', async () => {
+    const shm = join('/dev/shm', `vut-thread-ring-${process.pid}.img`);
+    writeFileSync(shm, Buffer.alloc(65536, 0x33));
+    const shmFd = openSync(shm, 'r');
+    try {
+      ring = await ThreadPoolRing.open({ threads: 1, entries: 16, inlineReadBytes: 4096 });
+      const memory = new SharedArrayBuffer(8192);
+      ring.setRegions([memory]);
+      const sqes = Uint32Array.of(Op.READV, shmFd, 0, 0, 1, 1, 0, 0);
+      const iovecs = Uint32Array.of(0, 0, 0, 4096);
+      const completionFd = ring.eventfd();
+      expect(ring.inlineReadLimit).toBe(4096);
+      for (let round = 0; round < 3; round++) {
+        native.eventfdRead(completionFd);
+        sqes[4] = round;
+        expect(ring.submit(sqes, iovecs, 1)).toBe(1);
+        expect(reapAll(ring, 1)).toEqual(new Map([[round, 4096]]));
+        expect(native.eventfdRead(completionFd)).toBe(1); // served by a pool thread every time
+        expect(ring.inlineReadLimit).toBe(0);
+      }
+      expect(new Uint8Array(memory, 0, 4096).every((x) => x === 0x33)).toBe(true);
+    } finally {
+      closeSync(shmFd);
+      rmSync(shm, { force: true });
+    }
+  });
+
+  it('runs inline no more reads than its in-flight budget takes', async () => {
+    writeFileSync(path, Buffer.alloc(1 << 20, 0x42));
+    ring = await ThreadPoolRing.open({ threads: 1, entries: 2, inlineReadBytes: 4096 }); // budget 4
+    const memory = new SharedArrayBuffer(10 * 4096);
+    ring.setRegions([memory]);
+    const sqes = new Uint32Array(10 * 8);
+    const iovecs = new Uint32Array(10 * 4);
+    for (let i = 0; i < 10; i++) {
+      iovecs.set([0, i * 4096, 0, 4096], i * 4);
+      record(sqes, i, Op.READV, 0, i, 1, i);
+    }
+    expect(ring.submit(sqes, iovecs, 10)).toBe(4);
+    // The reads the budget refused did not run.
+    expect(new Uint8Array(memory, 4 * 4096).every((x) => x === 0)).toBe(true);
+    expect([...reapAll(ring, 4).keys()].sort()).toEqual([0, 1, 2, 3]);
+    expect(ring.submit(sqes.subarray(4 * 8), iovecs, 6)).toBe(4);
+    expect([...reapAll(ring, 4).keys()].sort()).toEqual([4, 5, 6, 7]);
+    await expect(ThreadPoolRing.open({ threads: 1, entries: 2, inlineReadBytes: -1 })).rejects.toThrow(RangeError);
   });
 
   it('takes no more records than its in-flight budget, and more once completions are reaped', async () => {

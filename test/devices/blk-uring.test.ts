@@ -333,6 +333,25 @@ describe.each(['io_uring', 'threads'] as const)('%s engine', (engine) => {
     expect(rig.plane.queueStats(0).broken).toBe(0);
   });
 
+  // The threads engine runs small cached reads inline. A remainder it resubmits while reaping a
+  // pool thread's short read, and completes inline right there, must still wake a worker that
+  // sleeps: no pool thread will write the completion eventfd for it.
+  if (engine === 'threads')
+    it('interrupt mode: a pool short read whose remainder completes inline while reaping still completes', async () => {
+      const capacity = 16 * MiB;
+      const { dir, image } = makeImage(capacity);
+      const { guest } = await start(engine, image, dir, capacity, { mode: 'interrupt' });
+      const data = pattern(8192, 28);
+      expect((await guest.write(8 * 2048 - 8, data)).status).toBe(S.OK);
+      truncateSync(image, 8 * MiB + 40 * 1024);
+      for (let i = 0; i < 4; i++) {
+        // 96 KiB (too large to run inline): the pool reads 40 KiB; the 56 KiB left run inline, at EOF.
+        const straddling = await guest.read(8 * 2048, 96 * 1024);
+        expect(straddling.status).toBe(S.IOERR);
+      }
+      expect(mismatch((await guest.read(8 * 2048 - 8, 4096)).data, data.subarray(0, 4096))).toBe(-1);
+    });
+
   // SQPOLL is an io_uring feature: the threads engine has no such test to run.
   if (engine === 'io_uring')
     it('works with an SQPOLL ring', async () => {

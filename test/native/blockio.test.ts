@@ -8,8 +8,10 @@ import { native } from '../../dist/native.js';
 
 const Op = native.recordLayout.opcode;
 const EBADF = 9;
+const EAGAIN = 11;
 const EFAULT = 14;
 const EINVAL = 22;
+const EOPNOTSUPP = 95;
 const { sqeWords: SQE_WORDS, iovecWords: IOVEC_WORDS } = native.recordLayout;
 
 interface Record {
@@ -48,10 +50,10 @@ function encode(records: Record[]) {
   return { sqes, iovecs };
 }
 
-function run(regions: SharedArrayBuffer[], records: Record[]): number[] {
+function run(regions: SharedArrayBuffer[], records: Record[], nowaitReadBytes?: number): number[] {
   const { sqes, iovecs } = encode(records);
   const results = new Int32Array(records.length).fill(12345);
-  native.blockIo(regions, sqes, iovecs, records.length, results);
+  native.blockIo(regions, sqes, iovecs, records.length, results, nowaitReadBytes);
   return [...results];
 }
 
@@ -116,6 +118,58 @@ describe('blockIo', () => {
         ],
       ),
     ).toEqual([1024, 0]);
+  });
+
+  it('non-blocking mode runs only reads up to its size, from the page cache, and leaves the rest unrun with -EAGAIN', () => {
+    writeFileSync(path, Buffer.alloc(1 << 20, 0x5a)); // just written: in the page cache
+    const into = new SharedArrayBuffer(4 * 4096);
+    new Uint8Array(into).fill(0x11, 3 * 4096);
+    const records: Record[] = [
+      { op: Op.READV, fd, offset: 4096, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
+      { op: Op.READV, fd, offset: 0, iovecs: [{ region: 0, offset: 4096, length: 8192 }] }, // larger than allowed
+      { op: Op.WRITEV, fd, offset: 0, iovecs: [{ region: 0, offset: 3 * 4096, length: 4096 }] },
+      { op: Op.FDATASYNC, fd },
+      { op: Op.NOP },
+      { op: Op.READV, fd, offset: 0, iovecs: [{ region: 0, offset: 4 * 4096 - 100, length: 200 }] }, // outside its region
+      { op: Op.READV, fd, offset: (1 << 20) - 1024, iovecs: [{ region: 0, offset: 0, length: 4096 }] }, // short at EOF
+      { op: Op.READV, fd: 1 << 20, offset: 0, iovecs: [{ region: 0, offset: 0, length: 4096 }] },
+    ];
+    expect(run([into], records, 4096)).toEqual([4096, -EAGAIN, -EAGAIN, -EAGAIN, -EAGAIN, -EFAULT, 1024, -EBADF]);
+    const bytes = new Uint8Array(into);
+    expect(bytes.subarray(0, 4096).every((x) => x === 0x5a)).toBe(true);
+    expect(bytes.subarray(4096, 3 * 4096).every((x) => x === 0)).toBe(true); // the larger read did not run
+    expect(
+      readFileSync(path)
+        .subarray(0, 4096)
+        .every((x) => x === 0x5a),
+    ).toBe(true); // nor the write
+    // 0 or undefined: blocking mode, every record runs.
+    expect(run([into], records.slice(1, 3), 0)).toEqual([8192, 4096]);
+    expect(
+      readFileSync(path)
+        .subarray(0, 4096)
+        .every((x) => x === 0x11),
+    ).toBe(true);
+    const { sqes, iovecs } = encode(records);
+    const results = new Int32Array(records.length);
+    expect(() => native.blockIo([into], sqes, iovecs, 1, results, -1)).toThrow(RangeError);
+    expect(() => native.blockIo([into], sqes, iovecs, 1, results, 0.5)).toThrow(RangeError);
+  });
+
+  it('non-blocking mode says EOPNOTSUPP, without reading, where the file system cannot promise not to block (tmpfs)', () => {
+    const shm = join('/dev/shm', `vut-blockio-${process.pid}.img`);
+    writeFileSync(shm, Buffer.alloc(8192, 0x44));
+    const shmFd = openSync(shm, 'r');
+    try {
+      const into = new SharedArrayBuffer(4096);
+      const read = [{ op: Op.READV, fd: shmFd, offset: 0, iovecs: [{ region: 0, offset: 0, length: 4096 }] }];
+      expect(run([into], read, 4096)).toEqual([-EOPNOTSUPP]);
+      expect(new Uint8Array(into).every((x) => x === 0)).toBe(true);
+      expect(run([into], read)).toEqual([4096]);
+    } finally {
+      closeSync(shmFd);
+      rmSync(shm, { force: true });
+    }
   });
 
   it('runs NOP, FSYNC, FDATASYNC, PUNCH_HOLE and ZERO_RANGE, and returns -errno for a bad fd', () => {

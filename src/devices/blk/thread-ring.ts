@@ -12,7 +12,15 @@
 // blockIo, publishes completions into the completion ring and writes the completion eventfd
 // (the engine's completionFd, so interrupt and adaptive workers wake on it). Records and
 // completions travel through SharedArrayBuffers (layout: thread-ring-layout.ts): submit() and
-// reap() allocate nothing and make no native call.
+// reap() allocate nothing; submit() makes at most one native call (below), reap() none.
+//
+// Reads served inline. A lane hand-off costs two thread wake-ups (the lane's, then the poller's
+// on the completion eventfd); at QD1 on the page cache those are most of a request's time. So
+// when `inlineReadBytes` > 0 (a file without O_DIRECT), submit() first runs the batch's small
+// reads itself with preadv2(RWF_NOWAIT) in one blockIo call: a read the page cache can serve
+// completes at once (reported by the next reap(), as io_uring reports its inline completions),
+// one that would wait for the device goes to a lane as before. The polling thread never blocks.
+// A file system that cannot promise that (EOPNOTSUPP: tmpfs here) turns inline reads off.
 //
 // Memory. Region lists travel to each lane as messages tagged with a generation; every record
 // carries the generation it was built against, and a lane holds the list it is using, which
@@ -39,8 +47,10 @@ import {
   type DispatcherInit,
 } from './thread-ring-layout.js';
 
+const EAGAIN = 11;
 const EFAULT = 14;
 const EINVAL = 22;
+const EOPNOTSUPP = 95;
 /** How long close() and wait() sleep between checks that the pool has not failed. */
 const WAIT_SLICE_MS = 200;
 
@@ -49,6 +59,8 @@ export interface ThreadPoolRingOptions {
   threads: number;
   /** Records in flight at most (rounded up to a power of two), like io_uring's completion queue. */
   entries: number;
+  /** Reads up to this many bytes are first tried inline without blocking (0: never; not for O_DIRECT). */
+  inlineReadBytes?: number;
 }
 
 export class ThreadPoolRing implements Uring {
@@ -61,6 +73,17 @@ export class ThreadPoolRing implements Uring {
   private readonly regionPorts: MessagePort[];
   private readonly dispatcher: Worker;
   private generation = 0;
+  /** The newest region list, for reads run inline. */
+  private regions: SharedArrayBuffer[] = [];
+  /** 0 once the file system said it cannot read without blocking (EOPNOTSUPP: tmpfs here). */
+  private inlineReadBytes: number;
+  private readonly inlineResults: Int32Array;
+  /**
+   * Set by the engine while it reaps: a submit() then (resubmitting a remainder or a next phase)
+   * must write the completion eventfd for what it completes at once, or a poller that reaped
+   * nothing would sleep on it.
+   */
+  announceImmediate = false;
   // Per lane: the poller's tail, records handed over (wrapping), and the lane's busy count in one submit().
   private readonly laneTails: Int32Array;
   private readonly laneSubmitted: Int32Array;
@@ -69,14 +92,14 @@ export class ThreadPoolRing implements Uring {
   private inFlight = 0;
   /** Records handed to the lanes since the start (wraps like the DONE counter). */
   private queuedTotal = 0;
-  // Records refused by the checks, reported by the next reap() (FIFO).
+  // Records completed within submit() (refused by the checks, or read inline), reported by the next reap() (FIFO).
   private readonly immediateUserData: Int32Array;
   private readonly immediateResults: Int32Array;
   private immediateHead = 0;
   private immediateCount = 0;
   private closed = false;
 
-  private constructor(init: DispatcherInit, dispatcher: Worker, regionPorts: MessagePort[]) {
+  private constructor(init: DispatcherInit, dispatcher: Worker, regionPorts: MessagePort[], inlineReadBytes: number) {
     this.control = new Int32Array(init.control);
     this.lanes = new Uint32Array(init.lanes);
     this.laneCount = init.threads;
@@ -90,12 +113,18 @@ export class ThreadPoolRing implements Uring {
     this.laneBusy = new Int32Array(init.threads);
     this.immediateUserData = new Int32Array(init.cqEntries);
     this.immediateResults = new Int32Array(init.cqEntries);
+    this.inlineReadBytes = inlineReadBytes;
+    this.inlineResults = new Int32Array(init.cqEntries);
   }
 
   /** Starts the dispatcher and its pool; resolves once the pool's lanes are being served. */
   static async open(options: ThreadPoolRingOptions): Promise<ThreadPoolRing> {
     if (!Number.isInteger(options.threads) || options.threads < 1 || options.threads > MAX_LANES) {
       throw new RangeError(`threads must be an integer in [1, ${MAX_LANES}], got ${options.threads}`);
+    }
+    const inlineReadBytes = options.inlineReadBytes ?? 0;
+    if (!Number.isSafeInteger(inlineReadBytes) || inlineReadBytes < 0) {
+      throw new RangeError(`inlineReadBytes must be a non-negative integer, got ${inlineReadBytes}`);
     }
     let cqEntries = 1;
     while (cqEntries < 2 * options.entries) cqEntries *= 2;
@@ -136,6 +165,7 @@ export class ThreadPoolRing implements Uring {
       init,
       dispatcher,
       ports.map((channel) => channel.port1),
+      inlineReadBytes,
     );
   }
 
@@ -146,6 +176,7 @@ export class ThreadPoolRing implements Uring {
     }
     // Never PAD (2^32 - 1): a table change per microsecond would take over an hour to get there.
     this.generation++;
+    this.regions = [...regions];
     // Sent before any record that names this generation, so every lane finds it; then idle lanes
     // are woken to take it and drop the lists before it (they keep guest memory mapped).
     for (const port of this.regionPorts) port.postMessage({ generation: this.generation, regions: [...regions] });
@@ -163,6 +194,9 @@ export class ThreadPoolRing implements Uring {
     const laneCount = this.laneCount;
     const iovecRecords = Math.floor(iovecs.length / IOVEC_WORDS);
     const budget = this.cqMask + 1;
+    const immediateBefore = this.immediateCount;
+    const inline = this.inlineReadBytes > 0 ? this.runInline(sqes, iovecs, count) : 0;
+    const inlineResults = this.inlineResults;
     // Each lane's backlog now; records go to the least busy one.
     for (let lane = 0; lane < laneCount; lane++) {
       this.laneBusy[lane] = (this.laneSubmitted[lane] - Atomics.load(control, laneWord(lane, LaneWord.COMPLETED))) | 0;
@@ -172,16 +206,25 @@ export class ThreadPoolRing implements Uring {
     for (; queued < count; queued++) {
       if (this.inFlight + this.immediateCount >= budget) break;
       const record = queued * SQE_WORDS;
+      if (queued < inline) {
+        const result = inlineResults[queued];
+        if (result === -EOPNOTSUPP)
+          this.inlineReadBytes = 0; // it will not change: stop trying
+        else if (result !== -EAGAIN) {
+          this.completeNow(sqes[record + Sqe.USER_DATA], result);
+          continue;
+        }
+      }
       const opcode = sqes[record + Sqe.OPCODE];
       let iovecCount = 0;
       if (opcode === Opcode.READV || opcode === Opcode.WRITEV) {
         iovecCount = sqes[record + Sqe.IOVEC_COUNT]!;
         if (iovecCount > MAX_IOVECS) {
-          this.refuse(sqes[record + Sqe.USER_DATA], -EINVAL);
+          this.completeNow(sqes[record + Sqe.USER_DATA], -EINVAL);
           continue;
         }
         if (sqes[record + Sqe.FIRST_IOVEC] + iovecCount > iovecRecords) {
-          this.refuse(sqes[record + Sqe.USER_DATA], -EFAULT);
+          this.completeNow(sqes[record + Sqe.USER_DATA], -EFAULT);
           continue;
         }
       }
@@ -223,7 +266,39 @@ export class ThreadPoolRing implements Uring {
       // The lane's thread stores IDLE, then re-reads TAIL before it waits on it: one of us sees the other.
       if (Atomics.compareExchange(control, laneWord(lane, LaneWord.IDLE), 1, 0) === 1) Atomics.notify(control, tailWord);
     }
+    if (this.announceImmediate && this.immediateCount !== immediateBefore) native.eventfdWrite(this.completionFd, 1);
     return queued;
+  }
+
+  /**
+   * Tries the reads among the first records inline (see the top of this file); returns how many
+   * records the call covered: those whose inlineResults entry is not -EAGAIN or -EOPNOTSUPP are done. Each
+   * record it covers is then accepted by submit(), so it covers only what the completion budget
+   * and every lane's free space (a record takes under twice its words, pad included) can take.
+   */
+  private runInline(sqes: Uint32Array, iovecs: Uint32Array, count: number): number {
+    const room = this.cqMask + 1 - this.inFlight - this.immediateCount;
+    const limit = count < room ? count : room;
+    let covered = 0;
+    let words = 0;
+    for (let i = 0; i < limit; i++) {
+      const record = i * SQE_WORDS;
+      const opcode = sqes[record + Sqe.OPCODE];
+      if (opcode !== Opcode.READV && opcode !== Opcode.WRITEV) {
+        words += MESSAGE_HEADER_WORDS;
+        continue;
+      }
+      const iovecCount = sqes[record + Sqe.IOVEC_COUNT];
+      words += MESSAGE_HEADER_WORDS + (iovecCount < MAX_IOVECS ? iovecCount : MAX_IOVECS) * IOVEC_WORDS;
+      if (opcode === Opcode.READV) covered = i + 1;
+    }
+    if (covered === 0) return 0;
+    for (let lane = 0; lane < this.laneCount; lane++) {
+      const used = (this.laneTails[lane] - Atomics.load(this.control, laneWord(lane, LaneWord.HEAD))) >>> 0;
+      if (LANE_WORDS - used < 2 * words) return 0;
+    }
+    native.blockIo(this.regions, sqes, iovecs, covered, this.inlineResults, this.inlineReadBytes);
+    return covered;
   }
 
   reap(cqes: Int32Array, max: number): number {
@@ -297,6 +372,11 @@ export class ThreadPoolRing implements Uring {
     for (let lane = 0; lane < this.laneCount; lane++) Atomics.notify(this.control, laneWord(lane, LaneWord.TAIL));
   }
 
+  /** Reads up to this many bytes are tried inline (0: none, or no longer), for tests. */
+  get inlineReadLimit(): number {
+    return this.inlineReadBytes;
+  }
+
   /** The dispatcher thread, for tests (e.g. to check it ends after close()). */
   get dispatcherThread(): Worker {
     return this.dispatcher;
@@ -314,7 +394,7 @@ export class ThreadPoolRing implements Uring {
     return ready;
   }
 
-  private refuse(userData: number, result: number): void {
+  private completeNow(userData: number, result: number): void {
     const at = (this.immediateHead + this.immediateCount) & this.cqMask;
     this.immediateUserData[at] = userData | 0;
     this.immediateResults[at] = result;
