@@ -12,7 +12,9 @@
 //
 // TX chains are read at once: the virtio-net header (any layout: it may be split across
 // descriptors), then the frame, copied straight from the TX buffers into held RX buffers
-// (loopback: the only copy), counted (sink), and completed with used.len 0.
+// (loopback: the only copy), counted (sink), and completed with used.len 0. The common 64-byte
+// case (header and frame in one TX descriptor, one RX descriptor with room for both: what DPDK
+// and Linux post) takes a short path (deliverSimple) without the general segment walks.
 //
 // Hostile input (every case counted per queue in NetStat and logged once per queue and reason):
 // a TX chain with a device-writable descriptor, shorter than the header, whose header asks for
@@ -30,7 +32,8 @@
 // back; it alone is completed with used.len 0.
 //
 // Source. Popped RX chains are filled once per pass (flush) with the prebuilt frame, by one
-// native copy for the batch (SourceBatch).
+// native copy for the batch (SourceBatch); chains that each hold a whole frame join the batch
+// without the MRG_RXBUF room walk (SourceBatch.addOne).
 //
 // Tap (one fd per pair, opened by the control thread). TX frames are batched per pass and
 // written by flush() with their virtio-net header, which the tap (IFF_VNET_HDR) takes as it is.
