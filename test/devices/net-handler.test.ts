@@ -56,8 +56,13 @@ describe('net handler hot path', () => {
       unwatchFd: () => {},
     });
 
-    // RX buffers at 1 MiB + i·2 KiB; TX frames at i·128 (header, then a frame tagged with i).
-    const rx = Array.from({ length: RX_BUFFERS }, (_, i) => oneSegmentRequest(memory, MiB + i * RX_BYTES, RX_BYTES, true, i));
+    // RX buffers at 1 MiB + i·2 KiB + (i mod 4) (word-aligned headers and not), filled with
+    // 0xff so that a header field left unwritten shows; TX frames at i·128 (header, then a frame
+    // tagged with i).
+    bytes.fill(0xff, MiB, MiB + RX_BUFFERS * RX_BYTES);
+    const rx = Array.from({ length: RX_BUFFERS }, (_, i) =>
+      oneSegmentRequest(memory, MiB + i * RX_BYTES + (i & 3), RX_BYTES - 4, true, i),
+    );
     const tx = Array.from({ length: TX_BATCH }, (_, i) => {
       for (let b = 0; b < FRAME; b++) bytes[i * 128 + HEADER + b] = (i * 7 + b) & 0xff;
       return oneSegmentRequest(memory, i * 128, HEADER + FRAME, false, i);
@@ -75,7 +80,10 @@ describe('net handler hot path', () => {
       stopping: false,
       complete(r: VirtqRequest, len: number) {
         if (len !== HEADER + FRAME) mismatches++;
-        const at = r.segWindowOffset[0] + HEADER;
+        const header = r.segWindowOffset[0];
+        // flags ... csum_offset 0, num_buffers 1 (little-endian).
+        for (let b = 0; b < HEADER; b++) if (bytes[header + b] !== (b === HEADER - 2 ? 1 : 0)) mismatches++;
+        const at = header + HEADER;
         if (bytes[at + 5] !== ((lastTx * 7 + 5) & 0xff) || bytes[at + FRAME - 1] !== ((lastTx * 7 + FRAME - 1) & 0xff))
           mismatches++;
         delivered++;

@@ -232,6 +232,24 @@ describe('sink and source', () => {
       expect((await guest.receive(5)).length).toBe(5);
     },
   );
+
+  it('source fills RX chains split over several descriptors, each holding a whole frame', async () => {
+    const { rig, guest } = await start({ backend: 'source', frameBytes: 200 });
+    guest.postRx(16, 600, { split: 3 }); // 3 descriptors of 200 bytes: header and frame span all three
+    const frames = await guest.receive(16);
+    const sequences = new Set<number>();
+    for (const { frame, numBuffers } of frames) {
+      expect(numBuffers).toBe(1);
+      expect(frame.length).toBe(200);
+      expect(Array.from(frame.subarray(0, 6))).toEqual(Array.from(MAC));
+      expect((frame[24] << 8) | frame[25]).toBe(ipv4HeaderChecksum(frame, 14));
+      for (let i = SOURCE_SEQUENCE_OFFSET + 4; i < 200; i++) if (frame[i] !== (i & 0xff)) throw new Error(`payload byte ${i}`);
+      sequences.add(new DataView(frame.buffer, frame.byteOffset).getUint32(SOURCE_SEQUENCE_OFFSET, true));
+    }
+    expect(sequences.size).toBe(16);
+    const stats = await rig.waitStats((s) => s[0].packets === 16);
+    expect(stats[0]).toMatchObject({ packets: 16, bytes: 16 * 200, drops: 0 });
+  });
 });
 
 describe('bad input', () => {

@@ -12,7 +12,9 @@
 //
 // TX chains are read at once: the virtio-net header (any layout: it may be split across
 // descriptors), then the frame, copied straight from the TX buffers into held RX buffers
-// (loopback: the only copy), counted (sink), and completed with used.len 0.
+// (loopback: the only copy), counted (sink), and completed with used.len 0. The common 64-byte
+// case (header and frame in one TX descriptor, one RX descriptor with room for both: what DPDK
+// and Linux post) takes a short path (deliverSimple) without the general segment walks.
 //
 // Hostile input (every case counted per queue in NetStat and logged once per queue and reason):
 // a TX chain with a device-writable descriptor, shorter than the header, whose header asks for
@@ -30,7 +32,8 @@
 // back; it alone is completed with used.len 0.
 //
 // Source. Popped RX chains are filled once per pass (flush) with the prebuilt frame, by one
-// native copy for the batch (SourceBatch).
+// native copy for the batch (SourceBatch); chains that each hold a whole frame join the batch
+// without the MRG_RXBUF room walk (SourceBatch.addOne).
 //
 // Tap (one fd per pair, opened by the control thread). TX frames are batched per pass and
 // written by flush() with their virtio-net header, which the tap (IFF_VNET_HDR) takes as it is.
@@ -56,7 +59,7 @@ import type { VirtqRequest } from '../../dataplane/request.js';
 import { SourceBatch } from './source-batch.js';
 import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
-import { ETH_HEADER_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
+import { ETH_HEADER_BYTES, NET_HDR_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
 import { GSO_MAX_FRAME_BYTES, Offload, headerAllowed } from './offload.js';
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
@@ -66,6 +69,8 @@ const BACKEND_SINK = 1;
 const BACKEND_SOURCE = 2;
 const BACKEND_TAP = 3;
 const EAGAIN = osConstants.errno.EAGAIN;
+/** Bytes 8–11 of a 12-byte RX header as a little-endian word: csum_offset 0, num_buffers 1. */
+const NUM_BUFFERS_ONE_WORD = 1 << 16;
 /** RX chains popped at most per popNow when a frame finds too few (the worker's own batch). */
 const POP_NOW_BUDGET = 64;
 
@@ -288,8 +293,17 @@ class NetHandler implements QueueHandler {
     }
     // Offloads the guest did not ack must not be asked for (§5.1.6.2): a frame needing a checksum
     // or segmentation would reach the other side unfinished. Only tap offers them (device.ts).
-    const flags = request.readableByte(0);
-    const gsoType = request.readableByte(1);
+    let flags: number;
+    let gsoType: number;
+    if (request.segLength[0] >= 2) {
+      const view = request.memory!.windowBytesView[request.segWindow[0]];
+      const at = request.segWindowOffset[0];
+      flags = view[at];
+      gsoType = view[at + 1];
+    } else {
+      flags = request.readableByte(0);
+      gsoType = request.readableByte(1);
+    }
     const offloads = this.negotiated[NegotiatedSlot.offloads];
     if (
       (flags !== 0 || gsoType !== 0) &&
@@ -328,6 +342,10 @@ class NetHandler implements QueueHandler {
     stats[base + NetStat.packets]++;
     stats[base + NetStat.bytes] += frameBytes;
     if (this.backend === BACKEND_LOOPBACK) {
+      if (this.deliverSimple(pair, request, headerBytes, frameBytes)) {
+        queue.complete(request, 0);
+        return;
+      }
       let chains = this.reserve(pair, frameBytes);
       if (chains === 0 && this.popRxNow(pair)) chains = this.reserve(pair, frameBytes);
       if (chains > 0) this.deliverFromRequest(pair, chains, request, headerBytes, frameBytes);
@@ -476,6 +494,56 @@ class NetHandler implements QueueHandler {
 
   // ---- delivery into held RX chains ----------------------------------------------------------
 
+  /**
+   * The common loopback case in one go: header and frame in the TX chain's first segment, and
+   * the oldest held RX chain's first writable segment has room for both (what DPDK and Linux
+   * post). Writes the header (as three words when aligned), copies the frame and completes the
+   * RX chain; false when the case does not apply (deliverFromRequest handles the rest).
+   */
+  private deliverSimple(pair: number, src: VirtqRequest, headerBytes: number, frameBytes: number): boolean {
+    if (this.heldCount[pair] === 0 || src.segLength[0] < headerBytes + frameBytes) return false;
+    const queue = this.rxQueue[pair];
+    if (queue === null) return false;
+    const ring = this.held[pair]!;
+    const head = this.heldHead[pair];
+    const rx = ring[head]!;
+    const s = rx.readableCount;
+    const length = headerBytes + frameBytes;
+    if (rx.segLength[s] < length) return false;
+    const memory = rx.memory!;
+    const window = rx.segWindow[s];
+    const at = rx.segWindowOffset[s];
+    const word = at + memory.windowSkew[window];
+    if (headerBytes === NET_HDR_BYTES && (word & 3) === 0) {
+      // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset all 0; num_buffers 1.
+      const words = memory.windowWords[window];
+      const w = word >>> 2;
+      words[w] = 0;
+      words[w + 1] = 0;
+      words[w + 2] = NUM_BUFFERS_ONE_WORD;
+    } else {
+      writeHeader(rx, headerBytes, 1);
+    }
+    const dView = memory.windowBytesView[window];
+    const sView = src.memory!.windowBytesView[src.segWindow[0]];
+    let sp = src.segWindowOffset[0] + headerBytes;
+    let dp = at + headerBytes;
+    if (sView === dView) {
+      dView.copyWithin(dp, sp, sp + frameBytes);
+    } else {
+      const end = sp + frameBytes;
+      while (sp < end) dView[dp++] = sView[sp++]!;
+    }
+    ring[head] = null;
+    this.heldHead[pair] = (head + 1) & (HELD_CAPACITY - 1);
+    this.heldCount[pair]--;
+    queue.complete(rx, length);
+    const base = (pair << 1) * NET_STAT_SLOTS;
+    this.stats[base + NetStat.packets]++;
+    this.stats[base + NetStat.bytes] += frameBytes;
+    return true;
+  }
+
   /** Copies the frame at src[from, from + frameBytes) (readable part) into `chains` held chains. */
   private deliverFromRequest(pair: number, chains: number, src: VirtqRequest, from: number, frameBytes: number): void {
     const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
@@ -511,8 +579,24 @@ class NetHandler implements QueueHandler {
     const queue = this.rxQueue[pair];
     if (queue === null) return;
     const ring = this.held[pair]!;
-    batch.begin(queue.memory, this.negotiated[NegotiatedSlot.headerBytes]);
+    const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
+    const need = headerBytes + batch.frameBytes;
+    batch.begin(queue.memory, headerBytes);
     while (this.heldCount[pair] > 0) {
+      // Fast path: chains that each hold a whole frame, while the batch has room.
+      let first = this.heldHead[pair];
+      let left = this.heldCount[pair];
+      while (left > 0) {
+        const rx = ring[first]!;
+        if (rx.writableBytes < need || !batch.fitsOne(rx)) break;
+        batch.addOne(rx, this.sourceSequence++);
+        ring[first] = null;
+        first = (first + 1) & (HELD_CAPACITY - 1);
+        left--;
+      }
+      this.heldHead[pair] = first;
+      this.heldCount[pair] = left;
+      if (left === 0) break;
       const chains = this.reserve(pair, batch.frameBytes);
       if (chains === 0) break; // MRG_RXBUF: wait for more buffers to hold the next frame
       const head = this.heldHead[pair];

@@ -3,6 +3,7 @@
 // of a JavaScript byte loop per frame, which capped 1514-byte frames at ~0.6 GB/s. The only
 // per-frame difference, the sequence number, is patched by the same call. Chains are described
 // as iovec records (native recordLayout); everything is preallocated.
+import { TWO_POW_32 } from '../../bits.js';
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 import { native } from '../../native.js';
@@ -10,7 +11,12 @@ import { buildSourceFrame, SOURCE_SEQUENCE_OFFSET } from './frame.js';
 import { putIovecs } from './tap-io.js';
 import { NET_HDR_BYTES, NET_HDR_LEGACY_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
 
-const IOVEC_WORDS = native.recordLayout.iovecWords;
+const LAYOUT = native.recordLayout;
+const IOVEC_WORDS = LAYOUT.iovecWords;
+const IOVEC_REGION = LAYOUT.iovec.region;
+const IOVEC_OFFSET_LOW = LAYOUT.iovec.offsetLow;
+const IOVEC_OFFSET_HIGH = LAYOUT.iovec.offsetHigh;
+const IOVEC_LENGTH = LAYOUT.iovec.length;
 /** Frames per native call (a pass pops at most 64 RX chains per queue, so one call usually). */
 export const SOURCE_BATCH_FRAMES = 64;
 /** Chains per call: a frame may span several with MRG_RXBUF. */
@@ -70,6 +76,51 @@ export class SourceBatch {
       segments += rx.segmentCount - rx.readableCount;
     }
     return this.iovecCount + segments <= IOVEC_CAPACITY;
+  }
+
+  /**
+   * Whether a frame in `rx` alone (the common case: one chain with room for header and frame)
+   * fits this batch; addOne() then takes it. The same checks as accepts() for one chain.
+   */
+  fitsOne(rx: VirtqRequest): boolean {
+    return (
+      this.frameCount < SOURCE_BATCH_FRAMES &&
+      this.chainCount < CHAIN_CAPACITY &&
+      rx.memory === this.memory &&
+      this.iovecCount + rx.segmentCount - rx.readableCount <= IOVEC_CAPACITY
+    );
+  }
+
+  /** Adds one frame into `rx` alone (it has room for header and frame: the caller checked). */
+  addOne(rx: VirtqRequest, sequence: number): void {
+    const f = this.frameCount++;
+    const targets = this.targets;
+    const length = this.headerBytes + this.frameBytes;
+    const first = this.iovecCount;
+    const segments = rx.segmentCount - rx.readableCount;
+    if (segments === 1) {
+      // One writable descriptor (what DPDK and Linux post for RX): its record straight away.
+      const memory = rx.memory!;
+      const s = rx.readableCount;
+      const window = rx.segWindow[s];
+      const offset = memory.windowBufferStart[window] + rx.segWindowOffset[s];
+      const word = first * IOVEC_WORDS;
+      const iovecs = this.iovecs;
+      iovecs[word + IOVEC_REGION] = memory.windowRegion[window];
+      iovecs[word + IOVEC_OFFSET_LOW] = offset >>> 0;
+      iovecs[word + IOVEC_OFFSET_HIGH] = (offset / TWO_POW_32) >>> 0;
+      iovecs[word + IOVEC_LENGTH] = rx.segLength[s];
+    } else {
+      putIovecs(this.iovecs, first, rx, rx.readableCount, rx.segmentCount);
+    }
+    this.iovecCount = first + segments;
+    targets[4 * f] = first;
+    targets[4 * f + 1] = segments;
+    targets[4 * f + 2] = length;
+    targets[4 * f + 3] = sequence >>> 0;
+    this.frameChains[f] = 1;
+    this.chains[this.chainCount] = rx;
+    this.usedLength[this.chainCount++] = length;
   }
 
   /** Adds one frame over the given chains (taken out of the caller's ring) with its sequence number. */
