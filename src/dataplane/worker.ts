@@ -235,6 +235,11 @@ class QueueRunner implements WorkerQueue {
       }
     }
     this.popping = false;
+    // Nothing more to pop: what completed is visible now, not after the handler's submit and reap.
+    if (this.unpublished > 0) {
+      this.unpublished = 0;
+      this.vq.flushUsed();
+    }
     if (this.vq.broken && !this.brokenReported) this.reportBroken();
     return popped;
   }
