@@ -117,17 +117,19 @@ async function setup() {
 async function main(): Promise<void> {
   const rig = await setup();
   const { worker, driver } = rig;
+  // Batch 0: an idle pass (nothing offered), per pass: what a poller pays between requests.
   const makeCase = (batch: number) => ({
-    perCall: batch,
+    perCall: Math.max(batch, 1),
     fn: (): void => {
       for (let b = 0; b < batch; b++) driver.offerRawHead(4 * b);
-      driver.publish();
+      if (batch > 0) driver.publish();
       worker.step();
     },
   });
-  for (const batch of [1, 32]) {
+  for (const batch of [0, 1, 32]) {
     const c = makeCase(batch);
-    const calls = Math.ceil(400_000 / batch);
+    const perCall = c.perCall;
+    const calls = Math.ceil(400_000 / perCall);
     for (let i = 0; i < calls / 4; i++) c.fn(); // warm up
     let best = Infinity;
     const cpu: number[] = [];
@@ -137,14 +139,15 @@ async function main(): Promise<void> {
       for (let i = 0; i < calls; i++) c.fn();
       const wall = Number(process.hrtime.bigint() - start);
       const used = process.cpuUsage(before);
-      best = Math.min(best, wall / (calls * batch));
-      cpu.push(((used.user + used.system) * 1e3) / (calls * batch));
+      best = Math.min(best, wall / (calls * perCall));
+      cpu.push(((used.user + used.system) * 1e3) / (calls * perCall));
     }
     cpu.sort((a, b) => a - b);
     const { bytesPerOp, gcs, iterations } = await measureAllocations(c);
+    const label = batch === 0 ? 'idle pass, no request   ' : `blk pass, null engine, batch ${String(batch).padStart(2)}`;
+    const unit = batch === 0 ? 'ns/pass' : 'ns/request';
     console.log(
-      `blk pass, null engine, batch ${String(batch).padStart(2)}: ${best.toFixed(1).padStart(7)} ns/request (best of 5)  ` +
-        `cpu ${cpu[2].toFixed(1).padStart(7)} ns/request  ` +
+      `${label}: ${best.toFixed(1).padStart(7)} ${unit} (best of 5)  cpu ${cpu[2].toFixed(1).padStart(7)} ${unit}  ` +
         `${bytesPerOp.toFixed(3)} bytes/request, ${gcs} GCs in ${iterations} requests`,
     );
   }
