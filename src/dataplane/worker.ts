@@ -4,8 +4,10 @@
 //
 // Loop, per pass: pop up to BATCH chains from each running queue and hand them to the device
 // handler; let the handler submit its batch and reap completions; publish each queue's used
-// entries once and signal the call fd when EVENT_IDX (or NO_INTERRUPT) says so. The mailbox is
-// checked every MAILBOX_EVERY busy passes and on every idle one.
+// entries and signal the call fd when EVENT_IDX (or NO_INTERRUPT) says so. used.idx is also
+// published every PUBLISH_EVERY completions and when a queue has nothing more to pop (the call
+// decision stays once per pass). The mailbox is checked every MAILBOX_EVERY busy passes and on
+// every idle one.
 //
 // Poll modes:
 //   busy       never sleeps; kicks are suppressed (avail_event left stale / NO_NOTIFY set).
