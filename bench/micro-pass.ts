@@ -8,7 +8,7 @@
 // (pop, chain walk, header parse, completion, used-ring publish, per-pass overhead) without the
 // cross-core cache traffic of a real front-end.
 //
-//   npm run bench:build && node --expose-gc dist-bench/micro-pass.js
+//   npm run bench:build && node --expose-gc dist-bench/micro-pass.js [batch]
 import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
 import { DataPlaneWorker } from '../dist/dataplane/worker.js';
 import { Mailbox, type WorkerCommand, type WorkerInit } from '../dist/dataplane/commands.js';
@@ -126,7 +126,9 @@ async function main(): Promise<void> {
       worker.step();
     },
   });
-  for (const batch of [0, 1, 32]) {
+  // An argument picks one batch size (e.g. to profile it alone).
+  const batches = process.argv[2] !== undefined ? [Number(process.argv[2])] : [0, 1, 32];
+  for (const batch of batches) {
     const c = makeCase(batch);
     const perCall = c.perCall;
     const calls = Math.ceil(400_000 / perCall);
