@@ -614,3 +614,45 @@ describe('abandon (a hung device never blocks the next front-end), in-process', 
     expect(run(rig, { op: 'stop', index: 0 })).toBe(2);
   });
 });
+
+/** Completes each request at once and records used.idx as the driver would see it at that moment. */
+class UsedIdxRecorder implements QueueHandler {
+  readonly completionFd = -1;
+  readonly inFlight = 0;
+  /** used.idx seen at each handle(), before that request is completed. */
+  readonly seen: number[] = [];
+  /** used.idx seen in flush(), after the pops and before the pass's publish(). */
+  readonly seenAtFlush: number[] = [];
+
+  constructor(readonly usedIdx: () => number) {}
+
+  handle(queue: WorkerQueue, request: VirtqRequest): void {
+    this.seen.push(this.usedIdx());
+    queue.complete(request, 0);
+  }
+  flush(): void {
+    this.seenAtFlush.push(this.usedIdx());
+  }
+  poll(): number {
+    return 0;
+  }
+  setMemory(): void {}
+  close(): void {}
+}
+
+describe('used.idx publication within a pass, in-process', () => {
+  it('a polling driver sees completions every 8 requests and all of them once nothing is left to pop', async () => {
+    let handler!: UsedIdxRecorder;
+    let used!: Uint16Array;
+    const rig = await startWorker('busy', () => (handler = new UsedIdxRecorder(() => Atomics.load(used, 1))));
+    used = new Uint16Array(rig.regionBuffer, splitRingLayout(SIZE).usedOffset, 2);
+    startQueue(rig, rig.kickFd);
+    postEchoChains(rig, 20);
+    stepUntil(rig, () => handler.seen.length === 20, 100);
+    // Published after completions 8 and 16 while the batch went on, not only at the end of the pass.
+    expect(handler.seen).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8, 16, 16, 16, 16]);
+    // The last 4 are visible before the handler's submit/reap step of the same pass.
+    expect(handler.seenAtFlush.at(-1)).toBe(20);
+    expect(readQueueStats(rig.stats, 0).requests).toBe(20);
+  });
+});
