@@ -643,9 +643,8 @@ class UsedIdxRecorder implements QueueHandler {
 describe('used.idx publication within a pass, in-process', () => {
   it('a polling driver sees completions every 8 requests and all of them once nothing is left to pop', async () => {
     let handler!: UsedIdxRecorder;
-    let used!: Uint16Array;
     const rig = await startWorker('busy', () => (handler = new UsedIdxRecorder(() => Atomics.load(used, 1))));
-    used = new Uint16Array(rig.regionBuffer, splitRingLayout(SIZE).usedOffset, 2);
+    const used = new Uint16Array(rig.regionBuffer, splitRingLayout(SIZE).usedOffset, 2);
     startQueue(rig, rig.kickFd);
     postEchoChains(rig, 20);
     stepUntil(rig, () => handler.seen.length === 20, 100);
