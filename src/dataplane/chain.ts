@@ -119,6 +119,15 @@ export class ChainWalker {
     const MAX_INDIRECT_BYTES = 65536 * 16; // `next` is a u16
     const memory = this.memory;
     const capacity = req.capacity;
+    const segWindow = req.segWindow;
+    const segWindowOffset = req.segWindowOffset;
+    const segLength = req.segLength;
+    // The region of the last translation, in locals: a chain's buffers are nearly always in the
+    // region of the previous one, and a hit here costs two compares instead of a translate call.
+    // Any region of the (immutable) table is a correct cache, so refreshing it is only for speed.
+    let hitStart = memory.hitGuestStart;
+    let hitSize = memory.hitGuestSize;
+    let hitWindow = memory.hitSingleWindow;
     // Current table: either the queue's (u32 words) or an indirect one (words if aligned, else DataView).
     let words = this.desc;
     let wordBase = 0;
@@ -195,22 +204,36 @@ export class ChainWalker {
       if (readableBytes + writableBytes > 0xffffffff) return this.fail(BrokenReason.LENGTH_OVERFLOW, index, inIndirect);
       if (addrHigh > MAX_ADDR_HIGH_WORD) return this.fail(BrokenReason.ADDR_OUTSIDE_MEMORY, index, inIndirect);
 
-      // One segment per window piece: a single piece unless the buffer is longer than a window stride.
       let gpa = addrHigh * TWO_POW_32 + addrLow;
-      let remaining = length;
-      do {
-        const w = memory.translateSegment(gpa, remaining);
-        if (w < 0) return this.fail(addressReason(w), index, inIndirect);
+      const hitOffset = gpa - hitStart;
+      if (hitWindow >= 0 && hitOffset >= 0 && hitOffset < hitSize && length <= hitSize - hitOffset) {
+        // Inside the cached single-window region: one segment, no translate call.
         if (segments >= capacity) return this.fail(BrokenReason.TOO_MANY_SEGMENTS, index, inIndirect);
-        const piece = memory.outPieceLength;
-        req.segWindow[segments] = w;
-        req.segWindowOffset[segments] = memory.outWindowOffset;
-        req.segLength[segments] = piece;
+        segWindow[segments] = hitWindow;
+        segWindowOffset[segments] = hitOffset;
+        segLength[segments] = length;
         segments++;
         if (!writable) readableSegments++;
-        gpa += piece;
-        remaining -= piece;
-      } while (remaining > 0);
+      } else {
+        // One segment per window piece: a single piece unless the buffer is longer than a window stride.
+        let remaining = length;
+        do {
+          const w = memory.translateSegment(gpa, remaining);
+          if (w < 0) return this.fail(addressReason(w), index, inIndirect);
+          if (segments >= capacity) return this.fail(BrokenReason.TOO_MANY_SEGMENTS, index, inIndirect);
+          const piece = memory.outPieceLength;
+          segWindow[segments] = w;
+          segWindowOffset[segments] = memory.outWindowOffset;
+          segLength[segments] = piece;
+          segments++;
+          if (!writable) readableSegments++;
+          gpa += piece;
+          remaining -= piece;
+        } while (remaining > 0);
+        hitStart = memory.hitGuestStart;
+        hitSize = memory.hitGuestSize;
+        hitWindow = memory.hitSingleWindow;
+      }
       descriptors++;
 
       if ((flags & F_NEXT) === 0) break;

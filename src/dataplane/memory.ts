@@ -246,6 +246,25 @@ export class GuestMemory {
     return this.hitFirstWindow + k;
   }
 
+  /**
+   * The region of the last translation, for callers that translate many addresses in a loop
+   * (the chain walker) and keep it in locals: [hitGuestStart, + hitGuestSize) is that region,
+   * hitSingleWindow its window when it has only one, else -1 (before any hit hitGuestStart is
+   * NaN: no range check passes). Any address inside it translates to (hitSingleWindow, gpa -
+   * hitGuestStart) with no other check than the range; anything else goes to translateSegment().
+   */
+  get hitGuestStart(): number {
+    return this.hitStart;
+  }
+
+  get hitGuestSize(): number {
+    return this.hitSize;
+  }
+
+  get hitSingleWindow(): number {
+    return this.hitLastWindowK === 0 ? this.hitFirstWindow : -1;
+  }
+
   /** Slow path: looks gpa up and makes its region the cached hit. False if no region holds it. */
   private hit(gpa: number): boolean {
     const r = this.findRegion(this.byGpa, this.gpaStart, gpa);

@@ -4,8 +4,10 @@
 //
 // Loop, per pass: pop up to BATCH chains from each running queue and hand them to the device
 // handler; let the handler submit its batch and reap completions; publish each queue's used
-// entries once and signal the call fd when EVENT_IDX (or NO_INTERRUPT) says so. The mailbox is
-// checked every MAILBOX_EVERY busy passes and on every idle one.
+// entries and signal the call fd when EVENT_IDX (or NO_INTERRUPT) says so. used.idx is also
+// published every PUBLISH_EVERY completions and when a queue has nothing more to pop (the call
+// decision stays once per pass). The mailbox is checked every MAILBOX_EVERY busy passes and on
+// every idle one.
 //
 // Poll modes:
 //   busy       never sleeps; kicks are suppressed (avail_event left stale / NO_NOTIFY set).
@@ -25,10 +27,11 @@
 // Interrupt mode and a driver that refills at once (a closed loop at QD32): a wake-up costs
 // ~15 µs of wall time here (bench/micro-wake.ts), far more than a pass, and a worker that
 // finishes a whole batch before the driver sees any of it runs in lock-step with it — the driver
-// reaps 32, posts 32 and kicks once while the worker sleeps, one wake-up per 32 requests. So in
-// interrupt mode (1) a queue publishes its used entries every PUBLISH_EVERY synchronous
-// completions, not once per pass, so the driver refills while the rest of the batch runs, and
-// (2) after arming and re-checking, the worker looks once more without blocking (epoll_wait with
+// reaps 32, posts 32 and kicks once while the worker sleeps, one wake-up per 32 requests. So
+// (1) a queue publishes used.idx every PUBLISH_EVERY completions and as soon as it has nothing
+// more to pop, not once per pass, so the driver refills while the rest of the batch runs (in
+// every mode: a busy worker and a spinning driver take turns the same way), and (2) in interrupt
+// mode, after arming and re-checking, the worker looks once more without blocking (epoll_wait with
 // timeout 0, then the rings again) before it sleeps: a refill that lands during that syscall is
 // served without a wake-up. One look, no time budget: an idle worker still sleeps at once and
 // costs no CPU. avail_event is written only when arming, not per pop as libvhost-user's
@@ -69,9 +72,10 @@ import {
 /** Chains popped per queue per pass: bounds latency for the other queues. */
 const BATCH = 64;
 /**
- * Interrupt mode: synchronous completions between used-ring publishes within a pass (the
- * driver reaps and refills while the rest of the batch runs). Measured at QD32 against a
- * spinning driver: 1 publish per pass → 1 sleep per 32 requests; every 8 → ~1 per 700.
+ * Completions after which used.idx is published within a pass (the call decision stays once per
+ * pass, in publish()). A driver that reaps while polling (a spinning guest, vhost-user-bench)
+ * then refills while this worker goes on with the rest of the batch: the two sides overlap
+ * instead of taking turns a whole batch at a time, for one more release store per this many.
  */
 const PUBLISH_EVERY = 8;
 /** Busy passes between mailbox checks. */
@@ -130,11 +134,14 @@ class QueueRunner implements WorkerQueue {
   private readonly pool: VirtqRequest[];
   private free: number;
   private dirty = false;
+  /** Completions and their used.len since the last publish(): stored to the shared stats once per pass. */
+  private completedCount = 0;
+  private completedBytes = 0;
+  /** Completions pushed since used.idx was last published. */
+  private unpublished = 0;
   private brokenReported = false;
   /** Inside process(): popNow() from this queue's own handle() would recurse. */
   private popping = false;
-  /** Publish after this many requests popped in process() (interrupt mode), 0: once per pass. */
-  publishEvery = 0;
 
   get stopping(): boolean {
     return this.stopRequest !== StopRequest.None;
@@ -242,10 +249,13 @@ class QueueRunner implements WorkerQueue {
         this.failRequest(request, error);
         break;
       }
-      // Completed synchronously (in handle): let the driver have them while the batch goes on.
-      if (this.publishEvery !== 0 && popped % this.publishEvery === 0) this.publish();
     }
     this.popping = false;
+    // Nothing more to pop: what completed is visible now, not after the handler's submit and reap.
+    if (this.unpublished > 0) {
+      this.unpublished = 0;
+      this.vq.flushUsed();
+    }
     if (this.vq.broken && !this.brokenReported) this.reportBroken();
     return popped;
   }
@@ -276,9 +286,12 @@ class QueueRunner implements WorkerQueue {
     this.pool[this.free++] = request;
     this.inFlight--;
     this.dirty = true;
-    const stats = this.stats;
-    stats[QueueStat.requests]++;
-    stats[QueueStat.bytes] += writtenLen;
+    this.completedCount++;
+    this.completedBytes += writtenLen;
+    if (++this.unpublished >= PUBLISH_EVERY) {
+      this.unpublished = 0;
+      this.vq.flushUsed();
+    }
   }
 
   /** A late completion on an abandoned queue: take the request back, touch neither ring nor stats. */
@@ -291,6 +304,12 @@ class QueueRunner implements WorkerQueue {
   publish(): void {
     if (!this.dirty) return;
     this.dirty = false;
+    const stats = this.stats;
+    stats[QueueStat.requests] += this.completedCount;
+    stats[QueueStat.bytes] += this.completedBytes;
+    this.completedCount = 0;
+    this.completedBytes = 0;
+    this.unpublished = 0;
     this.vq.flushUsed();
     if (this.vq.needsCall()) {
       if (this.callFd >= 0) native.eventfdWrite(this.callFd, 1);
@@ -517,10 +536,6 @@ export class DataPlaneWorker {
   }
 
   /** Publishes within a pass only in interrupt mode (the other modes spin: once per pass is enough). */
-  private publishEveryFor(mode: PollMode): number {
-    return mode === 'interrupt' ? PUBLISH_EVERY : 0;
-  }
-
   private removeQueue(position: number): void {
     const queue = this.queues[position];
     if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_DEL, queue.kickFd, 0, 0);
@@ -558,7 +573,6 @@ export class DataPlaneWorker {
           const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
           const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
           queue.handler = this.handler;
-          queue.publishEvery = this.publishEveryFor(this.mode);
           if (this.dirtyLog !== null) queue.setDirtyLog(this.dirtyLog);
           this.queues.push(queue);
           if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);
@@ -613,7 +627,6 @@ export class DataPlaneWorker {
           this.idleBudgetMs = command.idleBudgetUs / 1000;
           Atomics.store(this.mailbox, Mailbox.MODE, POLL_MODE_CODE[this.mode]);
           this.setNotifications(this.mode === 'interrupt');
-          for (const queue of this.queues) queue.publishEvery = this.publishEveryFor(this.mode);
           this.reply(command.id);
           return;
         }

@@ -164,6 +164,43 @@ describe.each(['null', 'memory', 'io_uring', 'threads'] as const)('%s engine', (
     if (stores) expect(mismatch((await guest.read(40, 512)).data, data.subarray(0, 512))).toBe(-1);
   });
 
+  it('reads a header that is not word-aligned in guest memory (OUT and IN, the sector honoured)', async () => {
+    const { guest } = await start(engine);
+    const data = pattern(512, 9);
+    for (const skew of [1, 2, 3]) {
+      const sector = 64 + skew;
+      const out = guest.header(T.OUT, sector, guest.alloc(20, 16) + skew);
+      const dataAt = guest.alloc(512);
+      guest.bytes(dataAt, 512).set(data);
+      expect(
+        await guest.run([
+          { gpa: out, len: 16, writable: false },
+          { gpa: dataAt, len: 512, writable: false },
+          { gpa: guest.statusByte(), len: 1, writable: true },
+        ]),
+        `skew ${skew}`,
+      ).toEqual({ len: 1, status: S.OK });
+      const into = guest.alloc(512);
+      expect(
+        await guest.run([
+          { gpa: guest.header(T.IN, sector, guest.alloc(20, 16) + skew), len: 16, writable: false },
+          { gpa: into, len: 512, writable: true },
+          { gpa: guest.statusByte(), len: 1, writable: true },
+        ]),
+        `skew ${skew}`,
+      ).toEqual({ len: 513, status: S.OK });
+      if (stores) expect(mismatch(guest.bytes(into, 512), data)).toBe(-1);
+      // A sector past the end read through the same unaligned path is still refused.
+      expect(
+        await guest.run([
+          { gpa: guest.header(T.IN, SECTORS, guest.alloc(20, 16) + skew), len: 16, writable: false },
+          { gpa: guest.alloc(512), len: 512, writable: true },
+          { gpa: guest.statusByte(), len: 1, writable: true },
+        ]),
+      ).toEqual({ len: 1, status: S.IOERR });
+    }
+  });
+
   it('spreads data over many segments, direct and indirect', async () => {
     const { guest } = await start(engine);
     const data = pattern(12 * 512, 6);

@@ -22,6 +22,11 @@ export const BLK_HEADER_BYTES = 16;
 export interface BlkEngine {
   /** An fd that turns readable when reap() has work (for interrupt/adaptive sleeping), or -1. */
   readonly completionFd: number;
+  /**
+   * True if no operation ever returns PENDING (null, memory): the handler then skips the slot
+   * bookkeeping and passes slot -1. Absent or false: slots as described above.
+   */
+  readonly synchronous?: boolean;
   /** Make room for slot numbers below `count`. */
   ensureSlots(count: number): void;
   /**

@@ -49,7 +49,14 @@ export class BlkQueueHandler implements QueueHandler {
   readonly completionFd: number;
   private readonly engine: BlkEngine;
   private readonly capacityBytes: number;
-  private readonly blockSize: number;
+  /** Largest valid sector number (capacity / 512): a range check without dividing per request. */
+  private readonly capacitySectors: number;
+  /** logicalBlockSize - 1 (512 or 4096): alignment checked on the low bits, no floating-point modulo. */
+  private readonly blockMask: number;
+  /** logicalBlockSize / 512 - 1: a sector's alignment to a logical block. */
+  private readonly sectorMask: number;
+  /** The engine never returns PENDING (null, memory): requests complete without a slot. */
+  private readonly synchronous: boolean;
   private readonly readOnly: boolean;
   private readonly discardSupported: boolean;
   private readonly maxDiscardSectors: number;
@@ -83,7 +90,10 @@ export class BlkQueueHandler implements QueueHandler {
     this.engine = engine;
     this.completionFd = engine.completionFd;
     this.capacityBytes = options.capacityBytes;
-    this.blockSize = options.logicalBlockSize;
+    this.capacitySectors = options.capacityBytes / SECTOR_SIZE;
+    this.blockMask = options.logicalBlockSize - 1;
+    this.sectorMask = options.logicalBlockSize / SECTOR_SIZE - 1;
+    this.synchronous = engine.synchronous === true;
     this.readOnly = options.readOnly;
     this.discardSupported = options.discard;
     this.maxDiscardSectors = options.maxDiscardSectors;
@@ -105,11 +115,27 @@ export class BlkQueueHandler implements QueueHandler {
       this.answer(queue, request, BlkStatus.IOERR, 'request header shorter than 16 bytes');
       return;
     }
-    const view = this.scratchView;
-    request.gather(this.scratch, 0, 0, BLK_HEADER_BYTES);
-    const type = view.getUint32(0, true);
-    const sectorLow = view.getUint32(8, true);
-    const sectorHigh = view.getUint32(12, true);
+    // The header: straight from guest memory when it starts the first segment on a word boundary
+    // (every driver seen does this), else gathered across segments.
+    let type: number;
+    let sectorLow: number;
+    let sectorHigh: number;
+    const memory = request.memory as GuestMemory;
+    const window = request.segWindow[0];
+    const at = request.segWindowOffset[0] + memory.windowSkew[window];
+    if (request.segLength[0] >= BLK_HEADER_BYTES && (at & 3) === 0) {
+      const words = memory.windowWords[window];
+      const i = at >>> 2;
+      type = words[i];
+      sectorLow = words[i + 2];
+      sectorHigh = words[i + 3];
+    } else {
+      const view = this.scratchView;
+      request.gather(this.scratch, 0, 0, BLK_HEADER_BYTES);
+      type = view.getUint32(0, true);
+      sectorLow = view.getUint32(8, true);
+      sectorHigh = view.getUint32(12, true);
+    }
     const readData = request.readableBytes - BLK_HEADER_BYTES;
     const writeData = writableBytes - 1;
     switch (type) {
@@ -118,6 +144,8 @@ export class BlkQueueHandler implements QueueHandler {
         const offset = this.rangeOffset(sectorLow, sectorHigh, writeData);
         if (offset < 0) return this.answer(queue, request, BlkStatus.IOERR, 'IN request outside the disk or misaligned');
         if (writeData === 0) return this.answer(queue, request, BlkStatus.OK, '');
+        if (this.synchronous)
+          return this.done(queue, request, this.engine.read(-1, request, offset, writeData), writeData + 1, writeData + 1);
         const slot = this.takeSlot(queue, request, writeData + 1, writeData + 1);
         return this.started(slot, this.engine.read(slot, request, offset, writeData));
       }
@@ -127,6 +155,8 @@ export class BlkQueueHandler implements QueueHandler {
         const offset = this.rangeOffset(sectorLow, sectorHigh, readData);
         if (offset < 0) return this.answer(queue, request, BlkStatus.IOERR, 'OUT request outside the disk or misaligned');
         if (readData === 0) return this.answer(queue, request, BlkStatus.OK, '');
+        if (this.synchronous)
+          return this.done(queue, request, this.engine.write(-1, request, offset, readData, this.writeThrough()), 1, 1);
         const slot = this.takeSlot(queue, request, 1, 1);
         return this.started(slot, this.engine.write(slot, request, offset, readData, this.writeThrough()));
       }
@@ -223,12 +253,13 @@ export class BlkQueueHandler implements QueueHandler {
    */
   private rangeOffset(sectorLow: number, sectorHigh: number, length: number): number {
     if (sectorHigh >= SECTOR_HIGH_LIMIT) return -1;
+    // Alignment on the low 32 bits: the block size divides 2^32, and `& ` keeps the low bits of
+    // any integer length (ToInt32 is modulo 2^32). A floating-point % here cost ~10 ns per request.
+    if ((sectorLow & this.sectorMask) !== 0 || (length & this.blockMask) !== 0) return -1;
     const sector = sectorHigh * TWO_POW_32 + sectorLow;
-    const capacity = this.capacityBytes;
-    if (sector > capacity / SECTOR_SIZE) return -1;
+    if (sector > this.capacitySectors) return -1;
     const offset = sector * SECTOR_SIZE;
-    if (offset % this.blockSize !== 0 || length % this.blockSize !== 0) return -1;
-    if (length > capacity - offset) return -1;
+    if (length > this.capacityBytes - offset) return -1;
     return offset;
   }
 
@@ -275,6 +306,11 @@ export class BlkQueueHandler implements QueueHandler {
     this.slotRequest[slot] = null;
     this.freeSlots[this.freeCount++] = slot;
     this.inFlight--;
+    this.done(queue, request, result, this.slotOkLength[slot], this.slotErrorLength[slot]);
+  }
+
+  /** Answers a request the engine finished: status byte, then used.len by outcome. */
+  private done(queue: WorkerQueue, request: VirtqRequest, result: number, okLength: number, errorLength: number): void {
     // Written off by the worker: the buffers are no longer the guest's; the queue only reclaims.
     if (queue.abandoned === true) return queue.complete(request, 0);
     if (result < 0) {
@@ -282,11 +318,11 @@ export class BlkQueueHandler implements QueueHandler {
         this.context.log('warn', 'virtio-blk: I/O error', { errno: -result, head: request.head });
       }
       writeStatus(request, BlkStatus.IOERR);
-      queue.complete(request, this.slotErrorLength[slot]);
+      queue.complete(request, errorLength);
       return;
     }
     writeStatus(request, BlkStatus.OK);
-    queue.complete(request, this.slotOkLength[slot]);
+    queue.complete(request, okLength);
   }
 
   /** More slots (only when more requests are in flight than ever before). */

@@ -17,6 +17,7 @@ const CHUNK_BYTES = 2 ** 30;
 export class MemoryEngine implements BlkEngine {
   readonly completionFd = -1;
   readonly unsubmitted = 0;
+  readonly synchronous = true;
   private readonly chunkBytes: Uint8Array[] = [];
   private readonly chunkWords: Uint32Array[] = [];
   private readonly cursor = new DataCursor();

@@ -5,6 +5,7 @@ import type { BlkEngine } from './engine.js';
 export class NullEngine implements BlkEngine {
   readonly completionFd = -1;
   readonly unsubmitted = 0;
+  readonly synchronous = true;
 
   ensureSlots(): void {}
   read(): number {
