@@ -535,7 +535,6 @@ export class DataPlaneWorker {
     }
   }
 
-  /** Publishes within a pass only in interrupt mode (the other modes spin: once per pass is enough). */
   private removeQueue(position: number): void {
     const queue = this.queues[position];
     if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_DEL, queue.kickFd, 0, 0);
