@@ -12,6 +12,10 @@
 // `vhost-user-bench --packed` does, against the same back-end process) alternates the two
 // layouts for a few rounds per QD and prints the medians with packed/split: IOPS, and CPU per
 // request on each side (on a shared machine IOPS follows whoever else runs; CPU per request less so).
+// Ours (null, busy) and SPDK's null bdev also alternate for a few rounds, each round starting one
+// back-end then the other, and print the median of the per-round ratios ours/SPDK: this machine's
+// null figures are bimodal from run to run, and a ratio of two rows minutes apart can compare
+// the two states rather than the two back-ends.
 //
 // SPDK comes from ../shared/peers/spdk beside the repository (--spdk DIR to point elsewhere,
 // --no-spdk to leave it out): its build.sh builds it once (≈1 min) into ~/.cache and reuses it.
@@ -113,7 +117,7 @@ async function buildSpdk(): Promise<void> {
       `no SPDK peer at ${spdkDir} (expected build.sh and run-vhost.sh there): pass --spdk DIR, or --no-spdk to leave SPDK out`,
     );
   }
-  process.stderr.write('SPDK: building on first use (about a minute), then cached...\n');
+  process.stderr.write('SPDK: built on first use (about a minute), then cached...\n');
   const binary = (await run('bash', [script])).trim();
   process.stderr.write(`SPDK: ${binary}\n`);
 }
@@ -263,6 +267,23 @@ interface PairSummary {
   roundRatios: number[];
 }
 
+/**
+ * Ours (null engine, busy) against SPDK's null bdev in alternating rounds: each round starts one
+ * then the other and measures both QDs, so a change in the machine's state between rows (the
+ * null figures here are bimodal from run to run) hits both sides of a round alike.
+ */
+const SPDK_PAIR_NAME = 'ours null busy vs spdk null';
+
+interface VsSpdkSummary {
+  qd: number;
+  /** Median IOPS over the rounds. */
+  ours: number;
+  spdk: number;
+  /** Median of the per-round ratios ours/SPDK. */
+  ratio: number;
+  roundRatios: number[];
+}
+
 /** The point with the median IOPS (the lower middle one for an even count). */
 function medianPoint(list: Point[]): Point {
   return [...list].sort((a, b) => a.iops - b.iops)[Math.floor((list.length - 1) / 2)];
@@ -297,7 +318,7 @@ function summarizePair(qd: number, rounds: Record<'split' | 'packed', Point[]>):
 
 async function main(): Promise<void> {
   await prepareImage();
-  if (!only || only.test('spdk null') || only.test('spdk aio')) await buildSpdk();
+  if (!only || only.test('spdk null') || only.test('spdk aio') || only.test(SPDK_PAIR_NAME)) await buildSpdk();
   const points: Point[] = [];
   const configs: {
     name: string;
@@ -388,6 +409,32 @@ async function main(): Promise<void> {
       }
     } finally {
       await server.stop();
+    }
+  }
+  const vsSpdk: VsSpdkSummary[] = [];
+  if (spdkDir && (!only || only.test(SPDK_PAIR_NAME))) {
+    const rounds = new Map<number, { ours: number[]; spdk: number[] }>([
+      [1, { ours: [], spdk: [] }],
+      [32, { ours: [], spdk: [] }],
+    ]);
+    for (let round = 0; round < PAIR_ROUNDS; round++) {
+      for (const side of ['ours', 'spdk'] as const) {
+        const server = side === 'ours' ? await ours('null', 'busy') : await spdk('null');
+        try {
+          for (const qd of [1, 32]) {
+            process.stderr.write(`${SPDK_PAIR_NAME} QD${qd} ${side} round ${round + 1}/${PAIR_ROUNDS}...\n`);
+            const mode = side === 'ours' ? 'busy' : 'reactor';
+            const point = await measure(side, 'null', mode, server.socket, server.pid, qd);
+            rounds.get(qd)![side].push(point.iops);
+          }
+        } finally {
+          await server.stop();
+        }
+      }
+    }
+    for (const [qd, r] of rounds) {
+      const roundRatios = r.ours.map((iops, i) => (r.spdk[i] > 0 ? iops / r.spdk[i] : NaN));
+      vsSpdk.push({ qd, ours: median(r.ours), spdk: median(r.spdk), ratio: median(roundRatios), roundRatios });
     }
   }
   if (!only || only.test('loadgen loopback')) {
@@ -506,6 +553,21 @@ async function main(): Promise<void> {
       );
     }
   }
+  if (vsSpdk.length > 0) {
+    lines.push('', `ours versus SPDK (${SPDK_PAIR_NAME}, ${PAIR_ROUNDS} alternating rounds, medians):`);
+    lines.push('  QD   ours IOPS   SPDK IOPS  ours/SPDK  rounds ours/SPDK');
+    for (const v of vsSpdk) {
+      lines.push(
+        [
+          String(v.qd).padStart(4),
+          String(Math.round(v.ours)).padStart(11),
+          String(Math.round(v.spdk)).padStart(11),
+          v.ratio.toFixed(2).padStart(10),
+          `  ${v.roundRatios.map((r) => r.toFixed(2)).join(' ')}`,
+        ].join(' '),
+      );
+    }
+  }
   const table = lines.join('\n');
   const legend =
     'be-CPU% / lg-CPU%: back-end / load generator CPU time over the window; IOPS/CPU-s: IOPS per back-end CPU-second\n' +
@@ -523,6 +585,7 @@ async function main(): Promise<void> {
     imageBytes: sizeMb << 20,
     rows,
     splitVsPacked: pairs,
+    oursVsSpdk: vsSpdk,
     table,
   };
   const stamp = record.date.replace(/[:.]/g, '-');

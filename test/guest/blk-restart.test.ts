@@ -25,7 +25,7 @@ const SEED = 11;
 const LONG = process.env.VUT_RESTART_LONG === '1';
 const KILLS = Number(process.env.VUT_RESTART_KILLS ?? (LONG ? 20 : 3));
 /** A kill lands this long (uniformly, ms) after a round's I/O started: within the writes. */
-const KILL_DELAY_MS: [number, number] = [10, 250];
+const KILL_DELAY_MS: [number, number] = [1, 60];
 
 interface RestartResult extends GuestResultBase {
   job: 'restart';
