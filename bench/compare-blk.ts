@@ -81,15 +81,26 @@ async function prepareImage(): Promise<void> {
 async function ours(
   engine: 'null' | 'io_uring',
   mode: string,
+  extra: string[] = [],
 ): Promise<{ socket: string; pid: number; stop: () => Promise<unknown> }> {
-  const args = ['--engine', engine, '--cpus', BACKEND_CPU, '--poll', mode];
+  const args = ['--engine', engine, '--cpus', BACKEND_CPU, '--poll', mode, ...extra];
   if (engine === 'io_uring') args.push('--disk', image, '--direct');
   else args.push('--size', `${sizeMb}M`);
-  return spawnBlkBackend(join(work, `ours-${engine}-${mode}.sock`), args, { taskset: BACKEND_CPU });
+  return spawnBlkBackend(join(work, `ours-${engine}-${mode}${extra.join('')}.sock`), args, { taskset: BACKEND_CPU });
 }
 
+/**
+ * Our interrupt mode with --interrupt-grace-us 0: it sleeps as soon as a re-check finds nothing,
+ * like QSD's iothread with poll-max-ns=0 (the default stays awake 2 µs after work).
+ */
+const INTERRUPT_NO_GRACE = 'interrupt grace0';
+
 /** The QSD row each of our poll modes is compared with (null engine; others use QSD's main loop). */
-const QSD_MODE_FOR: Record<string, string> = { interrupt: 'iothread no-poll', adaptive: 'iothread poll' };
+const QSD_MODE_FOR: Record<string, string> = {
+  interrupt: 'iothread no-poll',
+  [INTERRUPT_NO_GRACE]: 'iothread no-poll',
+  adaptive: 'iothread poll',
+};
 
 /** QSD's ways of waiting: its main loop, or an iothread with polling off (pure interrupt) or on. */
 type QsdLoop = 'main' | 'iothread-no-poll' | 'iothread-poll';
@@ -330,6 +341,13 @@ async function main(): Promise<void> {
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
     configs.push({ name: `ours null ${mode}`, start: () => ours('null', mode), backend: 'ours', engine: 'null', mode });
   }
+  configs.push({
+    name: `ours null ${INTERRUPT_NO_GRACE}`,
+    start: () => ours('null', 'interrupt', ['--interrupt-grace-us', '0']),
+    backend: 'ours',
+    engine: 'null',
+    mode: INTERRUPT_NO_GRACE,
+  });
 
   for (const mode of ['busy', 'interrupt', 'adaptive']) {
     configs.push({

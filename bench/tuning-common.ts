@@ -28,11 +28,15 @@ export interface PollMode {
   name: string;
   poll: 'busy' | 'interrupt' | 'adaptive';
   budgetUs: number;
+  /** Interrupt mode: --interrupt-grace-us (undefined: the CLI's default, 2 µs). */
+  graceUs?: number;
 }
 
 export const POLL_MODES: readonly PollMode[] = [
   { name: 'busy', poll: 'busy', budgetUs: 0 },
   { name: 'interrupt', poll: 'interrupt', budgetUs: 0 },
+  // Sleeps as soon as a re-check finds nothing, like QSD's iothread with poll-max-ns=0.
+  { name: 'interrupt-grace0', poll: 'interrupt', budgetUs: 0, graceUs: 0 },
   { name: 'adaptive-50us', poll: 'adaptive', budgetUs: 50 },
   { name: 'adaptive-1ms', poll: 'adaptive', budgetUs: 1000 },
 ];
@@ -41,6 +45,7 @@ export const POLL_MODES: readonly PollMode[] = [
 export function pollArgs(mode: PollMode): string[] {
   const args = ['--cpus', String(BACKEND_CPU), '--poll', mode.poll];
   if (mode.poll === 'adaptive') args.push('--idle-budget-us', String(mode.budgetUs));
+  if (mode.graceUs !== undefined) args.push('--interrupt-grace-us', String(mode.graceUs));
   return args;
 }
 

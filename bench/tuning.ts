@@ -52,7 +52,7 @@ const loads = [
  * window with how often polling paid off).
  */
 const QSD_MODES = [
-  { name: 'qsd-no-poll', pollMaxNs: 0 as number | undefined, peerOf: ['interrupt'] },
+  { name: 'qsd-no-poll', pollMaxNs: 0 as number | undefined, peerOf: ['interrupt', 'interrupt-grace0'] },
   { name: 'qsd-adaptive', pollMaxNs: undefined, peerOf: ['adaptive-50us', 'adaptive-1ms'] },
 ];
 

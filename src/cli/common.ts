@@ -2,7 +2,7 @@
 import { UsageError } from '../control/errors.js';
 import type { DaemonLimits } from '../control/daemon.js';
 import { packageVersion } from '../version.js';
-import type { PollMode } from '../dataplane/commands.js';
+import { INTERRUPT_GRACE_US, type PollMode } from '../dataplane/commands.js';
 
 /** Exit codes: 0 success, 1 runtime failure, 2 bad usage (sysexits-like, kept small). */
 export const ExitCode = { OK: 0, FAILURE: 1, USAGE: 2 } as const;
@@ -53,6 +53,7 @@ export const DATA_PLANE_OPTIONS = {
   cpus: { type: 'string' },
   poll: { type: 'string' },
   'idle-budget-us': { type: 'string' },
+  'interrupt-grace-us': { type: 'string' },
   client: { type: 'boolean', default: false },
   'stats-interval': { type: 'string' },
   verbose: { type: 'boolean', default: false },
@@ -66,6 +67,7 @@ export interface DataPlaneValues {
   cpus?: string;
   poll?: string;
   'idle-budget-us'?: string;
+  'interrupt-grace-us'?: string;
   'stats-interval'?: string;
 }
 
@@ -76,6 +78,7 @@ export interface DataPlaneChoices {
   cpus: number[];
   poll: PollMode;
   idleBudgetUs: number;
+  interruptGraceUs: number;
   statsIntervalSec: number;
 }
 
@@ -92,6 +95,10 @@ export function parseDataPlaneOptions(v: DataPlaneValues, defaults: { queueSize:
     cpus: v.cpus === undefined ? [1] : parseCpuList(v.cpus),
     poll,
     idleBudgetUs: v['idle-budget-us'] === undefined ? 50 : parseInteger(v['idle-budget-us'], '--idle-budget-us', 0, 10_000_000),
+    interruptGraceUs:
+      v['interrupt-grace-us'] === undefined
+        ? INTERRUPT_GRACE_US
+        : parseInteger(v['interrupt-grace-us'], '--interrupt-grace-us', 0, 1_000),
     statsIntervalSec: v['stats-interval'] === undefined ? 0 : parseInteger(v['stats-interval'], '--stats-interval', 1, 86400),
   };
 }

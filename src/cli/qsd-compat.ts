@@ -6,7 +6,7 @@ import { existsSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createLogger, setLogLevel } from '../log.js';
 import { ExitCode, UsageError, parseCommandLine, parseCpuList, parseInteger, parseSize } from './common.js';
 import type { BlkBackendOptions } from '../devices/blk/backend.js';
-import type { PollMode } from '../dataplane/commands.js';
+import { INTERRUPT_GRACE_US, type PollMode } from '../dataplane/commands.js';
 import { serveBlkBackends } from './blk-service.js';
 
 const HELP = `Usage: vhost-user-blk --qsd-compat [our options] <qemu-storage-daemon arguments>
@@ -29,6 +29,7 @@ Our options (anywhere in the list):
   --poll MODE            busy | interrupt | adaptive (default adaptive)
   --cpus LIST            CPUs for each export's worker threads (default 1)
   --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
+  --interrupt-grace-us N interrupt mode: stay awake this long after the last request (default 2)
   --queue-size N         largest queue size accepted (default 256)
   --verbose              protocol and lifecycle details on stderr
 
@@ -44,7 +45,17 @@ export interface QsdCompatArgs {
 }
 
 /** Options that take a value; --name=value and --name value both work, as with getopt_long. */
-const VALUE_OPTIONS = new Set(['blockdev', 'export', 'object', 'pidfile', 'poll', 'cpus', 'idle-budget-us', 'queue-size']);
+const VALUE_OPTIONS = new Set([
+  'blockdev',
+  'export',
+  'object',
+  'pidfile',
+  'poll',
+  'cpus',
+  'idle-budget-us',
+  'interrupt-grace-us',
+  'queue-size',
+]);
 const UNSUPPORTED = new Map([
   ['chardev', 'there is no monitor to attach a character device to'],
   ['monitor', 'there is no QMP monitor; exports are fixed at start'],
@@ -118,6 +129,7 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
       case 'poll':
       case 'cpus':
       case 'idle-budget-us':
+      case 'interrupt-grace-us':
       case 'queue-size':
         ours.set(name, value!);
         break;
@@ -137,6 +149,9 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
   const idleBudgetUs = ours.has('idle-budget-us')
     ? parseInteger(ours.get('idle-budget-us')!, '--idle-budget-us', 0, 10_000_000)
     : 50;
+  const interruptGraceUs = ours.has('interrupt-grace-us')
+    ? parseInteger(ours.get('interrupt-grace-us')!, '--interrupt-grace-us', 0, 1_000)
+    : INTERRUPT_GRACE_US;
   const exported = new Set<string>();
   const ids = new Set<string>();
   const addresses = new Set<string>();
@@ -209,6 +224,7 @@ export function parseQsdArgs(argv: string[]): QsdCompatArgs {
       cpus,
       poll,
       idleBudgetUs,
+      interruptGraceUs,
     });
   }
   return result;

@@ -44,6 +44,8 @@ Data plane:
   --cpus LIST            CPUs for the worker threads, one worker each (default 1; e.g. 0-1)
   --poll MODE            busy | interrupt | adaptive (default adaptive)
   --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
+  --interrupt-grace-us N interrupt mode: stay awake this long after the last request before
+                         sleeping (default 2; 0 sleeps at once, like QEMU's poll-max-ns=0)
 
 Connection:
   --socket PATH          Unix socket to listen on (or connect to, with --client)
@@ -155,6 +157,7 @@ export function parseBlkArgs(argv: string[], inheritedFd?: number): ParsedBlkArg
       cpus: dataPlane.cpus,
       poll: dataPlane.poll,
       idleBudgetUs: dataPlane.idleBudgetUs,
+      interruptGraceUs: dataPlane.interruptGraceUs,
       limits: parseDaemonLimits(v),
     },
   };

@@ -54,6 +54,8 @@ Data plane:
                          Each port (socket) has its own workers on these CPUs.
   --poll MODE            busy | interrupt | adaptive (default adaptive)
   --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
+  --interrupt-grace-us N interrupt mode: stay awake this long after the last request before
+                         sleeping (default 2; 0 sleeps at once, like QEMU's poll-max-ns=0)
 
 Connection:
   --socket PATH          Unix socket to listen on (or connect to, with --client); repeat for ports
@@ -154,6 +156,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
       cpus: dataPlane.cpus,
       poll: dataPlane.poll,
       idleBudgetUs: dataPlane.idleBudgetUs,
+      interruptGraceUs: dataPlane.interruptGraceUs,
       mac,
       mtu,
       frameBytes,

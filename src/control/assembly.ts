@@ -16,6 +16,8 @@ export interface WorkerOptions {
   cpus: number[];
   poll: PollMode;
   idleBudgetUs: number;
+  /** Interrupt mode's stay-awake time after work (default: the data plane's). */
+  interruptGraceUs?: number;
 }
 
 /** What one port is made of; the assembly starts it and stops it. */
@@ -100,6 +102,7 @@ export async function startAssembly<D extends VhostUserDevice>(options: Assembly
           handler: parts.handler,
           mode: workers.poll,
           idleBudgetUs: workers.idleBudgetUs,
+          interruptGraceUs: workers.interruptGraceUs,
           queueToWorker: parts.queueToWorker,
           maxSegments: parts.maxSegments,
           logger: log.child(`${prefix}dataplane`),

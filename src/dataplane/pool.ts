@@ -28,6 +28,8 @@ export interface WorkerDataPlaneOptions {
   mode?: PollMode;
   /** Adaptive mode: spin this long without work before sleeping (default 50 µs). */
   idleBudgetUs?: number;
+  /** Interrupt mode: stay awake this long after the last work before sleeping (default 2 µs; 0: at once). */
+  interruptGraceUs?: number;
   /** Queue index → worker index; default round-robin. */
   queueToWorker?: (queue: number, workers: number) => number;
   /** Largest chain (in segments) one request may have; longer chains break the queue. */
@@ -57,6 +59,7 @@ export class WorkerDataPlane implements DataPlane {
   private nextId = 1;
   private mode: PollMode;
   private idleBudgetUs: number;
+  private interruptGraceUs: number | undefined;
   private closed = false;
   /** What the running queues were started with, and the memory table: what a replacement worker needs. */
   private readonly queueConfigs = new Map<number, VringConfig>();
@@ -70,6 +73,7 @@ export class WorkerDataPlane implements DataPlane {
     this.stats = createStatsBuffer(options.queueCount);
     this.mode = options.mode ?? 'busy';
     this.idleBudgetUs = options.idleBudgetUs ?? 50;
+    this.interruptGraceUs = options.interruptGraceUs;
   }
 
   /** Starts the workers and resolves once each is pinned and polling. */
@@ -158,10 +162,11 @@ export class WorkerDataPlane implements DataPlane {
   }
 
   /** Switch poll mode on every worker, under load if need be. */
-  async setMode(mode: PollMode, idleBudgetUs = this.idleBudgetUs): Promise<void> {
+  async setMode(mode: PollMode, idleBudgetUs = this.idleBudgetUs, interruptGraceUs = this.interruptGraceUs): Promise<void> {
     this.mode = mode;
     this.idleBudgetUs = idleBudgetUs;
-    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'mode', mode, idleBudgetUs })));
+    this.interruptGraceUs = interruptGraceUs;
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'mode', mode, idleBudgetUs, interruptGraceUs })));
   }
 
   async reset(): Promise<void> {
@@ -212,6 +217,7 @@ export class WorkerDataPlane implements DataPlane {
       stats: this.stats,
       mode: this.mode,
       idleBudgetUs: this.idleBudgetUs,
+      interruptGraceUs: this.interruptGraceUs,
       handlerModule: this.options.handler.module,
       handlerOptions: this.options.handler.options,
       queueCount: this.options.queueCount,

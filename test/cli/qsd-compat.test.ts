@@ -25,6 +25,8 @@ describe('argument mapping', () => {
       'busy',
       '--cpus',
       '0',
+      '--interrupt-grace-us',
+      '7',
     ]);
     expect(args.backends).toHaveLength(2);
     expect(args.backends[0]).toMatchObject({
@@ -36,10 +38,11 @@ describe('argument mapping', () => {
       queues: 8,
       poll: 'busy',
       cpus: [0],
+      interruptGraceUs: 7,
       direct: false,
       logicalBlockSize: 512,
     });
-    expect(args.backends[1]).toMatchObject({ listenFd: 9, diskPath: '/tmp/qtest.def', queues: 1 });
+    expect(args.backends[1]).toMatchObject({ listenFd: 9, diskPath: '/tmp/qtest.def', queues: 1, interruptGraceUs: 7 });
   });
 
   it('unix addresses, raw over file (by name or inline), JSON values, null-co, and defaults (read-only like QSD)', () => {
@@ -127,6 +130,7 @@ describe('argument mapping', () => {
       /fd 3 is already used by another export/,
     ],
     [['--blockdev', file, '--export', exportFd, '--poll', 'spin'], /--poll must be/],
+    [['--blockdev', file, '--export', exportFd, '--interrupt-grace-us', '1001'], /--interrupt-grace-us/],
     [['--blockdev', file, '--export', '{"type": '], /not valid JSON/],
     [['--object', 'memory-backend-memfd,id=m,size=1G'], /only iothread objects/],
   ])('%j is refused with a usage error', (argv, message) => {

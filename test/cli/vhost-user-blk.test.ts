@@ -149,6 +149,8 @@ describe('refusals', () => {
     [['--socket', 'x', '--socket-fd', '3'], /not both/],
     [['--client', '--socket-fd', '3'], /--client needs --socket PATH/],
     [['--socket-fd=-1'], /--socket-fd "-1" is not a whole number/],
+    [['--socket', 'x', '--interrupt-grace-us', '-1'], /--interrupt-grace-us/],
+    [['--socket', 'x', '--interrupt-grace-us', '1001'], /--interrupt-grace-us/],
   ])('%j is a usage error (exit 2)', async (args, message) => {
     const child = start([...args, ...DISK]);
     expect(await child.exited).toEqual({ code: 2, signal: null });

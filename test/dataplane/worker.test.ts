@@ -70,6 +70,7 @@ async function startWorker(
   createHandler?: CreateQueueHandler,
   handlerOptions: unknown = {},
   maxSleepMs = MAX_SLEEP_MS,
+  interruptGraceUs = 0,
 ): Promise<Rig> {
   const { port1: control, port2: workerPort } = new MessageChannel();
   const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
@@ -83,6 +84,8 @@ async function startWorker(
     stats,
     mode,
     idleBudgetUs: 0,
+    // 0: an idle interrupt-mode step arms and sleeps at once (the grace has its own test).
+    interruptGraceUs,
     handlerModule: EchoDevice.handler().module,
     handlerOptions,
     queueCount: 1,
@@ -397,6 +400,42 @@ describe('interrupt mode without lock-step (a driver that refills at once), in-p
     rig.worker.step();
     expect(readQueueStats(rig.stats, 0).sleeps).toBe(sleeps + 1);
     expect(performance.now() - idle).toBeGreaterThanOrEqual(shortSleepMs - 20);
+  });
+
+  it('the grace: after work an idle worker stays awake (serving a refill that does not kick) for the grace, then sleeps', async () => {
+    const shortSleepMs = 300;
+    const graceMs = 60;
+    const rig = await startWorker('interrupt', undefined, {}, shortSleepMs, graceMs * 1000);
+    startQueue(rig, rig.kickFd);
+    const tokens = new Float64Array(8);
+    const lens = new Uint32Array(8);
+    postEchoChains(rig, 2);
+    expect(rig.driver.needsKick()).toBe(true);
+    native.eventfdWrite(rig.kickFd, 1);
+    stepUntil(rig, () => reap(rig, tokens, lens) === 2, 10);
+    const sleeps = readQueueStats(rig.stats, 0).sleeps;
+    // Idle steps within the grace return at once, without arming or sleeping...
+    const idleFrom = performance.now();
+    for (let i = 0; i < 5; i++) rig.worker.step();
+    expect(readQueueStats(rig.stats, 0).sleeps).toBe(sleeps);
+    expect(performance.now() - idleFrom).toBeLessThan(graceMs);
+    // ...so a refill the driver does not kick for (avail_event was not moved while awake) is served.
+    postEchoChains(rig, 2);
+    expect(rig.driver.needsKick()).toBe(false);
+    stepUntil(rig, () => reap(rig, tokens, lens) === 2, 10);
+    expect(readQueueStats(rig.stats, 0).sleeps).toBe(sleeps);
+    // Then, with nothing more, it sleeps once the grace has passed since its last work: steps
+    // return at once until then, and the sleep that follows lasts until the safety timeout.
+    const lastWork = performance.now();
+    let steps = 0;
+    while (readQueueStats(rig.stats, 0).sleeps === sleeps) {
+      rig.worker.step();
+      steps++;
+    }
+    const asleepAfter = performance.now() - lastWork;
+    expect(steps).toBeGreaterThan(1);
+    expect(asleepAfter).toBeGreaterThanOrEqual(graceMs + shortSleepMs - 20);
+    expect(asleepAfter).toBeLessThan(graceMs + shortSleepMs + 500);
   });
 });
 

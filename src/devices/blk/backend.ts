@@ -36,6 +36,8 @@ export interface BlkBackendOptions {
   cpus: number[];
   poll: PollMode;
   idleBudgetUs: number;
+  /** Interrupt mode's stay-awake time after work, µs (default INTERRUPT_GRACE_US). */
+  interruptGraceUs?: number;
 }
 
 export interface BlkBackend {

@@ -26,6 +26,8 @@ export interface NetBackendOptions {
   cpus: number[];
   poll: PollMode;
   idleBudgetUs: number;
+  /** Interrupt mode's stay-awake time after work, µs (default INTERRUPT_GRACE_US). */
+  interruptGraceUs?: number;
   /** Port p gets this MAC with p added to its last byte. */
   mac: Uint8Array;
   mtu: number;
