@@ -169,7 +169,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
 /** One line per queue, for the exit summary. */
 export function formatNetStats(stats: NetPortQueueStats[]): string {
   const header =
-    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors\n';
+    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors  gso-refused\n';
   return (
     header +
     stats
@@ -186,6 +186,7 @@ export function formatNetStats(stats: NetPortQueueStats[]): string {
           String(s.badChain).padStart(10),
           String(s.badBuffers).padStart(12),
           String(s.backendErrors).padStart(15),
+          String(s.gsoRefused).padStart(12),
         ].join(' '),
       )
       .join('\n') +

@@ -94,8 +94,18 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
             mac,
             mtu: options.mtu,
             onHeaderBytes: tap ? (bytes) => tap.setHeaderBytes(bytes) : undefined,
-            ...(tap && { offloads: true, onOffloads: (bits: number) => tap.setOffloads(bits) }),
-            sendRarp: fabric ? (rarpMac) => fabric.sendRarp(p, rarpMac) : undefined,
+            // tap carries the header through IFF_VNET_HDR; loopback and the switch pass it from
+            // TX to RX (or finish the checksum, handler.ts / switch.ts); sink and source have
+            // no receiver for it.
+            offloads: tap !== null || options.backend === 'loopback' || options.backend === 'switch',
+            ...(tap && { onOffloads: (bits: number) => tap.setOffloads(bits) }),
+            // loopback, sink and source offer no SEND_RARP: a RARP would only come back to the
+            // guest that is being announced (loopback), or reach nobody (sink, source).
+            sendRarp: fabric
+              ? (rarpMac) => fabric.sendRarp(p, rarpMac)
+              : tap
+                ? (rarpMac) => tap.sendRarp(rarpMac)
+                : undefined,
           });
           const handler = fabric
             ? fabric.handlerSpec(p, device)

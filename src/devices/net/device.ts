@@ -4,9 +4,10 @@
 //
 // Offloads (offload.ts). CSUM/GUEST_CSUM, TSO4/TSO6 and ECN (HOST and GUEST) are offered only
 // with options.offloads: the tap back-end carries the header both ways (IFF_VNET_HDR, and
-// TUNSETOFFLOAD set from what the guest acked through onOffloads). loopback, sink, source and the
-// switch write a plain header on RX, so a guest that handed them a partial checksum or a GSO
-// frame would receive it unfinished: they offer none.
+// TUNSETOFFLOAD set from what the guest acked through onOffloads); loopback and the switch pass
+// the TX header to the receiving RX chain, or complete the checksum in software for a receiver
+// without GUEST_CSUM and drop a GSO frame for one without GUEST_TSO (csum.ts). sink and source
+// offer none (no receiver for the header).
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
@@ -14,7 +15,8 @@
 // Device requests (handleRequest, the session's device hook). NET_SET_MTU (PROTOCOL_F_NET_MTU):
 // QEMU sends its host_mtu when the guest acked VIRTIO_NET_F_MTU; we accept 68 up to the MTU we
 // offered and drop TX frames above it from then on (until the device is reset). SEND_RARP
-// (PROTOCOL_F_RARP, offered only when the back-end can send a frame of its own: the switch):
+// (PROTOCOL_F_RARP, offered only when the back-end can send a frame of its own: the switch and
+// tap):
 // QEMU sends it after a migration when the guest cannot announce itself; GUEST_ANNOUNCE is
 // offered so that a guest can (QEMU then asks the guest driver, through its control queue).
 import type { DeviceRequest, VhostUserDevice } from '../../control/backend.js';
@@ -65,7 +67,7 @@ export interface NetDeviceOptions {
    * does not offer PROTOCOL_F_RARP.
    */
   sendRarp?: (mac: Uint8Array) => void;
-  /** The back-end carries virtio-net header offloads (tap): offer OFFLOAD_FEATURES. */
+  /** The back-end carries virtio-net header offloads (tap, loopback, switch): offer OFFLOAD_FEATURES. */
   offloads?: boolean;
   /** Called with the acked Offload bits whenever they change (tap: TUNSETOFFLOAD). */
   onOffloads?: (offloads: number) => void;

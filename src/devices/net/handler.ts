@@ -18,9 +18,17 @@
 //
 // Hostile input (every case counted per queue in NetStat and logged once per queue and reason):
 // a TX chain with a device-writable descriptor, shorter than the header, whose header asks for
-// an offload, or carrying a frame above MTU + headers is dropped; an RX chain with
-// device-readable descriptors or shorter than the header is handed back unused (used.len 0).
-// The next frame is served as usual.
+// an offload that was not acked (or, loopback, whose csum_start/csum_offset/hdr_len/gso_size do
+// not fit the frame), or carrying a frame above MTU + headers (64 KiB + headers as GSO) is
+// dropped; an RX chain with device-readable descriptors or shorter than the header is handed
+// back unused (used.len 0). The next frame is served as usual.
+//
+// Offloads on loopback (loopOffloaded, csum.ts). A TX frame whose header asks for one never
+// takes the fast path: its header passes to the RX chain unchanged (num_buffers our own) when
+// the guest acked the matching GUEST_* bit; a NEEDS_CSUM frame for a guest without GUEST_CSUM
+// gets its checksum computed from the TX bytes and written into the RX copy (flags 0); a GSO
+// frame for a guest without the matching GUEST_TSO4/6 (or ECN) is dropped and counted
+// (gsoRefused), not segmented.
 //
 // Stopping. Held RX chains would keep a queue from ever draining (GET_VRING_BASE waits for
 // in-flight requests), so poll() gives them back untouched once the worker marks their queue as
@@ -60,7 +68,18 @@ import { SourceBatch } from './source-batch.js';
 import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
 import { ETH_HEADER_BYTES, NET_HDR_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
-import { GSO_MAX_FRAME_BYTES, Offload, headerAllowed } from './offload.js';
+import { GSO_MAX_FRAME_BYTES, Offload, RX_CHECKSUM, RX_REFUSE, headerAllowed, receiverAction } from './offload.js';
+import {
+  HDR_CSUM_OFFSET,
+  HDR_CSUM_START,
+  HDR_FLAGS,
+  HDR_GSO_TYPE,
+  OFFLOAD_HEADER_BYTES,
+  finishChecksum,
+  offloadHeaderProblem,
+  sumReadable,
+  u16,
+} from './csum.js';
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
 const HELD_CAPACITY = 32768;
@@ -111,6 +130,8 @@ class NetHandler implements QueueHandler {
   private readonly rxArrived: Uint8Array;
   private readonly txBatch: TapTxBatch | null;
   private readonly rxBatch: TapRxBatch | null;
+  /** loopback: the virtio-net header of a TX frame that asks for an offload. */
+  private readonly offloadHeader = new Uint8Array(OFFLOAD_HEADER_BYTES);
 
   constructor(options: NetHandlerOptions, context: HandlerContext) {
     const backendIndex = NET_BACKENDS.indexOf(options.backend);
@@ -292,7 +313,7 @@ class NetHandler implements QueueHandler {
       return;
     }
     // Offloads the guest did not ack must not be asked for (§5.1.6.2): a frame needing a checksum
-    // or segmentation would reach the other side unfinished. Only tap offers them (device.ts).
+    // or segmentation would reach the other side unfinished. sink and source offer none (device.ts).
     let flags: number;
     let gsoType: number;
     if (request.segLength[0] >= 2) {
@@ -335,6 +356,11 @@ class NetHandler implements QueueHandler {
       const batch = this.txBatch!;
       if (!batch.accepts(pair, request)) this.writeTxBatch();
       batch.add(queue, pair, request, frameBytes);
+      return;
+    }
+    if ((flags | gsoType) !== 0 && this.backend === BACKEND_LOOPBACK) {
+      this.loopOffloaded(pair, index, request, headerBytes, frameBytes);
+      queue.complete(request, 0);
       return;
     }
     const stats = this.stats;
@@ -490,6 +516,81 @@ class NetHandler implements QueueHandler {
       errno: errno === 0 ? undefined : errnoName(errno),
       note: 'logged once per queue; see the net statistics for counts',
     });
+  }
+
+  // ---- loopback with offloads (csum.ts) -------------------------------------------------------
+
+  /**
+   * A looped-back frame whose header asks for an offload (never the fast path): its numbers
+   * checked against the frame, then delivered with the header as it is when the guest acked the
+   * matching GUEST_* bit, with the checksum completed in software when it did not ack
+   * GUEST_CSUM, or dropped (gsoRefused) as a GSO frame it did not ack GUEST_TSO for.
+   */
+  private loopOffloaded(pair: number, index: number, request: VirtqRequest, headerBytes: number, frameBytes: number): void {
+    const header = this.offloadHeader;
+    request.gather(header, 0, 0, OFFLOAD_HEADER_BYTES);
+    const problem = offloadHeaderProblem(header, 0, frameBytes);
+    if (problem !== '') {
+      this.count(index, NetStat.badChain, problem);
+      return;
+    }
+    const base = index * NET_STAT_SLOTS;
+    this.stats[base + NetStat.packets]++;
+    this.stats[base + NetStat.bytes] += frameBytes;
+    const action = receiverAction(header[HDR_FLAGS], header[HDR_GSO_TYPE], this.negotiated[NegotiatedSlot.offloads]);
+    if (action === RX_REFUSE) {
+      this.count(pair << 1, NetStat.gsoRefused, 'GSO frame for a guest that did not ack GUEST_TSO4/6 (or ECN): dropped');
+      return;
+    }
+    let chains = this.reserve(pair, frameBytes);
+    if (chains === 0 && this.popRxNow(pair)) chains = this.reserve(pair, frameBytes);
+    if (chains === 0) {
+      this.count(pair << 1, NetStat.noBuffer, '');
+      return;
+    }
+    if (chains < 0) {
+      this.count(pair << 1, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
+      return;
+    }
+    // The checksum over the TX bytes (the field holds the driver's pseudo-header sum), written
+    // into the RX copy below; -1: the header passes through instead.
+    let checksumAt = -1;
+    let checksum = 0;
+    if (action === RX_CHECKSUM) {
+      const csumStart = u16(header, HDR_CSUM_START);
+      checksumAt = csumStart + u16(header, HDR_CSUM_OFFSET);
+      checksum = finishChecksum(sumReadable(request, headerBytes + csumStart, frameBytes - csumStart));
+    }
+    const queue = this.rxQueue[pair]!;
+    const ring = this.held[pair]!;
+    let head = this.heldHead[pair];
+    let copied = 0;
+    for (let c = 0; c < chains; c++) {
+      const rx = ring[head]!;
+      ring[head] = null;
+      head = (head + 1) & (HELD_CAPACITY - 1);
+      let offset = 0;
+      if (c === 0) {
+        writeHeader(rx, headerBytes, chains);
+        if (checksumAt < 0) for (let i = 0; i < OFFLOAD_HEADER_BYTES; i++) rx.writeWritableByte(i, header[i]);
+        offset = headerBytes;
+      }
+      let take = rx.writableBytes - offset;
+      if (take > frameBytes - copied) take = frameBytes - copied;
+      copyRequestToRequest(request, headerBytes + copied, rx, offset, take);
+      // The checksum's two bytes may fall in different chains.
+      if (checksumAt >= copied && checksumAt < copied + take) rx.writeWritableByte(offset + checksumAt - copied, checksum >>> 8);
+      if (checksumAt + 1 >= copied && checksumAt + 1 < copied + take) {
+        rx.writeWritableByte(offset + checksumAt + 1 - copied, checksum & 0xff);
+      }
+      copied += take;
+      queue.complete(rx, offset + take);
+    }
+    this.heldHead[pair] = head;
+    this.heldCount[pair] -= chains;
+    const rxBase = (pair << 1) * NET_STAT_SLOTS;
+    this.stats[rxBase + NetStat.packets]++;
+    this.stats[rxBase + NetStat.bytes] += frameBytes;
   }
 
   // ---- delivery into held RX chains ----------------------------------------------------------

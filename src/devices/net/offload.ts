@@ -97,3 +97,27 @@ export function tunOffloadFlags(offloads: number): number {
   if ((offloads & Offload.guestEcn) !== 0) flags |= 8;
   return flags;
 }
+
+/** What a receiver gets of a frame that asks for an offload (receiverAction). */
+export const RX_PASS = 0;
+/** Checksum completed in software, delivered with flags 0. */
+export const RX_CHECKSUM = 1;
+/** A GSO frame the receiver cannot take (no matching GUEST_TSO4/6, or GUEST_ECN): dropped. */
+export const RX_REFUSE = 2;
+
+/**
+ * loopback and switch: what to do with a TX frame whose header asks for an offload (flags or
+ * gso_type set; checked against the sender's HOST bits already), for a receiver that acked
+ * `offloads` (its Offload bits). The header passes through unchanged when the receiver acked the
+ * matching GUEST bit; otherwise a partial checksum is completed in software, and a GSO frame is
+ * dropped (we do not segment).
+ */
+export function receiverAction(flags: number, gsoType: number, offloads: number): number {
+  if (gsoType !== GSO_NONE) {
+    return headerAllowed(flags, gsoType, offloads, Offload.guestCsum, Offload.guestTso4, Offload.guestTso6, Offload.guestEcn, true)
+      ? RX_PASS
+      : RX_REFUSE;
+  }
+  if ((flags & HDR_F_NEEDS_CSUM) === 0) return RX_PASS;
+  return (offloads & Offload.guestCsum) !== 0 ? RX_PASS : RX_CHECKSUM;
+}

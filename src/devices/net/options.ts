@@ -57,7 +57,8 @@ export const NetStat = {
   tooBig: 4,
   /**
    * TX: chain with a device-writable descriptor or shorter than the header, a header asking for
-   * an offload (flags or gso_type set), or a frame under 14 bytes.
+   * an offload that was not negotiated, or whose csum_start/csum_offset/hdr_len/gso_size do not
+   * fit the frame (loopback, switch), or a frame under 14 bytes.
    */
   badChain: 5,
   /** RX buffers handed back unused: device-readable descriptors, or shorter than the header. */
@@ -67,8 +68,13 @@ export const NetStat = {
    * asking for an offload the guest did not negotiate (RX), and failed reads.
    */
   backendErrors: 7,
+  /**
+   * RX (loopback, switch): a GSO frame for a guest that did not ack the matching GUEST_TSO4/6
+   * (or GUEST_ECN): dropped, not segmented in software.
+   */
+  gsoRefused: 8,
 } as const;
-export const NET_STAT_SLOTS = 8;
+export const NET_STAT_SLOTS = 9;
 
 export type NetQueueStats = { -readonly [K in keyof typeof NetStat]: number } & { queue: number };
 

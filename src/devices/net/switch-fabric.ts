@@ -15,21 +15,49 @@ import type { HandlerSpec } from '../../dataplane/device-api.js';
 import { createMacTable, MacTable, macHi, macLo } from './mac-table.js';
 import type { NetDevice } from './device.js';
 import { ETH_HEADER_BYTES, ETH_MIN_FRAME, VLAN_TAG_BYTES } from './virtio-net.js';
+import { GSO_MAX_FRAME_BYTES } from './offload.js';
 
 /** Data bytes of each worker-to-worker ring: ~170 full-size frames or ~3,600 small ones. */
 export const DEFAULT_SWITCH_RING_BYTES = 256 * 1024;
 /** Largest frames a ring holds at least (jumbo MTUs get larger rings). */
 const RING_MIN_LARGEST_FRAMES = 16;
 
-/** Ring size for an MTU: the default, or a power of two holding 16 of the largest records. */
+const ETHERTYPE_RARP = 0x8035;
+/** GSO frames (64 KiB + headers, with their virtio-net header) a ring holds at least. */
+const RING_MIN_GSO_FRAMES = 8;
+
+/**
+ * Ring size for an MTU: the default, or a power of two holding 16 of the largest records and
+ * 8 of the largest GSO records (the switch offers TSO: a ring of 256 KiB could not take one).
+ */
 export function switchRingBytes(mtu: number): number {
   const largest = FRAME_RECORD_HEADER_BYTES + 3 + mtu + ETH_HEADER_BYTES + VLAN_TAG_BYTES;
+  const largestGso = FRAME_RECORD_HEADER_BYTES + 12 + 3 + GSO_MAX_FRAME_BYTES;
   let bytes = DEFAULT_SWITCH_RING_BYTES;
-  while (bytes < RING_MIN_LARGEST_FRAMES * largest) bytes *= 2;
+  while (bytes < RING_MIN_LARGEST_FRAMES * largest || bytes < RING_MIN_GSO_FRAMES * largestGso) bytes *= 2;
   return bytes;
 }
+
+/**
+ * Writes into `frame` (at least 60 bytes) a RARP request announcing `mac` (RFC 903, as QEMU's
+ * and DPDK's announcements): broadcast, sender and target hardware address `mac`, IPs 0.0.0.0.
+ */
+export function buildRarpFrame(frame: Uint8Array, at: number, mac: Uint8Array): void {
+  frame.fill(0, at, at + ETH_MIN_FRAME);
+  frame.fill(0xff, at, at + 6);
+  frame.set(mac, at + 6);
+  frame[at + 12] = ETHERTYPE_RARP >>> 8;
+  frame[at + 13] = ETHERTYPE_RARP & 0xff;
+  const arp = at + ETH_HEADER_BYTES;
+  frame[arp + 1] = 1; // hardware type: Ethernet
+  frame[arp + 2] = 0x08; // protocol type: IPv4
+  frame[arp + 4] = 6; // hardware address length
+  frame[arp + 5] = 4; // protocol address length
+  frame[arp + 7] = 3; // opcode: reverse request
+  frame.set(mac, arp + 8); // sender hardware address (sender IP 0.0.0.0)
+  frame.set(mac, arp + 18); // target hardware address (target IP 0.0.0.0)
+}
 const INJECT_RING_BYTES = 4096;
-const ETHERTYPE_RARP = 0x8035;
 
 /** What the switch handler of one port gets (plain data: it crosses into the workers). */
 export interface SwitchHandlerOptions {
@@ -127,19 +155,7 @@ export class SwitchFabric {
     if (this.closed) throw new Error('the switch is stopped');
     this.macTable.learn(macHi(mac, 0), macLo(mac, 0), port, this.now());
     const frame = this.rarp;
-    frame.fill(0);
-    frame.fill(0xff, 0, 6);
-    frame.set(mac, 6);
-    frame[12] = ETHERTYPE_RARP >>> 8;
-    frame[13] = ETHERTYPE_RARP & 0xff;
-    const arp = ETH_HEADER_BYTES;
-    frame[arp + 1] = 1; // hardware type: Ethernet
-    frame[arp + 2] = 0x08; // protocol type: IPv4
-    frame[arp + 4] = 6; // hardware address length
-    frame[arp + 5] = 4; // protocol address length
-    frame[arp + 7] = 3; // opcode: reverse request
-    frame.set(mac, arp + 8); // sender hardware address (sender IP 0.0.0.0)
-    frame.set(mac, arp + 18); // target hardware address (target IP 0.0.0.0)
+    buildRarpFrame(frame, 0, mac);
     const injector = this.injectors[port];
     const offset = injector.reserve(frame.length, 0);
     if (offset < 0) throw new Error(`port ${port}: the switch is not taking announcements (inject ring full)`);

@@ -2,8 +2,8 @@
 // ports. One instance per worker of each port (an "endpoint", see switch-fabric.ts).
 //
 // TX (a frame from our guest): checked like every net back-end does (device-writable
-// descriptor, short chain, offload asked, above MTU, under an Ethernet header: dropped and
-// counted), its source MAC learned for our port, then sent on: to the port the destination was
+// descriptor, short chain, offload asked that our guest did not ack or whose numbers do not fit
+// the frame, above MTU (64 KiB as GSO), under an Ethernet header: dropped and counted), its source MAC learned for our port, then sent on: to the port the destination was
 // learned on, or flooded to every other port when the destination is unknown, broadcast or
 // multicast; a frame for our own port is filtered (a switch never sends a frame back where it
 // came from). "Sent" means copied once, from the guest's TX buffers into the SPSC frame ring of
@@ -18,6 +18,12 @@
 // pair stopped is dropped and counted. A ring found empty is armed: its next producer wakes
 // us through our eventfd, which the worker watches (context.watchFd) in every poll mode, so an
 // idle worker sleeps in interrupt and adaptive mode and a busy one polls the rings each pass.
+//
+// Offloads (csum.ts). A frame whose header asks for one (flags or gso_type set) carries the
+// header's 10 bytes in its record; the receiving endpoint decides by its own port's features,
+// so each destination of a flood gets what it acked: the header unchanged (num_buffers its own)
+// with the matching GUEST_* bit, else the checksum completed in software in the record (flags
+// 0), or a GSO frame dropped and counted (gsoRefused; we do not segment).
 //
 // Destination pair: the sender's pair number if that RX queue runs at the destination, else the
 // next running one; its worker is pair mod workers (the device's queue-to-worker map).
@@ -37,6 +43,25 @@ import { MacTable } from './mac-table.js';
 import { NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './options.js';
 import type { SwitchHandlerOptions } from './switch-fabric.js';
 import { ETH_HEADER_BYTES } from './virtio-net.js';
+import {
+  HDR_CSUM_OFFSET,
+  HDR_CSUM_START,
+  HDR_FLAGS,
+  HDR_GSO_TYPE,
+  OFFLOAD_HEADER_BYTES,
+  checksumInPlace,
+  offloadHeaderProblem,
+  u16,
+} from './csum.js';
+import {
+  GSO_MAX_FRAME_BYTES,
+  Offload,
+  RX_CHECKSUM,
+  RX_PASS,
+  RX_REFUSE,
+  headerAllowed,
+  receiverAction,
+} from './offload.js';
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
 const HELD_CAPACITY = 32768;
@@ -49,9 +74,15 @@ const RECORDS_PER_POLL = 256;
  */
 const ARM_AFTER_EMPTY_POLLS = 64;
 const WAKE_TOKEN = 0;
-/** Record tag: the destination pair in the low 16 bits, the pad before the frame in bits 16-17. */
+/**
+ * Record tag: the destination pair in the low 16 bits, the pad before the frame in bits 16-17,
+ * and bit 18 when the record starts with the sender's virtio-net header (an offload frame).
+ */
 const TAG_PAIR_MASK = 0xffff;
 const TAG_PAD_SHIFT = 16;
+const TAG_OFFLOAD_HEADER = 1 << 18;
+/** Room for the 10 header bytes in a record, a multiple of 4 so the frame keeps its alignment. */
+const RECORD_OFFLOAD_HEADER_BYTES = 12;
 
 class SwitchHandler implements QueueHandler {
   readonly completionFd = -1;
@@ -106,6 +137,8 @@ class SwitchHandler implements QueueHandler {
   private pairsSeenCount = 0;
   /** The Ethernet header of the frame being switched (destination, source, type). */
   private readonly ethernet = new Uint8Array(ETH_HEADER_BYTES);
+  /** The virtio-net header of a TX frame that asks for an offload. */
+  private readonly offloadHeader = new Uint8Array(OFFLOAD_HEADER_BYTES);
   /** Per queue and NetStat slot: already logged. */
   private readonly logged: Uint8Array;
 
@@ -211,9 +244,23 @@ class SwitchHandler implements QueueHandler {
       this.count(index, NetStat.badChain, 'TX chain refused: device-writable descriptor or shorter than the virtio-net header');
       return;
     }
-    // No offload is offered: a frame asking for a checksum or segmentation would reach the
-    // other guest unfinished (§5.1.6.2).
-    if (request.readableByte(0) !== 0 || request.readableByte(1) !== 0) {
+    // Offloads our guest did not ack must not be asked for (§5.1.6.2).
+    const flags = request.readableByte(0);
+    const gsoType = request.readableByte(1);
+    const offloaded = (flags | gsoType) !== 0;
+    if (
+      offloaded &&
+      !headerAllowed(
+        flags,
+        gsoType,
+        this.negotiated[NegotiatedSlot.offloads],
+        Offload.hostCsum,
+        Offload.hostTso4,
+        Offload.hostTso6,
+        Offload.hostEcn,
+        false,
+      )
+    ) {
       queue.complete(request, 0);
       this.count(
         index,
@@ -223,9 +270,10 @@ class SwitchHandler implements QueueHandler {
       return;
     }
     const frameBytes = request.readableBytes - headerBytes;
-    if (frameBytes > (this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)) {
+    // Above MTU + headers only as GSO, and never above 64 KiB + headers.
+    if (frameBytes > (gsoType !== 0 ? GSO_MAX_FRAME_BYTES : this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)) {
       queue.complete(request, 0);
-      this.count(index, NetStat.tooBig, 'TX frame above MTU + headers: dropped');
+      this.count(index, NetStat.tooBig, 'TX frame above MTU + headers (or a GSO frame above 64 KiB): dropped');
       return;
     }
     if (frameBytes < ETH_HEADER_BYTES) {
@@ -233,11 +281,20 @@ class SwitchHandler implements QueueHandler {
       this.count(index, NetStat.badChain, 'TX frame shorter than an Ethernet header: dropped');
       return;
     }
+    if (offloaded) {
+      request.gather(this.offloadHeader, 0, 0, OFFLOAD_HEADER_BYTES);
+      const problem = offloadHeaderProblem(this.offloadHeader, 0, frameBytes);
+      if (problem !== '') {
+        queue.complete(request, 0);
+        this.count(index, NetStat.badChain, problem);
+        return;
+      }
+    }
     const base = index * NET_STAT_SLOTS;
     this.stats[base + NetStat.packets]++;
     this.stats[base + NetStat.bytes] += frameBytes;
     request.gather(this.ethernet, 0, headerBytes, ETH_HEADER_BYTES);
-    this.forward(pair, request, headerBytes, null, 0, frameBytes);
+    this.forward(pair, request, headerBytes, null, 0, frameBytes, offloaded);
     queue.complete(request, 0);
   }
 
@@ -248,7 +305,7 @@ class SwitchHandler implements QueueHandler {
       if (ring.length >= ETH_HEADER_BYTES) {
         const data = ring.data;
         for (let i = 0; i < ETH_HEADER_BYTES; i++) this.ethernet[i] = data[ring.offset + i];
-        this.forward(0, null, 0, data, ring.offset, ring.length);
+        this.forward(0, null, 0, data, ring.offset, ring.length, false);
       }
       ring.release();
       work++;
@@ -258,7 +315,8 @@ class SwitchHandler implements QueueHandler {
 
   /**
    * Learns the source of the frame in this.ethernet and sends it where its destination is: from
-   * `request` (its readable bytes from `from`) or from `bytes` (at `from`).
+   * `request` (its readable bytes from `from`) or from `bytes` (at `from`); with `offloaded`,
+   * this.offloadHeader goes along.
    */
   private forward(
     pair: number,
@@ -267,6 +325,7 @@ class SwitchHandler implements QueueHandler {
     bytes: Uint8Array | null,
     bytesFrom: number,
     frameBytes: number,
+    offloaded: boolean,
   ): void {
     const eth = this.ethernet;
     if (!this.clockFresh) {
@@ -300,15 +359,19 @@ class SwitchHandler implements QueueHandler {
       if (destination === this.port) return; // filtered: the destination is behind the port it came from
     }
     if (destination >= 0) {
-      this.sendTo(destination, pair, request, requestFrom, bytes, bytesFrom, frameBytes);
+      this.sendTo(destination, pair, request, requestFrom, bytes, bytesFrom, frameBytes, offloaded);
       return;
     }
     for (let port = 0; port < this.ports; port++) {
-      if (port !== this.port) this.sendTo(port, pair, request, requestFrom, bytes, bytesFrom, frameBytes);
+      if (port !== this.port) this.sendTo(port, pair, request, requestFrom, bytes, bytesFrom, frameBytes, offloaded);
     }
   }
 
-  /** One copy of the frame into the ring of the endpoint serving `port`'s chosen RX pair. */
+  /**
+   * One copy of the frame into the ring of the endpoint serving `port`'s chosen RX pair (with
+   * `offloaded`, the virtio-net header before it: what the receiver makes of it is its own
+   * decision, by its own port's features).
+   */
   private sendTo(
     port: number,
     pair: number,
@@ -317,6 +380,7 @@ class SwitchHandler implements QueueHandler {
     bytes: Uint8Array | null,
     bytesFrom: number,
     frameBytes: number,
+    offloaded: boolean,
   ): void {
     const txQueue = (pair << 1) | 1;
     const destinationPair = this.runningPair(port, pair);
@@ -328,7 +392,11 @@ class SwitchHandler implements QueueHandler {
     const ring = this.outbound[endpoint]!;
     // Records start 8-aligned: pad so the frame has the guest bytes' alignment (word copies).
     const pad = request !== null ? readableAlignment(request, requestFrom) : 0;
-    const at = ring.reserve(pad + frameBytes, destinationPair | (pad << TAG_PAD_SHIFT));
+    const headerRoom = offloaded ? RECORD_OFFLOAD_HEADER_BYTES : 0;
+    const at = ring.reserve(
+      headerRoom + pad + frameBytes,
+      destinationPair | (pad << TAG_PAD_SHIFT) | (offloaded ? TAG_OFFLOAD_HEADER : 0),
+    );
     if (at < 0) {
       this.count(
         txQueue,
@@ -338,8 +406,10 @@ class SwitchHandler implements QueueHandler {
       return;
     }
     const data = ring.data;
-    if (request !== null) gatherIntoRing(request, requestFrom, data, ring.dataWords, at + pad, frameBytes);
-    else for (let i = 0; i < frameBytes; i++) data[at + i] = bytes![bytesFrom + i];
+    if (offloaded) for (let i = 0; i < OFFLOAD_HEADER_BYTES; i++) data[at + i] = this.offloadHeader[i];
+    const frameAt = at + headerRoom + pad;
+    if (request !== null) gatherIntoRing(request, requestFrom, data, ring.dataWords, frameAt, frameBytes);
+    else for (let i = 0; i < frameBytes; i++) data[frameAt + i] = bytes![bytesFrom + i];
     if (ring.commit()) {
       this.wakePending[endpoint] = 1;
       this.wakeAny = true;
@@ -420,8 +490,10 @@ class SwitchHandler implements QueueHandler {
         return ring.arm() ? delivered : delivered + 1;
       }
       const pair = ring.tag & TAG_PAIR_MASK;
-      const pad = ring.tag >>> TAG_PAD_SHIFT;
-      const frameBytes = ring.length - pad;
+      const pad = (ring.tag >>> TAG_PAD_SHIFT) & 3;
+      const headerAt = (ring.tag & TAG_OFFLOAD_HEADER) !== 0 ? ring.offset : -1;
+      const frameAt = ring.offset + (headerAt >= 0 ? RECORD_OFFLOAD_HEADER_BYTES : 0) + pad;
+      const frameBytes = ring.length - (frameAt - ring.offset);
       const rxIndex = pair << 1;
       if (pair >= this.pairs || pair % this.workers !== this.worker) {
         // Senders route by the queue-to-worker map: this would be a bug, never guest input.
@@ -435,12 +507,29 @@ class SwitchHandler implements QueueHandler {
         delivered++;
         continue;
       }
+      let action = RX_PASS;
+      if (headerAt >= 0) {
+        // Decided by our port's features: each destination of a flood decides for itself.
+        const data = ring.data;
+        action = receiverAction(data[headerAt + HDR_FLAGS], data[headerAt + HDR_GSO_TYPE], this.negotiated[NegotiatedSlot.offloads]);
+        if (action === RX_REFUSE) {
+          this.count(rxIndex, NetStat.gsoRefused, 'GSO frame for a guest that did not ack GUEST_TSO4/6 (or ECN): dropped');
+          ring.release();
+          delivered++;
+          continue;
+        }
+      }
       const chains = this.reserve(pair, frameBytes);
       if (chains === 0) return delivered; // no room yet: the record waits in the ring
       if (chains < 0) {
         this.count(rxIndex, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
       } else {
-        this.deliver(pair, queue, chains, ring, ring.offset + pad, frameBytes);
+        if (action === RX_CHECKSUM) {
+          // Once, now that the frame is delivered: the record is ours until release().
+          const data = ring.data;
+          checksumInPlace(data, frameAt, frameBytes, u16(data, headerAt + HDR_CSUM_START), u16(data, headerAt + HDR_CSUM_OFFSET));
+        }
+        this.deliver(pair, queue, chains, ring, frameAt, frameBytes, action === RX_PASS ? headerAt : -1);
       }
       ring.release();
       delivered++;
@@ -468,7 +557,10 @@ class SwitchHandler implements QueueHandler {
     return 0;
   }
 
-  /** Copies source.data[from, from + frameBytes) into `chains` held chains of `pair`, header first. */
+  /**
+   * Copies source.data[from, from + frameBytes) into `chains` held chains of `pair`, header
+   * first: a plain one, or the sender's at source.data[headerAt] (not -1) with our num_buffers.
+   */
   private deliver(
     pair: number,
     queue: WorkerQueue,
@@ -476,6 +568,7 @@ class SwitchHandler implements QueueHandler {
     source: FrameRingConsumer,
     from: number,
     frameBytes: number,
+    headerAt: number,
   ): void {
     const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
     const ring = this.held[pair]!;
@@ -488,6 +581,7 @@ class SwitchHandler implements QueueHandler {
       let offset = 0;
       if (c === 0) {
         writeHeader(rx, headerBytes, chains);
+        if (headerAt >= 0) for (let i = 0; i < OFFLOAD_HEADER_BYTES; i++) rx.writeWritableByte(i, source.data[headerAt + i]);
         offset = headerBytes;
       }
       let take = rx.writableBytes - offset;
