@@ -32,6 +32,8 @@ export interface NetRigOptions {
   queueSize?: number;
   /** Connect to a listening front-end (DPDK server=1) instead of listening. */
   client?: boolean;
+  /** Offer the checksum/TSO offloads; default: as startNetBackend does (loopback yes, sink and source no). */
+  offloads?: boolean;
 }
 
 export class NetRig {
@@ -51,6 +53,7 @@ export class NetRig {
       maxQueueSize: options.queueSize ?? 256,
       mac: MAC,
       mtu: options.mtu ?? 1500,
+      offloads: options.offloads ?? options.backend === 'loopback',
     });
     const plane = await WorkerDataPlane.start({
       cpus: options.cpus ?? [1],
@@ -70,7 +73,10 @@ export class NetRig {
     return new NetRig(dir, socketPath, device, plane, daemon);
   }
 
-  async connect(options: { wantedFeatures?: bigint; queuePairs?: number; queueSize?: number } = {}): Promise<NetGuest> {
+  /** `extraFeatures`: device feature bits to ack beside NET_GUEST_FEATURES (offloads). */
+  async connect(
+    options: { wantedFeatures?: bigint; queuePairs?: number; queueSize?: number; extraFeatures?: bigint } = {},
+  ): Promise<NetGuest> {
     const memory = FrontendMemory.simple(32 << 20);
     const device = await FrontendDevice.connect({
       socketPath: this.socketPath,
@@ -79,7 +85,7 @@ export class NetRig {
       queueSize: options.queueSize ?? 256,
       indirectEntries: 8,
       // What this test guest understands of virtio-net (it reads num_buffers, drives N pairs).
-      deviceFeatures: NET_GUEST_FEATURES,
+      deviceFeatures: NET_GUEST_FEATURES | (options.extraFeatures ?? 0n),
       wantedFeatures: options.wantedFeatures,
     });
     return new NetGuest(device, memory);

@@ -7,6 +7,8 @@ import { setLogSink } from '../../dist/log.js';
 import { NetFeature } from '../../dist/devices/net/virtio-net.js';
 import { SOURCE_MAC, SOURCE_SEQUENCE_OFFSET, ipv4HeaderChecksum } from '../../dist/devices/net/frame.js';
 import { MAC, NetRig, ethernetFrame, sameBytes, type NetGuest, type NetRigOptions } from './net-rig.js';
+import { Offload } from '../../dist/devices/net/offload.js';
+import { offloadHeader, partialTcpChecksum, tcpChecksumValid, tcpFrame } from './net-offload-frames.js';
 
 const rigs: NetRig[] = [];
 const guests: NetGuest[] = [];
@@ -37,8 +39,8 @@ function zeroHeader(header: Uint8Array): boolean {
 }
 
 describe('features and config space', () => {
-  it.each(['loopback', 'sink', 'source'] as const)(
-    '%s offers no checksum/TSO offload (its RX header is always plain)',
+  it.each(['sink', 'source'] as const)(
+    '%s offers no checksum/TSO offload (nothing receives the header)',
     async (backend) => {
       const { guest } = await start({ backend });
       for (const feature of [
@@ -56,20 +58,25 @@ describe('features and config space', () => {
     },
   );
 
-  it('offers VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, MTU, MAC, STATUS; MQ only with several pairs; no offloads', async () => {
+  it('offers VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, MTU, MAC, STATUS, loopback the offloads; MQ only with several pairs', async () => {
     const { guest } = await start({ backend: 'loopback' });
     const offered = guest.device.offeredFeatures;
-    for (const feature of [32, 29, 28, NetFeature.MRG_RXBUF, NetFeature.MTU, NetFeature.MAC, NetFeature.STATUS]) {
-      expect(offered & bit(feature), `bit ${feature}`).not.toBe(0n);
-    }
     for (const feature of [
+      32,
+      29,
+      28,
+      NetFeature.MRG_RXBUF,
+      NetFeature.MTU,
+      NetFeature.MAC,
+      NetFeature.STATUS,
       NetFeature.CSUM,
       NetFeature.GUEST_CSUM,
       NetFeature.HOST_TSO4,
-      NetFeature.GUEST_TSO4,
-      NetFeature.MQ,
-      NetFeature.CTRL_VQ,
+      NetFeature.GUEST_TSO6,
     ]) {
+      expect(offered & bit(feature), `bit ${feature}`).not.toBe(0n);
+    }
+    for (const feature of [NetFeature.MQ, NetFeature.CTRL_VQ]) {
       expect(offered & bit(feature), `bit ${feature}`).toBe(0n);
     }
     const multi = await start({ backend: 'loopback', queuePairs: 3 }, { queuePairs: 3 });
@@ -179,6 +186,50 @@ describe('loopback', () => {
     const [got] = await guest.receive(1);
     expect(got.numBuffers).toBe(3);
     expect(sameBytes(got.frame, frame)).toBe(true);
+  });
+});
+
+describe('loopback with offloads acked', () => {
+  const CSUM = bit(NetFeature.CSUM);
+  const GUEST_CSUM = bit(NetFeature.GUEST_CSUM);
+  const TSO = bit(NetFeature.HOST_TSO4) | bit(NetFeature.GUEST_TSO4);
+
+  it('passes the header through with GUEST_CSUM and TSO, with num_buffers for a GSO frame spanning RX chains', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' }, { extraFeatures: CSUM | GUEST_CSUM | TSO });
+    expect(rig.device.offloads).toBe(Offload.hostCsum | Offload.hostTso4 | Offload.guestCsum | Offload.guestTso4);
+    await rig.offerRx(guest, 16, 2048);
+    const small = tcpFrame(200, 1);
+    partialTcpChecksum(small);
+    const csumHeader = offloadHeader({ flags: 1, hdrLen: 54, csumStart: 34, csumOffset: 16 });
+    guest.send(small, { header: csumHeader, layout: 'split-header' });
+    const big = tcpFrame(8000, 2); // a GSO frame above the 1500 MTU
+    partialTcpChecksum(big);
+    const gsoHeader = offloadHeader({ flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16 });
+    guest.send(big, { header: gsoHeader });
+    const [first, second] = await guest.receive(2);
+    expect(Array.from(first.header.subarray(0, 10))).toEqual(Array.from(csumHeader));
+    expect(sameBytes(first.frame, small)).toBe(true);
+    expect(Array.from(second.header.subarray(0, 10))).toEqual(Array.from(gsoHeader));
+    expect(second.numBuffers).toBe(Math.ceil((12 + big.length) / 2048));
+    expect(sameBytes(second.frame, big)).toBe(true);
+    expect(rig.stats(0)).toMatchObject({ packets: 2, drops: 0 });
+  });
+
+  it('finishes the checksum for a guest that acked CSUM but not GUEST_CSUM, and refuses GSO it cannot take', async () => {
+    const { rig, guest } = await start({ backend: 'loopback' }, { extraFeatures: CSUM | bit(NetFeature.HOST_TSO4) });
+    await rig.offerRx(guest, 8, 2048);
+    const frame = tcpFrame(1001, 3);
+    partialTcpChecksum(frame);
+    guest.send(frame, { header: offloadHeader({ flags: 1, hdrLen: 54, csumStart: 34, csumOffset: 16 }), layout: 'two' });
+    const [got] = await guest.receive(1);
+    expect(zeroHeader(got.header)).toBe(true);
+    expect(tcpChecksumValid(got.frame)).toBe(true);
+    expect(tcpChecksumValid(frame)).toBe(false);
+    const gso = tcpFrame(4000, 4);
+    guest.send(gso, { header: offloadHeader({ flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16 }) });
+    await rig.waitStats((s) => s[0].gsoRefused === 1);
+    expect(rig.stats(0)).toMatchObject({ packets: 1, drops: 1, gsoRefused: 1 });
+    expect(rig.stats(1)).toMatchObject({ packets: 2, drops: 0 });
   });
 });
 
@@ -306,7 +357,7 @@ describe('bad input', () => {
     expect(rig.stats(1)).toMatchObject({ packets: 1, drops: 3, badChain: 3 });
   });
 
-  it('a TX header asking for a checksum or segmentation offload (none negotiated) is dropped and counted', async () => {
+  it('a TX header asking for a checksum or segmentation offload (offered, not acked) is dropped and counted', async () => {
     const { rig, guest } = await start({ backend: 'loopback' });
     await rig.offerRx(guest, 4, 2048);
     const tx = guest.tx();

@@ -578,10 +578,12 @@ class NetHandler implements QueueHandler {
       let take = rx.writableBytes - offset;
       if (take > frameBytes - copied) take = frameBytes - copied;
       copyRequestToRequest(request, headerBytes + copied, rx, offset, take);
-      // The checksum's two bytes may fall in different chains.
-      if (checksumAt >= copied && checksumAt < copied + take) rx.writeWritableByte(offset + checksumAt - copied, checksum >>> 8);
-      if (checksumAt + 1 >= copied && checksumAt + 1 < copied + take) {
-        rx.writeWritableByte(offset + checksumAt + 1 - copied, checksum & 0xff);
+      if (checksumAt >= 0) {
+        // The checksum's two bytes may fall in different chains.
+        if (checksumAt >= copied && checksumAt < copied + take) rx.writeWritableByte(offset + checksumAt - copied, checksum >>> 8);
+        if (checksumAt + 1 >= copied && checksumAt + 1 < copied + take) {
+          rx.writeWritableByte(offset + checksumAt + 1 - copied, checksum & 0xff);
+        }
       }
       copied += take;
       queue.complete(rx, offset + take);
