@@ -4,7 +4,7 @@
 // echo from the guest are answered by the namespace, the namespace's own ARP requests reach the
 // guest, and frames wait in the tap while the guest has no RX buffer. Needs root (netns, tun).
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import { startNetBackend, type NetBackend } from '../../dist/devices/net/backend.js';
 import { FrontendDevice } from '../../dist/frontend/device.js';
 import { FrontendMemory } from '../../dist/frontend/memory.js';
+import { FRONTEND_PROTOCOL_FEATURES } from '../../dist/frontend/features.js';
+import { ProtocolFeature } from '../../dist/control/protocol.js';
 import { ipv4HeaderChecksum } from '../../dist/devices/net/frame.js';
 import { NetFeature } from '../../dist/devices/net/virtio-net.js';
 import type { PollMode } from '../../dist/dataplane/commands.js';
@@ -346,6 +348,71 @@ describe('vhost-user-net tap back-end in a network namespace', () => {
     const echo = await receiveMatching(g, isEchoReply);
     expect(Array.from(echo.frame.subarray(26, 30))).toEqual(NS_IP);
     expect(Buffer.from(echo.frame.subarray(42)).equals(Buffer.from(sent.frame.subarray(42)))).toBe(true);
+  });
+
+  it('SEND_RARP (PROTOCOL_F_RARP offered) writes one RARP announcement into the tap, seen in the namespace', async () => {
+    const name = `vt${process.pid % 100000}r`;
+    const net = await startTap(name, 'interrupt');
+    plugIntoNamespace(name);
+    const memory = FrontendMemory.simple(32 << 20);
+    const device = await FrontendDevice.connect({
+      socketPath: net.ports[0].socketPath,
+      memory,
+      queues: 2,
+      queueSize: 256,
+      deviceFeatures: NET_GUEST_FEATURES,
+      wantedProtocolFeatures: FRONTEND_PROTOCOL_FEATURES | (1n << BigInt(ProtocolFeature.RARP)),
+    });
+    guest = new NetGuest(device, memory);
+    expect(device.offeredProtocolFeatures & (1n << BigInt(ProtocolFeature.RARP))).not.toBe(0n);
+    // A packet socket in the namespace, bound to the tap, for RARP frames only.
+    const capture = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        NS,
+        'python3',
+        '-c',
+        [
+          'import select, socket, sys',
+          's = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))',
+          's.bind((sys.argv[1], 0))',
+          "print('ready', flush=True)",
+          'r, _, _ = select.select([s], [], [], 10)',
+          "print(s.recv(2048).hex() if r else 'timeout', flush=True)",
+        ].join('\n'),
+        name,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const lines: string[] = [];
+    let waiting: (() => void) | null = null;
+    capture.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+      lines.push(...chunk.split('\n').filter((l) => l !== ''));
+      waiting?.();
+    });
+    const nextLine = async (): Promise<string> => {
+      while (lines.length === 0) await new Promise<void>((resolve) => (waiting = resolve));
+      return lines.shift()!;
+    };
+    try {
+      expect(await nextLine()).toBe('ready');
+      const moved = Uint8Array.of(0x52, 0x54, 0, 0xab, 0xcd, 0xef);
+      await device.client.request({ type: 'SEND_RARP', mac: moved });
+      const frame = Buffer.from(await nextLine(), 'hex');
+      expect(frame.length).toBe(60);
+      expect(Array.from(frame.subarray(0, 6))).toEqual(BROADCAST);
+      expect(Array.from(frame.subarray(6, 12))).toEqual(Array.from(moved));
+      expect(frame.readUInt16BE(12)).toBe(0x8035); // RARP
+      expect(frame.readUInt16BE(20)).toBe(3); // reverse request
+      expect(Array.from(frame.subarray(22, 28))).toEqual(Array.from(moved)); // sender hardware address
+      expect(Array.from(frame.subarray(32, 38))).toEqual(Array.from(moved)); // target hardware address
+      // A multicast MAC is refused (the device checks it), and nothing reaches the tap.
+      await expect(device.client.request({ type: 'SEND_RARP', mac: Uint8Array.of(1, 0, 0x5e, 0, 0, 1) })).rejects.toThrow();
+    } finally {
+      capture.kill();
+    }
   });
 
   it('drops (and counts) frames larger than the RX buffers the guest offers', async () => {
