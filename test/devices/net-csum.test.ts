@@ -35,7 +35,9 @@ describe('software checksum', () => {
   it('sums a request cut anywhere (odd pieces) the same as the contiguous bytes', () => {
     const buffer = new SharedArrayBuffer(1 << 16);
     const bytes = new Uint8Array(buffer);
-    const memory = new GuestMemory([{ guestPhysAddr: 0, size: 1 << 16, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 }]);
+    const memory = new GuestMemory([
+      { guestPhysAddr: 0, size: 1 << 16, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 },
+    ]);
     for (let i = 0; i < 4000; i++) bytes[i] = (i * 37 + 11) & 0xff;
     const whole = sumBytes(bytes, 5, 3005, false, 0);
     // The same 3000 bytes in pieces of 1, 2, 3 ... bytes, scattered with gaps in between.

@@ -169,7 +169,14 @@ function chain(memory: GuestMemory, pieces: [number, number][], writable: boolea
 }
 
 /** Writes header + frame at `at` and returns a TX request over it, cut into the pieces given (lengths). */
-function txRequest(memory: GuestMemory, bytes: Uint8Array, at: number, header: Uint8Array, frame: Uint8Array, cuts: number[] = []) {
+function txRequest(
+  memory: GuestMemory,
+  bytes: Uint8Array,
+  at: number,
+  header: Uint8Array,
+  frame: Uint8Array,
+  cuts: number[] = [],
+) {
   bytes.fill(0, at, at + HEADER);
   bytes.set(header, at);
   bytes.set(frame, at + HEADER);
@@ -240,7 +247,14 @@ function stat(device: NetDevice, queue: number, slot: number): number {
 
 const CSUM_HEADER = offloadHeader({ flags: HDR_F_NEEDS_CSUM, hdrLen: 54, csumStart: 34, csumOffset: 16 });
 /** A GSO frame: every field set to something the receiver must see unchanged. */
-const GSO_HEADER = offloadHeader({ flags: HDR_F_NEEDS_CSUM, gsoType: GSO_TCPV4, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16 });
+const GSO_HEADER = offloadHeader({
+  flags: HDR_F_NEEDS_CSUM,
+  gsoType: GSO_TCPV4,
+  hdrLen: 54,
+  gsoSize: 1448,
+  csumStart: 34,
+  csumOffset: 16,
+});
 const SENDS_ALL = Offload.hostCsum | Offload.hostTso4 | Offload.hostTso6 | Offload.hostEcn;
 const TAKES_ALL = Offload.guestCsum | Offload.guestTso4 | Offload.guestTso6 | Offload.guestEcn;
 
@@ -256,7 +270,10 @@ describe('loopback with offloads (handler in-process)', () => {
     const offer = (count: number, size: number, pieces = 1) => {
       for (let i = 0; i < count; i++) {
         const cut = Math.floor(size / pieces);
-        const segments: [number, number][] = Array.from({ length: pieces }, (_, p) => [next + p * cut, p === pieces - 1 ? size - p * cut : cut]);
+        const segments: [number, number][] = Array.from({ length: pieces }, (_, p) => [
+          next + p * cut,
+          p === pieces - 1 ? size - p * cut : cut,
+        ]);
         bytes.fill(0xee, next, next + size);
         handler.handle(rx.queue, chain(memory, segments, true, next));
         next += size + 64;
@@ -279,7 +296,14 @@ describe('loopback with offloads (handler in-process)', () => {
     const big = tcpFrame(5000, 2); // above MTU: only as GSO
     partialTcpChecksum(big);
     send(GSO_HEADER, big, [5, 12, 3001]);
-    const ecn = offloadHeader({ flags: HDR_F_NEEDS_CSUM, gsoType: GSO_TCPV6 | GSO_ECN, hdrLen: 74, gsoSize: 1428, csumStart: 54, csumOffset: 16 });
+    const ecn = offloadHeader({
+      flags: HDR_F_NEEDS_CSUM,
+      gsoType: GSO_TCPV6 | GSO_ECN,
+      hdrLen: 74,
+      gsoSize: 1428,
+      csumStart: 54,
+      csumOffset: 16,
+    });
     send(ecn, tcpFrame(3000, 3));
     const got = rx.frames();
     expect(got.map((g) => Array.from(g.header))).toEqual([CSUM_HEADER, GSO_HEADER, ecn].map((h) => Array.from(h)));
@@ -302,8 +326,8 @@ describe('loopback with offloads (handler in-process)', () => {
           partialTcpChecksum(frame);
           send(CSUM_HEADER, frame, cuts);
           const [got] = rx.frames();
-          expect(Array.from(got.header), `${payload} bytes, cuts ${cuts}`).toEqual(new Array(10).fill(0));
-          expect(tcpChecksumValid(got.frame), `${payload} bytes, cuts ${cuts}, RX ${rxSplit}`).toBe(true);
+          expect(Array.from(got.header), `${payload} bytes, cuts ${cuts.join(',')}`).toEqual(new Array(10).fill(0));
+          expect(tcpChecksumValid(got.frame), `${payload} bytes, cuts ${cuts.join(',')}, RX ${rxSplit}`).toBe(true);
           // Only the checksum differs from what was sent.
           expect(sameBytes(got.frame.subarray(0, 50), frame.subarray(0, 50))).toBe(true);
           expect(sameBytes(got.frame.subarray(52), frame.subarray(52))).toBe(true);
@@ -321,7 +345,10 @@ describe('loopback with offloads (handler in-process)', () => {
     const { device, handler, rx, offer, send } = await loopback(SENDS_ALL | Offload.guestCsum | Offload.guestTso6);
     offer(8, 2048);
     send(GSO_HEADER, tcpFrame(4000, 1)); // TCPv4: no GUEST_TSO4
-    send(offloadHeader({ flags: 1, gsoType: GSO_TCPV6 | GSO_ECN, hdrLen: 74, gsoSize: 1000, csumStart: 54, csumOffset: 16 }), tcpFrame(3000, 2)); // no GUEST_ECN
+    send(
+      offloadHeader({ flags: 1, gsoType: GSO_TCPV6 | GSO_ECN, hdrLen: 74, gsoSize: 1000, csumStart: 54, csumOffset: 16 }),
+      tcpFrame(3000, 2),
+    ); // no GUEST_ECN
     send(CSUM_HEADER, tcpFrame(10, 3)); // still served
     expect(rx.frames()).toHaveLength(1);
     expect(stat(device, 0, NetStat.gsoRefused)).toBe(2);
@@ -360,12 +387,19 @@ describe('switch with offloads (handlers in-process)', () => {
     const { memory, bytes } = guestMemory();
     const fabric = new SwitchFabric(3, 1, 1);
     const devices = offloads.map((bits, p) => {
-      const device = new NetDevice({ queuePairs: 1, maxQueueSize: 256, mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, p), mtu: 1500, offloads: true });
+      const device = new NetDevice({
+        queuePairs: 1,
+        maxQueueSize: 256,
+        mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, p),
+        mtu: 1500,
+        offloads: true,
+      });
       setNegotiated(device, bits);
       return device;
     });
     const handlers: QueueHandler[] = [];
-    for (const [p, device] of devices.entries()) handlers.push(await createSwitchHandler(fabric.handlerSpec(p, device).options, context));
+    for (const [p, device] of devices.entries())
+      handlers.push(await createSwitchHandler(fabric.handlerSpec(p, device).options, context));
     const rx = devices.map(() => new RxRecorder(memory, bytes));
     let next = 4 * MiB;
     for (const [p, handler] of handlers.entries()) {

@@ -67,7 +67,10 @@ class SwitchRig {
     return new SwitchRig(dir, backend);
   }
 
-  async connect(port: number, options: { queuePairs?: number; protocol?: bigint; extraFeatures?: bigint } = {}): Promise<NetGuest> {
+  async connect(
+    port: number,
+    options: { queuePairs?: number; protocol?: bigint; extraFeatures?: bigint } = {},
+  ): Promise<NetGuest> {
     const memory = FrontendMemory.simple(32 << 20);
     const device = await FrontendDevice.connect({
       socketPath: this.backend.ports[port].socketPath,

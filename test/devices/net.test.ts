@@ -39,24 +39,21 @@ function zeroHeader(header: Uint8Array): boolean {
 }
 
 describe('features and config space', () => {
-  it.each(['sink', 'source'] as const)(
-    '%s offers no checksum/TSO offload (nothing receives the header)',
-    async (backend) => {
-      const { guest } = await start({ backend });
-      for (const feature of [
-        NetFeature.CSUM,
-        NetFeature.GUEST_CSUM,
-        NetFeature.HOST_TSO4,
-        NetFeature.HOST_TSO6,
-        NetFeature.GUEST_TSO4,
-        NetFeature.GUEST_TSO6,
-        NetFeature.HOST_ECN,
-        NetFeature.GUEST_ECN,
-      ]) {
-        expect(guest.device.offeredFeatures & bit(feature), `bit ${feature}`).toBe(0n);
-      }
-    },
-  );
+  it.each(['sink', 'source'] as const)('%s offers no checksum/TSO offload (nothing receives the header)', async (backend) => {
+    const { guest } = await start({ backend });
+    for (const feature of [
+      NetFeature.CSUM,
+      NetFeature.GUEST_CSUM,
+      NetFeature.HOST_TSO4,
+      NetFeature.HOST_TSO6,
+      NetFeature.GUEST_TSO4,
+      NetFeature.GUEST_TSO6,
+      NetFeature.HOST_ECN,
+      NetFeature.GUEST_ECN,
+    ]) {
+      expect(guest.device.offeredFeatures & bit(feature), `bit ${feature}`).toBe(0n);
+    }
+  });
 
   it('offers VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC, MTU, MAC, STATUS, loopback the offloads; MQ only with several pairs', async () => {
     const { guest } = await start({ backend: 'loopback' });
@@ -226,7 +223,9 @@ describe('loopback with offloads acked', () => {
     expect(tcpChecksumValid(got.frame)).toBe(true);
     expect(tcpChecksumValid(frame)).toBe(false);
     const gso = tcpFrame(4000, 4);
-    guest.send(gso, { header: offloadHeader({ flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16 }) });
+    guest.send(gso, {
+      header: offloadHeader({ flags: 1, gsoType: 1, hdrLen: 54, gsoSize: 1448, csumStart: 34, csumOffset: 16 }),
+    });
     await rig.waitStats((s) => s[0].gsoRefused === 1);
     expect(rig.stats(0)).toMatchObject({ packets: 1, drops: 1, gsoRefused: 1 });
     expect(rig.stats(1)).toMatchObject({ packets: 2, drops: 0 });

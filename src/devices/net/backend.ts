@@ -101,11 +101,7 @@ export async function startNetBackend(options: NetBackendOptions, logger?: Logge
             ...(tap && { onOffloads: (bits: number) => tap.setOffloads(bits) }),
             // loopback, sink and source offer no SEND_RARP: a RARP would only come back to the
             // guest that is being announced (loopback), or reach nobody (sink, source).
-            sendRarp: fabric
-              ? (rarpMac) => fabric.sendRarp(p, rarpMac)
-              : tap
-                ? (rarpMac) => tap.sendRarp(rarpMac)
-                : undefined,
+            sendRarp: fabric ? (rarpMac) => fabric.sendRarp(p, rarpMac) : tap ? (rarpMac) => tap.sendRarp(rarpMac) : undefined,
           });
           const handler = fabric
             ? fabric.handlerSpec(p, device)

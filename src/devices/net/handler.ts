@@ -580,7 +580,8 @@ class NetHandler implements QueueHandler {
       copyRequestToRequest(request, headerBytes + copied, rx, offset, take);
       if (checksumAt >= 0) {
         // The checksum's two bytes may fall in different chains.
-        if (checksumAt >= copied && checksumAt < copied + take) rx.writeWritableByte(offset + checksumAt - copied, checksum >>> 8);
+        if (checksumAt >= copied && checksumAt < copied + take)
+          rx.writeWritableByte(offset + checksumAt - copied, checksum >>> 8);
         if (checksumAt + 1 >= copied && checksumAt + 1 < copied + take) {
           rx.writeWritableByte(offset + checksumAt + 1 - copied, checksum & 0xff);
         }

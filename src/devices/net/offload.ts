@@ -114,7 +114,16 @@ export const RX_REFUSE = 2;
  */
 export function receiverAction(flags: number, gsoType: number, offloads: number): number {
   if (gsoType !== GSO_NONE) {
-    return headerAllowed(flags, gsoType, offloads, Offload.guestCsum, Offload.guestTso4, Offload.guestTso6, Offload.guestEcn, true)
+    return headerAllowed(
+      flags,
+      gsoType,
+      offloads,
+      Offload.guestCsum,
+      Offload.guestTso4,
+      Offload.guestTso6,
+      Offload.guestEcn,
+      true,
+    )
       ? RX_PASS
       : RX_REFUSE;
   }

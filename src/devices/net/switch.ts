@@ -53,15 +53,7 @@ import {
   offloadHeaderProblem,
   u16,
 } from './csum.js';
-import {
-  GSO_MAX_FRAME_BYTES,
-  Offload,
-  RX_CHECKSUM,
-  RX_PASS,
-  RX_REFUSE,
-  headerAllowed,
-  receiverAction,
-} from './offload.js';
+import { GSO_MAX_FRAME_BYTES, Offload, RX_CHECKSUM, RX_PASS, RX_REFUSE, headerAllowed, receiverAction } from './offload.js';
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
 const HELD_CAPACITY = 32768;
@@ -271,7 +263,9 @@ class SwitchHandler implements QueueHandler {
     }
     const frameBytes = request.readableBytes - headerBytes;
     // Above MTU + headers only as GSO, and never above 64 KiB + headers.
-    if (frameBytes > (gsoType !== 0 ? GSO_MAX_FRAME_BYTES : this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)) {
+    if (
+      frameBytes > (gsoType !== 0 ? GSO_MAX_FRAME_BYTES : this.negotiated[NegotiatedSlot.maxFrameBytes] || this.maxFrameBytes)
+    ) {
       queue.complete(request, 0);
       this.count(index, NetStat.tooBig, 'TX frame above MTU + headers (or a GSO frame above 64 KiB): dropped');
       return;
@@ -511,7 +505,11 @@ class SwitchHandler implements QueueHandler {
       if (headerAt >= 0) {
         // Decided by our port's features: each destination of a flood decides for itself.
         const data = ring.data;
-        action = receiverAction(data[headerAt + HDR_FLAGS], data[headerAt + HDR_GSO_TYPE], this.negotiated[NegotiatedSlot.offloads]);
+        action = receiverAction(
+          data[headerAt + HDR_FLAGS],
+          data[headerAt + HDR_GSO_TYPE],
+          this.negotiated[NegotiatedSlot.offloads],
+        );
         if (action === RX_REFUSE) {
           this.count(rxIndex, NetStat.gsoRefused, 'GSO frame for a guest that did not ack GUEST_TSO4/6 (or ECN): dropped');
           ring.release();
