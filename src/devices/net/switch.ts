@@ -3,8 +3,9 @@
 //
 // TX (a frame from our guest): checked like every net back-end does (device-writable
 // descriptor, short chain, offload asked that our guest did not ack or whose numbers do not fit
-// the frame, above MTU (64 KiB as GSO), under an Ethernet header: dropped and counted), its source MAC learned for our port, then sent on: to the port the destination was
-// learned on, or flooded to every other port when the destination is unknown, broadcast or
+// the frame, above MTU (64 KiB as GSO), under an Ethernet header: dropped and counted), its
+// source MAC learned for our port, then sent on: to the port the destination was learned on,
+// or flooded to every other port when the destination is unknown, broadcast or
 // multicast; a frame for our own port is filtered (a switch never sends a frame back where it
 // came from). "Sent" means copied once, from the guest's TX buffers into the SPSC frame ring of
 // the destination endpoint, tagged with the RX queue pair it is for; the TX chain completes at
