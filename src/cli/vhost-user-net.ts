@@ -39,6 +39,11 @@ Back-end:
                            tap:NAME  a Linux tap device in our network namespace, created if
                                      missing (and then removed at exit); one --socket; needs
                                      CAP_NET_ADMIN. Configure it (address, up) yourself.
+                                     Answers SEND_RARP by writing a RARP into the tap.
+                         loopback, switch and tap offer checksum/TSO offloads (the virtio-net
+                         header is passed on; loopback and switch finish the checksum for a
+                         guest that did not ack GUEST_CSUM and drop GSO frames for one without
+                         GUEST_TSO, counted as gso-refused)
   --frame-size N         source: bytes per frame, Ethernet header onwards, no FCS (default 64;
                          ${SOURCE_MIN_FRAME} to MTU + 18)
 
