@@ -174,7 +174,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
 /** One line per queue, for the exit summary. */
 export function formatNetStats(stats: NetPortQueueStats[]): string {
   const header =
-    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors  gso-refused\n';
+    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors  gso-refused  gso-segmented\n';
   return (
     header +
     stats
@@ -192,6 +192,7 @@ export function formatNetStats(stats: NetPortQueueStats[]): string {
           String(s.badBuffers).padStart(12),
           String(s.backendErrors).padStart(15),
           String(s.gsoRefused).padStart(12),
+          String(s.gsoSegmented).padStart(14),
         ].join(' '),
       )
       .join('\n') +

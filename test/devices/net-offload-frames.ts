@@ -86,3 +86,37 @@ export function offloadHeader(fields: HeaderFields): Uint8Array {
   view.setUint16(8, fields.csumOffset ?? 0, true);
   return header;
 }
+
+/** Ethernet + IPv6 (40) + TCP (20) + `payload` bytes, fd00::1 → fd00::2. */
+export function tcp6Frame(payload: number, seed: number, dst: ArrayLike<number> = [0x52, 0x54, 0, 0x12, 0x34, 0x56]): Uint8Array {
+  const frame = new Uint8Array(74 + payload);
+  const view = new DataView(frame.buffer);
+  frame.set(dst, 0);
+  frame.set([0x02, 0, 0, 0, 0, 0x01], 6);
+  view.setUint16(12, 0x86dd);
+  frame[14] = 0x60;
+  view.setUint16(18, 20 + payload);
+  frame[20] = 6; // next header: TCP
+  frame[21] = 64;
+  frame.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 22);
+  frame.set([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 38);
+  view.setUint16(54, 40001);
+  view.setUint16(56, 5002);
+  view.setUint32(58, 0xfffff000 + seed); // wraps within a 64 KiB frame
+  frame[66] = 0x50;
+  frame[67] = 0x19; // FIN PSH ACK
+  view.setUint16(68, 65535);
+  for (let i = 74; i < frame.length; i++) frame[i] = (i * 7 + seed) & 0xff;
+  return frame;
+}
+
+/** RFC 1071 over the IPv6 pseudo-header (RFC 8200 §8.1) and the TCP segment at byte 54. */
+export function tcp6ChecksumValid(frame: Uint8Array): boolean {
+  let sum = 0;
+  for (let i = 22; i < 54; i += 2) sum += (frame[i] << 8) | frame[i + 1];
+  const length = frame.length - 54;
+  sum += (length >>> 16) + (length & 0xffff) + 6;
+  for (let i = 54; i < frame.length; i += 2) sum += (frame[i] << 8) | (i + 1 < frame.length ? frame[i + 1] : 0);
+  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
+  return sum === 0xffff;
+}

@@ -69,12 +69,14 @@ export const NetStat = {
    */
   backendErrors: 7,
   /**
-   * RX (loopback, switch): a GSO frame for a guest that did not ack the matching GUEST_TSO4/6
-   * (or GUEST_ECN): dropped, not segmented in software.
+   * RX: a GSO frame for a guest that did not ack the matching GUEST_TSO4/6 (or GUEST_ECN) that
+   * was dropped: always on loopback; on the switch when it cannot be segmented (not TCP).
    */
   gsoRefused: 8,
+  /** RX (switch): GSO frames cut into TCP segments in software for a guest without GUEST_TSO. */
+  gsoSegmented: 9,
 } as const;
-export const NET_STAT_SLOTS = 9;
+export const NET_STAT_SLOTS = 10;
 
 export type NetQueueStats = { -readonly [K in keyof typeof NetStat]: number } & { queue: number };
 

@@ -24,7 +24,7 @@
 // header's 10 bytes in its record; the receiving endpoint decides by its own port's features,
 // so each destination of a flood gets what it acked: the header unchanged (num_buffers its own)
 // with the matching GUEST_* bit, else the checksum completed in software in the record (flags
-// 0), or a GSO frame dropped and counted (gsoRefused; we do not segment).
+// 0), or a GSO frame cut into TCP segments in software (segment.ts, deliverSegmented).
 //
 // Destination pair: the sender's pair number if that RX queue runs at the destination, else the
 // next running one; its worker is pair mod workers (the device's queue-to-worker map).
@@ -44,10 +44,12 @@ import { MacTable } from './mac-table.js';
 import { NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './options.js';
 import type { SwitchHandlerOptions } from './switch-fabric.js';
 import { ETH_HEADER_BYTES } from './virtio-net.js';
+import { TcpSegmenter } from './segment.js';
 import {
   HDR_CSUM_OFFSET,
   HDR_CSUM_START,
   HDR_FLAGS,
+  HDR_GSO_SIZE,
   HDR_GSO_TYPE,
   OFFLOAD_HEADER_BYTES,
   checksumInPlace,
@@ -132,6 +134,8 @@ class SwitchHandler implements QueueHandler {
   private readonly ethernet = new Uint8Array(ETH_HEADER_BYTES);
   /** The virtio-net header of a TX frame that asks for an offload. */
   private readonly offloadHeader = new Uint8Array(OFFLOAD_HEADER_BYTES);
+  /** GSO frames for a guest without GUEST_TSO, cut in software (64 KiB scratch, made on first use). */
+  private segmenterInstance: TcpSegmenter | null = null;
   /** Per queue and NetStat slot: already logged. */
   private readonly logged: Uint8Array;
 
@@ -513,7 +517,7 @@ class SwitchHandler implements QueueHandler {
       if (chains < 0) {
         this.count(rxIndex, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
       } else {
-        this.deliver(pair, queue, chains, ring, ring.offset + pad, frameBytes, -1);
+        this.deliver(pair, queue, chains, ring.data, ring.dataWords, ring.offset + pad, frameBytes, -1);
       }
       ring.release();
       delivered++;
@@ -536,10 +540,7 @@ class SwitchHandler implements QueueHandler {
       data[headerAt + HDR_GSO_TYPE],
       this.negotiated[NegotiatedSlot.offloads],
     );
-    if (action === RX_REFUSE) {
-      this.count(pair << 1, NetStat.gsoRefused, 'GSO frame for a guest that did not ack GUEST_TSO4/6 (or ECN): dropped');
-      return true;
-    }
+    if (action === RX_REFUSE) return this.deliverSegmented(pair, queue, data, headerAt, frameAt, frameBytes);
     const chains = this.reserve(pair, frameBytes);
     if (chains === 0) return false;
     if (chains < 0) {
@@ -550,8 +551,62 @@ class SwitchHandler implements QueueHandler {
       // Once, now that the frame goes out: the record is ours until release().
       checksumInPlace(data, frameAt, frameBytes, u16(data, headerAt + HDR_CSUM_START), u16(data, headerAt + HDR_CSUM_OFFSET));
     }
-    this.deliver(pair, queue, chains, ring, frameAt, frameBytes, action === RX_PASS ? headerAt : -1);
+    this.deliver(pair, queue, chains, data, ring.dataWords, frameAt, frameBytes, action === RX_PASS ? headerAt : -1);
     return true;
+  }
+
+  /**
+   * A GSO frame for a guest without the matching GUEST_TSO: cut into TCP segments in software
+   * (segment.ts), each delivered as a plain frame. It waits for room for the first segment as
+   * any frame does; segments that then find no room are dropped (noBuffer), as a NIC would, so
+   * a guest ring too small for all of them cannot block the ring. A frame that cannot be
+   * segmented (not TCP as gso_type says) is dropped and counted (gsoRefused).
+   */
+  private deliverSegmented(
+    pair: number,
+    queue: WorkerQueue,
+    data: Uint8Array,
+    headerAt: number,
+    frameAt: number,
+    frameBytes: number,
+  ): boolean {
+    const rxIndex = pair << 1;
+    const segmenter = this.segmenter;
+    const segments = segmenter.begin(
+      data,
+      frameAt,
+      frameBytes,
+      data[headerAt + HDR_GSO_TYPE],
+      u16(data, headerAt + HDR_GSO_SIZE),
+    );
+    if (segments === 0) {
+      this.count(rxIndex, NetStat.gsoRefused, 'GSO frame that cannot be segmented (not TCP as gso_type says): dropped');
+      return true;
+    }
+    for (let i = 0; i < segments; i++) {
+      const bytes = segmenter.build(i);
+      const chains = this.reserve(pair, bytes);
+      if (chains === 0 && i === 0) return false; // no room yet: the record waits in the ring
+      if (chains <= 0) {
+        // Counted per segment: the guest sees each as a frame it did not get.
+        for (let left = segments - i; left > 0; left--) {
+          this.count(
+            rxIndex,
+            chains === 0 ? NetStat.noBuffer : NetStat.tooBig,
+            chains === 0 ? '' : 'frame larger than the RX buffer (no MRG_RXBUF): dropped',
+          );
+        }
+        return true;
+      }
+      this.deliver(pair, queue, chains, segmenter.scratch, segmenter.scratchWords, 0, bytes, -1);
+    }
+    this.stats[rxIndex * NET_STAT_SLOTS + NetStat.gsoSegmented]++;
+    return true;
+  }
+
+  private get segmenter(): TcpSegmenter {
+    if (this.segmenterInstance === null) this.segmenterInstance = new TcpSegmenter();
+    return this.segmenterInstance;
   }
 
   /**
@@ -575,14 +630,16 @@ class SwitchHandler implements QueueHandler {
   }
 
   /**
-   * Copies source.data[from, from + frameBytes) into `chains` held chains of `pair`, header
-   * first: a plain one, or the sender's at source.data[headerAt] (not -1) with our num_buffers.
+   * Copies data[from, from + frameBytes) (`words`: the same bytes as u32 words) into `chains`
+   * held chains of `pair`, header first: a plain one, or the sender's at data[headerAt] (not -1)
+   * with our num_buffers.
    */
   private deliver(
     pair: number,
     queue: WorkerQueue,
     chains: number,
-    source: FrameRingConsumer,
+    data: Uint8Array,
+    words: Uint32Array,
     from: number,
     frameBytes: number,
     headerAt: number,
@@ -598,12 +655,12 @@ class SwitchHandler implements QueueHandler {
       let offset = 0;
       if (c === 0) {
         writeHeader(rx, headerBytes, chains);
-        if (headerAt >= 0) for (let i = 0; i < OFFLOAD_HEADER_BYTES; i++) rx.writeWritableByte(i, source.data[headerAt + i]);
+        if (headerAt >= 0) for (let i = 0; i < OFFLOAD_HEADER_BYTES; i++) rx.writeWritableByte(i, data[headerAt + i]);
         offset = headerBytes;
       }
       let take = rx.writableBytes - offset;
       if (take > frameBytes - copied) take = frameBytes - copied;
-      scatterFromRing(source.data, source.dataWords, from + copied, rx, offset, take);
+      scatterFromRing(data, words, from + copied, rx, offset, take);
       copied += take;
       queue.complete(rx, offset + take);
     }
