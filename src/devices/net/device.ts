@@ -6,8 +6,9 @@
 // with options.offloads: the tap back-end carries the header both ways (IFF_VNET_HDR, and
 // TUNSETOFFLOAD set from what the guest acked through onOffloads); loopback and the switch pass
 // the TX header to the receiving RX chain, or complete the checksum in software for a receiver
-// without GUEST_CSUM and drop a GSO frame for one without GUEST_TSO (csum.ts). sink and source
-// offer none (no receiver for the header).
+// without GUEST_CSUM (csum.ts) and cut a GSO frame into TCP segments for one without GUEST_TSO
+// (switch, segment.ts; loopback drops it). sink and source offer none (no receiver for the
+// header).
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.
