@@ -42,9 +42,8 @@ Back-end:
                                      Answers SEND_RARP by writing a RARP into the tap.
                          loopback, switch and tap offer checksum/TSO offloads (the virtio-net
                          header is passed on; loopback and switch finish the checksum for a
-                         guest that did not ack GUEST_CSUM; for one without GUEST_TSO the switch
-                         cuts GSO frames into TCP segments (gso-segmented), loopback drops them
-                         (gso-refused))
+                         guest that did not ack GUEST_CSUM and cut GSO frames into TCP segments
+                         for one without GUEST_TSO (gso-segmented; not TCP: gso-refused))
   --frame-size N         source: bytes per frame, Ethernet header onwards, no FCS (default 64;
                          ${SOURCE_MIN_FRAME} to MTU + 18)
 

@@ -26,7 +26,14 @@ import { createQueueHandler as createNetHandler } from '../../dist/devices/net/h
 import { createQueueHandler as createSwitchHandler } from '../../dist/devices/net/switch.js';
 import { SwitchFabric } from '../../dist/devices/net/switch-fabric.js';
 import { sameBytes } from './net-rig.js';
-import { offloadHeader, partialTcpChecksum, tcpChecksumValid, tcpFrame } from './net-offload-frames.js';
+import {
+  offloadHeader,
+  partialTcpChecksum,
+  tcp6ChecksumValid,
+  tcp6Frame,
+  tcpChecksumValid,
+  tcpFrame,
+} from './net-offload-frames.js';
 
 const bit = (n: number) => 1n << BigInt(n);
 const MAC = Uint8Array.of(0x52, 0x54, 0, 0x12, 0x34, 0x56);
@@ -341,19 +348,38 @@ describe('loopback with offloads (handler in-process)', () => {
     handler.close();
   });
 
-  it('drops and counts a GSO frame for a guest without the matching GUEST_TSO (gso-refused)', async () => {
+  it('cuts a GSO frame into TCP segments for a guest without the matching GUEST_TSO; drops one that is not TCP', async () => {
     const { device, handler, rx, offer, send } = await loopback(SENDS_ALL | Offload.guestCsum | Offload.guestTso6);
-    offer(8, 2048);
-    send(GSO_HEADER, tcpFrame(4000, 1)); // TCPv4: no GUEST_TSO4
-    send(
-      offloadHeader({ flags: 1, gsoType: GSO_TCPV6 | GSO_ECN, hdrLen: 74, gsoSize: 1000, csumStart: 54, csumOffset: 16 }),
-      tcpFrame(3000, 2),
-    ); // no GUEST_ECN
+    offer(16, 2048);
+    const gso = tcpFrame(4000, 1);
+    partialTcpChecksum(gso);
+    send(GSO_HEADER, gso, [5, 700]); // TCPv4: no GUEST_TSO4
+    const segments = rx.frames();
+    expect(segments.map((g) => g.frame.length)).toEqual([1502, 1502, 54 + 4000 - 2 * 1448]);
+    for (const g of segments) {
+      expect(Array.from(g.header)).toEqual(new Array(10).fill(0));
+      expect(tcpChecksumValid(g.frame)).toBe(true);
+    }
+    expect(Buffer.concat(segments.map((g) => g.frame.subarray(54))).equals(Buffer.from(gso.subarray(54)))).toBe(true);
+    expect(stat(device, 0, NetStat.gsoSegmented)).toBe(1);
+    // No GUEST_ECN: segmented too; a TCPV4 frame carrying UDP cannot be: dropped, counted.
+    const v6 = tcp6Frame(2500, 2);
+    send(offloadHeader({ flags: 1, gsoType: GSO_TCPV6 | GSO_ECN, hdrLen: 74, gsoSize: 1000, csumStart: 54, csumOffset: 16 }), v6);
+    expect(rx.frames().map((g) => tcp6ChecksumValid(g.frame))).toEqual([true, true, true]);
+    const udp = tcpFrame(3000, 3);
+    udp[23] = 17;
+    send(GSO_HEADER, udp);
     send(CSUM_HEADER, tcpFrame(10, 3)); // still served
     expect(rx.frames()).toHaveLength(1);
-    expect(stat(device, 0, NetStat.gsoRefused)).toBe(2);
-    expect(stat(device, 0, NetStat.drops)).toBe(2);
-    expect(stat(device, 1, NetStat.packets)).toBe(3); // the sender's frames were taken
+    expect(stat(device, 0, NetStat.gsoSegmented)).toBe(2);
+    expect(stat(device, 0, NetStat.gsoRefused)).toBe(1);
+    expect(stat(device, 0, NetStat.drops)).toBe(1);
+    expect(stat(device, 1, NetStat.packets)).toBe(4); // the sender's frames were taken
+    // Fewer RX chains than segments: those that fit arrive, the rest are dropped (no-buffer).
+    const left = 16 - 3 - 3 - 1;
+    send(GSO_HEADER, tcpFrame(20000, 4)); // 14 segments
+    expect(rx.frames()).toHaveLength(left);
+    expect(stat(device, 0, NetStat.noBuffer)).toBe(14 - left);
     handler.close();
   });
 

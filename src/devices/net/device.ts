@@ -7,8 +7,7 @@
 // TUNSETOFFLOAD set from what the guest acked through onOffloads); loopback and the switch pass
 // the TX header to the receiving RX chain, or complete the checksum in software for a receiver
 // without GUEST_CSUM (csum.ts) and cut a GSO frame into TCP segments for one without GUEST_TSO
-// (switch, segment.ts; loopback drops it). sink and source offer none (no receiver for the
-// header).
+// (segment.ts). sink and source offer none (no receiver for the header).
 //
 // What QEMU does with these bits (PROTOCOL-NOTES): it handles MAC and STATUS itself and passes
 // the guest only what we offer; DPDK virtio-user adds MAC and STATUS as its own.

@@ -27,8 +27,8 @@
 // takes the fast path: its header passes to the RX chain unchanged (num_buffers our own) when
 // the guest acked the matching GUEST_* bit; a NEEDS_CSUM frame for a guest without GUEST_CSUM
 // gets its checksum computed from the TX bytes and written into the RX copy (flags 0); a GSO
-// frame for a guest without the matching GUEST_TSO4/6 (or ECN) is dropped and counted
-// (gsoRefused), not segmented.
+// frame for a guest without the matching GUEST_TSO4/6 (or ECN) is cut into TCP segments
+// (segment.ts, gsoSegmented), or dropped and counted (gsoRefused) when it is not TCP.
 //
 // Stopping. Held RX chains would keep a queue from ever draining (GET_VRING_BASE waits for
 // in-flight requests), so poll() gives them back untouched once the worker marks their queue as
@@ -67,12 +67,14 @@ import type { VirtqRequest } from '../../dataplane/request.js';
 import { SourceBatch } from './source-batch.js';
 import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
+import { TcpSegmenter } from './segment.js';
 import { ETH_HEADER_BYTES, NET_HDR_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
 import { GSO_MAX_FRAME_BYTES, Offload, RX_CHECKSUM, RX_REFUSE, headerAllowed, receiverAction } from './offload.js';
 import {
   HDR_CSUM_OFFSET,
   HDR_CSUM_START,
   HDR_FLAGS,
+  HDR_GSO_SIZE,
   HDR_GSO_TYPE,
   OFFLOAD_HEADER_BYTES,
   finishChecksum,
@@ -132,6 +134,9 @@ class NetHandler implements QueueHandler {
   private readonly rxBatch: TapRxBatch | null;
   /** loopback: the virtio-net header of a TX frame that asks for an offload. */
   private readonly offloadHeader = new Uint8Array(OFFLOAD_HEADER_BYTES);
+  /** loopback: GSO frames for a guest without GUEST_TSO, and the frame copied out (made on first use). */
+  private segmenter: TcpSegmenter | null = null;
+  private segmentSource: Uint8Array | null = null;
 
   constructor(options: NetHandlerOptions, context: HandlerContext) {
     const backendIndex = NET_BACKENDS.indexOf(options.backend);
@@ -407,6 +412,66 @@ class NetHandler implements QueueHandler {
     queue.complete(request, 0);
   }
 
+  /**
+   * A looped-back GSO frame for a guest without the matching GUEST_TSO: copied once into a
+   * scratch frame (guest memory may change under us), cut into TCP segments (segment.ts) and
+   * delivered as plain frames, as the switch does: the first segment finding no room is dropped
+   * with the rest (loopback never waits), and so is each later one that finds none.
+   */
+  private loopSegmented(pair: number, request: VirtqRequest, headerBytes: number, frameBytes: number): void {
+    const rxIndex = pair << 1;
+    if (this.segmenter === null) {
+      this.segmenter = new TcpSegmenter();
+      this.segmentSource = new Uint8Array(GSO_MAX_FRAME_BYTES);
+    }
+    const segmenter = this.segmenter;
+    const source = this.segmentSource!;
+    request.gather(source, 0, headerBytes, frameBytes);
+    const header = this.offloadHeader;
+    const segments = segmenter.begin(source, 0, frameBytes, header[HDR_GSO_TYPE], u16(header, HDR_GSO_SIZE));
+    if (segments === 0) {
+      this.count(rxIndex, NetStat.gsoRefused, 'GSO frame that cannot be segmented (not TCP as gso_type says): dropped');
+      return;
+    }
+    const queue = this.rxQueue[pair];
+    for (let i = 0; i < segments; i++) {
+      const bytes = segmenter.build(i);
+      let chains = this.reserve(pair, bytes);
+      if (chains === 0 && this.popRxNow(pair)) chains = this.reserve(pair, bytes);
+      if (chains <= 0 || queue === null) {
+        for (let left = segments - i; left > 0; left--) {
+          if (chains < 0) this.count(rxIndex, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
+          else this.count(rxIndex, NetStat.noBuffer, '');
+        }
+        return;
+      }
+      const ring = this.held[pair]!;
+      let head = this.heldHead[pair];
+      let copied = 0;
+      for (let c = 0; c < chains; c++) {
+        const rx = ring[head]!;
+        ring[head] = null;
+        head = (head + 1) & (HELD_CAPACITY - 1);
+        let offset = 0;
+        if (c === 0) {
+          writeHeader(rx, headerBytes, chains);
+          offset = headerBytes;
+        }
+        let take = rx.writableBytes - offset;
+        if (take > bytes - copied) take = bytes - copied;
+        rx.scatter(segmenter.scratch, copied, offset, take);
+        copied += take;
+        queue.complete(rx, offset + take);
+      }
+      this.heldHead[pair] = head;
+      this.heldCount[pair] -= chains;
+      const base = rxIndex * NET_STAT_SLOTS;
+      this.stats[base + NetStat.packets]++;
+      this.stats[base + NetStat.bytes] += bytes;
+    }
+    this.stats[rxIndex * NET_STAT_SLOTS + NetStat.gsoSegmented]++;
+  }
+
   // ---- tap -----------------------------------------------------------------------------------
 
   /** Completed by flush() once written: one native call for the pass's frames. */
@@ -557,7 +622,8 @@ class NetHandler implements QueueHandler {
    * A looped-back frame whose header asks for an offload (never the fast path): its numbers
    * checked against the frame, then delivered with the header as it is when the guest acked the
    * matching GUEST_* bit, with the checksum completed in software when it did not ack
-   * GUEST_CSUM, or dropped (gsoRefused) as a GSO frame it did not ack GUEST_TSO for.
+   * GUEST_CSUM, or cut into TCP segments (loopSegmented) as a GSO frame it did not ack
+   * GUEST_TSO for.
    */
   private loopOffloaded(pair: number, index: number, request: VirtqRequest, headerBytes: number, frameBytes: number): void {
     const header = this.offloadHeader;
@@ -572,7 +638,7 @@ class NetHandler implements QueueHandler {
     this.stats[base + NetStat.bytes] += frameBytes;
     const action = receiverAction(header[HDR_FLAGS], header[HDR_GSO_TYPE], this.negotiated[NegotiatedSlot.offloads]);
     if (action === RX_REFUSE) {
-      this.count(pair << 1, NetStat.gsoRefused, 'GSO frame for a guest that did not ack GUEST_TSO4/6 (or ECN): dropped');
+      this.loopSegmented(pair, request, headerBytes, frameBytes);
       return;
     }
     let chains = this.reserve(pair, frameBytes);

@@ -102,7 +102,7 @@ export function tunOffloadFlags(offloads: number): number {
 export const RX_PASS = 0;
 /** Checksum completed in software, delivered with flags 0. */
 export const RX_CHECKSUM = 1;
-/** A GSO frame the receiver cannot take (no matching GUEST_TSO4/6, or GUEST_ECN): segmented by the switch, dropped by loopback. */
+/** A GSO frame the receiver cannot take (no matching GUEST_TSO4/6, or GUEST_ECN): cut into TCP segments (segment.ts). */
 export const RX_REFUSE = 2;
 
 /**
@@ -110,7 +110,7 @@ export const RX_REFUSE = 2;
  * gso_type set; checked against the sender's HOST bits already), for a receiver that acked
  * `offloads` (its Offload bits). The header passes through unchanged when the receiver acked the
  * matching GUEST bit; otherwise a partial checksum is completed in software, and a GSO frame is
- * cut into TCP segments (switch, segment.ts) or dropped (loopback).
+ * cut into TCP segments (segment.ts).
  */
 export function receiverAction(flags: number, gsoType: number, offloads: number): number {
   if (gsoType !== GSO_NONE) {

@@ -69,11 +69,11 @@ export const NetStat = {
    */
   backendErrors: 7,
   /**
-   * RX: a GSO frame for a guest that did not ack the matching GUEST_TSO4/6 (or GUEST_ECN) that
-   * was dropped: always on loopback; on the switch when it cannot be segmented (not TCP).
+   * RX (loopback, switch): a GSO frame for a guest that did not ack the matching GUEST_TSO4/6
+   * (or GUEST_ECN) that could not be segmented (not TCP as gso_type says): dropped.
    */
   gsoRefused: 8,
-  /** RX (switch): GSO frames cut into TCP segments in software for a guest without GUEST_TSO. */
+  /** RX (loopback, switch): GSO frames cut into TCP segments in software for a guest without GUEST_TSO. */
   gsoSegmented: 9,
 } as const;
 export const NET_STAT_SLOTS = 10;
