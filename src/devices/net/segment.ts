@@ -1,5 +1,5 @@
-// Software TCP segmentation (what a NIC does for TSO) for a switch port whose guest did not ack
-// the GUEST_TSO4/6 a GSO frame needs: the frame's payload cut into gso_size pieces, each a whole
+// Software TCP segmentation (what a NIC does for TSO) for a receiving guest (a switch port, or a
+// loopback guest) that did not ack the GUEST_TSO4/6 a GSO frame needs: the frame's payload cut into gso_size pieces, each a whole
 // frame with its own IPv4 total length, ID and header checksum (IPv6 payload length), TCP
 // sequence number, flags (FIN and PSH on the last segment only, CWR on the first only) and a
 // complete TCP checksum. Headers are parsed from the frame itself (hdr_len is only a hint,
