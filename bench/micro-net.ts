@@ -6,7 +6,7 @@
 // The driver re-offers the same heads each round and never reaps (the used ring just wraps), so
 // what is timed is the device side plus one avail store per chain.
 //
-//   node --expose-gc <compiled>/bench/micro-net.js
+//   node --expose-gc <compiled>/bench/micro-net.js [ring|source|loopback ...]   (default: all three)
 //
 // Imports the built library from ../dist (run `npm run build` first).
 import { GuestMemory } from '../dist/dataplane/memory.js';
@@ -190,9 +190,11 @@ async function main(): Promise<void> {
   const sourceHandler = await handlerFor('source', source.rx, source.tx);
   const loopHandler = await handlerFor('loopback', loop.rx, loop.tx);
   const frames = Number(process.env.FRAMES ?? 500_000);
-  time('ring only: pop + pushUsed (RX, 1 desc)', ringRound, frames);
-  time('source: 64-byte frames', () => sourceRound(sourceHandler), frames);
-  time('loopback: 64-byte frames (32 per pass)', () => loopRound(loopHandler), frames);
+  const only = process.argv.slice(2);
+  const wanted = (name: string) => only.length === 0 || only.includes(name);
+  if (wanted('ring')) time('ring only: pop + pushUsed (RX, 1 desc)', ringRound, frames);
+  if (wanted('source')) time('source: 64-byte frames', () => sourceRound(sourceHandler), frames);
+  if (wanted('loopback')) time('loopback: 64-byte frames (32 per pass)', () => loopRound(loopHandler), frames);
 }
 
 await main();
