@@ -5,8 +5,8 @@
 // Loop, per pass: pop up to BATCH chains from each running queue and hand them to the device
 // handler; let the handler submit its batch and reap completions; publish each queue's used
 // entries and signal the call fd when EVENT_IDX (or NO_INTERRUPT) says so. used.idx is also
-// published every PUBLISH_EVERY completions and when a queue has nothing more to pop (the call
-// decision stays once per pass). The mailbox is checked every MAILBOX_EVERY busy passes and on
+// published every PUBLISH_EVERY completions and when a queue has nothing more to pop, with a
+// call then too if EVENT_IDX says the driver waits for those entries. The mailbox is checked every MAILBOX_EVERY busy passes and on
 // every idle one.
 //
 // Poll modes:
@@ -78,10 +78,11 @@ import {
 /** Chains popped per queue per pass: bounds latency for the other queues. */
 const BATCH = 64;
 /**
- * Completions after which used.idx is published within a pass (the call decision stays once per
- * pass, in publish()). A driver that reaps while polling (a spinning guest, vhost-user-bench)
- * then refills while this worker goes on with the rest of the batch: the two sides overlap
- * instead of taking turns a whole batch at a time, for one more release store per this many.
+ * Completions after which used.idx is published within a pass (with a call if EVENT_IDX says the
+ * driver sleeps waiting for them: publishWithinPass). A driver that reaps while polling (a
+ * spinning guest, vhost-user-bench) or on its interrupt then refills while this worker goes on
+ * with the rest of the batch: the two sides overlap instead of taking turns a whole batch at a
+ * time, for one more release store per this many.
  */
 const PUBLISH_EVERY = 8;
 /** Busy passes between mailbox checks. */
@@ -258,10 +259,7 @@ class QueueRunner implements WorkerQueue {
     }
     this.popping = false;
     // Nothing more to pop: what completed is visible now, not after the handler's submit and reap.
-    if (this.unpublished > 0) {
-      this.unpublished = 0;
-      this.vq.flushUsed();
-    }
+    if (this.unpublished > 0) this.publishWithinPass();
     if (this.vq.broken && !this.brokenReported) this.reportBroken();
     return popped;
   }
@@ -294,9 +292,23 @@ class QueueRunner implements WorkerQueue {
     this.dirty = true;
     this.completedCount++;
     this.completedBytes += writtenLen;
-    if (++this.unpublished >= PUBLISH_EVERY) {
-      this.unpublished = 0;
-      this.vq.flushUsed();
+    if (++this.unpublished >= PUBLISH_EVERY) this.publishWithinPass();
+  }
+
+  /**
+   * used.idx now, within a pass; and the call too when EVENT_IDX says the driver sleeps waiting
+   * for these entries (its used_event lies among them): a guest that takes interrupts then
+   * refills while the rest of the batch runs, as a polling driver does. Once per driver wake-up
+   * at most (used_event is behind us afterwards). Without EVENT_IDX every publish would signal:
+   * the call stays once per pass there (publish()).
+   */
+  private publishWithinPass(): void {
+    this.unpublished = 0;
+    const vq = this.vq;
+    vq.flushUsed();
+    if (vq.eventIdx && vq.needsCall()) {
+      if (this.callFd >= 0) native.eventfdWrite(this.callFd, 1);
+      this.stats[QueueStat.calls]++;
     }
   }
 

@@ -755,4 +755,38 @@ describe('used.idx publication within a pass, in-process', () => {
     expect(handler.seenAtFlush.at(-1)).toBe(20);
     expect(readQueueStats(rig.stats, 0).requests).toBe(20);
   });
+
+  it('a driver waiting for an interrupt (EVENT_IDX used_event armed) is called at the first publish within the pass, once', async () => {
+    let handler!: UsedIdxRecorder;
+    const rig = await startWorker('busy', () => (handler = new UsedIdxRecorder(() => readQueueStats(rig.stats, 0).calls)));
+    startQueue(rig, rig.kickFd);
+    const tokens = new Float64Array(32);
+    const lens = new Uint32Array(32);
+    // The first signal after a start is unconditional: get it out of the way.
+    postEchoChains(rig, 1);
+    stepUntil(rig, () => reap(rig, tokens, lens) === 1, 100);
+    const calls = readQueueStats(rig.stats, 0).calls;
+    native.eventfdRead(rig.callFd);
+    // The driver sleeps waiting for the next used entry (used_event = its last seen), like a guest.
+    rig.driver.enableCallbacks();
+    postEchoChains(rig, 20);
+    handler.seen.length = 0;
+    stepUntil(rig, () => handler.seen.length === 20, 100);
+    // Called when the first 8 were published, while the batch went on; no more after that (the
+    // driver has not re-armed), so one call for the 20.
+    expect(handler.seen).toEqual([...new Array<number>(8).fill(calls), ...new Array<number>(12).fill(calls + 1)]);
+    expect(readQueueStats(rig.stats, 0).calls).toBe(calls + 1);
+    expect(native.eventfdRead(rig.callFd)).toBe(1);
+    // A driver that turned callbacks off (used_event left where its last reap put it, as
+    // Linux's disable_cb does) gets the one call that used_event still asks for, then none.
+    expect(reap(rig, tokens, lens)).toBe(20);
+    rig.driver.disableCallbacks();
+    for (let round = 0; round < 2; round++) {
+      postEchoChains(rig, 20);
+      handler.seen.length = 0;
+      stepUntil(rig, () => handler.seen.length === 20, 100);
+      expect(reap(rig, tokens, lens)).toBe(20);
+    }
+    expect(readQueueStats(rig.stats, 0).calls).toBe(calls + 2);
+  });
 });
