@@ -78,8 +78,8 @@ async function prepareImage(): Promise<void> {
     process.stderr.write(`writing a ${sizeMb} MiB image at ${image}...\n`);
     await fillImage(image, sizeMb);
   }
-  // Nothing left to write back when the file rows start: a freshly written image (or another
-  // job's dirty pages) flushing under the first O_DIRECT row cut it to a tenth of fio's here.
+  // Nothing left to write back when the file rows start (a freshly written image, or another
+  // job's dirty pages, would load the disk under the first O_DIRECT rows).
   execFileSync('sync');
 }
 
@@ -289,6 +289,11 @@ interface PairSummary {
  * null figures here are bimodal from run to run) hits both sides of a round alike.
  */
 const SPDK_PAIR_NAME = 'ours null busy vs spdk null';
+/**
+ * Rounds for the ours/SPDK pair: more than for split/packed, because one round in three landed
+ * in the other machine state in a quick run here; which side starts alternates from round to round.
+ */
+const SPDK_PAIR_ROUNDS = quick ? 5 : 7;
 
 interface VsSpdkSummary {
   qd: number;
@@ -400,8 +405,16 @@ async function main(): Promise<void> {
     engine: 'threads',
     mode: 'event loop',
   });
+  // The file rows share one disk, and this VM's disk has slowed to a tenth for minutes at a
+  // time: fio at QD32 right before the first file row and again at the end (its row) tells a
+  // reader whether the file rows between them saw the same disk.
+  let diskBefore: Point | null = null;
   for (const config of configs) {
     if (only && !only.test(config.name)) continue;
+    if (diskBefore === null && (config.engine === 'io_uring' || config.engine === 'aio') && (!only || only.test('fio'))) {
+      process.stderr.write('disk check: fio QD32 before the file rows...\n');
+      diskBefore = await fio(32);
+    }
     const server = await config.start();
     try {
       for (const qd of [1, 32]) {
@@ -440,12 +453,12 @@ async function main(): Promise<void> {
       [1, { ours: [], spdk: [] }],
       [32, { ours: [], spdk: [] }],
     ]);
-    for (let round = 0; round < PAIR_ROUNDS; round++) {
-      for (const side of ['ours', 'spdk'] as const) {
+    for (let round = 0; round < SPDK_PAIR_ROUNDS; round++) {
+      for (const side of round % 2 === 0 ? (['ours', 'spdk'] as const) : (['spdk', 'ours'] as const)) {
         const server = side === 'ours' ? await ours('null', 'busy') : await spdk('null');
         try {
           for (const qd of [1, 32]) {
-            process.stderr.write(`${SPDK_PAIR_NAME} QD${qd} ${side} round ${round + 1}/${PAIR_ROUNDS}...\n`);
+            process.stderr.write(`${SPDK_PAIR_NAME} QD${qd} ${side} round ${round + 1}/${SPDK_PAIR_ROUNDS}...\n`);
             const mode = side === 'ours' ? 'busy' : 'reactor';
             const point = await measure(side, 'null', mode, server.socket, server.pid, qd);
             rounds.get(qd)![side].push(point.iops);
@@ -577,7 +590,10 @@ async function main(): Promise<void> {
     }
   }
   if (vsSpdk.length > 0) {
-    lines.push('', `ours versus SPDK (${SPDK_PAIR_NAME}, ${PAIR_ROUNDS} alternating rounds, medians):`);
+    lines.push(
+      '',
+      `ours versus SPDK (${SPDK_PAIR_NAME}, ${SPDK_PAIR_ROUNDS} alternating rounds, who starts alternating too, medians):`,
+    );
     lines.push('  QD   ours IOPS   SPDK IOPS  ours/SPDK  rounds ours/SPDK');
     for (const v of vsSpdk) {
       lines.push(
@@ -590,6 +606,25 @@ async function main(): Promise<void> {
         ].join(' '),
       );
     }
+  }
+  const diskAfter = find('fio', 'io_uring', 32);
+  const diskCheck =
+    diskBefore && diskAfter && diskBefore.iops > 0
+      ? {
+          fioQd32Before: Math.round(diskBefore.iops),
+          fioQd32After: Math.round(diskAfter.iops),
+          ratio: diskAfter.iops / diskBefore.iops,
+        }
+      : null;
+  if (diskCheck) {
+    const steady = diskCheck.ratio > 1 / 1.5 && diskCheck.ratio < 1.5;
+    lines.push(
+      '',
+      `disk check: fio QD32 ${diskCheck.fioQd32Before} IOPS before the file rows, ${diskCheck.fioQd32After} after (${diskCheck.ratio.toFixed(2)}×): ` +
+        (steady
+          ? 'the file rows saw the same disk'
+          : 'THE DISK CHANGED SPEED during the file rows: do not compare them in this run'),
+    );
   }
   const table = lines.join('\n');
   const legend =
@@ -609,6 +644,7 @@ async function main(): Promise<void> {
     rows,
     splitVsPacked: pairs,
     oursVsSpdk: vsSpdk,
+    diskCheck,
     table,
   };
   const stamp = record.date.replace(/[:.]/g, '-');
