@@ -53,6 +53,11 @@ export type NetPortQueueStats = NetQueueStats & {
   direction: 'rx' | 'tx';
   kicks: number;
   calls: number;
+  /** Poll passes that found work on this queue, and those that found none (batch size = packets / busyPasses). */
+  busyPasses: number;
+  idlePasses: number;
+  /** Times the worker slept (interrupt / adaptive) while this queue ran. */
+  sleeps: number;
   broken: number;
 };
 
@@ -153,6 +158,9 @@ function mergeStats(port: number, net: NetQueueStats[], plane: QueueStats[]): Ne
       ...stats,
       kicks: dataPlane?.kicks ?? 0,
       calls: dataPlane?.calls ?? 0,
+      busyPasses: dataPlane?.busyPasses ?? 0,
+      idlePasses: dataPlane?.idlePasses ?? 0,
+      sleeps: dataPlane?.sleeps ?? 0,
       broken: dataPlane?.broken ?? 0,
     };
   });
