@@ -14,6 +14,13 @@
 // packed rings (virtio-user `packed_vq=1`; both back-ends offer VIRTIO_F_RING_PACKED, and DPDK's
 // negotiated features are checked in its log), right after their split run; those rows print
 // packed/split against it. --quick keeps them to 64-byte frames, where per-frame ring work weighs most.
+//
+// Ours versus DPDK in rounds: the table's rows are one run each, and this machine flips between a
+// fast and a slow state from one run to the next (both back-ends, about 2x apart), so a single
+// pair of runs can show almost any ratio. After the table, our busy mode and DPDK's vhost PMD
+// (64-byte frames, split rings) alternate for 3 rounds (5 without --quick) in each direction, who
+// starts alternating too; each round's ours/DPDK and their median are printed. That median is the
+// comparison to quote.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -60,6 +67,23 @@ interface Point {
   pps: number;
   samples: number[];
   backend_cpu_pct: number | null;
+}
+
+/** The alternating pair: our busy mode against DPDK's vhost PMD, split rings, 64-byte frames. */
+const PAIR_NAME = 'ours busy vs dpdk, 64 B split';
+const PAIR_FRAME_BYTES = 64;
+const PAIR_ROUNDS = quick ? 3 : 5;
+
+interface Versus {
+  direction: Direction;
+  /** Medians over the rounds. */
+  ours: number;
+  dpdk: number;
+  /** Median of the per-round ratios (each round: ours / DPDK of that round). */
+  ratio: number;
+  roundRatios: number[];
+  ourRounds: number[];
+  dpdkRounds: number[];
 }
 
 const work = mkdtempSync(join(tmpdir(), 'vut-bench-net-'));
@@ -249,6 +273,39 @@ async function main(): Promise<void> {
       }
     }
   }
+  // Ours (busy) against DPDK at 64-byte frames in alternating rounds, each round starting with
+  // the other side: this machine flips between a fast and a slow state from one run to the next
+  // (both back-ends, ~2x apart), so one run per side can show any ratio; the median of per-round
+  // ratios is the comparison to quote.
+  const versus: Versus[] = [];
+  for (const direction of Object.keys(ROLES) as Direction[]) {
+    if (only && !only.test(`${PAIR_NAME} ${direction}`)) continue;
+    const rounds = { ours: [] as number[], dpdk: [] as number[] };
+    for (let round = 0; round < PAIR_ROUNDS; round++) {
+      for (const side of round % 2 === 0 ? (['ours', 'dpdk'] as const) : (['dpdk', 'ours'] as const)) {
+        const name = `${PAIR_NAME} ${direction} ${side} round ${round + 1}/${PAIR_ROUNDS}`;
+        process.stderr.write(`${name}...\n`);
+        try {
+          const point = await measure(side, side === 'ours' ? 'busy' : 'poll', direction, PAIR_FRAME_BYTES, 'split');
+          rounds[side].push(point.pps);
+        } catch (error) {
+          process.stderr.write(`${name}: FAILED: ${(error as Error).message}\n`);
+          rounds[side].push(0);
+          process.exitCode = 1;
+        }
+      }
+    }
+    const roundRatios = rounds.ours.map((pps, i) => (rounds.dpdk[i] > 0 ? pps / rounds.dpdk[i] : NaN));
+    versus.push({
+      direction,
+      ours: median(rounds.ours),
+      dpdk: median(rounds.dpdk),
+      ratio: roundRatios.some((r) => !Number.isNaN(r)) ? median(roundRatios.filter((r) => !Number.isNaN(r))) : NaN,
+      roundRatios,
+      ourRounds: rounds.ours,
+      dpdkRounds: rounds.dpdk,
+    });
+  }
   const ratio = (p: Point, base: Point | undefined) =>
     !p.failure && base && !base.failure && base.pps > 0 ? Math.round((p.pps / base.pps) * 100) / 100 : null;
   const rows = points.map((p) => {
@@ -287,6 +344,27 @@ async function main(): Promise<void> {
       ].join(' '),
     );
   }
+  if (versus.length > 0) {
+    lines.push(
+      '',
+      `ours versus DPDK (${PAIR_NAME}, ${PAIR_ROUNDS} alternating rounds, who starts alternating too, medians):`,
+      'direction           ours Mpps  DPDK Mpps  ours/DPDK  rounds ours/DPDK (ours Mpps / DPDK Mpps)',
+    );
+    for (const v of versus) {
+      const each = v.roundRatios
+        .map((r, i) => `${r.toFixed(2)} (${(v.ourRounds[i] / 1e6).toFixed(2)}/${(v.dpdkRounds[i] / 1e6).toFixed(2)})`)
+        .join(' ');
+      lines.push(
+        [
+          v.direction.padEnd(18),
+          (v.ours / 1e6).toFixed(2).padStart(10),
+          (v.dpdk / 1e6).toFixed(2).padStart(10),
+          (Number.isNaN(v.ratio) ? '-' : v.ratio.toFixed(2)).padStart(10),
+          ` ${each}`,
+        ].join(' '),
+      );
+    }
+  }
   const legend =
     "Mpps: median of the front-end's per-second counter (Tx-pps for txonly, Rx-pps otherwise); be-CPU%: back-end process CPU over the window.";
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} CPUs, Node ${process.version}`;
@@ -295,7 +373,7 @@ async function main(): Promise<void> {
   mkdirSync(join(REPO_ROOT, 'results'), { recursive: true });
   process.stdout.write(`${legend}\n`);
   const file = join(REPO_ROOT, 'results', `net-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  const record = JSON.stringify({ header, machine, seconds, rows, table: `${lines.join('\n')}\n${legend}` }, null, 2);
+  const record = JSON.stringify({ header, machine, seconds, rows, versus, table: `${lines.join('\n')}\n${legend}` }, null, 2);
   writeFileSync(file, record);
   // npm run bench:plot copies the latest table into the README.
   writeFileSync(join(REPO_ROOT, 'results', 'net-latest.json'), record);
