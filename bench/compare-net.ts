@@ -67,6 +67,8 @@ interface Point {
   pps: number;
   samples: number[];
   backend_cpu_pct: number | null;
+  /** The front-end's virtio Rx/Tx paths (they follow the features the back-end offered). */
+  frontend_paths?: string;
 }
 
 /** The alternating pair: our busy mode against DPDK's vhost PMD, split rings, 64-byte frames. */
@@ -85,6 +87,9 @@ interface Versus {
   ourRounds: number[];
   dpdkRounds: number[];
 }
+
+/** Per back-end and ring layout: the front-end paths seen in its runs. */
+const frontendPathsSeen = new Map<string, Set<string>>();
 
 const work = mkdtempSync(join(tmpdir(), 'vut-bench-net-'));
 let prefixes = 0;
@@ -112,8 +117,15 @@ function testpmdArgs(lcores: string, vdev: string, forwardMode: string, extra: s
 }
 
 /** testpmd writes its statistics through stdio: line-buffer it (stdbuf) so each second arrives on time. */
-function spawnTestpmd(args: string[]): ChildProcess {
-  return spawn('stdbuf', ['-oL', TESTPMD, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function spawnTestpmd(args: string[], ealExtra: string[] = []): ChildProcess {
+  return spawn('stdbuf', ['-oL', TESTPMD, ...ealExtra, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** The virtio PMD's Rx and Tx paths as its init log names them ("inorder", "mergeable buffer", ...). */
+function frontendPaths(output: string): string {
+  const tx = /using (.+?) Tx path/.exec(output)?.[1] ?? '?';
+  const rx = /using (.+?) Rx path/.exec(output)?.[1] ?? '?';
+  return `Tx ${tx}, Rx ${rx}`;
 }
 
 function collect(child: ChildProcess): () => string {
@@ -207,6 +219,8 @@ async function measure(
       role.frontend,
       extra,
     ),
+    // Its init log names the Rx/Tx paths it picked from the negotiated features (printed below the table).
+    ['--log-level=pmd.net.virtio.init:debug'],
   );
   const output = collect(frontend);
   try {
@@ -228,7 +242,20 @@ async function measure(
     if (samples.length < 2) throw new Error(`only ${samples.length} samples in ${seconds} s:\n${output().slice(-2000)}`);
     const problem = backend === 'dpdk' && ring === 'packed' ? dpdkPackedProblem(server.output()) : undefined;
     if (problem) throw new Error(problem);
-    return { backend, mode, ring, direction, frameBytes, pps: median(samples), samples, backend_cpu_pct: cpuPct };
+    const key = `${backend} ${ring}`;
+    if (!frontendPathsSeen.has(key)) frontendPathsSeen.set(key, new Set());
+    frontendPathsSeen.get(key)!.add(frontendPaths(output()));
+    return {
+      backend,
+      mode,
+      ring,
+      direction,
+      frameBytes,
+      pps: median(samples),
+      samples,
+      backend_cpu_pct: cpuPct,
+      frontend_paths: frontendPaths(output()),
+    };
   } finally {
     await stop(frontend);
     await stop(server.child, backend === 'ours' ? 'SIGTERM' : 'SIGINT');
@@ -364,6 +391,12 @@ async function main(): Promise<void> {
         ].join(' '),
       );
     }
+  }
+  // Which code the same front-end ran against each back-end: the features a back-end offers
+  // (IN_ORDER, MRG_RXBUF, ...) pick the virtio PMD's paths, and they differ in cost.
+  const paths = frontendPathsSeen;
+  if (paths.size > 0) {
+    lines.push('', 'front-end virtio paths: ' + [...paths].map(([key, set]) => `${key}: ${[...set].join(' | ')}`).join('; '));
   }
   const legend =
     "Mpps: median of the front-end's per-second counter (Tx-pps for txonly, Rx-pps otherwise); be-CPU%: back-end process CPU over the window.";
