@@ -98,6 +98,7 @@ async function setup() {
       eventIdx: true,
       indirectDesc: true,
       packed: false,
+      inOrder: false,
     },
   });
   // Static chains: chain b at descriptors 4b → 4b+1 → 4b+2, a virtio-blk IN of 4 KiB at sector 8b.
