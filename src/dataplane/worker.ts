@@ -281,7 +281,11 @@ class QueueRunner implements WorkerQueue {
       this.free--;
       this.inFlight++;
       popped++;
-      if (this.inOrder) this.takeSlot(request);
+      if (this.inOrder) {
+        const slot = this.popSlot;
+        request.orderSlot = slot;
+        this.popSlot = slot + 1 === this.slots ? 0 : slot + 1;
+      }
       try {
         handler.handle(this, request);
       } catch (error) {
@@ -322,15 +326,13 @@ class QueueRunner implements WorkerQueue {
     // Written off when the handler failed (handlerFailed): the slot is already free.
     if (this.inFlight === 0) return;
     if (this.abandoned) return this.reclaim(request);
-    if (this.inOrder) return this.completeInOrder(request, writtenLen);
+    if (this.inOrder) {
+      // The usual case inline: the oldest completes and nothing waits behind it.
+      const slot = request.orderSlot;
+      if (slot !== this.oldestSlot || this.reorderCount !== 0) return this.completeInOrder(request, writtenLen);
+      this.oldestSlot = slot + 1 === this.slots ? 0 : slot + 1;
+    }
     this.pushCompleted(request, writtenLen);
-  }
-
-  /** IN_ORDER: the pop slot of a request just popped. */
-  private takeSlot(request: VirtqRequest): void {
-    const slot = this.popSlot;
-    request.orderSlot = slot;
-    this.popSlot = slot + 1 === this.slots ? 0 : slot + 1;
   }
 
   /**
