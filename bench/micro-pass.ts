@@ -8,7 +8,7 @@
 // (pop, chain walk, header parse, completion, used-ring publish, per-pass overhead) without the
 // cross-core cache traffic of a real front-end.
 //
-//   npm run bench:build && node --expose-gc dist-bench/micro-pass.js [batch]
+//   npm run bench:build && node --expose-gc dist-bench/micro-pass.js [batch] [--in-order]
 import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
 import { DataPlaneWorker } from '../dist/dataplane/worker.js';
 import { Mailbox, type WorkerCommand, type WorkerInit } from '../dist/dataplane/commands.js';
@@ -26,6 +26,8 @@ const DATA = 0x40000;
 const NEXT = 1;
 const WRITE = 2;
 const BATCH_MAX = 32;
+/** --in-order: the queue starts with VIRTIO_F_IN_ORDER (the worker's reorder path; the null engine completes in order). */
+const IN_ORDER = process.argv.includes('--in-order');
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
@@ -98,6 +100,7 @@ async function setup() {
       eventIdx: true,
       indirectDesc: true,
       packed: false,
+      inOrder: IN_ORDER,
     },
   });
   // Static chains: chain b at descriptors 4b → 4b+1 → 4b+2, a virtio-blk IN of 4 KiB at sector 8b.
@@ -126,8 +129,9 @@ async function main(): Promise<void> {
       worker.step();
     },
   });
-  // An argument picks one batch size (e.g. to profile it alone).
-  const batches = process.argv[2] !== undefined ? [Number(process.argv[2])] : [0, 1, 32];
+  // A number picks one batch size (e.g. to profile it alone).
+  const picked = process.argv.slice(2).find((arg) => /^\d+$/.test(arg));
+  const batches = picked !== undefined ? [Number(picked)] : [0, 1, 32];
   for (const batch of batches) {
     const c = makeCase(batch);
     const perCall = c.perCall;
@@ -146,7 +150,9 @@ async function main(): Promise<void> {
     }
     cpu.sort((a, b) => a - b);
     const { bytesPerOp, gcs, iterations } = await measureAllocations(c);
-    const label = batch === 0 ? 'idle pass, no request   ' : `blk pass, null engine, batch ${String(batch).padStart(2)}`;
+    const label =
+      (batch === 0 ? 'idle pass, no request   ' : `blk pass, null engine, batch ${String(batch).padStart(2)}`) +
+      (IN_ORDER ? ', IN_ORDER' : '');
     const unit = batch === 0 ? 'ns/pass' : 'ns/request';
     console.log(
       `${label}: ${best.toFixed(1).padStart(7)} ${unit} (best of 5)  cpu ${cpu[2].toFixed(1).padStart(7)} ${unit}  ` +

@@ -26,6 +26,11 @@ export type QueueStart = Omit<VringConfig, 'features'> & {
   /** VIRTIO_F_RING_PACKED negotiated: a packed ring (packed-virtqueue.ts). */
   packed: boolean;
   /**
+   * VIRTIO_F_IN_ORDER negotiated: the worker pushes used entries in the order the chains were
+   * popped, holding back completions that overtake an older one (worker.ts QueueRunner).
+   */
+  inOrder: boolean;
+  /**
    * The queue ran on a worker that died: resume it where the guest sees it. With an in-flight
    * region that is recovery as after a restart; without one, at used->idx (what QEMU does after
    * losing a back-end; requests completed out of order may run twice).

@@ -11,7 +11,7 @@ import { native } from '../native.js';
 import { createLogger, type Logger } from '../log.js';
 import type { DataPlane, VringConfig } from '../control/backend.js';
 import type { MappedRegion } from '../control/memory-table.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, bit } from '../control/protocol.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_IN_ORDER, VIRTIO_F_RING_PACKED, bit } from '../control/protocol.js';
 import { Mailbox, type PollMode, type QueueStart, type WorkerCommand, type WorkerInit, type WorkerMessage } from './commands.js';
 import type { HandlerSpec } from './device-api.js';
 import { brokenReasonName } from './chain.js';
@@ -352,6 +352,7 @@ function queueStart(config: Readonly<VringConfig>, resume: boolean): QueueStart 
     eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
     indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
     packed: (config.features & bit(VIRTIO_F_RING_PACKED)) !== 0n,
+    inOrder: (config.features & bit(VIRTIO_F_IN_ORDER)) !== 0n,
     resume,
   };
 }

@@ -20,6 +20,11 @@ export class VirtqRequest {
   head = -1;
   /** Avail ring position (mod 2^16) the chain was popped from: lets the queue take it back unused (unpop). */
   availIdx = -1;
+  /**
+   * Pop position (mod queue size) under VIRTIO_F_IN_ORDER: the worker completes requests to the
+   * driver in this order whatever order the device finishes them in. -1 otherwise.
+   */
+  orderSlot = -1;
   /** Memory the segments were translated against (the queue's table at pop time). */
   memory: GuestMemory | null = null;
   segmentCount = 0;

@@ -9,6 +9,14 @@
 // call then too if EVENT_IDX says the driver waits for those entries. The mailbox is checked every MAILBOX_EVERY busy passes and on
 // every idle one.
 //
+// Completion order. Used entries go out in the order handlers complete requests, except on a
+// queue started with VIRTIO_F_IN_ORDER: there a completion that overtakes an older request waits
+// (still in flight) in a preallocated per-slot store and is pushed right after the older ones,
+// so the driver sees pop order whatever the device does (DPDK's in-order driver counts used
+// entries and never reads their ids). A handler that holds requests for ever (net RX buffers)
+// must give them back or complete them when its queue stops, or the completions behind them wait
+// too and the stop never drains.
+//
 // Poll modes:
 //   busy       never sleeps; kicks are suppressed (avail_event left stale / NO_NOTIFY set).
 //   interrupt  kicks stay enabled; when passes have found nothing for interruptGraceUs (default
@@ -149,6 +157,23 @@ class QueueRunner implements WorkerQueue {
   private brokenReported = false;
   /** Inside process(): popNow() from this queue's own handle() would recurse. */
   private popping = false;
+  // VIRTIO_F_IN_ORDER (virtio 1.2 §2.7.9 / §2.8.? : the device uses buffers in the order they were
+  // made available; DPDK's in-order driver trusts the count and never reads used ids on split
+  // rings). Each popped request gets the next pop slot (mod size: packed sizes need not be powers
+  // of two); a completion that is not the oldest slot's waits in `reorder` (request and used.len)
+  // and is pushed once every older one has been. Waiting completions stay in flight.
+  /** IN_ORDER negotiated for this queue. */
+  readonly inOrder: boolean;
+  /** Slots: the queue size. */
+  private readonly slots: number;
+  /** Next pop slot, and the oldest slot not yet pushed (equal: none outstanding, or all). */
+  private popSlot = 0;
+  private oldestSlot = 0;
+  /** Per slot: a completion waiting for older ones (null: none), and its used.len. */
+  private readonly reorder: (VirtqRequest | null)[];
+  private readonly reorderLen: Float64Array;
+  /** Completions waiting in `reorder` (not yet pushed). */
+  private reorderCount = 0;
 
   get stopping(): boolean {
     return this.stopRequest !== StopRequest.None;
@@ -198,6 +223,13 @@ class QueueRunner implements WorkerQueue {
     this.pool = [];
     for (let i = 0; i < start.size; i++) this.pool.push(new VirtqRequest(maxSegments));
     this.free = start.size;
+    // In-flight tracking resubmits the heads the previous back-end left in flight in fetch
+    // order, ahead of new ones: with IN_ORDER those are the oldest avail entries not yet used (it
+    // pushed in order too), so giving them the first slots keeps the order the driver expects.
+    this.inOrder = start.inOrder;
+    this.slots = start.size;
+    this.reorder = start.inOrder ? new Array<VirtqRequest | null>(start.size).fill(null) : [];
+    this.reorderLen = new Float64Array(start.inOrder ? start.size : 0);
   }
 
   get memory(): GuestMemory {
@@ -249,6 +281,11 @@ class QueueRunner implements WorkerQueue {
       this.free--;
       this.inFlight++;
       popped++;
+      if (this.inOrder) {
+        const slot = this.popSlot;
+        request.orderSlot = slot;
+        this.popSlot = slot + 1 === this.slots ? 0 : slot + 1;
+      }
       try {
         handler.handle(this, request);
       } catch (error) {
@@ -274,7 +311,12 @@ class QueueRunner implements WorkerQueue {
       this.reclaim(request);
       return true;
     }
-    if (this.inFlight === 0 || !this.vq.unpop(request)) return false;
+    if (this.inFlight === 0) return false;
+    // A completed request waiting for older ones is the driver's already (a handler bug).
+    if (this.inOrder && !this.awaitsCompletion(request)) return false;
+    if (!this.vq.unpop(request)) return false;
+    // unpop took back the chain popped last, which held the newest slot.
+    if (this.inOrder) this.popSlot = request.orderSlot;
     this.pool[this.free++] = request;
     this.inFlight--;
     return true;
@@ -284,6 +326,86 @@ class QueueRunner implements WorkerQueue {
     // Written off when the handler failed (handlerFailed): the slot is already free.
     if (this.inFlight === 0) return;
     if (this.abandoned) return this.reclaim(request);
+    if (this.inOrder) {
+      // The usual case inline: the oldest completes and nothing waits behind it.
+      const slot = request.orderSlot;
+      if (slot !== this.oldestSlot || this.reorderCount !== 0) return this.completeInOrder(request, writtenLen);
+      this.oldestSlot = slot + 1 === this.slots ? 0 : slot + 1;
+    }
+    this.pushCompleted(request, writtenLen);
+  }
+
+  /**
+   * IN_ORDER: pushes `request` if it is the oldest outstanding, then every waiting completion
+   * right behind it; otherwise it waits in its slot (still in flight). writtenLen -1: recycle
+   * the request in its turn without pushing it (failRequest).
+   */
+  private completeInOrder(request: VirtqRequest, writtenLen: number): void {
+    let slot = request.orderSlot;
+    const slots = this.slots;
+    if (slot !== this.oldestSlot) {
+      if (!this.awaitsCompletion(request)) {
+        throw new Error(`queue ${this.index}: request completed twice or never popped (IN_ORDER slot ${slot})`);
+      }
+      this.reorder[slot] = request;
+      this.reorderLen[slot] = writtenLen;
+      this.reorderCount++;
+      return;
+    }
+    this.retire(request, writtenLen);
+    if (++slot === slots) slot = 0;
+    if (this.reorderCount > 0) {
+      for (;;) {
+        const next = this.reorder[slot];
+        if (next === null) break;
+        this.reorder[slot] = null;
+        this.reorderCount--;
+        this.retire(next, this.reorderLen[slot]);
+        if (++slot === slots) slot = 0;
+      }
+    }
+    this.oldestSlot = slot;
+  }
+
+  /**
+   * IN_ORDER: whether `request` holds an outstanding slot (the inFlight ones from oldestSlot on)
+   * that has not completed yet. False means a device bug: complete() twice, or never popped.
+   */
+  private awaitsCompletion(request: VirtqRequest): boolean {
+    const slot = request.orderSlot;
+    if (slot >>> 0 >= this.slots || this.reorder[slot] !== null) return false;
+    let ahead = slot - this.oldestSlot;
+    if (ahead < 0) ahead += this.slots;
+    return ahead < this.inFlight;
+  }
+
+  /** IN_ORDER: a completion whose turn came (writtenLen -1: recycled only, see completeInOrder). */
+  private retire(request: VirtqRequest, writtenLen: number): void {
+    if (writtenLen >= 0) {
+      this.pushCompleted(request, writtenLen);
+    } else {
+      this.pool[this.free++] = request;
+      this.inFlight--;
+    }
+  }
+
+  /**
+   * Written off (abandon): completions waiting for older ones will not be called again, so they
+   * are reclaimed now; the queue then waits only for requests still in the device.
+   */
+  dropWaitingCompletions(): void {
+    const reorder = this.reorder;
+    for (let slot = 0; slot < reorder.length && this.reorderCount > 0; slot++) {
+      const request = reorder[slot];
+      if (request === null) continue;
+      reorder[slot] = null;
+      this.reorderCount--;
+      this.reclaim(request);
+    }
+  }
+
+  /** Writes one completion into the used ring and recycles its request. */
+  private pushCompleted(request: VirtqRequest, writtenLen: number): void {
     // --- dirty log hook: the device's writes are done; mark them before the driver sees them ---
     if (this.dirtyLog !== null) markWritten(this.dirtyLog, request, writtenLen);
     this.vq.pushUsed(request.head, writtenLen);
@@ -339,9 +461,15 @@ class QueueRunner implements WorkerQueue {
 
   /** The handler threw for `request`: give the slot back and break the queue. */
   failRequest(request: VirtqRequest, error: unknown): void {
-    this.pool[this.free++] = request;
-    this.inFlight--;
     this.vq.markBroken(BrokenReason.DEVICE_ERROR, request.head);
+    if (this.inOrder) {
+      // Its slot must still pass, or the completions behind it would wait for ever (unless the
+      // handler completed it before throwing).
+      if (this.awaitsCompletion(request)) this.completeInOrder(request, -1);
+    } else {
+      this.pool[this.free++] = request;
+      this.inFlight--;
+    }
     this.log('error', 'device handler failed; queue stopped', { queue: this.index, error: errorMessage(error) });
   }
 
@@ -714,6 +842,7 @@ export class DataPlaneWorker {
       queue.stopRequest = StopRequest.Reset;
       queue.abandoned = true;
       queue.stats[QueueStat.abandoned] += queue.inFlight;
+      if (queue.inOrder) queue.dropWaitingCompletions();
       this.logMessage('warn', 'queue abandoned with requests still in the device; their late completions will be dropped', {
         queue: queue.index,
         requests: queue.inFlight,

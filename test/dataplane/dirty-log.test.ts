@@ -360,6 +360,7 @@ async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
       eventIdx: true,
       indirectDesc: false,
       packed: false,
+      inOrder: false,
     },
   });
   return rig;

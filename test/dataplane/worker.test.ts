@@ -183,6 +183,7 @@ function startQueue(rig: Rig, kickFd: number, lastAvailIdx = 0): void {
       eventIdx: true,
       indirectDesc: false,
       packed: false,
+      inOrder: false,
     },
   });
 }
@@ -684,6 +685,7 @@ describe('abandon (a hung device never blocks the next front-end), in-process', 
         eventIdx: true,
         indirectDesc: false,
         packed: false,
+        inOrder: false,
       },
     });
     hanger.hang = false;

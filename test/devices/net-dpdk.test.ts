@@ -53,6 +53,8 @@ async function runTestpmd(
     port.lcores ?? '0@1,1@0',
     '--file-prefix',
     `vut-net-${process.pid}-${runs++}`,
+    // Prints which Rx/Tx burst functions the virtio PMD chose (set_rxtx_funcs): inOrderPaths().
+    '--log-level=pmd.net.virtio.init:debug',
     '--vdev',
     `virtio_user0,path=${socket},queues=${queues},queue_size=${QUEUE_SIZE}${port.server ? ',server=1' : ''}` +
       `,packed_vq=${port.packed ? 1 : 0}`,
@@ -81,6 +83,15 @@ async function runTestpmd(
   return { rxPackets: Number(block[1]), txPackets: Number(block[2]), output, code };
 }
 
+/**
+ * We offer VIRTIO_F_IN_ORDER, so on split rings testpmd's virtio-user runs its in-order Rx and
+ * Tx paths, as against DPDK's own vhost PMD (not the mergeable/standard ones).
+ */
+function inOrderPaths(output: string): void {
+  expect(output, output.slice(0, 4000)).toMatch(/using inorder Tx path/);
+  expect(output, output.slice(0, 4000)).toMatch(/using inorder Rx path/);
+}
+
 function healthy(stats: NetQueueStats[], rig: NetRig): void {
   for (const queue of rig.plane.allQueueStats()) expect(queue.broken, `queue ${queue.queue}`).toBe(0);
   expect(stats[1].badChain + stats[1].tooBig).toBe(0);
@@ -107,6 +118,7 @@ describe('DPDK testpmd (virtio-user) against vhost-user-net', () => {
     for (let round = 0; round < 2; round++) {
       const result = await runTestpmd(rig.socketPath, 'txonly', () => rig.stats(1).packets >= expected + 50 * MIN_FRAMES);
       expect(result.txPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
+      inOrderPaths(result.output);
       await waitDisconnected(rig);
       expected += result.txPackets;
       const stats = rig.device.netStats();
@@ -124,6 +136,7 @@ describe('DPDK testpmd (virtio-user) against vhost-user-net', () => {
     rigs.push(rig);
     const result = await runTestpmd(rig.socketPath, 'rxonly', () => rig.stats(0).packets >= 50 * MIN_FRAMES);
     expect(result.rxPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
+    inOrderPaths(result.output);
     await waitDisconnected(rig);
     const stats = rig.device.netStats();
     // We may have filled up to one ring of buffers that testpmd had not polled when it stopped.
@@ -140,6 +153,7 @@ describe('DPDK testpmd (virtio-user) against vhost-user-net', () => {
     rigs.push(rig);
     const result = await runTestpmd(rig.socketPath, 'io', () => rig.stats(0).packets >= 50 * MIN_FRAMES, ['--tx-first']);
     expect(result.rxPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
+    inOrderPaths(result.output);
     expect(result.txPackets).toBeGreaterThanOrEqual(MIN_FRAMES);
     await waitDisconnected(rig);
     const stats = rig.device.netStats();
@@ -179,14 +193,16 @@ describe('DPDK testpmd (virtio-user) against vhost-user-net', () => {
 });
 
 const VIRTIO_F_RING_PACKED = 34n;
+const VIRTIO_F_IN_ORDER = 35n;
 
 describe('DPDK testpmd (virtio-user, packed_vq=1) against vhost-user-net on packed rings', () => {
-  /** `enough`, also recording whether the session negotiated RING_PACKED while testpmd ran. */
+  /** `enough`, also recording whether the session negotiated RING_PACKED (and IN_ORDER) while testpmd ran. */
   function watchPacked(rig: NetRig, enough: () => boolean) {
-    const seen = { packed: false };
+    const seen = { packed: false, inOrder: false };
     const check = () => {
       const session = rig.daemon.currentSession;
       if (session && ((session.features >> VIRTIO_F_RING_PACKED) & 1n) === 1n) seen.packed = true;
+      if (session && ((session.features >> VIRTIO_F_IN_ORDER) & 1n) === 1n) seen.inOrder = true;
       return enough();
     };
     return { seen, check };
@@ -197,7 +213,7 @@ describe('DPDK testpmd (virtio-user, packed_vq=1) against vhost-user-net on pack
     rigs.push(rig);
     const { seen, check } = watchPacked(rig, () => rig.stats(1).packets >= 50 * MIN_FRAMES);
     const result = await runTestpmd(rig.socketPath, 'txonly', check, [], { packed: true });
-    expect(seen.packed).toBe(true);
+    expect(seen).toEqual({ packed: true, inOrder: true });
     expect(result.txPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
     await waitDisconnected(rig);
     const stats = rig.device.netStats();
@@ -211,7 +227,7 @@ describe('DPDK testpmd (virtio-user, packed_vq=1) against vhost-user-net on pack
     rigs.push(rig);
     const { seen, check } = watchPacked(rig, () => rig.stats(0).packets >= 50 * MIN_FRAMES);
     const result = await runTestpmd(rig.socketPath, 'rxonly', check, [], { packed: true });
-    expect(seen.packed).toBe(true);
+    expect(seen).toEqual({ packed: true, inOrder: true });
     expect(result.rxPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
     await waitDisconnected(rig);
     const stats = rig.device.netStats();
@@ -226,7 +242,7 @@ describe('DPDK testpmd (virtio-user, packed_vq=1) against vhost-user-net on pack
     rigs.push(rig);
     const { seen, check } = watchPacked(rig, () => rig.stats(0).packets >= 50 * MIN_FRAMES);
     const result = await runTestpmd(rig.socketPath, 'io', check, ['--tx-first'], { packed: true });
-    expect(seen.packed).toBe(true);
+    expect(seen).toEqual({ packed: true, inOrder: true });
     expect(result.rxPackets, result.output.slice(-2000)).toBeGreaterThanOrEqual(MIN_FRAMES);
     await waitDisconnected(rig);
     const stats = rig.device.netStats();

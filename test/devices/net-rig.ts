@@ -192,6 +192,13 @@ export class NetGuest {
     return token;
   }
 
+  /** Posts one RX chain (not yet published; hostile ones too) so that reapRx knows its address: the first segment's. */
+  postRxChain(segments: Segment[], pair = 0): number {
+    const token = this.post(this.rx(pair), segments);
+    this.rxBuffers.set(token, segments[0].gpa);
+    return token;
+  }
+
   /** Offers `count` RX buffers of `bytes` each (one descriptor, or `split` pieces), publishes and kicks. */
   postRx(count: number, bytes: number, options: { split?: number; pair?: number } = {}): void {
     const queue = this.rx(options.pair);

@@ -41,6 +41,14 @@
 // chain popped before one that was already completed (an RX buffer refused as bad) cannot step
 // back; it alone is completed with used.len 0.
 //
+// Completion order. This handler completes chains as it finishes them, which is not always the
+// order they were popped: a refused RX chain is completed while older ones are held, a source
+// chain too small for the frame is handed back before the batch it follows is copied, and a tap
+// TX frame waits for the pass's write while a later bad TX chain is completed at once. With
+// VIRTIO_F_IN_ORDER (offered: device.ts) the worker holds such completions back and pushes them
+// after the older ones (worker.ts, "Completion order"), so nothing here reorders; what matters
+// is that held chains never wait for ever (the stop path above gives back or completes them all).
+//
 // Source. A popped RX chain that is one word-aligned descriptor with room, while no chain is
 // held, gets a small frame (the 64-byte case) at once: the template stored as 32-bit words with
 // the sequence number merged in (SourceBatch.writeInline), completed in handle(). Other chains
