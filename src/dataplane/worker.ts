@@ -5,7 +5,8 @@
 // Loop, per pass: pop up to BATCH chains from each running queue and hand them to the device
 // handler; let the handler submit its batch and reap completions; publish each queue's used
 // entries and signal the call fd when EVENT_IDX (or NO_INTERRUPT) says so. used.idx is also
-// published every PUBLISH_EVERY completions and when a queue has nothing more to pop, with a
+// published every PUBLISH_EVERY completions (a handler may ask for another interval:
+// QueueHandler.publishEvery, net uses 32) and when a queue has nothing more to pop, with a
 // call then too if EVENT_IDX says the driver waits for those entries. The mailbox is checked every MAILBOX_EVERY busy passes and on
 // every idle one.
 //
@@ -93,6 +94,12 @@ const BATCH = 64;
  * time, for one more release store per this many.
  */
 const PUBLISH_EVERY = 8;
+/** The handler's publishEvery if it is a sane one (1..BATCH), else PUBLISH_EVERY. */
+function publishInterval(handler: QueueHandler): number {
+  const every = handler.publishEvery;
+  return every !== undefined && Number.isInteger(every) && every >= 1 && every <= BATCH ? every : PUBLISH_EVERY;
+}
+
 /** Busy passes between mailbox checks. */
 const MAILBOX_EVERY = 64;
 /**
@@ -155,6 +162,8 @@ class QueueRunner implements WorkerQueue {
   /** Completions pushed since used.idx was last published. */
   private unpublished = 0;
   private brokenReported = false;
+  /** Completions between publishes within a pass: PUBLISH_EVERY unless the handler asks otherwise. */
+  publishEvery = PUBLISH_EVERY;
   /** Inside process(): popNow() from this queue's own handle() would recurse. */
   private popping = false;
   // VIRTIO_F_IN_ORDER (virtio 1.2 §2.7.9 / §2.8.? : the device uses buffers in the order they were
@@ -414,7 +423,7 @@ class QueueRunner implements WorkerQueue {
     this.dirty = true;
     this.completedCount++;
     this.completedBytes += writtenLen;
-    if (++this.unpublished >= PUBLISH_EVERY) this.publishWithinPass();
+    if (++this.unpublished >= this.publishEvery) this.publishWithinPass();
   }
 
   /**
@@ -720,6 +729,7 @@ export class DataPlaneWorker {
           const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
           const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
           queue.handler = this.handler;
+          queue.publishEvery = publishInterval(this.handler);
           if (this.dirtyLog !== null) queue.setDirtyLog(this.dirtyLog);
           this.queues.push(queue);
           if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);

@@ -727,7 +727,10 @@ class UsedIdxRecorder implements QueueHandler {
   /** used.idx seen in flush(), after the pops and before the pass's publish(). */
   readonly seenAtFlush: number[] = [];
 
-  constructor(readonly usedIdx: () => number) {}
+  constructor(
+    readonly usedIdx: () => number,
+    readonly publishEvery?: number,
+  ) {}
 
   handle(queue: WorkerQueue, request: VirtqRequest): void {
     this.seen.push(this.usedIdx());
@@ -756,6 +759,26 @@ describe('used.idx publication within a pass, in-process', () => {
     // The last 4 are visible before the handler's submit/reap step of the same pass.
     expect(handler.seenAtFlush.at(-1)).toBe(20);
     expect(readQueueStats(rig.stats, 0).requests).toBe(20);
+  });
+
+  it.each([
+    // More than the 20 the (64-descriptor) ring holds: nothing within the pass, all at its end.
+    [32, new Array<number>(20).fill(0)],
+    [16, [...new Array<number>(16).fill(0), ...new Array<number>(4).fill(16)]],
+    [5, Array.from({ length: 20 }, (_, i) => i - (i % 5))],
+    // Out of range (1..64): the default, every 8.
+    [0, Array.from({ length: 20 }, (_, i) => i - (i % 8))],
+    [65, Array.from({ length: 20 }, (_, i) => i - (i % 8))],
+  ])('a handler asking to publish every %d completions gets that (net asks for 32)', async (every, expected) => {
+    let handler!: UsedIdxRecorder;
+    const rig = await startWorker('busy', () => (handler = new UsedIdxRecorder(() => Atomics.load(used, 1), every)));
+    const used = new Uint16Array(rig.regionBuffer, splitRingLayout(SIZE).usedOffset, 2);
+    startQueue(rig, rig.kickFd);
+    postEchoChains(rig, 20);
+    stepUntil(rig, () => handler.seen.length === 20, 100);
+    expect(handler.seen).toEqual(expected);
+    // Whatever the interval, all of them once nothing is left to pop.
+    expect(handler.seenAtFlush.at(-1)).toBe(20);
   });
 
   it('a driver waiting for an interrupt (EVENT_IDX used_event armed) is called at the first publish within the pass, once', async () => {

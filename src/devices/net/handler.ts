@@ -82,7 +82,7 @@ import {
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 import { SourceBatch } from './source-batch.js';
-import { NET_BACKENDS, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
+import { NET_BACKENDS, NET_PUBLISH_EVERY, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
 import { TcpSegmenter } from './segment.js';
 import { ETH_HEADER_BYTES, NET_HDR_BYTES, NET_HDR_NUM_BUFFERS } from './virtio-net.js';
@@ -116,6 +116,7 @@ const POP_NOW_BUDGET = 64;
 
 class NetHandler implements QueueHandler {
   readonly completionFd = -1;
+  readonly publishEvery = NET_PUBLISH_EVERY;
   /** Every TX frame is finished inside handle(); held RX chains wait on the guest, not on poll(). */
   readonly inFlight = 0;
 

@@ -41,7 +41,7 @@ import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
 import { writeHeader } from './handler.js';
 import { MacTable } from './mac-table.js';
-import { NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './options.js';
+import { NET_PUBLISH_EVERY, NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './options.js';
 import type { SwitchHandlerOptions } from './switch-fabric.js';
 import { ETH_HEADER_BYTES } from './virtio-net.js';
 import { TcpSegmenter } from './segment.js';
@@ -81,6 +81,7 @@ const RECORD_OFFLOAD_HEADER_BYTES = 12;
 
 class SwitchHandler implements QueueHandler {
   readonly completionFd = -1;
+  readonly publishEvery = NET_PUBLISH_EVERY;
   /** TX chains complete inside handle(); held RX chains wait on the guest, not on poll(). */
   readonly inFlight = 0;
 
