@@ -2,7 +2,7 @@
 // above 4 GiB, and what a real queue marks (used ring, device-written data, nothing else) —
 // through SplitVirtqueue directly and through an in-process worker running the echo device.
 import { afterEach, describe, expect, it } from 'vitest';
-import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { DirtyLog, LOG_PAGE_BYTES, markWritten, requiredLogBytes } from '../../dist/dataplane/dirty-log.js';
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import { VirtqRequest } from '../../dist/dataplane/request.js';
@@ -10,11 +10,10 @@ import { SplitVirtqueue } from '../../dist/dataplane/virtqueue.js';
 import { PackedVirtqueue } from '../../dist/dataplane/packed-virtqueue.js';
 import { PackedVringDriver, packedRingLayout } from '../../dist/frontend/packed-vring-driver.js';
 import { DataPlaneWorker } from '../../dist/dataplane/worker.js';
-import { Mailbox, type WorkerCommand, type WorkerInit, type WorkerMessage } from '../../dist/dataplane/commands.js';
-import { createStatsBuffer } from '../../dist/dataplane/stats.js';
-import { EchoDevice } from '../../dist/devices/echo/device.js';
+import { Mailbox, type WorkerMessage } from '../../dist/dataplane/commands.js';
 import { VringDriver, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 import { native } from '../../dist/native.js';
+import { closeWorkerRig, inProcessWorkerInit, run } from './worker-init.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -271,7 +270,6 @@ describe('dirty log: the descriptor ring of a PackedVirtqueue', () => {
 
 // ---- through a worker ----------------------------------------------------------------------------
 
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 const SIZE = 64;
 const USER_BASE = 0x7f00_0000_0000;
 const RING_GPA = 0x3000;
@@ -290,31 +288,11 @@ interface Rig {
 const rigs: Rig[] = [];
 
 afterEach(() => {
-  for (const rig of rigs.splice(0)) {
-    rig.worker.close();
-    rig.control.close();
-    rig.workerPort.close();
-    native.close(rig.mailboxFd);
-  }
+  for (const rig of rigs.splice(0)) closeWorkerRig(rig);
 });
 
 async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
-  const { port1: control, port2: workerPort } = new MessageChannel();
-  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
-  const mailboxFd = native.eventfdCreate(0);
-  const init: WorkerInit = {
-    worker: 0,
-    cpu: -1,
-    mailbox: mailboxBuffer,
-    mailboxFd,
-    stats: createStatsBuffer(1),
-    mode: 'busy',
-    idleBudgetUs: 0,
-    handlerModule: EchoDevice.handler().module,
-    handlerOptions,
-    queueCount: 1,
-    maxSegments: 8,
-  };
+  const { init, control, workerPort, mailbox, mailboxFd } = inProcessWorkerInit({ handlerOptions });
   const worker = await DataPlaneWorker.create(init, workerPort, { maxSleepMs: 5000 });
   const regionBuffer = new SharedArrayBuffer(MiB);
   const memory = new GuestMemory([
@@ -333,7 +311,7 @@ async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
     worker,
     control,
     workerPort,
-    mailbox: new Int32Array(mailboxBuffer),
+    mailbox,
     mailboxFd,
     regionBuffer,
     driver,
@@ -364,24 +342,6 @@ async function startEchoWorker(handlerOptions: object = {}): Promise<Rig> {
     },
   });
   return rig;
-}
-
-function run(rig: Rig, command: DistributiveOmit<WorkerCommand, 'id'>): number | undefined {
-  const id = rig.nextId++;
-  rig.control.postMessage({ ...command, id });
-  Atomics.add(rig.mailbox, Mailbox.SEQ, 1);
-  native.eventfdWrite(rig.mailboxFd, 1);
-  for (let step = 0; step < 1000; step++) {
-    rig.worker.step();
-    for (let m = receiveMessageOnPort(rig.control); m; m = receiveMessageOnPort(rig.control))
-      rig.messages.push(m.message as WorkerMessage);
-    const reply = rig.messages.find((m) => m.kind === 'reply' && m.id === id);
-    if (reply && reply.kind === 'reply') {
-      if (!reply.ok) throw new Error(reply.error);
-      return reply.value;
-    }
-  }
-  throw new Error(`no reply to ${command.op}`);
 }
 
 /** Posts echo chains: 64 readable bytes at 0x20000 + i·4 KiB, 64 writable bytes straddling a page end. */

@@ -4,26 +4,23 @@
 // runs in-process (as in worker.test.ts): the test plays the control thread and the driver, and
 // a handler that holds every request until the test completes it.
 import { afterEach, describe, expect, it } from 'vitest';
-import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
 import { DataPlaneWorker } from '../../dist/dataplane/worker.js';
-import { Mailbox, type WorkerCommand, type WorkerInit, type WorkerMessage } from '../../dist/dataplane/commands.js';
+import type { WorkerMessage } from '../../dist/dataplane/commands.js';
 import type { HandlerContext, QueueHandler, WorkerQueue } from '../../dist/dataplane/device-api.js';
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import type { VirtqRequest } from '../../dist/dataplane/request.js';
-import { createStatsBuffer, readQueueStats } from '../../dist/dataplane/stats.js';
-import { EchoDevice } from '../../dist/devices/echo/device.js';
+import { readQueueStats } from '../../dist/dataplane/stats.js';
 import { VringDriver, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 import { PackedVringDriver, packedRingLayout } from '../../dist/frontend/packed-vring-driver.js';
 import type { RingDriver } from '../../dist/frontend/ring-driver.js';
 import { native } from '../../dist/native.js';
+import { closeWorkerRig, inProcessWorkerInit, run, takeReply } from './worker-init.js';
 
 const MiB = 1 << 20;
 const SIZE = 32;
 const USER_BASE = 0x7f00_0000_0000;
 const DATA = 0x10000;
-
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-type Command = DistributiveOmit<WorkerCommand, 'id'>;
 
 /** Holds every request in pop order; the test completes or gives them back. */
 class Keeper implements QueueHandler {
@@ -82,34 +79,11 @@ interface Rig {
 const rigs: Rig[] = [];
 
 afterEach(() => {
-  for (const rig of rigs.splice(0)) {
-    rig.worker.close();
-    rig.control.close();
-    rig.workerPort.close();
-    native.close(rig.mailboxFd);
-    native.close(rig.callFd);
-  }
+  for (const rig of rigs.splice(0)) closeWorkerRig(rig, rig.callFd);
 });
 
 async function startRig(packed: boolean, inOrder: boolean): Promise<Rig> {
-  const { port1: control, port2: workerPort } = new MessageChannel();
-  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
-  const mailboxFd = native.eventfdCreate(0);
-  const stats = createStatsBuffer(1);
-  const init: WorkerInit = {
-    worker: 0,
-    cpu: -1,
-    mailbox: mailboxBuffer,
-    mailboxFd,
-    stats,
-    mode: 'busy',
-    idleBudgetUs: 0,
-    interruptGraceUs: 0,
-    handlerModule: EchoDevice.handler().module,
-    handlerOptions: {},
-    queueCount: 1,
-    maxSegments: 8,
-  };
+  const { init, control, workerPort, mailbox, mailboxFd, stats } = inProcessWorkerInit({ interruptGraceUs: 0 });
   let handler!: Keeper;
   const worker = await DataPlaneWorker.create(init, workerPort, {
     createHandler: (_options, context) => (handler = new Keeper(context)),
@@ -144,7 +118,7 @@ async function startRig(packed: boolean, inOrder: boolean): Promise<Rig> {
     handler,
     control,
     workerPort,
-    mailbox: new Int32Array(mailboxBuffer),
+    mailbox,
     mailboxFd,
     callFd: native.eventfdCreate(0),
     stats,
@@ -182,36 +156,6 @@ function startQueue(rig: Rig, inOrder: boolean, lastAvailIdx: number): void {
       inOrder,
     },
   });
-}
-
-function post(rig: Rig, command: Command): number {
-  const id = rig.nextId++;
-  rig.control.postMessage({ ...command, id });
-  Atomics.add(rig.mailbox, Mailbox.SEQ, 1);
-  native.eventfdWrite(rig.mailboxFd, 1);
-  return id;
-}
-
-function takeReply(rig: Rig, id: number): Extract<WorkerMessage, { kind: 'reply' }> | undefined {
-  for (;;) {
-    const received = receiveMessageOnPort(rig.control);
-    if (!received) break;
-    rig.messages.push(received.message as WorkerMessage);
-  }
-  const at = rig.messages.findIndex((m) => m.kind === 'reply' && m.id === id);
-  return at < 0 ? undefined : (rig.messages.splice(at, 1)[0] as Extract<WorkerMessage, { kind: 'reply' }>);
-}
-
-function run(rig: Rig, command: Command, maxSteps = 1000): number | undefined {
-  const id = post(rig, command);
-  for (let step = 0; step < maxSteps; step++) {
-    rig.worker.step();
-    const reply = takeReply(rig, id);
-    if (reply === undefined) continue;
-    if (!reply.ok) throw new Error(reply.error);
-    return reply.value;
-  }
-  throw new Error(`no reply to ${command.op} in ${maxSteps} steps`);
 }
 
 /** Posts chains with tokens first, first + 1, ... (two descriptors each: 16 readable, 64 writable). */

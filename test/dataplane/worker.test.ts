@@ -2,15 +2,9 @@
 // and the mailbox), the driver (a VringDriver on the same memory) and the clock (it steps the
 // loop). Nothing here depends on thread scheduling.
 import { afterEach, describe, expect, it } from 'vitest';
-import { MessageChannel, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
+import type { MessagePort } from 'node:worker_threads';
 import { DataPlaneWorker } from '../../dist/dataplane/worker.js';
-import {
-  Mailbox,
-  type PollMode,
-  type WorkerCommand,
-  type WorkerInit,
-  type WorkerMessage,
-} from '../../dist/dataplane/commands.js';
+import type { PollMode, WorkerMessage } from '../../dist/dataplane/commands.js';
 import {
   FdEvent,
   type CreateQueueHandler,
@@ -21,10 +15,10 @@ import {
 import { GuestMemory } from '../../dist/dataplane/memory.js';
 import type { VirtqRequest } from '../../dist/dataplane/request.js';
 import { BrokenReason } from '../../dist/dataplane/chain.js';
-import { createStatsBuffer, readQueueStats } from '../../dist/dataplane/stats.js';
-import { EchoDevice } from '../../dist/devices/echo/device.js';
+import { readQueueStats } from '../../dist/dataplane/stats.js';
 import { VringDriver, splitRingLayout } from '../../dist/frontend/vring-driver.js';
 import { native } from '../../dist/native.js';
+import { closeWorkerRig, drain, inProcessWorkerInit, post, run, takeReply } from './worker-init.js';
 
 const MiB = 1 << 20;
 const SIZE = 64;
@@ -32,9 +26,6 @@ const USER_BASE = 0x7f00_0000_0000;
 const DATA = 0x10000;
 /** Safety net: a missing wake-up makes a step return after this long instead of hanging the test. */
 const MAX_SLEEP_MS = 5000;
-
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-type Command = DistributiveOmit<WorkerCommand, 'id'>;
 
 interface Rig {
   worker: DataPlaneWorker;
@@ -56,12 +47,7 @@ const rigs: Rig[] = [];
 const fds: number[] = [];
 
 afterEach(() => {
-  for (const rig of rigs.splice(0)) {
-    rig.worker.close();
-    rig.control.close();
-    rig.workerPort.close();
-    for (const fd of [rig.mailboxFd, rig.kickFd, rig.callFd]) native.close(fd);
-  }
+  for (const rig of rigs.splice(0)) closeWorkerRig(rig, rig.kickFd, rig.callFd);
   for (const fd of fds.splice(0)) native.close(fd);
 });
 
@@ -72,25 +58,12 @@ async function startWorker(
   maxSleepMs = MAX_SLEEP_MS,
   interruptGraceUs = 0,
 ): Promise<Rig> {
-  const { port1: control, port2: workerPort } = new MessageChannel();
-  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
-  const mailboxFd = native.eventfdCreate(0);
-  const stats = createStatsBuffer(1);
-  const init: WorkerInit = {
-    worker: 0,
-    cpu: -1,
-    mailbox: mailboxBuffer,
-    mailboxFd,
-    stats,
+  const { init, control, workerPort, mailbox, mailboxFd, stats } = inProcessWorkerInit({
     mode,
-    idleBudgetUs: 0,
     // 0: an idle interrupt-mode step arms and sleeps at once (the grace has its own test).
     interruptGraceUs,
-    handlerModule: EchoDevice.handler().module,
     handlerOptions,
-    queueCount: 1,
-    maxSegments: 8,
-  };
+  });
   const worker = await DataPlaneWorker.create(init, workerPort, { createHandler, maxSleepMs });
   const regionBuffer = new SharedArrayBuffer(MiB);
   const region = { guestPhysAddr: 0, size: MiB, userspaceAddr: USER_BASE, buffer: regionBuffer, bufferOffset: 0 };
@@ -108,7 +81,7 @@ async function startWorker(
     worker,
     control,
     workerPort,
-    mailbox: new Int32Array(mailboxBuffer),
+    mailbox,
     mailboxFd,
     stats,
     memory,
@@ -123,29 +96,6 @@ async function startWorker(
   return rig;
 }
 
-/** Posts a command the way pool.ts does (port, sequence number, eventfd); returns its id. */
-function post(rig: Rig, command: Command): number {
-  const id = rig.nextId++;
-  rig.control.postMessage({ ...command, id });
-  Atomics.add(rig.mailbox, Mailbox.SEQ, 1);
-  native.eventfdWrite(rig.mailboxFd, 1);
-  return id;
-}
-
-function drain(rig: Rig): void {
-  for (;;) {
-    const received = receiveMessageOnPort(rig.control);
-    if (!received) return;
-    rig.messages.push(received.message as WorkerMessage);
-  }
-}
-
-function takeReply(rig: Rig, id: number): Extract<WorkerMessage, { kind: 'reply' }> | undefined {
-  drain(rig);
-  const at = rig.messages.findIndex((m) => m.kind === 'reply' && m.id === id);
-  return at < 0 ? undefined : (rig.messages.splice(at, 1)[0] as Extract<WorkerMessage, { kind: 'reply' }>);
-}
-
 /** Steps the worker until `done` holds; fails after `maxSteps`. Returns the steps taken. */
 function stepUntil(rig: Rig, done: () => boolean, maxSteps = 10_000): number {
   for (let steps = 1; steps <= maxSteps; steps++) {
@@ -153,15 +103,6 @@ function stepUntil(rig: Rig, done: () => boolean, maxSteps = 10_000): number {
     if (done()) return steps;
   }
   throw new Error(`condition not reached in ${maxSteps} steps`);
-}
-
-/** Sends a command and steps until its reply; throws if the worker refused it. */
-function run(rig: Rig, command: Command): number | undefined {
-  const id = post(rig, command);
-  let reply: ReturnType<typeof takeReply>;
-  stepUntil(rig, () => (reply = takeReply(rig, id)) !== undefined);
-  if (!reply!.ok) throw new Error(reply!.error);
-  return reply!.value;
 }
 
 function startQueue(rig: Rig, kickFd: number, lastAvailIdx = 0): void {
