@@ -464,26 +464,16 @@ class SwitchHandler implements QueueHandler {
     Atomics.store(this.rxRunning, this.port * this.pairs + pair, 1);
   }
 
-  /**
-   * Gives the held chains back to the driver, newest first, as handler.ts does on stopping:
-   * last_avail_idx steps back over them and the guest still owns them, instead of having them
-   * used with length 0 (which Linux counts as length errors and DPDK as bad packets). A chain
-   * that cannot step back (popped before one already used) and all older ones are used with 0.
-   */
   private releaseHeld(pair: number, queue: WorkerQueue): number {
     const ring = this.held[pair]!;
     const count = this.heldCount[pair];
-    const head = this.heldHead[pair];
-    let givingBack = queue.giveBack !== undefined;
-    for (let i = count - 1; i >= 0; i--) {
-      const slot = (head + i) & (HELD_CAPACITY - 1);
-      const rx = ring[slot]!;
-      ring[slot] = null;
-      if (givingBack && queue.giveBack!(rx)) continue;
-      givingBack = false;
-      queue.complete(rx, 0);
+    let head = this.heldHead[pair];
+    for (let i = 0; i < count; i++) {
+      queue.complete(ring[head]!, 0);
+      ring[head] = null;
+      head = (head + 1) & (HELD_CAPACITY - 1);
     }
-    this.heldHead[pair] = (head + count) & (HELD_CAPACITY - 1);
+    this.heldHead[pair] = head;
     this.heldCount[pair] = 0;
     return count;
   }
