@@ -3,19 +3,34 @@
 //   ring only      pop + pushUsed + flushUsed of single-descriptor RX chains (no handler)
 //   source         RX chains popped, held, filled by the source batch copy, completed
 //   loopback       32 RX chains and 32 TX frames per pass, each frame copied into an RX chain
+//   worker         loopback again, through the whole worker pass (DataPlaneWorker.step: QueueRunner
+//                  pop/complete with VIRTIO_F_IN_ORDER as DPDK negotiates it, used.idx publishes,
+//                  stats), the back-end's cost in the bench:net loopback set-up without the
+//                  cross-core cache traffic
 // The driver re-offers the same heads each round and never reaps (the used ring just wraps), so
 // what is timed is the device side plus one avail store per chain.
 //
-//   node --expose-gc <compiled>/bench/micro-net.js [ring|source|loopback ...]   (default: all three)
+//   node --expose-gc <compiled>/bench/micro-net.js [ring|source|loopback|worker ...]   (default: all four)
 //
 // Imports the built library from ../dist (run `npm run build` first).
+import { MessageChannel } from 'node:worker_threads';
 import { GuestMemory } from '../dist/dataplane/memory.js';
+import { DataPlaneWorker } from '../dist/dataplane/worker.js';
+import { Mailbox, type WorkerInit } from '../dist/dataplane/commands.js';
+import { createStatsBuffer, readQueueStats } from '../dist/dataplane/stats.js';
+import { native } from '../dist/native.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../dist/dataplane/virtqueue.js';
 import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
 import type { QueueHandler, WorkerQueue } from '../dist/dataplane/device-api.js';
 import { createQueueHandler } from '../dist/devices/net/handler.js';
-import { NegotiatedSlot, createNetStatsBuffer, type NetHandlerOptions } from '../dist/devices/net/options.js';
+import {
+  NET_STAT_SLOTS,
+  NegotiatedSlot,
+  NetStat,
+  createNetStatsBuffer,
+  type NetHandlerOptions,
+} from '../dist/devices/net/options.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -160,6 +175,114 @@ function loopRound(handler: QueueHandler): number {
 }
 
 /**
+ * The loopback pair run by a DataPlaneWorker (busy mode, IN_ORDER and EVENT_IDX on both queues,
+ * as DPDK's virtio-user negotiates them), stepped in this thread: each round offers 32 RX and
+ * 32 TX chains and runs one pass.
+ */
+async function workerLoop() {
+  const USER_BASE = 0x7f00_0000_0000;
+  const workerBuffer = new SharedArrayBuffer(8 * MiB);
+  const region = { guestPhysAddr: 0, size: 8 * MiB, userspaceAddr: USER_BASE, buffer: workerBuffer, bufferOffset: 0 };
+  const workerMemory = new GuestMemory([region]);
+  const { port1: control, port2: workerPort } = new MessageChannel();
+  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
+  const mailbox = new Int32Array(mailboxBuffer);
+  const handlerOptions: NetHandlerOptions = {
+    backend: 'loopback',
+    negotiated: negotiated(),
+    stats: createNetStatsBuffer(2),
+    queuePairs: 1,
+    maxFrameBytes: 1518,
+    frameBytes: FRAME,
+    tapFds: [],
+    mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+  };
+  const init: WorkerInit = {
+    worker: 0,
+    cpu: -1,
+    mailbox: mailboxBuffer,
+    mailboxFd: native.eventfdCreate(0),
+    stats: createStatsBuffer(2),
+    mode: 'busy',
+    idleBudgetUs: 0,
+    handlerModule: 'unused',
+    handlerOptions,
+    queueCount: 2,
+    maxSegments: 64,
+  };
+  const worker = await DataPlaneWorker.create(init, workerPort, { createHandler: createQueueHandler });
+  const layout = splitRingLayout(SIZE);
+  let nextId = 1;
+  const command = (c: Record<string, unknown>): void => {
+    control.postMessage({ ...c, id: nextId++ });
+    Atomics.add(mailbox, Mailbox.SEQ, 1);
+    for (let i = 0; i < 4; i++) worker.step();
+  };
+  command({ op: 'memory', regions: [region] });
+  const drivers: VringDriver[] = [];
+  for (const index of [0, 1]) {
+    const base = index * 0x10000;
+    const rings = { descAddr: base, availAddr: base + layout.availOffset, usedAddr: base + layout.usedOffset };
+    drivers.push(new VringDriver({ memory: workerMemory, size: SIZE, ...rings, eventIdx: true }));
+    command({
+      op: 'start',
+      queue: {
+        index,
+        size: SIZE,
+        descUserAddr: USER_BASE + rings.descAddr,
+        availUserAddr: USER_BASE + rings.availAddr,
+        usedUserAddr: USER_BASE + rings.usedAddr,
+        lastAvailIdx: 0,
+        kickFd: -1,
+        callFd: -1,
+        errFd: -1,
+        eventIdx: true,
+        indirectDesc: false,
+        packed: false,
+        inOrder: true,
+      },
+    });
+  }
+  const [rxDriver, txDriver] = drivers;
+  for (let i = 0; i < SIZE; i++) {
+    rxDriver.writeDescriptor(i, RX_DATA + i * RX_BYTES, RX_BYTES, WRITE, 0);
+    txDriver.writeDescriptor(i, TX_DATA + i * 128, HEADER + FRAME, 0, 0);
+  }
+  const bytes = new Uint8Array(workerBuffer);
+  for (let i = 0; i < SIZE; i++) bytes.fill(0xab, TX_DATA + i * 128 + HEADER, TX_DATA + i * 128 + HEADER + FRAME);
+  let workerHead = 0;
+  const netStats = new Float64Array(handlerOptions.stats);
+  const check = (): void => {
+    // Every frame looped back (RX packets = TX packets), none dropped, no queue broken.
+    const rx = netStats[NetStat.packets];
+    const tx = netStats[NET_STAT_SLOTS + NetStat.packets];
+    const drops = netStats[NetStat.drops] + netStats[NET_STAT_SLOTS + NetStat.drops];
+    const queues = [0, 1].map((q) => readQueueStats(init.stats, q));
+    if (rx === 0 || rx !== tx || drops !== 0 || queues.some((q) => q.broken !== 0)) {
+      throw new Error(`worker loopback went wrong: rx ${rx}, tx ${tx}, drops ${drops}`);
+    }
+    for (let i = 0; i < SIZE; i++) {
+      const at = RX_DATA + i * RX_BYTES;
+      if (bytes[at + 10] !== 1 || bytes[at + HEADER] !== 0xab || bytes[at + HEADER + FRAME - 1] !== 0xab) {
+        throw new Error(`RX buffer ${i} does not hold a looped-back frame`);
+      }
+    }
+    const usedIdx = (base: number) => new DataView(workerBuffer).getUint16(base + layout.usedOffset + 2, true);
+    if (usedIdx(0) !== usedIdx(0x10000)) throw new Error(`RX used.idx ${usedIdx(0)}, TX ${usedIdx(0x10000)}`);
+  };
+  const round = (): number => {
+    for (let i = 0; i < LOOP_BATCH; i++) rxDriver.offerRawHead((workerHead + i) & (SIZE - 1));
+    rxDriver.publish();
+    for (let i = 0; i < LOOP_BATCH; i++) txDriver.offerRawHead((workerHead + i) & (SIZE - 1));
+    txDriver.publish();
+    worker.step();
+    workerHead = (workerHead + LOOP_BATCH) & (SIZE - 1);
+    return LOOP_BATCH;
+  };
+  return { round, check };
+}
+
+/**
  * The best of SAMPLES timings of `frames` frames each, in CPU time (the machine is shared: time
  * spent descheduled is not the handler's).
  */
@@ -195,6 +318,11 @@ async function main(): Promise<void> {
   if (wanted('ring')) time('ring only: pop + pushUsed (RX, 1 desc)', ringRound, frames);
   if (wanted('source')) time('source: 64-byte frames', () => sourceRound(sourceHandler), frames);
   if (wanted('loopback')) time('loopback: 64-byte frames (32 per pass)', () => loopRound(loopHandler), frames);
+  if (wanted('worker')) {
+    const { round, check } = await workerLoop();
+    time('loopback, worker pass, IN_ORDER (32)', round, frames);
+    check();
+  }
 }
 
 await main();
