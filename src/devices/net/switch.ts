@@ -23,7 +23,7 @@
 // One copy between ports on one worker. The ports share the workers (pool.ts spaces): pair q of
 // every port runs on worker q mod W, where each port has its own handler. A frame for a pair of a
 // port whose handler runs here (context.peer) is copied straight from our guest's TX buffers
-// into that port's held RX chains (copyBetweenRequests; counted copiedOnce), when the frame
+// into that port's held RX chains (copy.ts copyRequestToRequest; counted copiedOnce), when the frame
 // ring to it is drained (so a frame never overtakes one waiting there) and the receiver takes
 // it as it is (its header passes through unchanged or none is asked for) and has room now.
 // Everything else (no room yet, a checksum or segmentation to do in software, a pair on another
@@ -54,6 +54,7 @@ import { NET_PUBLISH_EVERY, NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './op
 import type { SwitchHandlerOptions } from './switch-fabric.js';
 import { ETH_HEADER_BYTES } from './virtio-net.js';
 import { TcpSegmenter } from './segment.js';
+import { copyBytes, copyRequestToRequest } from './copy.js';
 import {
   HDR_CSUM_OFFSET,
   HDR_CSUM_START,
@@ -729,7 +730,7 @@ class SwitchHandler implements QueueHandler {
       let take = rx.writableBytes - offset;
       if (take > frameBytes - copied) take = frameBytes - copied;
       if (source === null) scatterFromRing(data, words, from + copied, rx, offset, take);
-      else copyBetweenRequests(source, from + copied, rx, offset, take);
+      else copyRequestToRequest(source, from + copied, rx, offset, take);
       copied += take;
       queue.complete(rx, offset + take);
     }
@@ -840,92 +841,6 @@ function scatterFromRing(
     skip = 0;
     copied += n;
   }
-}
-
-/**
- * Copies `length` readable bytes of `src` from `from` into the writable bytes of `dst` from `to`
- * (two guests' memories: word copies where both sides have the same alignment).
- */
-function copyBetweenRequests(src: VirtqRequest, from: number, dst: VirtqRequest, to: number, length: number): void {
-  const srcMemory = src.memory!;
-  const dstMemory = dst.memory!;
-  const srcEnd = src.readableCount;
-  const dstEnd = dst.segmentCount;
-  let s = 0;
-  let sOff = from;
-  while (s < srcEnd && sOff >= src.segLength[s]) sOff -= src.segLength[s++];
-  let d = dst.readableCount;
-  let dOff = to;
-  while (d < dstEnd && dOff >= dst.segLength[d]) dOff -= dst.segLength[d++];
-  let copied = 0;
-  while (copied < length && s < srcEnd && d < dstEnd) {
-    let n = length - copied;
-    const sRoom = src.segLength[s] - sOff;
-    const dRoom = dst.segLength[d] - dOff;
-    if (n > sRoom) n = sRoom;
-    if (n > dRoom) n = dRoom;
-    const sw = src.segWindow[s];
-    const dw = dst.segWindow[d];
-    copyBytes(
-      dstMemory.windowBytesView[dw],
-      dstMemory.windowWords[dw],
-      dstMemory.windowSkew[dw],
-      dst.segWindowOffset[d] + dOff,
-      srcMemory.windowBytesView[sw],
-      srcMemory.windowWords[sw],
-      srcMemory.windowSkew[sw],
-      src.segWindowOffset[s] + sOff,
-      n,
-    );
-    copied += n;
-    sOff += n;
-    dOff += n;
-    if (sOff === src.segLength[s]) {
-      s++;
-      sOff = 0;
-    }
-    if (dOff === dst.segLength[d]) {
-      d++;
-      dOff = 0;
-    }
-  }
-}
-
-/**
- * dst[to, to + n) = src[from, from + n). `words` views hold the same bytes as u32 words, their
- * first word starting `skew` bytes before the byte view (GuestMemory.windowSkew); when both
- * sides have the same alignment the middle goes a word at a time.
- */
-function copyBytes(
-  dst: Uint8Array,
-  dstWords: Uint32Array,
-  dstSkew: number,
-  to: number,
-  src: Uint8Array,
-  srcWords: Uint32Array,
-  srcSkew: number,
-  from: number,
-  n: number,
-): void {
-  let d = to;
-  let s = from;
-  let left = n;
-  if (left >= 16 && ((d + dstSkew) & 3) === ((s + srcSkew) & 3)) {
-    while (((d + dstSkew) & 3) !== 0) {
-      dst[d++] = src[s++];
-      left--;
-    }
-    const words = left >>> 2;
-    let dw = (d + dstSkew) >>> 2;
-    let sw = (s + srcSkew) >>> 2;
-    const end = sw + words;
-    while (sw < end) dstWords[dw++] = srcWords[sw++];
-    d += words << 2;
-    s += words << 2;
-    left -= words << 2;
-  }
-  const end = s + left;
-  while (s < end) dst[d++] = src[s++];
 }
 
 export const createQueueHandler: CreateQueueHandler = (options, context) =>
