@@ -46,6 +46,20 @@ async function twoHandlers(fabric: SwitchFabric, devices: NetDevice[], shared: b
   return handlers;
 }
 
+/** 4 MiB of guest memory shared by both ports, a one-worker fabric, 12-byte headers, the two handlers. */
+async function smallRig(shared: boolean) {
+  const buffer = new SharedArrayBuffer(4 * MiB);
+  const bytes = new Uint8Array(buffer);
+  const memory = new GuestMemory([{ guestPhysAddr: 0, size: 4 * MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 }]);
+  const fabric = new SwitchFabric(2, 1, 1);
+  const devices = [0, 1].map(
+    (p) => new NetDevice({ queuePairs: 1, maxQueueSize: 256, mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, p), mtu: 1500 }),
+  );
+  for (const device of devices) new Int32Array(device.negotiated)[NegotiatedSlot.headerBytes] = HEADER;
+  const [a, b] = await twoHandlers(fabric, devices, shared);
+  return { bytes, memory, fabric, devices, a, b };
+}
+
 const HOW = [
   { shared: false, name: 'through the frame ring (ports on separate workers)' },
   { shared: true, name: 'copied once (ports sharing the worker)' },
@@ -164,17 +178,7 @@ describe.each(HOW)('switch handler hot path, $name', ({ shared }) => {
   });
 
   it('copies byte-exact whatever the alignment of the TX and RX buffers (word copies and their edges)', async () => {
-    const buffer = new SharedArrayBuffer(4 * MiB);
-    const bytes = new Uint8Array(buffer);
-    const memory = new GuestMemory([
-      { guestPhysAddr: 0, size: 4 * MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 },
-    ]);
-    const fabric = new SwitchFabric(2, 1, 1);
-    const devices = [0, 1].map(
-      (p) => new NetDevice({ queuePairs: 1, maxQueueSize: 256, mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, p), mtu: 1500 }),
-    );
-    for (const device of devices) new Int32Array(device.negotiated)[NegotiatedSlot.headerBytes] = HEADER;
-    const [a, b] = await twoHandlers(fabric, devices, shared);
+    const { bytes, memory, fabric, devices, a, b } = await smallRig(shared);
     try {
       const txQueue: WorkerQueue = { index: 1, memory, stopping: false, complete() {} };
       let received: { at: number; len: number } | null = null;
@@ -227,17 +231,7 @@ describe.each(HOW)('switch handler hot path, $name', ({ shared }) => {
 
 describe('switch handlers sharing a worker', () => {
   it('a frame waits in the ring while older ones do: one copy resumes only once the ring is drained, order kept', async () => {
-    const buffer = new SharedArrayBuffer(4 * MiB);
-    const bytes = new Uint8Array(buffer);
-    const memory = new GuestMemory([
-      { guestPhysAddr: 0, size: 4 * MiB, userspaceAddr: 0x7f00_0000_0000, buffer, bufferOffset: 0 },
-    ]);
-    const fabric = new SwitchFabric(2, 1, 1);
-    const devices = [0, 1].map(
-      (p) => new NetDevice({ queuePairs: 1, maxQueueSize: 256, mac: Uint8Array.of(0x52, 0x54, 0, 0, 0, p), mtu: 1500 }),
-    );
-    for (const device of devices) new Int32Array(device.negotiated)[NegotiatedSlot.headerBytes] = HEADER;
-    const [a, b] = await twoHandlers(fabric, devices, true);
+    const { bytes, memory, fabric, devices, a, b } = await smallRig(true);
     try {
       const txQueue: WorkerQueue = { index: 1, memory, stopping: false, complete() {} };
       const order: number[] = [];
