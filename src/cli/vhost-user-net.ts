@@ -56,8 +56,7 @@ Device:
 Data plane:
   --cpus LIST            CPUs for the worker threads, one worker each (default 1; e.g. 0-1).
                          Both queues of a pair run on one worker; pairs go round-robin.
-                         The ports (sockets) share these workers: pair k of every port runs
-                         on the same worker (the switch copies a frame between them once).
+                         Each port (socket) has its own workers on these CPUs.
   --poll MODE            busy | interrupt | adaptive (default adaptive)
   --idle-budget-us N     adaptive mode: spin this long without work before sleeping (default 50)
   --interrupt-grace-us N interrupt mode: stay awake this long after the last request before
@@ -175,7 +174,7 @@ export function parseNetArgs(argv: string[]): ParsedNetArgs {
 /** One line per queue, for the exit summary. */
 export function formatNetStats(stats: NetPortQueueStats[]): string {
   const header =
-    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors  gso-refused  gso-segmented  copied-once\n';
+    'port  queue  dir      packets           bytes     drops  no-buffer  too-big  bad-chain  bad-buffers  backend-errors  gso-refused  gso-segmented\n';
   return (
     header +
     stats
@@ -194,7 +193,6 @@ export function formatNetStats(stats: NetPortQueueStats[]): string {
           String(s.backendErrors).padStart(15),
           String(s.gsoRefused).padStart(12),
           String(s.gsoSegmented).padStart(14),
-          String(s.copiedOnce).padStart(12),
         ].join(' '),
       )
       .join('\n') +

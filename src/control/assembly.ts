@@ -1,14 +1,13 @@
-// The one way a device becomes a running back-end: per port (one socket each), a daemon serving
-// the socket, and one worker data plane running the device's handler for every port. blk (one
-// port) and net (one port per socket) both build on it, so start-up order, failure clean-up and
-// shutdown order live here once. Ports share the workers (one per CPU): each port is a space of
-// the data plane (its own memory table, queues numbered from 0, reset), and queue q of every port
-// runs on the same worker, so a frame the switch moves between ports on one worker is copied once.
+// The one way a device becomes a running back-end: per port (one socket each), a worker data
+// plane running the device's handler and a daemon serving the socket. blk (one port) and net
+// (one port per socket) both build on it, so start-up order, failure clean-up and shutdown
+// order live here once. Each port has its own workers because a worker holds one guest memory
+// table and the session numbers queues from 0.
 import type { Logger } from '../log.js';
 import type { HandlerSpec } from '../dataplane/device-api.js';
 import type { PollMode } from '../dataplane/commands.js';
 import type { QueueStats } from '../dataplane/stats.js';
-import { WorkerDataPlane, type PortDataPlane } from '../dataplane/pool.js';
+import { WorkerDataPlane } from '../dataplane/pool.js';
 import type { VhostUserDevice } from './backend.js';
 import { VhostUserDaemon, type DaemonLimits } from './daemon.js';
 
@@ -56,8 +55,7 @@ export interface AssemblyOptions<D extends VhostUserDevice> {
 export interface AssembledPort<D extends VhostUserDevice> {
   socketPath?: string;
   device: D;
-  /** The port's data plane: the workers themselves, or its face on workers the ports share. */
-  plane: WorkerDataPlane | PortDataPlane;
+  plane: WorkerDataPlane;
   daemon: VhostUserDaemon;
 }
 
@@ -71,64 +69,61 @@ export interface Assembly<D extends VhostUserDevice> {
   stop: () => Promise<void>;
 }
 
-type LivePort<D extends VhostUserDevice> = AssembledPort<D>;
+interface LivePort<D extends VhostUserDevice> extends AssembledPort<D> {
+  release?: () => void;
+}
 
 export async function startAssembly<D extends VhostUserDevice>(options: AssemblyOptions<D>): Promise<Assembly<D>> {
   const { log, workers } = options;
   const ports: LivePort<D>[] = [];
-  // Every port's parts, made first: the workers that serve them all need every port's handler options.
-  const parts: PortParts<D>[] = [];
-  let plane: WorkerDataPlane | undefined;
   let stopping: Promise<void> | undefined;
   const stopAll = async () => {
-    try {
-      for (const port of ports.splice(0).reverse()) await port.daemon.stop();
-      await plane?.close();
-    } finally {
-      // The workers are gone (or never used what the ports hold): free it now.
-      for (const made of parts.splice(0).reverse()) made.release?.();
-      options.release?.();
+    for (const port of ports.splice(0).reverse()) {
+      try {
+        await port.daemon.stop();
+        await port.plane.close();
+      } finally {
+        // The workers are gone (or never used what the port holds): free it now.
+        port.release?.();
+      }
     }
+    options.release?.();
   };
   const stop = () => (stopping ??= stopAll());
   try {
-    for (let index = 0; index < options.ports; index++) parts.push(options.makePort(index));
-    const first = parts[0];
-    for (const made of parts) {
-      if (made.handler.module !== first.handler.module || made.device.numQueues !== first.device.numQueues) {
-        throw new Error('ports sharing workers need the same handler module and queue count');
+    for (let index = 0; index < options.ports; index++) {
+      const parts = options.makePort(index);
+      const prefix = parts.name ? `${parts.name}.` : '';
+      let plane: WorkerDataPlane;
+      try {
+        plane = await WorkerDataPlane.start({
+          cpus: workers.cpus,
+          queueCount: parts.device.numQueues,
+          handler: parts.handler,
+          mode: workers.poll,
+          idleBudgetUs: workers.idleBudgetUs,
+          interruptGraceUs: workers.interruptGraceUs,
+          queueToWorker: parts.queueToWorker,
+          maxSegments: parts.maxSegments,
+          logger: log.child(`${prefix}dataplane`),
+        });
+      } catch (error) {
+        parts.release?.();
+        throw error;
       }
-    }
-    const shared = parts.length > 1;
-    plane = await WorkerDataPlane.start({
-      cpus: workers.cpus,
-      queueCount: first.device.numQueues,
-      handler: shared ? { module: first.handler.module, options: parts.map((made) => made.handler.options) } : first.handler,
-      spaces: parts.length,
-      mode: workers.poll,
-      idleBudgetUs: workers.idleBudgetUs,
-      interruptGraceUs: workers.interruptGraceUs,
-      queueToWorker: first.queueToWorker,
-      maxSegments: first.maxSegments,
-      logger: log.child(shared ? 'dataplane' : `${first.name ? `${first.name}.` : ''}dataplane`),
-    });
-    for (let index = 0; index < parts.length; index++) {
-      const made = parts[index];
-      const prefix = made.name ? `${made.name}.` : '';
-      const portPlane = shared ? plane.port(index) : plane;
-      const daemon = new VhostUserDaemon(made.device, {
+      const daemon = new VhostUserDaemon(parts.device, {
         ...options.limits,
-        socketPath: made.socketPath,
-        listenFd: made.listenFd,
+        socketPath: parts.socketPath,
+        listenFd: parts.listenFd,
         client: options.client,
-        dataPlane: portPlane,
+        dataPlane: plane,
         logger: log.child(`${prefix}daemon`),
       });
-      ports.push({ socketPath: made.socketPath, device: made.device, plane: portPlane, daemon });
+      ports.push({ socketPath: parts.socketPath, device: parts.device, plane, daemon, release: parts.release });
       await daemon.start();
       log.info('serving', {
-        socket: made.socketPath ?? `fd ${made.listenFd}`,
-        ...made.serving,
+        socket: parts.socketPath ?? `fd ${parts.listenFd}`,
+        ...parts.serving,
         cpus: workers.cpus,
         poll: workers.poll,
       });

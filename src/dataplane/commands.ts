@@ -36,40 +36,33 @@ export type QueueStart = Omit<VringConfig, 'features'> & {
    * losing a back-end; requests completed out of order may run twice).
    */
   resume?: boolean;
-  /**
-   * The port (address space) the queue belongs to when ports share workers (WorkerInit.spaces):
-   * its memory table, dirty log and reset are that port's. Default 0.
-   */
-  space?: number;
 };
 
-// `space` (default 0) names the port a command is for when ports share workers; reset and
-// abandon without one act on every space.
 export type WorkerCommand =
-  | { id: number; op: 'memory'; space?: number; regions: MemoryRegion[] }
+  | { id: number; op: 'memory'; regions: MemoryRegion[] }
   | { id: number; op: 'start'; queue: QueueStart }
   /** Stop popping, wait for in-flight requests, reply with last_avail_idx. */
-  | { id: number; op: 'stop'; space?: number; index: number }
-  | { id: number; op: 'notify-fds'; space?: number; index: number; callFd: number; errFd: number }
-  /** Start (area) or stop (null) dirty-page logging on every queue of the space (live migration). */
-  | { id: number; op: 'dirty-log'; space?: number; area: DirtyLogArea | null }
+  | { id: number; op: 'stop'; index: number }
+  | { id: number; op: 'notify-fds'; index: number; callFd: number; errFd: number }
+  /** Start (area) or stop (null) dirty-page logging on every queue of the worker (live migration). */
+  | { id: number; op: 'dirty-log'; area: DirtyLogArea | null }
   /** A running ring's used-ring log address changed (SET_VRING_ADDR; -1: the ring's own). */
-  | { id: number; op: 'ring-log'; space?: number; index: number; logGuestAddr: number }
+  | { id: number; op: 'ring-log'; index: number; logGuestAddr: number }
   | { id: number; op: 'mode'; mode: PollMode; idleBudgetUs: number; interruptGraceUs?: number }
-  /** Stop every queue of the space (draining) and forget its memory table. */
-  | { id: number; op: 'reset'; space?: number }
+  /** Stop every queue (draining) and forget the memory table. */
+  | { id: number; op: 'reset' }
   /**
    * Like reset, but without waiting: queues with requests still in the device are written off
    * at once (their late completions are dropped, their buffers reclaimed when those arrive).
    */
-  | { id: number; op: 'abandon'; space?: number }
+  | { id: number; op: 'abandon' }
   | { id: number; op: 'shutdown' };
 
 export type WorkerMessage =
   | { kind: 'ready'; worker: number; tid: number; cpus: number[] }
   | { kind: 'reply'; id: number; ok: true; value?: number }
   | { kind: 'reply'; id: number; ok: false; error: string }
-  | { kind: 'broken'; index: number; space?: number; reason: number; description: string }
+  | { kind: 'broken'; index: number; reason: number; description: string }
   | { kind: 'log'; level: 'error' | 'warn' | 'info' | 'debug'; msg: string; fields?: Record<string, unknown> };
 
 /** Int32 slots of the mailbox SharedArrayBuffer. */
@@ -97,16 +90,9 @@ export interface WorkerInit {
   interruptGraceUs?: number;
   /** Module URL exporting createQueueHandler (see device-api.ts). */
   handlerModule: string;
-  /** The handler's options; with spaces > 1, an array of one per space. */
   handlerOptions: unknown;
-  /** Queues the device has in all (stats slots per space). */
+  /** Queues the device has in all (stats slots). */
   queueCount: number;
-  /**
-   * Ports whose queues this worker serves (default 1): each its own memory table, dirty log and
-   * reset; stats slot of queue q of space s: s · queueCount + q. The switch back-end uses it so
-   * that a frame between two ports whose queues share a worker is copied once.
-   */
-  spaces?: number;
   /** Largest chain a request may hold (segments). */
   maxSegments: number;
 }

@@ -11,8 +11,6 @@ import type { VirtqRequest } from './request.js';
 export interface WorkerQueue {
   /** Virtqueue number (0-based, as in SET_VRING_*). */
   readonly index: number;
-  /** The port it belongs to when ports share the worker (HandlerContext.spaces); 0 otherwise. Optional for fakes. */
-  readonly space?: number;
   /** The memory table the queue's requests are translated against. */
   readonly memory: GuestMemory;
   /**
@@ -71,8 +69,8 @@ export interface QueueHandler {
    * publishing once per burst.
    */
   readonly publishEvery?: number;
-  /** The memory table (of port `space`, see HandlerContext.spaces) changed; requests already in flight keep the old one alive. */
-  setMemory(memory: GuestMemory, space?: number): void;
+  /** The memory table changed; requests already in flight keep the old one alive. */
+  setMemory(memory: GuestMemory): void;
   /**
    * A watched fd (HandlerContext.watchFd) is ready: `token` is the one it was watched with,
    * `events` the FdEvent bits seen. The worker has not read the fd: the handler reads or drains
@@ -102,25 +100,8 @@ export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 export interface HandlerContext {
   /** Worker number (0-based). */
   worker: number;
-  /** Queues the device has in all (per port). */
+  /** Queues the device has in all. */
   queueCount: number;
-  /**
-   * Ports whose queues this worker serves (1 unless the back-end shares workers between ports):
-   * WorkerQueue.space tells a queue's port, and one handler serves them all.
-   */
-  spaces?: number;
-  /**
-   * The port this handler serves (0..spaces-1). With spaces > 1 the worker makes one handler per
-   * port, each from its own options (WorkerInit.handlerOptions is then an array), and hands each
-   * only its port's queues.
-   */
-  space?: number;
-  /**
-   * The handler of another port in this worker (null if none yet): what lets a switch copy a
-   * frame from one port's TX buffers straight into another port's RX buffers. Only from the
-   * worker thread, once every handler exists (not while being created).
-   */
-  peer?(space: number): QueueHandler | null;
   /** Structured logging through the control thread's logger. */
   log: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
   /**
@@ -139,7 +120,7 @@ export interface HandlerContext {
    * queue it has not been handed a request for yet (to popNow on it). Not for every request:
    * it searches. Optional so that test fakes need not provide it; the worker always does.
    */
-  queue?(index: number, space?: number): WorkerQueue | null;
+  queue?(index: number): WorkerQueue | null;
 }
 
 /** What a handler module exports. */

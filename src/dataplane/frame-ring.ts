@@ -113,11 +113,6 @@ export class FrameRingProducer extends FrameRingSide {
     this.tail = Atomics.load(this.control, TAIL) >>> 0;
   }
 
-  /** True when the consumer has released every record published (nothing waits in the ring). */
-  get drained(): boolean {
-    return Atomics.load(this.control, HEAD) >>> 0 === this.tail;
-  }
-
   /**
    * Makes room for a record of `length` bytes tagged `tag` (a u32 the consumer gets back).
    * Returns where its bytes go in `data` (write exactly `length` of them, then commit()), or -1

@@ -2,11 +2,6 @@
 // maps queues to workers, and turns DataPlane calls into mailbox commands. Implements the
 // DataPlane interface the session drives.
 //
-// Several ports (sessions) may share the workers (options.spaces): each port is a space with its
-// own memory table, queues numbered from 0, dirty log and reset, and port(p) is the DataPlane its
-// session drives. Queue q of every port runs on the same worker (workerFor(q)), where one handler
-// per port serves it; the switch back-end copies a frame between two such ports once.
-//
 // A worker thread that dies (an uncaught error, a native call failing where nothing catches it)
 // is replaced: a new worker on the same CPU gets the memory table and the queues the dead one
 // ran, which resume from their in-flight region (or at used->idx without one). The event is
@@ -39,8 +34,6 @@ export interface WorkerDataPlaneOptions {
   queueToWorker?: (queue: number, workers: number) => number;
   /** Largest chain (in segments) one request may have; longer chains break the queue. */
   maxSegments?: number;
-  /** Ports sharing the workers (default 1); handler.options is then an array with one per port. */
-  spaces?: number;
   logger?: Logger;
 }
 
@@ -68,27 +61,16 @@ export class WorkerDataPlane implements DataPlane {
   private idleBudgetUs: number;
   private interruptGraceUs: number | undefined;
   private closed = false;
-  /**
-   * What the running queues were started with (by stats slot: space · queueCount + index), and
-   * each space's memory table: what a replacement worker needs.
-   */
-  private readonly queueConfigs = new Map<number, { space: number; config: VringConfig }>();
-  private readonly memory: (WorkerMemoryRegion[] | null)[];
-  private readonly spaces: number;
+  /** What the running queues were started with, and the memory table: what a replacement worker needs. */
+  private readonly queueConfigs = new Map<number, VringConfig>();
+  private memory: WorkerMemoryRegion[] | null = null;
   private restarts = 0;
   /** Per worker, when it was last replaced (a worker that keeps dying is given up on). */
   private readonly recentRestarts = new Map<number, number[]>();
 
   private constructor(private readonly options: WorkerDataPlaneOptions) {
     this.log = options.logger ?? createLogger('dataplane');
-    this.spaces = options.spaces ?? 1;
-    if (!Number.isInteger(this.spaces) || this.spaces < 1)
-      throw new RangeError(`spaces must be a positive integer, got ${this.spaces}`);
-    if (this.spaces > 1 && (!Array.isArray(options.handler.options) || options.handler.options.length !== this.spaces)) {
-      throw new RangeError(`${this.spaces} spaces need an array of ${this.spaces} handler options`);
-    }
-    this.memory = new Array<WorkerMemoryRegion[] | null>(this.spaces).fill(null);
-    this.stats = createStatsBuffer(options.queueCount * this.spaces);
+    this.stats = createStatsBuffer(options.queueCount);
     this.mode = options.mode ?? 'busy';
     this.idleBudgetUs = options.idleBudgetUs ?? 50;
     this.interruptGraceUs = options.interruptGraceUs;
@@ -125,16 +107,8 @@ export class WorkerDataPlane implements DataPlane {
     return worker;
   }
 
-  /** The DataPlane of port `space` (options.spaces): what that port's session drives. */
-  port(space: number): PortDataPlane {
-    this.checkSpace(space);
-    return new PortDataPlane(this, space);
-  }
-
-  queueStats(queue: number, space = 0): QueueStats {
-    const stats = readQueueStats(this.stats, this.slot(space, queue));
-    stats.queue = queue;
-    return stats;
+  queueStats(queue: number): QueueStats {
+    return readQueueStats(this.stats, queue);
   }
 
   /** Workers replaced after they died. */
@@ -142,22 +116,11 @@ export class WorkerDataPlane implements DataPlane {
     return this.restarts;
   }
 
-  allQueueStats(space = 0): QueueStats[] {
-    return Array.from({ length: this.options.queueCount }, (_, q) => this.queueStats(q, space));
+  allQueueStats(): QueueStats[] {
+    return Array.from({ length: this.options.queueCount }, (_, q) => readQueueStats(this.stats, q));
   }
 
-  private checkSpace(space: number): void {
-    if (!Number.isInteger(space) || space < 0 || space >= this.spaces) {
-      throw new RangeError(`port ${space} is not one of the data plane's ${this.spaces}`);
-    }
-  }
-
-  private slot(space: number, queue: number): number {
-    this.checkSpace(space);
-    return space * this.options.queueCount + queue;
-  }
-
-  async setMemory(regions: readonly MappedRegion[], space = 0): Promise<void> {
+  async setMemory(regions: readonly MappedRegion[]): Promise<void> {
     const plain = regions.map(({ guestPhysAddr, size, userspaceAddr, buffer, bufferOffset }) => ({
       guestPhysAddr,
       size,
@@ -165,43 +128,37 @@ export class WorkerDataPlane implements DataPlane {
       buffer,
       bufferOffset,
     }));
-    this.checkSpace(space);
-    this.memory[space] = plain;
-    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'memory', space, regions: plain })));
+    this.memory = plain;
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'memory', regions: plain })));
   }
 
-  async startQueue(config: Readonly<VringConfig>, space = 0): Promise<void> {
+  async startQueue(config: Readonly<VringConfig>): Promise<void> {
     if (config.index >= this.options.queueCount)
       throw new RangeError(`queue ${config.index} is beyond the device's ${this.options.queueCount}`);
-    const slot = this.slot(space, config.index);
-    resetQueueStats(this.stats, slot);
-    await this.command(this.workerFor(config.index), { op: 'start', queue: queueStart(config, false, space) });
-    this.queueConfigs.set(slot, { space, config: { ...config } });
+    resetQueueStats(this.stats, config.index);
+    await this.command(this.workerFor(config.index), { op: 'start', queue: queueStart(config, false) });
+    this.queueConfigs.set(config.index, { ...config });
   }
 
-  async stopQueue(index: number, space = 0): Promise<number> {
-    const slot = this.slot(space, index);
-    const value = await this.command(this.workerFor(index), { op: 'stop', space, index });
-    this.queueConfigs.delete(slot);
+  async stopQueue(index: number): Promise<number> {
+    const value = await this.command(this.workerFor(index), { op: 'stop', index });
+    this.queueConfigs.delete(index);
     return value ?? 0;
   }
 
-  async setNotifyFds(index: number, callFd: number, errFd: number, space = 0): Promise<void> {
-    const slot = this.slot(space, index);
-    await this.command(this.workerFor(index), { op: 'notify-fds', space, index, callFd, errFd });
-    const started = this.queueConfigs.get(slot);
-    if (started) this.queueConfigs.set(slot, { space, config: { ...started.config, callFd, errFd } });
+  async setNotifyFds(index: number, callFd: number, errFd: number): Promise<void> {
+    await this.command(this.workerFor(index), { op: 'notify-fds', index, callFd, errFd });
+    const config = this.queueConfigs.get(index);
+    if (config) this.queueConfigs.set(index, { ...config, callFd, errFd });
   }
 
-  async setDirtyLog(area: DirtyLogArea | null, space = 0): Promise<void> {
-    this.checkSpace(space);
+  async setDirtyLog(area: DirtyLogArea | null): Promise<void> {
     const plain = area === null ? null : { buffer: area.buffer, offset: area.offset, size: area.size };
-    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'dirty-log', space, area: plain })));
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'dirty-log', area: plain })));
   }
 
-  async setRingLog(index: number, logGuestAddr: number, space = 0): Promise<void> {
-    this.checkSpace(space);
-    await this.command(this.workerFor(index), { op: 'ring-log', space, index, logGuestAddr });
+  async setRingLog(index: number, logGuestAddr: number): Promise<void> {
+    await this.command(this.workerFor(index), { op: 'ring-log', index, logGuestAddr });
   }
 
   /** Switch poll mode on every worker, under load if need be. */
@@ -212,29 +169,22 @@ export class WorkerDataPlane implements DataPlane {
     await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'mode', mode, idleBudgetUs, interruptGraceUs })));
   }
 
-  /** Forgets port `space` (every port when undefined): its queues stop, its memory table goes. */
-  async reset(space?: number): Promise<void> {
+  async reset(): Promise<void> {
     if (this.closed) return;
-    this.forget(space);
-    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'reset', space })));
+    this.queueConfigs.clear();
+    this.memory = null;
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'reset' })));
   }
 
   /**
    * Like reset, without waiting for a hung device: queues with requests still in it are written
    * off (late completions dropped, buffers reclaimed when they arrive). Also ends a pending reset.
    */
-  async abandon(space?: number): Promise<void> {
+  async abandon(): Promise<void> {
     if (this.closed) return;
-    this.forget(space);
-    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'abandon', space })));
-  }
-
-  private forget(space: number | undefined): void {
-    if (space !== undefined) this.checkSpace(space);
-    for (const [slot, started] of this.queueConfigs) {
-      if (space === undefined || started.space === space) this.queueConfigs.delete(slot);
-    }
-    for (let s = 0; s < this.spaces; s++) if (space === undefined || s === space) this.memory[s] = null;
+    this.queueConfigs.clear();
+    this.memory = null;
+    await Promise.all(this.workers.map((_, w) => this.command(w, { op: 'abandon' })));
   }
 
   /** Stops every worker (draining first) and releases their resources. Idempotent. */
@@ -271,7 +221,6 @@ export class WorkerDataPlane implements DataPlane {
       handlerModule: this.options.handler.module,
       handlerOptions: this.options.handler.options,
       queueCount: this.options.queueCount,
-      spaces: this.spaces,
       maxSegments: this.options.maxSegments ?? 256,
     };
     return new Promise((resolve, reject) => {
@@ -318,29 +267,25 @@ export class WorkerDataPlane implements DataPlane {
     recent.push(now);
     this.recentRestarts.set(index, recent);
     this.restarts++;
-    const queues = [...this.queueConfigs.entries()].filter(([, started]) => this.workerFor(started.config.index) === index);
+    const queues = [...this.queueConfigs.values()].filter((config) => this.workerFor(config.index) === index);
     this.log.error('worker died; replacing it and resuming its queues', {
       worker: index,
       code,
-      queues: queues.map(([, started]) => (this.spaces > 1 ? `${started.space}:${started.config.index}` : started.config.index)),
+      queues: queues.map((config) => config.index),
       restarts: this.restarts,
     });
     try {
       await this.spawn(index, cpu);
       if (this.closed) return;
-      for (let space = 0; space < this.spaces; space++) {
-        const regions = this.memory[space];
-        if (regions) await this.command(index, { op: 'memory', space, regions });
-      }
-      for (const [slot, started] of queues) {
+      if (this.memory) await this.command(index, { op: 'memory', regions: this.memory });
+      for (const config of queues) {
         // Stopped or reset meanwhile: nothing to resume.
-        if (this.queueConfigs.get(slot) !== started) continue;
-        await this.command(index, { op: 'start', queue: queueStart(started.config, true, started.space) });
+        if (this.queueConfigs.get(config.index) !== config) continue;
+        await this.command(index, { op: 'start', queue: queueStart(config, true) });
         this.log.info('queue resumed on the replacement worker', {
           worker: index,
-          ...(this.spaces > 1 && { port: started.space }),
-          queue: started.config.index,
-          inflight: started.config.inflight !== undefined,
+          queue: config.index,
+          inflight: config.inflight !== undefined,
         });
       }
     } catch (error) {
@@ -361,7 +306,6 @@ export class WorkerDataPlane implements DataPlane {
       case 'broken':
         this.log.error('virtqueue broken by the driver', {
           worker: index,
-          ...(this.spaces > 1 && { port: message.space ?? 0 }),
           queue: message.index,
           reason: brokenReasonName(message.reason),
           detail: message.description,
@@ -402,86 +346,13 @@ type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K>
 
 type WorkerMemoryRegion = Extract<WorkerCommand, { op: 'memory' }>['regions'][number];
 
-function queueStart(config: Readonly<VringConfig>, resume: boolean, space: number): QueueStart {
+function queueStart(config: Readonly<VringConfig>, resume: boolean): QueueStart {
   return {
     ...config,
-    space,
     eventIdx: (config.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n,
     indirectDesc: (config.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n,
     packed: (config.features & bit(VIRTIO_F_RING_PACKED)) !== 0n,
     inOrder: (config.features & bit(VIRTIO_F_IN_ORDER)) !== 0n,
     resume,
   };
-}
-
-/**
- * One port's DataPlane on workers that several ports share (WorkerDataPlaneOptions.spaces): its
- * session drives it like a data plane of its own; reset and abandon touch only this port. The
- * workers live as long as the shared WorkerDataPlane (closed by whoever started it).
- */
-export class PortDataPlane implements DataPlane {
-  constructor(
-    readonly shared: WorkerDataPlane,
-    readonly space: number,
-  ) {}
-
-  get pollMode(): PollMode {
-    return this.shared.pollMode;
-  }
-
-  get workerThreadIds(): number[] {
-    return this.shared.workerThreadIds;
-  }
-
-  get workerRestarts(): number {
-    return this.shared.workerRestarts;
-  }
-
-  workerFor(queue: number): number {
-    return this.shared.workerFor(queue);
-  }
-
-  setMode(mode: PollMode, idleBudgetUs?: number, interruptGraceUs?: number): Promise<void> {
-    return this.shared.setMode(mode, idleBudgetUs, interruptGraceUs);
-  }
-
-  queueStats(queue: number): QueueStats {
-    return this.shared.queueStats(queue, this.space);
-  }
-
-  allQueueStats(): QueueStats[] {
-    return this.shared.allQueueStats(this.space);
-  }
-
-  setMemory(regions: readonly MappedRegion[]): Promise<void> {
-    return this.shared.setMemory(regions, this.space);
-  }
-
-  startQueue(config: Readonly<VringConfig>): Promise<void> {
-    return this.shared.startQueue(config, this.space);
-  }
-
-  stopQueue(index: number): Promise<number> {
-    return this.shared.stopQueue(index, this.space);
-  }
-
-  setNotifyFds(index: number, callFd: number, errFd: number): Promise<void> {
-    return this.shared.setNotifyFds(index, callFd, errFd, this.space);
-  }
-
-  setDirtyLog(area: DirtyLogArea | null): Promise<void> {
-    return this.shared.setDirtyLog(area, this.space);
-  }
-
-  setRingLog(index: number, logGuestAddr: number): Promise<void> {
-    return this.shared.setRingLog(index, logGuestAddr, this.space);
-  }
-
-  reset(): Promise<void> {
-    return this.shared.reset(this.space);
-  }
-
-  abandon(): Promise<void> {
-    return this.shared.abandon(this.space);
-  }
 }

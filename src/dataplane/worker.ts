@@ -113,7 +113,7 @@ const EPOLL_ADD = 1;
 const EPOLL_DEL = 2;
 /** EPOLLIN | EPOLLET (as a u32: `|` would make it negative). */
 const OWN_EVENTFD_EVENTS = FdEvent.READABLE + 0x80000000;
-/** epoll data values: queue slot (space · queueCount + index, < 2^16) for kick fds, these two, or WATCH_TAG + token. */
+/** epoll data values: queue index (< 2^16) for kick fds, these two, or WATCH_TAG + token. */
 const WAKE_MAILBOX = 0x10000;
 const WAKE_COMPLETION = 0x10001;
 const WATCH_TAG = 0x80000000;
@@ -133,9 +133,6 @@ type Log = (level: LogLevel, msg: string, fields?: Record<string, unknown>) => v
 
 class QueueRunner implements WorkerQueue {
   readonly index: number;
-  /** The port it belongs to (WorkerInit.spaces), and its stats slot / kick token: space · queueCount + index. */
-  readonly space: number;
-  readonly slot: number;
   readonly vq: Virtqueue;
   readonly stats: Float64Array;
   kickFd: number;
@@ -195,14 +192,11 @@ class QueueRunner implements WorkerQueue {
     start: QueueStart,
     memory: GuestMemory,
     stats: Float64Array,
-    slot: number,
     maxSegments: number,
     private readonly send: (message: WorkerMessage) => void,
     private readonly log: Log,
   ) {
     this.index = start.index;
-    this.space = start.space ?? 0;
-    this.slot = slot;
     this.kickFd = start.kickFd;
     this.callFd = start.callFd;
     this.errFd = start.errFd;
@@ -492,13 +486,7 @@ class QueueRunner implements WorkerQueue {
     this.brokenReported = true;
     this.stats[QueueStat.broken] = this.vq.brokenReason;
     if (this.errFd >= 0) native.eventfdWrite(this.errFd, 1);
-    this.send({
-      kind: 'broken',
-      index: this.index,
-      space: this.space,
-      reason: this.vq.brokenReason,
-      description: this.vq.describeBroken(),
-    });
+    this.send({ kind: 'broken', index: this.index, reason: this.vq.brokenReason, description: this.vq.describeBroken() });
   }
 }
 
@@ -518,28 +506,19 @@ export class DataPlaneWorker {
   private readonly queues: QueueRunner[] = [];
   private readonly epollFd: number;
   private readonly events = new Uint32Array(2 * MAX_EVENTS);
-  /**
-   * Watched fd → watch id; per id, the space whose handler watches it and its token (not on the
-   * hot path: touched by watchFd / unwatchFd and per ready fd). The id is the epoll data.
-   */
+  /** Watched fd → token (not on the hot path: touched by watchFd / unwatchFd only). */
   private readonly watched = new Map<number, number>();
-  private readonly watchSpace: number[] = [];
-  private readonly watchToken: number[] = [];
-  private readonly freeWatchIds: number[] = [];
   private readonly maxSleepMs: number;
-  /** One handler per space (port), all from the same module; `handler` is space 0's. */
-  private readonly handlers: QueueHandler[] = [];
   private handler!: QueueHandler;
-  /** Ports served (WorkerInit.spaces); per space its memory table and its dirty log while it migrates. */
-  private readonly spaces: number;
-  private readonly memories: (GuestMemory | null)[];
-  private readonly dirtyLogs: (DirtyLog | null)[];
+  private memory: GuestMemory | null = null;
+  /** The dirty log while the front-end migrates; every queue of this worker marks it. */
+  private dirtyLog: DirtyLog | null = null;
   private mode: PollMode;
   private idleBudgetMs: number;
   private graceMs: number;
   private seenSeq = 0;
-  /** Reset commands waiting for their space's queues to stop (space -1: every space). Rare: allocation is fine. */
-  private readonly pendingResets: { id: number; space: number }[] = [];
+  /** Id of the reset command waiting for every queue to stop, or -1. */
+  private resetReplyId = -1;
   /** Queues written off with requests still in the device, until their last late completion. */
   private readonly abandonedQueues: QueueRunner[] = [];
   private running = true;
@@ -562,13 +541,6 @@ export class DataPlaneWorker {
     this.idleBudgetMs = init.idleBudgetUs / 1000;
     this.graceMs = (init.interruptGraceUs ?? INTERRUPT_GRACE_US) / 1000;
     this.maxSleepMs = options.maxSleepMs ?? -1;
-    const spaces = init.spaces ?? 1;
-    if (!Number.isInteger(spaces) || spaces < 1 || spaces * init.queueCount > WAKE_MAILBOX) {
-      throw new RangeError(`worker: ${spaces} spaces of ${init.queueCount} queues do not fit`);
-    }
-    this.spaces = spaces;
-    this.memories = new Array<GuestMemory | null>(spaces).fill(null);
-    this.dirtyLogs = new Array<DirtyLog | null>(spaces).fill(null);
     this.epollFd = native.epollCreate();
   }
 
@@ -600,7 +572,7 @@ export class DataPlaneWorker {
   /** One turn of the loop: a pass over the queues, then the mailbox, then maybe a sleep. */
   step(): void {
     const work = this.pass();
-    if (this.pendingResets.length > 0 || this.hasPendingStops()) this.finishStops();
+    if (this.resetReplyId >= 0 || this.hasPendingStops()) this.finishStops();
     if (this.abandonedQueues.length > 0) this.releaseAbandoned();
     this.passes++;
     if (work > 0) {
@@ -620,10 +592,8 @@ export class DataPlaneWorker {
       }
       if (now - this.idleSince < stayAwakeMs) return;
     }
-    const handlers = this.handlers;
-    for (let h = 0; h < handlers.length; h++) {
-      if (handlers[h].inFlight > 0 && handlers[h].completionFd < 0) return; // synchronous handler still busy
-    }
+    const handler = this.handler;
+    if (handler.inFlight > 0 && handler.completionFd < 0) return; // synchronous handler still busy
     if (this.armAndRecheck()) {
       if (this.mode === 'adaptive') this.setNotifications(false);
       return;
@@ -635,7 +605,7 @@ export class DataPlaneWorker {
   }
 
   close(): void {
-    for (const handler of this.handlers) handler.close();
+    this.handler.close();
     native.close(this.epollFd);
   }
 
@@ -650,42 +620,28 @@ export class DataPlaneWorker {
       }
       create = module.createQueueHandler;
     }
-    const spaces = this.spaces;
-    const options = this.init.handlerOptions;
-    if (spaces > 1 && (!Array.isArray(options) || options.length !== spaces)) {
-      throw new Error(`worker: ${spaces} spaces need one handler options object each`);
-    }
-    for (let space = 0; space < spaces; space++) {
-      const context: HandlerContext = {
-        worker: this.init.worker,
-        queueCount: this.init.queueCount,
-        spaces,
-        space,
-        log: this.logMessage,
-        watchFd: (fd, token, events) => this.watchFd(space, fd, token, events),
-        unwatchFd: (fd) => this.unwatchFd(fd),
-        queue: (index, ofSpace = space) => {
-          const position = this.findQueue(ofSpace, index);
-          return position < 0 ? null : this.queues[position];
-        },
-        peer: (ofSpace) => this.handlers[ofSpace] ?? null,
-      };
-      const handler = await create(spaces > 1 ? (options as unknown[])[space] : options, context);
-      this.handlers.push(handler);
-      if (space === 0) this.handler = handler;
-      for (let id = 0; id < this.watchSpace.length; id++) {
-        if (this.watchSpace[id] === space && typeof handler.onFdReady !== 'function') {
-          throw new Error('the queue handler watches fds but has no onFdReady');
-        }
-      }
-      const completionFd = handler.completionFd;
-      if (completionFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, completionFd, OWN_EVENTFD_EVENTS, WAKE_COMPLETION);
+    const context: HandlerContext = {
+      worker: this.init.worker,
+      queueCount: this.init.queueCount,
+      log: this.logMessage,
+      watchFd: (fd, token, events) => this.watchFd(fd, token, events),
+      unwatchFd: (fd) => this.unwatchFd(fd),
+      queue: (index) => {
+        const position = this.findQueue(index);
+        return position < 0 ? null : this.queues[position];
+      },
+    };
+    this.handler = await create(this.init.handlerOptions, context);
+    if (this.watched.size > 0 && typeof this.handler.onFdReady !== 'function') {
+      throw new Error('the queue handler watches fds but has no onFdReady');
     }
     native.epollCtl(this.epollFd, EPOLL_ADD, this.init.mailboxFd, OWN_EVENTFD_EVENTS, WAKE_MAILBOX);
+    const completionFd = this.handler.completionFd;
+    if (completionFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, completionFd, OWN_EVENTFD_EVENTS, WAKE_COMPLETION);
     Atomics.store(this.mailbox, Mailbox.MODE, POLL_MODE_CODE[this.mode]);
   }
 
-  private watchFd(space: number, fd: number, token: number, events: number = FdEvent.READABLE): void {
+  private watchFd(fd: number, token: number, events: number = FdEvent.READABLE): void {
     if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`watchFd: fd must be a non-negative integer, got ${fd}`);
     if (!Number.isInteger(token) || token < 0 || token > MAX_WATCH_TOKEN) {
       throw new RangeError(`watchFd: token must be an integer in [0, ${MAX_WATCH_TOKEN}], got ${token}`);
@@ -693,26 +649,17 @@ export class DataPlaneWorker {
     if (!Number.isInteger(events) || (events & ~(FdEvent.READABLE | FdEvent.WRITABLE)) !== 0 || events === 0) {
       throw new RangeError(`watchFd: events must be FdEvent.READABLE and/or FdEvent.WRITABLE, got ${events}`);
     }
-    if (this.watched.has(fd))
-      throw new Error(`watchFd: fd ${fd} is already watched (token ${this.watchToken[this.watched.get(fd)!]})`);
-    const handler = this.handlers[space];
-    if (handler && typeof handler.onFdReady !== 'function') {
+    if (this.watched.has(fd)) throw new Error(`watchFd: fd ${fd} is already watched (token ${this.watched.get(fd)})`);
+    if (this.handler && typeof this.handler.onFdReady !== 'function') {
       throw new Error('watchFd: the queue handler has no onFdReady to call back');
     }
-    const id = this.freeWatchIds.length > 0 ? this.freeWatchIds.pop()! : this.watchSpace.length;
     // Level-triggered: a ready fd the handler leaves unread is reported again on the next poll.
-    native.epollCtl(this.epollFd, EPOLL_ADD, fd, events, WATCH_TAG + id);
-    this.watched.set(fd, id);
-    this.watchSpace[id] = space;
-    this.watchToken[id] = token;
+    native.epollCtl(this.epollFd, EPOLL_ADD, fd, events, WATCH_TAG + token);
+    this.watched.set(fd, token);
   }
 
   private unwatchFd(fd: number): void {
-    const id = this.watched.get(fd);
-    if (id === undefined) throw new Error(`unwatchFd: fd ${fd} is not watched`);
-    this.watched.delete(fd);
-    this.watchSpace[id] = -1;
-    this.freeWatchIds.push(id);
+    if (!this.watched.delete(fd)) throw new Error(`unwatchFd: fd ${fd} is not watched`);
     try {
       native.epollCtl(this.epollFd, EPOLL_DEL, fd, 0, 0);
     } catch (error) {
@@ -732,25 +679,10 @@ export class DataPlaneWorker {
     this.sendMessage({ kind: 'reply', id, ok: false, error: errorMessage(error) });
   }
 
-  private findQueue(space: number, index: number): number {
+  private findQueue(index: number): number {
     const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) if (queues[i].index === index && queues[i].space === space) return i;
+    for (let i = 0; i < queues.length; i++) if (queues[i].index === index) return i;
     return -1;
-  }
-
-  /** The queue whose kick token (stats slot) this is. */
-  private findSlot(slot: number): number {
-    const queues = this.queues;
-    for (let i = 0; i < queues.length; i++) if (queues[i].slot === slot) return i;
-    return -1;
-  }
-
-  /** A command's space, checked (default 0). */
-  private spaceOf(space: number | undefined): number {
-    const s = space ?? 0;
-    if (!Number.isInteger(s) || s < 0 || s >= this.spaces)
-      throw new RangeError(`space ${s} is not one of this worker's ${this.spaces}`);
-    return s;
   }
 
   private setNotifications(enabled: boolean): void {
@@ -783,33 +715,24 @@ export class DataPlaneWorker {
     try {
       switch (command.op) {
         case 'memory': {
-          const space = this.spaceOf(command.space);
           const next = new GuestMemory(command.regions);
-          this.memories[space] = next;
-          for (const queue of this.queues) if (queue.space === space) queue.vq.setMemory(next);
-          this.handlers[space].setMemory(next, space);
+          this.memory = next;
+          for (const queue of this.queues) queue.vq.setMemory(next);
+          this.handler.setMemory(next);
           this.reply(command.id);
           return;
         }
         case 'start': {
           const start = command.queue;
-          const space = this.spaceOf(start.space);
-          const memory = this.memories[space];
-          if (!memory) throw new Error(`queue ${start.index}: no memory table`);
-          if (!Number.isInteger(start.index) || start.index < 0 || start.index >= this.init.queueCount) {
-            throw new RangeError(`queue ${start.index} is beyond the device's ${this.init.queueCount}`);
-          }
-          if (this.findQueue(space, start.index) >= 0) throw new Error(`queue ${start.index} is already running`);
-          const slot = space * this.init.queueCount + start.index;
-          const stats = this.statsView.subarray(slot * QUEUE_STAT_SLOTS, (slot + 1) * QUEUE_STAT_SLOTS);
-          const queue = new QueueRunner(start, memory, stats, slot, this.init.maxSegments, this.sendMessage, this.logMessage);
-          const handler = this.handlers[space];
-          queue.handler = handler;
-          queue.publishEvery = publishInterval(handler);
-          const dirtyLog = this.dirtyLogs[space];
-          if (dirtyLog !== null) queue.setDirtyLog(dirtyLog);
+          if (!this.memory) throw new Error(`queue ${start.index}: no memory table`);
+          if (this.findQueue(start.index) >= 0) throw new Error(`queue ${start.index} is already running`);
+          const stats = this.statsView.subarray(start.index * QUEUE_STAT_SLOTS, (start.index + 1) * QUEUE_STAT_SLOTS);
+          const queue = new QueueRunner(start, this.memory, stats, this.init.maxSegments, this.sendMessage, this.logMessage);
+          queue.handler = this.handler;
+          queue.publishEvery = publishInterval(this.handler);
+          if (this.dirtyLog !== null) queue.setDirtyLog(this.dirtyLog);
           this.queues.push(queue);
-          if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, slot);
+          if (queue.kickFd >= 0) native.epollCtl(this.epollFd, EPOLL_ADD, queue.kickFd, OWN_EVENTFD_EVENTS, queue.index);
           if (this.mode === 'interrupt') queue.vq.enableNotification();
           else queue.vq.disableNotification();
           // A ring broken from the start (addresses outside memory, bad size) is reported now.
@@ -818,7 +741,7 @@ export class DataPlaneWorker {
           return;
         }
         case 'stop': {
-          const position = this.findQueue(this.spaceOf(command.space), command.index);
+          const position = this.findQueue(command.index);
           if (position < 0) {
             this.fail(command.id, `queue ${command.index} is not running on worker ${this.init.worker}`);
             return;
@@ -830,7 +753,7 @@ export class DataPlaneWorker {
           return;
         }
         case 'notify-fds': {
-          const position = this.findQueue(this.spaceOf(command.space), command.index);
+          const position = this.findQueue(command.index);
           if (position >= 0) {
             this.queues[position].callFd = command.callFd;
             this.queues[position].errFd = command.errFd;
@@ -839,21 +762,19 @@ export class DataPlaneWorker {
           return;
         }
         case 'dirty-log': {
-          const space = this.spaceOf(command.space);
           const next = command.area === null ? null : new DirtyLog(command.area);
-          this.reportDirtyLog(space);
-          this.dirtyLogs[space] = next;
-          for (const queue of this.queues) if (queue.space === space) queue.setDirtyLog(next);
+          this.reportDirtyLog();
+          this.dirtyLog = next;
+          for (const queue of this.queues) queue.setDirtyLog(next);
           this.reply(command.id);
           return;
         }
         case 'ring-log': {
-          const space = this.spaceOf(command.space);
-          const position = this.findQueue(space, command.index);
+          const position = this.findQueue(command.index);
           if (position >= 0) {
             const queue = this.queues[position];
             queue.logGuestAddr = command.logGuestAddr;
-            queue.setDirtyLog(this.dirtyLogs[space]);
+            queue.setDirtyLog(this.dirtyLog);
           }
           this.reply(command.id);
           return;
@@ -869,17 +790,17 @@ export class DataPlaneWorker {
           return;
         }
         case 'reset': {
-          const space = command.space === undefined ? -1 : this.spaceOf(command.space);
-          this.beginReset(command.id, space);
+          for (const queue of this.queues) if (queue.stopRequest === StopRequest.None) queue.stopRequest = StopRequest.Reset;
+          this.resetReplyId = command.id;
           this.finishStops();
           return;
         }
         case 'abandon': {
-          const space = command.space === undefined ? -1 : this.spaceOf(command.space);
-          this.abandonQueues(space);
-          // Any earlier reset of these queues finishes now (nothing left to wait for), then this one.
+          this.abandonQueues();
+          // Any earlier reset finishes now (nothing left to wait for), then this one.
           this.finishStops();
-          this.beginReset(command.id, space);
+          for (const queue of this.queues) if (queue.stopRequest === StopRequest.None) queue.stopRequest = StopRequest.Reset;
+          this.resetReplyId = command.id;
           this.finishStops();
           return;
         }
@@ -894,14 +815,6 @@ export class DataPlaneWorker {
     }
   }
 
-  /** Winds down every queue of `space` (-1: all) and answers `id` once they are gone. */
-  private beginReset(id: number, space: number): void {
-    for (const queue of this.queues) {
-      if (queue.stopRequest === StopRequest.None && (space < 0 || queue.space === space)) queue.stopRequest = StopRequest.Reset;
-    }
-    this.pendingResets.push({ id, space });
-  }
-
   /** Replies to stop / reset commands whose queues have drained. */
   private finishStops(): void {
     const queues = this.queues;
@@ -913,17 +826,12 @@ export class DataPlaneWorker {
       this.removeQueue(i);
       if (queue.stopRequest === StopRequest.Stop) this.reply(queue.stopReplyId, lastAvailIdx);
     }
-    const resets = this.pendingResets;
-    for (let r = 0; r < resets.length; r++) {
-      const { id, space } = resets[r];
-      if (queues.some((queue) => space < 0 || queue.space === space)) continue;
-      for (let s = 0; s < this.spaces; s++) {
-        if (space >= 0 && s !== space) continue;
-        this.memories[s] = null;
-        this.reportDirtyLog(s);
-        this.dirtyLogs[s] = null;
-      }
-      resets.splice(r--, 1);
+    if (this.resetReplyId >= 0 && queues.length === 0) {
+      this.memory = null;
+      this.reportDirtyLog();
+      this.dirtyLog = null;
+      const id = this.resetReplyId;
+      this.resetReplyId = -1;
       this.reply(id);
     }
   }
@@ -934,11 +842,11 @@ export class DataPlaneWorker {
    * the device answers (never, for a hung one: then at most the queue's size in requests leaks).
    * A stop waiting on it is answered with an error.
    */
-  private abandonQueues(space: number): void {
+  private abandonQueues(): void {
     const queues = this.queues;
     for (let i = queues.length - 1; i >= 0; i--) {
       const queue = queues[i];
-      if (queue.inFlight === 0 || (space >= 0 && queue.space !== space)) continue;
+      if (queue.inFlight === 0) continue;
       if (queue.stopRequest === StopRequest.Stop)
         this.fail(queue.stopReplyId, `queue ${queue.index} abandoned with requests in flight`);
       queue.stopRequest = StopRequest.Reset;
@@ -947,7 +855,6 @@ export class DataPlaneWorker {
       if (queue.inOrder) queue.dropWaitingCompletions();
       this.logMessage('warn', 'queue abandoned with requests still in the device; their late completions will be dropped', {
         queue: queue.index,
-        ...(this.spaces > 1 && { space: queue.space }),
         requests: queue.inFlight,
       });
       this.removeQueue(i);
@@ -965,12 +872,11 @@ export class DataPlaneWorker {
     }
   }
 
-  /** Logs what the space's dirty log received (once, when it is replaced or dropped). */
-  private reportDirtyLog(space: number): void {
-    const log = this.dirtyLogs[space];
+  /** Logs what the current dirty log received (once, when it is replaced or dropped). */
+  private reportDirtyLog(): void {
+    const log = this.dirtyLog;
     if (log === null) return;
     this.logMessage(log.dropped > 0 ? 'warn' : 'info', 'dirty log done', {
-      ...(this.spaces > 1 && { space }),
       pagesMarked: log.pagesMarked,
       pagesOutsideLog: log.dropped,
     });
@@ -986,21 +892,18 @@ export class DataPlaneWorker {
 
   private pass(): number {
     const queues = this.queues;
-    const handlers = this.handlers;
+    const handler = this.handler;
     let work = 0;
     for (let i = 0; i < queues.length; i++) {
       const queue = queues[i];
-      const popped = queue.process(queue.handler!, BATCH);
+      const popped = queue.process(handler, BATCH);
       if (popped > 0) queue.stats[QueueStat.busyPasses]++;
       else queue.stats[QueueStat.idlePasses]++;
       work += popped;
     }
     try {
-      for (let h = 0; h < handlers.length; h++) {
-        const handler = handlers[h];
-        handler.flush();
-        work += handler.poll();
-      }
+      handler.flush();
+      work += handler.poll();
       if (this.watched.size > 0) work += this.pollWatchedFds(work);
     } catch (error) {
       // The handler's own state is suspect now: stop every queue of this worker, keep serving commands.
@@ -1035,12 +938,9 @@ export class DataPlaneWorker {
       const data = events[2 * e + 1];
       if (data >= WATCH_TAG) {
         callbacks++;
-        const id = data - WATCH_TAG;
-        const space = this.watchSpace[id];
-        // Unwatched by an earlier callback of this same batch.
-        if (space >= 0) this.handlers[space].onFdReady!(this.watchToken[id], events[2 * e]);
+        this.handler.onFdReady!(data - WATCH_TAG, events[2 * e]);
       } else if (data < WAKE_MAILBOX) {
-        const position = this.findSlot(data);
+        const position = this.findQueue(data);
         if (position >= 0) this.queues[position].stats[QueueStat.kicks]++;
       }
     }

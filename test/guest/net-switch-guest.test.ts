@@ -138,7 +138,6 @@ describe('two QEMU guests on vhost-user-net --backend switch', () => {
           const packets = mine.reduce((sum, row) => sum + Number(row[3]), 0);
           const bytes = mine.reduce((sum, row) => sum + Number(row[4]), 0);
           const segmented = mine.reduce((sum, row) => sum + Number(row[12]), 0);
-          const copiedOnce = mine.reduce((sum, row) => sum + Number(row[13]), 0);
           expect(packets, `port ${port} ${direction}`).toBeGreaterThan(0);
           expect(bytes, `port ${port} ${direction}`).toBeGreaterThan(MiB);
           if (port === 1 && direction === 'rx' && !variant.bTakesTso) {
@@ -146,9 +145,6 @@ describe('two QEMU guests on vhost-user-net --backend switch', () => {
             expect(bytes / packets, 'bytes per frame at B').toBeLessThanOrEqual(1514);
           } else {
             expect(segmented, `port ${port} ${direction}: gso-segmented`).toBe(0);
-            // The ports share the worker: frames taken as they are went straight from one guest's
-            // TX buffers into the other's RX buffers (one copy), unless they found no room at once.
-            if (direction === 'rx') expect(copiedOnce, `port ${port} rx: copied once`).toBeGreaterThan(0);
             expect(bytes / packets, `port ${port} ${direction}: bytes per frame`).toBeGreaterThan(1514);
           }
         }

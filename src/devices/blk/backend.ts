@@ -5,7 +5,7 @@ import { closeSync, existsSync, fstatSync, openSync, readFileSync, statSync, ftr
 import { createLogger, type Logger } from '../../log.js';
 import type { VhostUserDaemon, DaemonLimits } from '../../control/daemon.js';
 import { startAssembly } from '../../control/assembly.js';
-import type { PortDataPlane, WorkerDataPlane } from '../../dataplane/pool.js';
+import type { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { BlkDevice } from './device.js';
@@ -42,7 +42,7 @@ export interface BlkBackendOptions {
 
 export interface BlkBackend {
   daemon: VhostUserDaemon;
-  plane: WorkerDataPlane | PortDataPlane;
+  plane: WorkerDataPlane;
   device: BlkDevice;
   /** The engine serving the disk (`auto` resolved to io_uring or threads). */
   engine: BlkEngineName;

@@ -1,14 +1,13 @@
 // Assembles a vhost-user-net back-end: per socket (one port each), the device's control-plane
-// face and the net handler, handed to the generic assembly (a daemon per port; the ports share
-// one set of workers on the CPUs given, one handler per port in each). Frames cross ports only
-// in the switch back-end: copied once when both ports' queues run on one worker, else through
-// the frame rings of a SwitchFabric made before any port starts (closed after they all stopped),
-// which also holds the MAC table. The tap back-end serves one port: its tap is opened before
+// face and the net handler, handed to the generic assembly (a data plane and a daemon per
+// port, each port with its own workers on the CPUs given). Frames cross ports only in the
+// switch back-end, through the frame rings and MAC table of a SwitchFabric made before any
+// port starts (and closed after they all stopped). The tap back-end serves one port: its tap is opened before
 // the workers start and closed after they stopped.
 import { createLogger, type Logger } from '../../log.js';
 import type { VhostUserDaemon, DaemonLimits } from '../../control/daemon.js';
 import { startAssembly } from '../../control/assembly.js';
-import type { PortDataPlane, WorkerDataPlane } from '../../dataplane/pool.js';
+import type { WorkerDataPlane } from '../../dataplane/pool.js';
 import type { PollMode } from '../../dataplane/commands.js';
 import type { QueueStats } from '../../dataplane/stats.js';
 import { NetDevice } from './device.js';
@@ -43,7 +42,7 @@ export interface NetBackendOptions {
 export interface NetPort {
   socketPath: string;
   device: NetDevice;
-  plane: WorkerDataPlane | PortDataPlane;
+  plane: WorkerDataPlane;
   daemon: VhostUserDaemon;
   tap: TapDevice | null;
 }

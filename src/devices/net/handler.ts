@@ -85,7 +85,6 @@ import {
 } from '../../dataplane/device-api.js';
 import type { GuestMemory } from '../../dataplane/memory.js';
 import type { VirtqRequest } from '../../dataplane/request.js';
-import { copyRequestToRequest } from './copy.js';
 import { SourceBatch } from './source-batch.js';
 import { NET_BACKENDS, NET_PUBLISH_EVERY, NET_STAT_SLOTS, NegotiatedSlot, NetStat, type NetHandlerOptions } from './options.js';
 import { TapRxBatch, TapTxBatch } from './tap-io.js';
@@ -1020,6 +1019,54 @@ export function writeHeader(rx: VirtqRequest, headerBytes: number, numBuffers: n
     rx.writeWritableByte(NET_HDR_NUM_BUFFERS, numBuffers & 0xff);
     rx.writeWritableByte(NET_HDR_NUM_BUFFERS + 1, numBuffers >>> 8);
   }
+}
+
+/**
+ * Copies `length` bytes from src's readable part (starting `from` bytes in) into dst's writable
+ * part (starting `to` bytes in), segment by segment. Within one window (a guest looping back to
+ * itself) copyWithin is a memmove; across windows a byte loop (no subarray, no allocation).
+ */
+export function copyRequestToRequest(src: VirtqRequest, from: number, dst: VirtqRequest, to: number, length: number): number {
+  const srcViews = src.memory!.windowBytesView;
+  const dstViews = dst.memory!.windowBytesView;
+  const srcEnd = src.readableCount;
+  const dstEnd = dst.segmentCount;
+  let s = 0;
+  let sOff = from;
+  while (s < srcEnd && sOff >= src.segLength[s]) sOff -= src.segLength[s++];
+  let d = dst.readableCount;
+  let dOff = to;
+  while (d < dstEnd && dOff >= dst.segLength[d]) dOff -= dst.segLength[d++];
+  let copied = 0;
+  while (copied < length && s < srcEnd && d < dstEnd) {
+    let n = length - copied;
+    const sRoom = src.segLength[s] - sOff;
+    const dRoom = dst.segLength[d] - dOff;
+    if (n > sRoom) n = sRoom;
+    if (n > dRoom) n = dRoom;
+    const sView = srcViews[src.segWindow[s]];
+    const dView = dstViews[dst.segWindow[d]];
+    let sp = src.segWindowOffset[s] + sOff;
+    let dp = dst.segWindowOffset[d] + dOff;
+    if (sView === dView) {
+      dView.copyWithin(dp, sp, sp + n);
+    } else {
+      const end = sp + n;
+      while (sp < end) dView[dp++] = sView[sp++]!;
+    }
+    copied += n;
+    sOff += n;
+    dOff += n;
+    if (sOff === src.segLength[s]) {
+      s++;
+      sOff = 0;
+    }
+    if (dOff === dst.segLength[d]) {
+      d++;
+      dOff = 0;
+    }
+  }
+  return copied;
 }
 
 export const createQueueHandler: CreateQueueHandler = (options, context) => new NetHandler(options as NetHandlerOptions, context);

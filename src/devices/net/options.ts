@@ -85,13 +85,8 @@ export const NetStat = {
   gsoRefused: 8,
   /** RX (loopback, switch): GSO frames cut into TCP segments in software for a guest without GUEST_TSO. */
   gsoSegmented: 9,
-  /**
-   * RX (switch): frames copied straight from the sending port's TX buffers into these RX
-   * buffers (both ports' queues on one worker), the other frames having gone through a frame ring.
-   */
-  copiedOnce: 10,
 } as const;
-export const NET_STAT_SLOTS = 11;
+export const NET_STAT_SLOTS = 10;
 
 export type NetQueueStats = { -readonly [K in keyof typeof NetStat]: number } & { queue: number };
 

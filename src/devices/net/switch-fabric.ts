@@ -1,9 +1,9 @@
-// The control-thread side of the `switch` back-end: everything the ports' handlers share, made
-// before they start. The ports share W workers, each running one handler per port: an
-// "endpoint" is one port's handler in one worker (port p, worker w → endpoint p·W + w) and every
+// The control-thread side of the `switch` back-end: everything the ports' workers share, made
+// before they start. Each port (socket) has its own data plane with W workers (one guest memory
+// table per worker), so a frame from one port to another always crosses threads: an
+// "endpoint" is one worker of one port (port p, worker w → endpoint p·W + w) and every
 // endpoint has an SPSC frame ring to every endpoint of the other ports, an eventfd that wakes
-// it, and a view of the one MAC table. Between endpoints of one worker the ring only takes what
-// cannot be copied straight into the receiver's RX buffers at once (switch.ts: one copy). An RX flag per (port, pair) says which RX queues run, so
+// it, and a view of the one MAC table. An RX flag per (port, pair) says which RX queues run, so
 // a sender picks a destination pair that can take the frame.
 //
 // SEND_RARP comes to a port's control thread: the RARP is learned in the MAC table here and

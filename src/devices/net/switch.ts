@@ -20,15 +20,6 @@
 // us through our eventfd, which the worker watches (context.watchFd) in every poll mode, so an
 // idle worker sleeps in interrupt and adaptive mode and a busy one polls the rings each pass.
 //
-// One copy between ports on one worker. The ports share the workers (pool.ts spaces): pair q of
-// every port runs on worker q mod W, where each port has its own handler. A frame for a pair of a
-// port whose handler runs here (context.peer) is copied straight from our guest's TX buffers
-// into that port's held RX chains (copy.ts copyRequestToRequest; counted copiedOnce), when the frame
-// ring to it is drained (so a frame never overtakes one waiting there) and the receiver takes
-// it as it is (its header passes through unchanged or none is asked for) and has room now.
-// Everything else (no room yet, a checksum or segmentation to do in software, a pair on another
-// worker) takes the ring, as below.
-//
 // Offloads (csum.ts). A frame whose header asks for one (flags or gso_type set) carries the
 // header's 10 bytes in its record; the receiving endpoint decides by its own port's features,
 // so each destination of a flood gets what it acked: the header unchanged (num_buffers its own)
@@ -54,7 +45,6 @@ import { NET_PUBLISH_EVERY, NET_STAT_SLOTS, NegotiatedSlot, NetStat } from './op
 import type { SwitchHandlerOptions } from './switch-fabric.js';
 import { ETH_HEADER_BYTES } from './virtio-net.js';
 import { TcpSegmenter } from './segment.js';
-import { copyBytes, copyRequestToRequest } from './copy.js';
 import {
   HDR_CSUM_OFFSET,
   HDR_CSUM_START,
@@ -67,8 +57,6 @@ import {
   u16,
 } from './csum.js';
 import { GSO_MAX_FRAME_BYTES, Offload, RX_CHECKSUM, RX_PASS, RX_REFUSE, headerAllowed, receiverAction } from './offload.js';
-
-const NO_WORDS = new Uint32Array(0);
 
 /** Held RX chains per pair: a split ring never has more than 32768 in flight. */
 const HELD_CAPACITY = 32768;
@@ -130,12 +118,6 @@ class SwitchHandler implements QueueHandler {
   private readonly inboundEmptyPolls: Int32Array;
   /** SEND_RARP frames from the control thread (worker 0 only). */
   private readonly inject: FrameRingConsumer | null;
-  /**
-   * Per port: its handler in this worker (ports sharing the worker, see the top), looked up on
-   * first use (the others do not exist yet while this one is made); null: none.
-   */
-  private readonly peers: (SwitchHandler | null)[];
-  private peersResolved = false;
   private readonly wakeFds: Int32Array;
   private readonly ownWakeFd: number;
   private readonly wakePending: Uint8Array;
@@ -189,10 +171,6 @@ class SwitchHandler implements QueueHandler {
     }
     this.inboundEmptyPolls = new Int32Array(this.inbound.length);
     this.inject = context.worker === 0 ? new FrameRingConsumer(options.injectRings[port]) : null;
-    if ((context.spaces ?? 1) > 1 && context.space !== port) {
-      throw new Error(`switch: port ${port} handed to the worker's space ${context.space}`);
-    }
-    this.peers = new Array<SwitchHandler | null>(ports).fill(null);
     this.wakeFds = Int32Array.from(options.wakeFds);
     this.ownWakeFd = options.wakeFds[self];
     this.wakePending = new Uint8Array(endpoints);
@@ -413,15 +391,6 @@ class SwitchHandler implements QueueHandler {
     }
     const endpoint = port * this.workers + (destinationPair % this.workers);
     const ring = this.outbound[endpoint]!;
-    if (request !== null && destinationPair % this.workers === this.worker && ring.drained) {
-      const peer = this.peer(port);
-      if (
-        peer !== null &&
-        peer.takeDirect(destinationPair, request, requestFrom, frameBytes, offloaded ? this.offloadHeader : null)
-      ) {
-        return;
-      }
-    }
     // Records start 8-aligned: pad so the frame has the guest bytes' alignment (word copies).
     const pad = request !== null ? readableAlignment(request, requestFrom) : 0;
     const headerRoom = offloaded ? RECORD_OFFLOAD_HEADER_BYTES : 0;
@@ -446,42 +415,6 @@ class SwitchHandler implements QueueHandler {
       this.wakePending[endpoint] = 1;
       this.wakeAny = true;
     }
-  }
-
-  /** The handler of `port` in this worker, if ports share it (null otherwise). */
-  private peer(port: number): SwitchHandler | null {
-    if (!this.peersResolved) {
-      this.peersResolved = true;
-      const context = this.context;
-      if (context.peer !== undefined && (context.spaces ?? 1) > 1) {
-        for (let p = 0; p < this.ports; p++) {
-          const handler = p === this.port ? null : context.peer(p);
-          this.peers[p] = handler instanceof SwitchHandler ? handler : null;
-        }
-      }
-    }
-    return this.peers[port];
-  }
-
-  /**
-   * A frame from another port's guest, in `request` from `from` (with `header`, its virtio-net
-   * header when it asks for an offload), for our `pair`: copied straight into held RX chains if
-   * that can be done now and as it is. False: the sender puts it in the frame ring instead.
-   */
-  takeDirect(pair: number, request: VirtqRequest, from: number, frameBytes: number, header: Uint8Array | null): boolean {
-    const queue = this.rxQueue[pair];
-    if (queue === null || queue.stopping) return false;
-    if (
-      header !== null &&
-      receiverAction(header[HDR_FLAGS], header[HDR_GSO_TYPE], this.negotiated[NegotiatedSlot.offloads]) !== RX_PASS
-    ) {
-      return false; // a checksum or segmentation in software needs a copy of our own
-    }
-    const chains = this.reserve(pair, frameBytes);
-    if (chains <= 0) return false;
-    this.deliver(pair, queue, chains, header ?? this.ethernet, NO_WORDS, from, frameBytes, header !== null ? 0 : -1, request);
-    this.stats[(pair << 1) * NET_STAT_SLOTS + NetStat.copiedOnce]++;
-    return true;
   }
 
   /** `pair` if that RX queue of `port` runs, else the next one that does, else -1. */
@@ -585,7 +518,7 @@ class SwitchHandler implements QueueHandler {
       if (chains < 0) {
         this.count(rxIndex, NetStat.tooBig, 'frame larger than the RX buffer (no MRG_RXBUF): dropped');
       } else {
-        this.deliver(pair, queue, chains, ring.data, ring.dataWords, ring.offset + pad, frameBytes, -1, null);
+        this.deliver(pair, queue, chains, ring.data, ring.dataWords, ring.offset + pad, frameBytes, -1);
       }
       ring.release();
       delivered++;
@@ -619,7 +552,7 @@ class SwitchHandler implements QueueHandler {
       // Once, now that the frame goes out: the record is ours until release().
       checksumInPlace(data, frameAt, frameBytes, u16(data, headerAt + HDR_CSUM_START), u16(data, headerAt + HDR_CSUM_OFFSET));
     }
-    this.deliver(pair, queue, chains, data, ring.dataWords, frameAt, frameBytes, action === RX_PASS ? headerAt : -1, null);
+    this.deliver(pair, queue, chains, data, ring.dataWords, frameAt, frameBytes, action === RX_PASS ? headerAt : -1);
     return true;
   }
 
@@ -666,7 +599,7 @@ class SwitchHandler implements QueueHandler {
         }
         return true;
       }
-      this.deliver(pair, queue, chains, segmenter.scratch, segmenter.scratchWords, 0, bytes, -1, null);
+      this.deliver(pair, queue, chains, segmenter.scratch, segmenter.scratchWords, 0, bytes, -1);
     }
     this.stats[rxIndex * NET_STAT_SLOTS + NetStat.gsoSegmented]++;
     return true;
@@ -698,9 +631,9 @@ class SwitchHandler implements QueueHandler {
   }
 
   /**
-   * Copies data[from, from + frameBytes) (`words`: the same bytes as u32 words), or with
-   * `source` its readable bytes from `from`, into `chains` held chains of `pair`, header first:
-   * a plain one, or the sender's at data[headerAt] (not -1) with our num_buffers.
+   * Copies data[from, from + frameBytes) (`words`: the same bytes as u32 words) into `chains`
+   * held chains of `pair`, header first: a plain one, or the sender's at data[headerAt] (not -1)
+   * with our num_buffers.
    */
   private deliver(
     pair: number,
@@ -711,7 +644,6 @@ class SwitchHandler implements QueueHandler {
     from: number,
     frameBytes: number,
     headerAt: number,
-    source: VirtqRequest | null,
   ): void {
     const headerBytes = this.negotiated[NegotiatedSlot.headerBytes];
     const ring = this.held[pair]!;
@@ -729,8 +661,7 @@ class SwitchHandler implements QueueHandler {
       }
       let take = rx.writableBytes - offset;
       if (take > frameBytes - copied) take = frameBytes - copied;
-      if (source === null) scatterFromRing(data, words, from + copied, rx, offset, take);
-      else copyRequestToRequest(source, from + copied, rx, offset, take);
+      scatterFromRing(data, words, from + copied, rx, offset, take);
       copied += take;
       queue.complete(rx, offset + take);
     }
@@ -841,6 +772,43 @@ function scatterFromRing(
     skip = 0;
     copied += n;
   }
+}
+
+/**
+ * dst[to, to + n) = src[from, from + n). `words` views hold the same bytes as u32 words, their
+ * first word starting `skew` bytes before the byte view (GuestMemory.windowSkew); when both
+ * sides have the same alignment the middle goes a word at a time.
+ */
+function copyBytes(
+  dst: Uint8Array,
+  dstWords: Uint32Array,
+  dstSkew: number,
+  to: number,
+  src: Uint8Array,
+  srcWords: Uint32Array,
+  srcSkew: number,
+  from: number,
+  n: number,
+): void {
+  let d = to;
+  let s = from;
+  let left = n;
+  if (left >= 16 && ((d + dstSkew) & 3) === ((s + srcSkew) & 3)) {
+    while (((d + dstSkew) & 3) !== 0) {
+      dst[d++] = src[s++];
+      left--;
+    }
+    const words = left >>> 2;
+    let dw = (d + dstSkew) >>> 2;
+    let sw = (s + srcSkew) >>> 2;
+    const end = sw + words;
+    while (sw < end) dstWords[dw++] = srcWords[sw++];
+    d += words << 2;
+    s += words << 2;
+    left -= words << 2;
+  }
+  const end = s + left;
+  while (s < end) dst[d++] = src[s++];
 }
 
 export const createQueueHandler: CreateQueueHandler = (options, context) =>
