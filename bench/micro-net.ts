@@ -91,8 +91,9 @@ function negotiated(): SharedArrayBuffer {
   return shared;
 }
 
-async function handlerFor(backend: 'source' | 'loopback', rx: BenchQueue, tx: BenchQueue): Promise<QueueHandler> {
-  const options: NetHandlerOptions = {
+/** One queue pair's net handler options: 12-byte headers, mergeable RX buffers, 64-byte source frames. */
+function netOptions(backend: 'source' | 'loopback'): NetHandlerOptions {
+  return {
     backend,
     negotiated: negotiated(),
     stats: createNetStatsBuffer(2),
@@ -102,6 +103,10 @@ async function handlerFor(backend: 'source' | 'loopback', rx: BenchQueue, tx: Be
     tapFds: [],
     mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
   };
+}
+
+async function handlerFor(backend: 'source' | 'loopback', rx: BenchQueue, tx: BenchQueue): Promise<QueueHandler> {
+  const options = netOptions(backend);
   return createQueueHandler(options, {
     worker: 0,
     queueCount: 2,
@@ -187,16 +192,7 @@ async function workerLoop() {
   const { port1: control, port2: workerPort } = new MessageChannel();
   const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
   const mailbox = new Int32Array(mailboxBuffer);
-  const handlerOptions: NetHandlerOptions = {
-    backend: 'loopback',
-    negotiated: negotiated(),
-    stats: createNetStatsBuffer(2),
-    queuePairs: 1,
-    maxFrameBytes: 1518,
-    frameBytes: FRAME,
-    tapFds: [],
-    mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-  };
+  const handlerOptions = netOptions('loopback');
   const init: WorkerInit = {
     worker: 0,
     cpu: -1,
