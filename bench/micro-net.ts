@@ -13,12 +13,8 @@
 //   node --expose-gc <compiled>/bench/micro-net.js [ring|source|loopback|worker ...]   (default: all four)
 //
 // Imports the built library from ../dist (run `npm run build` first).
-import { MessageChannel } from 'node:worker_threads';
 import { GuestMemory } from '../dist/dataplane/memory.js';
-import { DataPlaneWorker } from '../dist/dataplane/worker.js';
-import { Mailbox, type WorkerInit } from '../dist/dataplane/commands.js';
-import { createStatsBuffer, readQueueStats } from '../dist/dataplane/stats.js';
-import { native } from '../dist/native.js';
+import { readQueueStats } from '../dist/dataplane/stats.js';
 import { VirtqRequest } from '../dist/dataplane/request.js';
 import { SplitVirtqueue } from '../dist/dataplane/virtqueue.js';
 import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
@@ -31,6 +27,7 @@ import {
   createNetStatsBuffer,
   type NetHandlerOptions,
 } from '../dist/devices/net/options.js';
+import { inProcessWorker, splitQueueStart } from './worker-rig.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -189,55 +186,21 @@ async function workerLoop() {
   const workerBuffer = new SharedArrayBuffer(8 * MiB);
   const region = { guestPhysAddr: 0, size: 8 * MiB, userspaceAddr: USER_BASE, buffer: workerBuffer, bufferOffset: 0 };
   const workerMemory = new GuestMemory([region]);
-  const { port1: control, port2: workerPort } = new MessageChannel();
-  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
-  const mailbox = new Int32Array(mailboxBuffer);
   const handlerOptions = netOptions('loopback');
-  const init: WorkerInit = {
-    worker: 0,
-    cpu: -1,
-    mailbox: mailboxBuffer,
-    mailboxFd: native.eventfdCreate(0),
-    stats: createStatsBuffer(2),
-    mode: 'busy',
-    idleBudgetUs: 0,
-    handlerModule: 'unused',
+  const { worker, init, command } = await inProcessWorker({
     handlerOptions,
+    createHandler: createQueueHandler,
     queueCount: 2,
     maxSegments: 64,
-  };
-  const worker = await DataPlaneWorker.create(init, workerPort, { createHandler: createQueueHandler });
+  });
   const layout = splitRingLayout(SIZE);
-  let nextId = 1;
-  const command = (c: Record<string, unknown>): void => {
-    control.postMessage({ ...c, id: nextId++ });
-    Atomics.add(mailbox, Mailbox.SEQ, 1);
-    for (let i = 0; i < 4; i++) worker.step();
-  };
   command({ op: 'memory', regions: [region] });
   const drivers: VringDriver[] = [];
   for (const index of [0, 1]) {
     const base = index * 0x10000;
     const rings = { descAddr: base, availAddr: base + layout.availOffset, usedAddr: base + layout.usedOffset };
     drivers.push(new VringDriver({ memory: workerMemory, size: SIZE, ...rings, eventIdx: true }));
-    command({
-      op: 'start',
-      queue: {
-        index,
-        size: SIZE,
-        descUserAddr: USER_BASE + rings.descAddr,
-        availUserAddr: USER_BASE + rings.availAddr,
-        usedUserAddr: USER_BASE + rings.usedAddr,
-        lastAvailIdx: 0,
-        kickFd: -1,
-        callFd: -1,
-        errFd: -1,
-        eventIdx: true,
-        indirectDesc: false,
-        packed: false,
-        inOrder: true,
-      },
-    });
+    command({ op: 'start', queue: splitQueueStart(index, SIZE, USER_BASE, rings, { indirectDesc: false, inOrder: true }) });
   }
   const [rxDriver, txDriver] = drivers;
   for (let i = 0; i < SIZE; i++) {

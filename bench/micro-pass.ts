@@ -9,15 +9,12 @@
 // cross-core cache traffic of a real front-end.
 //
 //   npm run bench:build && node --expose-gc dist-bench/micro-pass.js [batch] [--in-order]
-import { MessageChannel, receiveMessageOnPort } from 'node:worker_threads';
-import { DataPlaneWorker } from '../dist/dataplane/worker.js';
-import { Mailbox, type WorkerCommand, type WorkerInit } from '../dist/dataplane/commands.js';
 import { GuestMemory } from '../dist/dataplane/memory.js';
-import { createStatsBuffer, readQueueStats } from '../dist/dataplane/stats.js';
+import { readQueueStats } from '../dist/dataplane/stats.js';
 import { createQueueHandler } from '../dist/devices/blk/handler.js';
 import { VringDriver, splitRingLayout } from '../dist/frontend/vring-driver.js';
-import { native } from '../dist/native.js';
 import { measureAllocations } from './allocations.js';
+import { inProcessWorker, splitQueueStart } from './worker-rig.js';
 
 const MiB = 1 << 20;
 const SIZE = 256;
@@ -29,23 +26,8 @@ const BATCH_MAX = 32;
 /** --in-order: the queue starts with VIRTIO_F_IN_ORDER (the worker's reorder path; the null engine completes in order). */
 const IN_ORDER = process.argv.includes('--in-order');
 
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
 async function setup() {
-  const { port1: control, port2: workerPort } = new MessageChannel();
-  const mailboxBuffer = new SharedArrayBuffer(Mailbox.SLOTS * 4);
-  const mailbox = new Int32Array(mailboxBuffer);
-  const mailboxFd = native.eventfdCreate(0);
-  const stats = createStatsBuffer(1);
-  const init: WorkerInit = {
-    worker: 0,
-    cpu: -1,
-    mailbox: mailboxBuffer,
-    mailboxFd,
-    stats,
-    mode: 'busy',
-    idleBudgetUs: 0,
-    handlerModule: 'unused',
+  const { worker, init, command } = await inProcessWorker({
     handlerOptions: {
       engine: 'null',
       capacityBytes: 64 * MiB,
@@ -56,53 +38,19 @@ async function setup() {
       maxWriteZeroesSectors: 0,
       serial: 'micro',
     },
+    createHandler: createQueueHandler,
     queueCount: 1,
     maxSegments: 8,
-  };
-  const worker = await DataPlaneWorker.create(init, workerPort, { createHandler: createQueueHandler });
+  });
+  const stats = init.stats;
   const buffer = new SharedArrayBuffer(4 * MiB);
   const region = { guestPhysAddr: 0, size: 4 * MiB, userspaceAddr: USER_BASE, buffer, bufferOffset: 0 };
   const memory = new GuestMemory([region]);
   const layout = splitRingLayout(SIZE);
-  const driver = new VringDriver({
-    memory,
-    size: SIZE,
-    descAddr: 0,
-    availAddr: layout.availOffset,
-    usedAddr: layout.usedOffset,
-    eventIdx: true,
-  });
-  let nextId = 1;
-  const command = (c: DistributiveOmit<WorkerCommand, 'id'>): void => {
-    const id = nextId++;
-    control.postMessage({ ...c, id });
-    Atomics.add(mailbox, Mailbox.SEQ, 1);
-    for (let i = 0; i < 100; i++) {
-      worker.step();
-      const received = receiveMessageOnPort(control);
-      if (received && (received.message as { kind: string; id?: number }).id === id) return;
-    }
-    throw new Error(`command ${c.op} not answered`);
-  };
+  const rings = { descAddr: 0, availAddr: layout.availOffset, usedAddr: layout.usedOffset };
+  const driver = new VringDriver({ memory, size: SIZE, ...rings, eventIdx: true });
   command({ op: 'memory', regions: [region] });
-  command({
-    op: 'start',
-    queue: {
-      index: 0,
-      size: SIZE,
-      descUserAddr: USER_BASE,
-      availUserAddr: USER_BASE + layout.availOffset,
-      usedUserAddr: USER_BASE + layout.usedOffset,
-      lastAvailIdx: 0,
-      kickFd: -1,
-      callFd: -1,
-      errFd: -1,
-      eventIdx: true,
-      indirectDesc: true,
-      packed: false,
-      inOrder: IN_ORDER,
-    },
-  });
+  command({ op: 'start', queue: splitQueueStart(0, SIZE, USER_BASE, rings, { indirectDesc: true, inOrder: IN_ORDER }) });
   // Static chains: chain b at descriptors 4b → 4b+1 → 4b+2, a virtio-blk IN of 4 KiB at sector 8b.
   const view = new DataView(buffer);
   for (let b = 0; b < BATCH_MAX; b++) {
